@@ -1,0 +1,60 @@
+"""Shared fixtures. Tests never download: HF is forced offline for the session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP (text + vision) saved with save_pretrained, built offline."""
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPTokenizerFast,
+        CLIPVisionConfig,
+    )
+
+    out = tmp_path_factory.mktemp("tiny_clip")
+    # A word-level vocab is enough for a tokenizer: build it from the demo's words.
+    vocab_words = ["a", "an", "the", "of", "and", "on", "in", "with", "is", "there", "are", "two", "three", "one", "shape", "shapes", "red", "green", "blue", "yellow", "purple", "orange", "white", "black", "circle", "square", "triangle", "star", "cross", "ring", "small", "large", "big", "tiny", "striped", "dotted", "solid", "left", "right", "top", "bottom", "center", "middle", "background", "grey", "gray", "sky", "sand", "dark", "picture", "image", "photo"]
+    import json
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for w in vocab_words:
+        vocab.setdefault(w + "</w>", len(vocab))
+    for ch in "abcdefghijklmnopqrstuvwxyz.,":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"))
+    text = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=32, patch_size=8)
+    cfg = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    import torch
+
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,0 +1,117 @@
+"""Config validation: every mistake stops the run with one message naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from cliptune.config import (
+    ConfigError,
+    canonical_json,
+    encoder_key,
+    load_config,
+    resolve_variant,
+    variant_names,
+)
+
+
+@pytest.fixture()
+def demo(repo):
+    return yaml.safe_load((repo / "config" / "demo.yaml").read_text())
+
+
+def _error(cfg) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    return str(err.value)
+
+
+def test_shipped_configs_validate(repo):
+    for name in ("demo.yaml", "config.yaml"):
+        cfg = load_config(yaml.safe_load((repo / "config" / name).read_text()))
+        for variant in variant_names(cfg):
+            resolved = resolve_variant(cfg, variant)
+            assert resolved["name"] == variant
+
+
+def test_unknown_key_names_key_and_suggests(demo):
+    demo["train"]["epoch"] = 3
+    msg = _error(demo)
+    assert "train.'epoch'" in msg and "did you mean 'epochs'" in msg
+    assert "batch_size" in msg  # lists allowed keys
+
+
+def test_unknown_key_inside_variant(demo):
+    demo["variants"]["bn_head"]["model"]["head"]["nrom"] = "batchnorm"
+    msg = _error(demo)
+    assert "variants.bn_head.model.head" in msg and "'nrom'" in msg and "norm" in msg
+
+
+def test_bad_enum_lists_allowed_values(demo):
+    demo["variants"]["bn_head"]["model"]["head"]["norm"] = "batchnrom"
+    msg = _error(demo)
+    assert "variants.bn_head.model.head.norm" in msg
+    assert "'batchnrom'" in msg and "batchnorm" in msg and "layernorm" in msg
+
+
+def test_wrong_type(demo):
+    demo["train"]["lr"] = "fast"
+    msg = _error(demo)
+    assert "train.lr" in msg and "number" in msg
+
+
+def test_impossible_value(demo):
+    demo["train"]["batch_size"] = 1
+    assert "train.batch_size" in _error(demo)
+    demo["train"]["batch_size"] = 64
+    demo["train"]["lr"] = -1.0
+    assert "train.lr" in _error(demo)
+
+
+def test_baseline_must_be_a_variant(demo):
+    demo["baseline"] = "nope"
+    msg = _error(demo)
+    assert "baseline" in msg and "bn_head" in msg
+
+
+def test_reserved_variant_name(demo):
+    demo["variants"]["untrained"] = {}
+    assert "untrained" in _error(demo)
+
+
+def test_coco_needs_root(demo):
+    demo["dataset"] = {"name": "coco", "source": "coco"}
+    assert "dataset.root" in _error(demo)
+
+
+def test_variant_deep_merge_touches_only_its_keys(demo):
+    cfg = load_config(demo)
+    base = resolve_variant(cfg, "baseline")
+    bn = resolve_variant(cfg, "bn_head")
+    assert bn["model"]["head"]["norm"] == "batchnorm"
+    assert bn["model"]["head"]["hidden_dim"] == base["model"]["head"]["hidden_dim"]
+    assert bn["train"] == base["train"]
+
+
+def test_untrained_is_baseline_with_zero_epochs(demo):
+    cfg = load_config(demo)
+    untrained = resolve_variant(cfg, "untrained")
+    base = resolve_variant(cfg, "baseline")
+    assert untrained["train"]["epochs"] == 0
+    assert untrained["model"] == base["model"]
+
+
+def test_canonical_json_ignores_key_order():
+    a = {"b": 1, "a": {"d": 2, "c": 3}}
+    b = copy.deepcopy({"a": {"c": 3, "d": 2}, "b": 1})
+    assert canonical_json(a) == canonical_json(b)
+
+
+def test_encoder_key_depends_on_what_changes_embeddings():
+    base = {"model": "openai/clip-vit-base-patch32", "pooling": "auto", "max_length": 77,
+            "batch_size": 256}
+    assert encoder_key(base) == "openai-clip-vit-base-patch32_len77"
+    assert encoder_key({**base, "batch_size": 8}) == encoder_key(base)
+    assert encoder_key({**base, "max_length": 32}) != encoder_key(base)
+    assert encoder_key({**base, "pooling": "mean"}) != encoder_key(base)

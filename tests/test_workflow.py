@@ -1,0 +1,131 @@
+"""End to end: the whole DAG on a tiny demo config, then the minimal-rerun guarantees."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "dataset": {
+        "name": "tiny",
+        "source": "demo",
+        "demo": {"train_images": 96, "val_images": 40, "image_size": 40, "seed": 1},
+    },
+    "image_size": 32,
+    "text_encoder": {"model": "offline-minilm", "max_length": 32},
+    "model": {"backbone": "resnet18", "weights": None, "attention_heads": 4,
+              "head": {"hidden_dim": 64}},
+    "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
+    "eval": {"block_size": 7},
+    "variants": {"baseline": {}, "bn_head": {"model": {"head": {"norm": "batchnorm"}}}},
+}
+
+
+def snakemake(workdir: Path, repo: Path, *args: str, check=True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
+           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("Reasons:")[0]
+    jobs = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def write_config(workdir: Path, cfg: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, repo):
+    workdir = tmp_path_factory.mktemp("e2e")
+    write_config(workdir, TINY)
+    snakemake(workdir, repo)
+    return workdir
+
+
+def test_outputs_of_every_stage(finished_run):
+    w = finished_run
+    assert (w / "resources/tiny/annotations/captions_train2014.json").is_file()
+    caps = pd.read_parquet(w / "results/tiny/captions/val.parquet")
+    assert list(caps.columns) == ["image_id", "caption_id", "caption", "file_name", "split"]
+    assert caps["image_id"].is_monotonic_increasing and len(caps) == 40 * 5
+    table = pd.read_csv(w / "results/ablation.csv")
+    assert list(table.columns) == ["variant", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
+                                   "t2i_R@5", "t2i_R@10", "rsum"]
+    assert list(table["variant"]) == ["baseline", "bn_head", "untrained"]
+    assert ((table.iloc[:, 1:7] >= 0) & (table.iloc[:, 1:7] <= 100)).all().all()
+    assert (w / "results/ablation_bar.png").stat().st_size > 10_000
+    for variant in ("baseline", "bn_head", "untrained"):
+        vdir = w / "results/tiny/variants" / variant
+        metrics = json.loads((vdir / "metrics.json").read_text())
+        assert metrics["n_images"] == 40 and metrics["n_texts"] == 200
+        report = json.loads((vdir / "train_report.json").read_text())
+        assert report["config"]["name"] == variant
+        hist = pd.read_csv(vdir / "history.csv")
+        assert len(hist) == (0 if variant == "untrained" else 2)
+        assert (vdir / "loss_curves.png").is_file()
+    # Training state for resume lives outside the declared outputs.
+    assert (w / "results/tiny/checkpoints/baseline/state.pt").is_file()
+
+
+def test_finished_run_has_nothing_to_do(finished_run, repo):
+    assert planned_jobs(snakemake(finished_run, repo, "-n")) == {}
+
+
+def test_one_variant_flag_reruns_only_that_variant(finished_run, repo):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["variants"]["bn_head"]["train"] = {"lr": 5e-4}
+    write_config(finished_run, cfg)
+    try:
+        jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
+        assert jobs == {"train": 1, "evaluate": 1, "aggregate": 1, "all": 1}
+        out = snakemake(finished_run, repo, "-n").stdout
+        assert "variant=bn_head" in out and "variant=baseline" not in out
+    finally:
+        write_config(finished_run, TINY)
+
+
+def test_encoder_change_reruns_the_text_cache_and_its_readers(finished_run, repo):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["text_encoder"]["max_length"] = 24
+    write_config(finished_run, cfg)
+    try:
+        jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
+        assert jobs == {"text_embeddings": 2, "train": 3, "evaluate": 3, "aggregate": 1,
+                        "all": 1}
+    finally:
+        write_config(finished_run, TINY)
+
+
+def test_bad_config_fails_before_any_job(tmp_path, repo):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train"]["epoch"] = 3
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, repo, "-n", check=False)
+    assert proc.returncode != 0
+    assert "unknown key train.'epoch' (did you mean 'epochs'?)" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,73 @@
+"""Evaluate one variant: embed every image of the split, rank against every caption.
+
+Recall@K follows the standard definition (image->text hits when ANY of the
+image's captions is in the top K; text->image per caption), over all images
+and all their captions, never one caption per image.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+
+from cliptune.io_utils import atomic_path, write_json
+from cliptune.pairs import PairData
+from cliptune.retrieval_metrics import retrieval_metrics
+from cliptune.runtime import autocast_dtype, pick_device, progress
+from cliptune.train import load_variant_model
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def embed_images(model, data: PairData, batch_size: int, device, amp_dtype,
+                 show_progress: bool = True) -> torch.Tensor:
+    out = []
+    for start in progress(range(0, data.n_images, batch_size), desc="embed images",
+                      disable=not show_progress, unit="batch"):
+        rows = data.image_rows[start:start + batch_size]
+        pixels = model.image.normalize_uint8(torch.from_numpy(np.ascontiguousarray(
+            data.pixels[rows])))
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            out.append(model(pixels).float().cpu())
+    return torch.cat(out)
+
+
+def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path,
+                     show_progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    ecfg = variant["eval"]
+    device = pick_device(variant["train"]["device"])
+    amp_dtype = autocast_dtype(variant["train"]["precision"], device)
+    model = load_variant_model(variant, weights, data.text.shape[1], device)
+    image_emb = embed_images(model, data, ecfg["batch_size"], device, amp_dtype, show_progress)
+    # caption m -> position of its image in image_emb (image_rows is sorted and unique).
+    text_image = torch.from_numpy(np.searchsorted(data.image_rows, data.caption_image_row))
+    metrics = retrieval_metrics(image_emb, data.text, text_image, ks=tuple(ecfg["ks"]),
+                                block_size=ecfg["block_size"], device=device)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    metrics.update({"variant": variant["name"], "split": ecfg["split"],
+                    "temperature": float(1.0 / model.scale())})
+    write_json(out_dir / "metrics.json", metrics)
+    rows = [{"direction": d, "K": k, "recall": metrics[f"{d}_R@{k}"]}
+            for d in ("i2t", "t2i") for k in ecfg["ks"]]
+    with atomic_path(out_dir / "recall.csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    # Saved so figures and reports never recompute embeddings.
+    with atomic_path(out_dir / "embeddings.safetensors") as tmp:
+        save_file({
+            "image": image_emb.contiguous(),
+            "text": data.text.float().contiguous(),
+            "image_id": torch.from_numpy(data.image_ids.copy()),
+            "caption_id": torch.from_numpy(data.captions["caption_id"].to_numpy(np.int64, copy=True)),
+            "text_image_index": text_image.contiguous(),
+        }, str(tmp))
+    log.info("%s: i2t R@1 %.2f  t2i R@1 %.2f  rsum %.1f", variant["name"], metrics["i2t_R@1"],
+             metrics["t2i_R@1"], metrics["rsum"])
+    return metrics

@@ -1,0 +1,143 @@
+"""Image tower: torchvision ResNet trunk, pooling, projection head into text space."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+# CLIP's preprocessing statistics; the text tower was trained against them.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TRUNK_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+
+
+class WeightsUnavailableError(RuntimeError):
+    pass
+
+
+class AttentionPool2d(nn.Module):
+    """CLIP's attention pooling: the mean token queries the flattened feature map
+    (with a learned positional embedding) through multi-head attention."""
+
+    def __init__(self, spatial: int, channels: int, heads: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention_heads={heads} must divide the trunk width {channels}")
+        self.positional = nn.Parameter(torch.randn(spatial * spatial + 1, channels) / channels**0.5)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)  # B, HW, C
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1)
+        pos = self.positional
+        if pos.shape[0] != tokens.shape[1]:  # another input size: resample the grid
+            side = int(math.isqrt(pos.shape[0] - 1))
+            grid = pos[1:].T.reshape(1, -1, side, side)
+            hw = int(math.isqrt(tokens.shape[1] - 1))
+            grid = F.interpolate(grid, size=(hw, hw), mode="bicubic", align_corners=False)
+            pos = torch.cat([pos[:1], grid.reshape(pos.shape[1], -1).T], dim=0)
+        tokens = tokens + pos.to(tokens.dtype)
+        out, _ = self.attn(tokens[:, :1], tokens, tokens, need_weights=False)
+        return out[:, 0]
+
+
+def projection_head(in_dim: int, out_dim: int, hidden_dim: int, depth: int, norm: str,
+                    dropout: float) -> nn.Sequential:
+    """Linear -> [norm] -> GELU -> [dropout] ... -> Linear (depth Linear layers)."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(depth - 1):
+        layers.append(nn.Linear(dim, hidden_dim))
+        if norm == "batchnorm":
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        elif norm == "layernorm":
+            layers.append(nn.LayerNorm(hidden_dim))
+        layers.append(nn.GELU())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def build_trunk(backbone: str, weights: str | None) -> nn.Sequential:
+    builder = getattr(torchvision.models, backbone)
+    weight_enum = None
+    if weights:
+        enum_cls = torchvision.models.get_model_weights(backbone)
+        try:
+            weight_enum = enum_cls[weights] if weights != "DEFAULT" else enum_cls.DEFAULT
+        except KeyError as exc:
+            raise ValueError(
+                f"model.weights = {weights!r} is not a {backbone} weight; use one of "
+                f"{[w.name for w in enum_cls]}, DEFAULT, or null"
+            ) from exc
+    try:
+        net = builder(weights=weight_enum)
+    except Exception as exc:  # the download path raises URLError/OSError/RuntimeError
+        if weight_enum is None:
+            raise
+        hub = torch.hub.get_dir()
+        raise WeightsUnavailableError(
+            f"cannot load {backbone} weights {weights} (offline?): {exc}. Fix: download "
+            f"{weight_enum.url} on a machine with internet and place it in {hub}/checkpoints/ "
+            "(or set TORCH_HOME), or set model.weights: null to train from scratch"
+        ) from exc
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
+                         net.layer3, net.layer4)
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, cfg: Mapping, embed_dim: int, image_size: int):
+        super().__init__()
+        self.trunk = build_trunk(cfg["backbone"], cfg.get("weights"))
+        channels = TRUNK_CHANNELS[cfg["backbone"]]
+        if cfg["pooling"] == "attention":
+            spatial = max(1, math.ceil(image_size / 32))
+            self.pool: nn.Module = AttentionPool2d(spatial, channels, cfg["attention_heads"])
+        else:
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        head = cfg["head"]
+        self.head = projection_head(channels, embed_dim, head["hidden_dim"], head["depth"],
+                                    head["norm"], head["dropout"])
+        if cfg.get("freeze_backbone"):
+            self.trunk.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalize_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC (the cache layout) -> normalised float NCHW on the model's device."""
+        x = images.to(self.mean.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return ((x / 255.0 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.pool(self.trunk(pixels))).float(), dim=-1)
+
+
+class ClipHead(nn.Module):
+    """Image encoder plus the (optionally learnable) logit scale of the InfoNCE loss."""
+
+    def __init__(self, model_cfg: Mapping, train_cfg: Mapping, embed_dim: int, image_size: int):
+        super().__init__()
+        self.image = ImageEncoder(model_cfg, embed_dim, image_size)
+        init = math.log(1.0 / train_cfg["temperature"])
+        self.logit_scale = nn.Parameter(torch.tensor(init),
+                                        requires_grad=train_cfg["learnable_temperature"])
+        self.max_log_scale = math.log(train_cfg["max_logit_scale"])
+
+    def scale(self) -> torch.Tensor:
+        # CLIP clamps the learned scale at 100 so the logits cannot blow up.
+        return self.logit_scale.clamp(max=self.max_log_scale).exp()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.logit_scale.clamp_(max=self.max_log_scale)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image(pixels)

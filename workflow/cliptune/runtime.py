@@ -1,0 +1,80 @@
+"""Process-level helpers shared by the stages: logging, devices, threads, seeds."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+
+def setup_logging(log_file: str | None = None, level=logging.INFO) -> None:
+    """Log to stderr and, under Snakemake, to the rule's ``log:`` file too."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.captureWarnings(True)
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm that redraws rarely when stderr is a log file rather than a terminal."""
+    from tqdm import tqdm
+
+    kwargs.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 30.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
+
+
+class DeviceError(RuntimeError):
+    pass
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when present; a GPU asked for but not visible fails fast instead of
+    silently training for hours on the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            "train.device = cuda but no CUDA device is visible (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); request a GPU from the "
+            "scheduler (--resources gpu=1 / the slurm profile) or set device: auto or cpu"
+        )
+    return torch.device(requested)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def set_threads(threads: int | None) -> None:
+    """Honour the rule's ``threads`` (Snakemake also exports OMP_NUM_THREADS)."""
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs by default; fp32 on the CPU where autocast buys little."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

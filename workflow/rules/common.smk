@@ -1,0 +1,65 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from cliptune.captions import annotation_file, check_coco_layout
+from cliptune.config import (
+    ConfigError,
+    canonical_json,
+    encoder_key,
+    load_config,
+    resolve_variant,
+    variant_names,
+)
+
+try:
+    CFG = load_config(config)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+ENV = "../../environment.yml"
+DS = CFG["dataset"]["name"]
+ROOT = CFG["dataset"]["root"]
+SPLITS = CFG["dataset"]["splits"]
+VARIANTS = variant_names(CFG)
+RESOLVED = {name: resolve_variant(CFG, name) for name in VARIANTS}
+# Encoder cache key -> encoder settings, for every encoder some variant uses.
+ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
+
+RESULTS = f"results/{DS}"
+LOGS = f"logs/{DS}"
+VARIANT_DIR = RESULTS + "/variants/{variant}"
+ABLATION_CSV = "results/ablation.csv"
+ABLATION_PNG = "results/ablation_bar.png"
+
+if CFG["dataset"]["source"] == "coco":
+    try:
+        check_coco_layout(ROOT, list(SPLITS.values()))
+    except FileNotFoundError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    variant="|".join(VARIANTS),
+    encoder="|".join(ENCODERS),
+    size=r"\d+",
+
+
+def variant_json(wildcards):
+    # Sorted-key JSON: Snakemake compares params by repr, so only a real change reruns.
+    return canonical_json(RESOLVED[wildcards.variant])
+
+
+def pair_inputs(variant, split, prefix):
+    """Captions, text cache and image cache of one split as seen by one variant."""
+    v = RESOLVED[variant]
+    key = encoder_key(v["text_encoder"])
+    size = v["image_size"]
+    return {
+        f"{prefix}_captions": f"{RESULTS}/captions/{split}.parquet",
+        f"{prefix}_text": f"{RESULTS}/text/{key}/{split}.safetensors",
+        f"{prefix}_array": f"{RESULTS}/images/{split}_{size}.npy",
+        f"{prefix}_index": f"{RESULTS}/images/{split}_{size}.index.parquet",
+    }
