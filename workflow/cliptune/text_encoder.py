@@ -182,7 +182,7 @@ def load_text_cache(path: Path, captions: pd.DataFrame) -> torch.Tensor:
             f"text cache {path} does not match the captions table (missing caption ids); "
             "delete it and rerun so Snakemake rebuilds it"
         ) from exc
-    return data["embeddings"][torch.from_numpy(rows)]
+    return data["embeddings"][torch.from_numpy(np.array(rows, dtype=np.int64))]
 
 
 def main(argv=None) -> None:

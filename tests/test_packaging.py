@@ -1,0 +1,31 @@
+"""environment.yml must install exactly the dependency set pyproject.toml declares."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+
+
+def _norm(req: str) -> str:
+    req = req.strip()
+    name, spec = re.match(r"^([A-Za-z0-9_.\-\[\]]+)\s*(.*)$", req).groups()
+    return re.sub(r"[-_.]+", "-", name.lower()) + spec.replace(" ", "")
+
+
+def test_environment_matches_pyproject(repo):
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((repo / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    env_reqs = {_norm(r) for r in pip_section if not r.startswith("-e")}
+    assert env_reqs == {_norm(r) for r in project["dependencies"]}
+    assert "-e ." in pip_section  # the cliptune package itself
+    py = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    assert project["requires-python"].lstrip(">=") <= py.split("=")[-1]
+
+
+def test_torch_pin_admits_the_local_wheels(repo):
+    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_req = next(d for d in deps if d.startswith("torch>") or d.startswith("torch="))
+    assert "<=2.14.1" in torch_req
