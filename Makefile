@@ -1,33 +1,51 @@
-# One venv per dependency set, outside the clone, so CI reruns reuse it.
+# One venv per dependency set, outside the clone, so CI reruns reuse it. The
+# package itself is not installed there: PYTHONPATH points at this checkout, so
+# two clones sharing the venv each run their own code.
 PY ?= python3
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEPS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
 VENV ?= $(HOME)/.cache/cliptune/venv-$(DEPS_HASH)
 BIN := $(VENV)/bin
-CORES ?= 2
+CORES ?= all
+export PYTHONPATH := $(CURDIR)/workflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test lint bench clean-demo
+.PHONY: venv demo test test-slurm lint bench clean-demo
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/python -m pip install -q torch torchvision
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	ln -sfn $(VENV) .venv
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(PY) tools/print_deps.py dev > $(VENV)/requirements.txt
+	$(BIN)/python -m pip install -q -r $(VENV)/requirements.txt
 	touch $@
 
 venv: $(BIN)/.installed
-	@echo "venv ready: $(VENV)"
+	@ln -sfn $(VENV) .venv
+	@echo "venv ready: $(VENV) (linked as .venv)"
 
 demo: venv
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/python -m pytest -q tests
+
+# Opt-in (root + apt): a throw-away single-node SLURM runs the demo via profiles/slurm.
+test-slurm: venv
+	CLIPTUNE_SLURM_TEST=1 $(BIN)/python -m pytest -q tests/test_slurm.py
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
+
+# Speed claims with their reference implementations; results land in benchmarks/results/.
+bench: venv
+	$(BIN)/python benchmarks/bench_input_pipeline.py
+	$(BIN)/python benchmarks/bench_text_cache.py
+	$(BIN)/python benchmarks/bench_train_epoch.py
+	$(BIN)/python benchmarks/bench_rerun.py
+	$(BIN)/python benchmarks/bench_retrieval.py
 
 print-venv:
 	@echo $(VENV)

@@ -16,9 +16,11 @@ if not config:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/hpo.smk"
 
 
 rule all:
@@ -26,4 +28,21 @@ rule all:
     input:
         ABLATION_CSV,
         ABLATION_PNG,
-        expand(VARIANT_DIR + "/loss_curves.png", variant=VARIANTS),
+        DATA_REPORT,
+        SAMPLES_PNG,
+        expand(os.path.join(VARIANT_DIR, "loss_curves.png"), variant=VARIANTS),
+        LOSS_OVERLAY_PNG,
+        SUMMARY_MD,
+        expand(os.path.join(FIGURE_DIR, "{figure}.png"), variant=VARIANTS, figure=VARIANT_FIGURES),
+
+
+# Plots and reports take seconds: on a cluster (--profile profiles/slurm) they run
+# on the submitting node instead of waiting in the queue. Downloads: data.smk.
+localrules:
+    all,
+    aggregate,
+    loss_overlay,
+    summary,
+    figures,
+    samples,
+    data_report,

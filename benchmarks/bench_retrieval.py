@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from cliptune.retrieval_metrics import retrieval_metrics_and_ranks, summarize
 
 HERE = Path(__file__).resolve().parent

@@ -10,6 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
+# Subprocesses (snakemake, torchrun) must import this checkout's package too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO / "workflow"), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

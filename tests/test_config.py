@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import yaml
+
 from cliptune.config import (
     ConfigError,
     canonical_json,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cliptune import demo_data as dd
 from PIL import Image
+
+from cliptune import demo_data as dd
 
 SMALL = {"train_images": 20, "val_images": 10, "image_size": 64}
 

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from cliptune import download as dl
 from cliptune.download import COCO2014_FILES, DownloadError, download, verify_file
 from cliptune.safe_extract import UnsafeArchiveError, safe_extract

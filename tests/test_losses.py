@@ -1,10 +1,13 @@
-"""InfoNCE against a hand computation."""
+"""Losses: InfoNCE vs a hand computation and an independent NumPy reference, triplet
+mining, hard-negative InfoNCE and the negative index."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+
 from cliptune.losses import clip_loss
 
 
@@ -55,3 +58,122 @@ def test_gradient_flows_to_scale():
     scale = torch.tensor(2.0, requires_grad=True)
     clip_loss(img, img.clone(), scale).backward()
     assert scale.grad is not None and scale.grad < 0  # sharper logits lower the loss here
+
+
+# --- independent references and the other losses -------------------------------------
+
+
+def _reference_infonce_numpy(img, txt, scale):
+    """Written from the CLIP paper's pseudo-code with NumPy (float64), not torch."""
+    import numpy as np
+
+    logits = scale * np.asarray(img, dtype=np.float64) @ np.asarray(txt, dtype=np.float64).T
+
+    def xent(z):  # mean over rows of -log softmax(z)[i, i], stabilised
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -np.mean(np.diag(logp))
+
+    return (xent(logits) + xent(logits.T)) / 2
+
+
+def test_matches_independent_reference_implementation():
+    g = torch.Generator().manual_seed(1)
+    for n, d in ((2, 3), (7, 16), (33, 8)):
+        img = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
+        txt = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
+        for scale in (1.0, 14.3, 100.0):
+            ref = _reference_infonce_numpy(img.numpy(), txt.numpy(), scale)
+            assert abs(clip_loss(img, txt, scale).item() - ref) < 1e-4
+
+
+def test_learnable_temperature_is_clamped_like_clip():
+    from cliptune.config import DEFAULTS, deep_merge
+    from cliptune.models import ClipHead
+
+    model_cfg = deep_merge(DEFAULTS["model"], {"backbone": "resnet18", "weights": None,
+                                               "head": {"hidden_dim": 8}})
+    train_cfg = deep_merge(DEFAULTS["train"], {"temperature": 0.001, "max_logit_scale": 100.0})
+    head = ClipHead(model_cfg, train_cfg, 4, 32)
+    assert head.scale().item() == pytest.approx(100.0)  # 1/0.001 clamped to 100
+    head.clamp_()
+    assert head.logit_scale.item() == pytest.approx(math.log(100.0))
+
+
+def _hand_triplet(sims, margin, mining):
+    n = len(sims)
+
+    def one_way(s):
+        total = 0.0
+        for i in range(n):
+            pos = s[i][i]
+            negs = [s[i][j] for j in range(n) if j != i]
+            if mining == "semihard":
+                semi = [v for v in negs if pos - margin < v < pos]
+                chosen = max(semi) if semi else max(negs)
+            else:
+                chosen = max(negs)
+            total += max(0.0, margin + chosen - pos)
+        return total / n
+
+    cols = [[sims[i][j] for i in range(n)] for j in range(n)]
+    return (one_way(sims) + one_way(cols)) / 2
+
+
+@pytest.mark.parametrize("mining", ["hardest", "semihard"])
+def test_triplet_matches_hand_computation(mining):
+    from cliptune.losses import triplet_loss
+
+    g = torch.Generator().manual_seed(2)
+    img = torch.nn.functional.normalize(torch.randn(6, 5, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(img + 0.6 * torch.randn(6, 5, generator=g), dim=-1)
+    sims = (img @ txt.T).tolist()
+    for margin in (0.05, 0.2, 1.0):
+        got = triplet_loss(img, txt, margin, mining).item()
+        assert got == pytest.approx(_hand_triplet(sims, margin, mining), abs=1e-5)
+
+
+def test_semihard_differs_from_hardest_and_bad_mining_fails():
+    from cliptune.losses import triplet_loss
+
+    # Row 0: positive 0.9, negatives 0.95 (harder than positive) and 0.8 (semi-hard).
+    sims = torch.tensor([[0.9, 0.95, 0.8], [0.1, 0.9, 0.0], [0.0, 0.1, 0.9]])
+    img, txt = torch.eye(3), sims.T.contiguous()  # img @ txt.T == sims
+    hard = triplet_loss(img, txt, 0.2, "hardest")
+    semi = triplet_loss(img, txt, 0.2, "semihard")
+    assert semi < hard
+    with pytest.raises(ValueError, match="semihard"):
+        triplet_loss(img, txt, 0.2, "easy")
+
+
+def test_hard_negative_loss_extends_the_softmax_with_mined_negatives():
+    from cliptune.losses import hard_negative_loss
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.nn.functional.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    # Without mined negatives and hinge it is InfoNCE.
+    assert torch.isclose(hard_negative_loss(img, txt, 10.0, hardest_weight=0.0),
+                         clip_loss(img, txt, 10.0))
+    mined_t = torch.nn.functional.normalize(torch.randn(4, 3, 6, generator=g), dim=-1)
+    mined_i = torch.nn.functional.normalize(torch.randn(4, 3, 6, generator=g), dim=-1)
+    got = hard_negative_loss(img, txt, 10.0, mined_t, mined_i, hardest_weight=0.0)
+    labels = torch.arange(4)
+    i2t = torch.cat([img @ txt.T, (img[:, None] * mined_t).sum(-1)], 1) * 10
+    t2i = torch.cat([txt @ img.T, (txt[:, None] * mined_i).sum(-1)], 1) * 10
+    ref = (torch.nn.functional.cross_entropy(i2t, labels)
+           + torch.nn.functional.cross_entropy(t2i, labels)) / 2
+    assert torch.isclose(got, ref, atol=1e-6)
+    assert got > clip_loss(img, txt, 10.0)  # more negatives, higher loss
+
+
+def test_negative_index_never_mines_an_images_own_captions():
+    from cliptune.hard_negatives import mine
+
+    g = torch.Generator().manual_seed(4)
+    images = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    captions = torch.cat([images, images + 0.01])  # each image's 2 captions are its nearest
+    owner = torch.arange(5).repeat(2)
+    hard = mine(images, captions, torch.arange(5), owner, k=3, block=2)
+    assert hard.shape == (5, 3)
+    assert not (owner[hard] == torch.arange(5)[:, None]).any()

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from cliptune.retrieval_metrics import (
     i2t_ranks,
     retrieval_metrics,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+
 from cliptune.text_encoder import (
     OFFLINE_ALIAS,
     EncoderUnavailableError,

@@ -1,8 +1,11 @@
-"""COCO-style caption annotations -> one Parquet row per caption.
+"""Caption annotations of any supported source -> one Parquet row per caption.
 
 Columns: image_id, caption_id, caption, file_name (relative to the dataset
-root), split. Rows are sorted by (image_id, caption_id) so every cache keyed
-on this table has a stable, reproducible row order.
+root, or absolute), split. Rows are sorted by (image_id, caption_id) so every
+cache keyed on this table has a stable, reproducible row order. The optional
+``subset`` is applied here, before any image or text is cached, and a small
+``{split}.source.json`` next to the Parquet records what was read, what the
+subset kept and which images had no caption (for the data report).
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import argparse
 import contextlib
 import io
 import logging
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from cliptune.io_utils import write_parquet
+from cliptune.io_utils import write_json, write_parquet
 from cliptune.runtime import setup_logging
 
 log = logging.getLogger(__name__)
@@ -50,7 +55,8 @@ def check_coco_layout(root: Path, folders: list[str]) -> None:
         )
 
 
-def captions_table(root: Path, folder: str, split: str) -> pd.DataFrame:
+def coco_table(root: Path, folder: str, split: str) -> tuple[pd.DataFrame, list[str]]:
+    """COCO captions_<folder>.json -> (caption rows, file names of images with no caption)."""
     from pycocotools.coco import COCO
 
     ann_file = annotation_file(root, folder)
@@ -74,12 +80,23 @@ def captions_table(root: Path, folder: str, split: str) -> pd.DataFrame:
          "split": "string"}
     )
     df = df.sort_values(["image_id", "caption_id"], kind="stable").reset_index(drop=True)
-    no_caption = len(images) - df["image_id"].nunique()
+    captioned = set(df["image_id"].tolist())
+    no_caption = sorted(f"{folder}/{img['file_name']}" for i, img in images.items()
+                        if i not in captioned)
+    return df, no_caption
+
+
+def _warn_caption_problems(df: pd.DataFrame, no_caption: list[str], where: str) -> None:
     if no_caption:
-        log.warning("%s: %d images have no caption and are left out", ann_file, no_caption)
+        log.warning("%s: %d images have no caption and are left out", where, len(no_caption))
     empty = int((df["caption"].str.len() == 0).sum())
     if empty:
-        log.warning("%s: %d empty captions kept (they still count as a caption)", ann_file, empty)
+        log.warning("%s: %d empty captions kept (they still count as a caption)", where, empty)
+
+
+def captions_table(root: Path, folder: str, split: str) -> pd.DataFrame:
+    df, no_caption = coco_table(root, folder, split)
+    _warn_caption_problems(df, no_caption, str(annotation_file(root, folder)))
     return df
 
 
@@ -91,6 +108,177 @@ def build_captions(root: Path, folder: str, split: str, output: Path) -> pd.Data
     log.info("%s: %d captions of %d images -> %s", split, len(df), df["image_id"].nunique(),
              output)
     return df
+
+
+# --------------------------------------------------------------------------- any source
+
+
+def split_labels(dataset: dict, split: str) -> list[str]:
+    """Source split labels that make up cliptune split ``split``.
+
+    Karpathy's ``restval`` (the 30k COCO val2014 images outside val/test)
+    joins whichever split reads ``train`` when ``use_restval`` is on.
+    """
+    label = dataset["splits"][split]
+    labels = [label]
+    if dataset["source"] == "karpathy_coco" and label == "train" and dataset["use_restval"]:
+        labels.append("restval")
+    return labels
+
+
+def split_spec(dataset: dict, split: str) -> dict:
+    """Everything the captions stage of one split depends on (becomes a rule param)."""
+    images = dataset["subset"]["images"]
+    if isinstance(images, dict):
+        images = images.get(split)
+    spec = {
+        "source": dataset["source"],
+        "root": str(dataset["root"]),
+        "split": split,
+        "labels": split_labels(dataset, split),
+        # Mode and seed only matter to a split that is subset: others must not rerun.
+        "subset": {"images": None} if images is None else {
+            "images": images, "mode": dataset["subset"]["mode"],
+            "seed": dataset["subset"]["seed"]},
+    }
+    if dataset["source"] not in ("demo", "coco"):
+        spec["annotations"] = dataset.get("annotations")
+        spec["holdout"] = dataset["holdout"]
+    if dataset["source"] == "karpathy_coco":
+        spec["use_restval"] = dataset["use_restval"]
+    if dataset["source"] == "table":
+        spec["columns"] = dataset["columns"]
+    return spec
+
+
+def subset_images(file_names: pd.Series, n: int | None, mode: str, seed: int,
+                  split: str) -> np.ndarray:
+    """Boolean mask keeping the rows of ``n`` images: the first n by file name or a seeded
+    sample. Depends only on the image set, the seed and the split name."""
+    names = np.array(sorted(set(file_names.astype(str))), dtype=object)
+    if n is None or n >= len(names):
+        return np.ones(len(file_names), dtype=bool)
+    if mode == "first":
+        keep = names[:n]
+    else:  # the split name joins the seed so train and val draw independently
+        rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
+        keep = names[np.sort(rng.choice(len(names), size=n, replace=False))]
+    return file_names.astype(str).isin(set(keep)).to_numpy()
+
+
+def read_split(spec: dict) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(caption rows of the split, images of it with no caption, notes) before any subset."""
+    from cliptune.dataset_formats import read_source
+
+    split = spec["split"]
+    if spec["source"] in ("demo", "coco"):
+        df, no_caption = coco_table(Path(spec["root"]), spec["labels"][0], split)
+        return df, no_caption, []
+    table = read_source(spec)
+    labels = set(spec["labels"])
+    df = table.captions[table.captions["split"].isin(labels)].copy()
+    if df.empty and not any(table.no_caption.get(lab) for lab in labels):
+        present = sorted(lab for lab in table.labels() if lab)
+        raise ValueError(
+            f"split {split!r} reads source split(s) {sorted(labels)} but the source has only "
+            f"{present}; fix dataset.splits.{split}"
+        )
+    df["split"] = split
+    df = df.astype({"split": "string"})
+    df = df.sort_values(["image_id", "caption_id"], kind="stable").reset_index(drop=True)
+    no_caption = sorted(n for lab in labels for n in table.no_caption.get(lab, []))
+    return df, no_caption, table.notes
+
+
+def build_split_captions(spec: dict, output: Path, source_json: Path | None = None
+                         ) -> pd.DataFrame:
+    """Read one split of any source, apply the subset, write the Parquet (+ source.json)."""
+    split = spec["split"]
+    df, no_caption, notes = read_split(spec)
+    where = f"{spec['source']} split {split!r}"
+    _warn_caption_problems(df, no_caption, where)
+    images_before = int(df["file_name"].nunique())
+    sub = spec["subset"]
+    if sub["images"] is not None:
+        df = df[subset_images(df["file_name"], sub["images"], sub["mode"], sub["seed"],
+                              split)].reset_index(drop=True)
+        log.info("%s: subset (%s, seed %d) keeps %d of %d images", where, sub["mode"],
+                 sub["seed"], df["file_name"].nunique(), images_before)
+    if df.empty:
+        raise ValueError(f"{where} holds no captions; check dataset.annotations / "
+                         "dataset.splits and the caption files")
+    write_parquet(output, df[COLUMNS])
+    if source_json is not None:
+        info = {
+            "split": split,
+            "source": spec["source"],
+            "source_splits": spec["labels"],
+            "annotations": spec.get("annotations"),
+            "root": spec["root"],
+            "images_in_source": images_before,
+            "subset": {**sub, "images_kept": int(df["file_name"].nunique())},
+            "images": int(df["image_id"].nunique()),
+            "captions": len(df),
+            "images_without_captions": no_caption,
+            "notes": notes,
+        }
+        if "use_restval" in spec:
+            info["use_restval"] = spec["use_restval"]
+        write_json(source_json, info)
+    log.info("%s: %d captions of %d images -> %s", split, len(df), df["image_id"].nunique(),
+             output)
+    return df
+
+
+def captions_inputs(dataset: dict, split: str) -> list[str]:
+    """Files the captions rule of ``split`` reads (plus extraction markers when downloading)."""
+    from cliptune.coco_download import ANNOTATIONS_ZIP, marker_path, needed_archives
+
+    label, source, root = dataset["splits"][split], dataset["source"], dataset["root"]
+    if dataset.get("download"):
+        names = needed_archives(dataset)
+        if source == "coco":  # this split's images and the shared annotations zip
+            names = [n for n in names if n in (ANNOTATIONS_ZIP, f"{label}.zip")]
+        files = [str(marker_path(root, n)) for n in names]
+        return files + ([dataset["annotations"]] if source == "karpathy_coco" else [])
+    if source in ("demo", "coco"):
+        return [str(annotation_file(root, label))]
+    if source == "folder":
+        return [str(Path(root) / label)]  # directory mtime: adding/removing images reruns
+    return [dataset["annotations"]]
+
+
+def check_sources(dataset: dict) -> None:
+    """Name every missing input of the configured source in one error (at parse time).
+
+    Files that the download rules will fetch are not checked.
+    """
+    source, root = dataset["source"], Path(dataset["root"])
+    if source == "demo":
+        return
+    if source == "coco":
+        if not dataset.get("download"):
+            check_coco_layout(root, sorted(set(dataset["splits"].values())))
+        return
+    missing = []
+    ann = dataset.get("annotations")
+    if ann and not Path(ann).is_file():
+        hint = ""
+        if source == "karpathy_coco":
+            hint = (" (dataset_coco.json from Karpathy's caption_datasets.zip: "
+                    "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip)")
+        elif source == "flickr30k":
+            hint = " (Karpathy's dataset_flickr30k.json or the Flickr30k results.csv)"
+        missing.append(f"{ann}{hint}")
+    if source == "karpathy_coco" and not dataset.get("download"):
+        missing += [f"{root / f}/" for f in ("train2014", "val2014") if not (root / f).is_dir()]
+    elif source == "folder":
+        missing += [f"{root / f}/" for f in sorted(set(dataset["splits"].values()))
+                    if not (root / f).is_dir()]
+    elif not root.is_dir() and not (source == "karpathy_coco" and dataset.get("download")):
+        missing.append(f"{root}/ (dataset.root, the image folder)")
+    if missing:
+        raise DatasetLayoutError(f"dataset.source {source!r}: missing " + "; ".join(missing))
 
 
 def main(argv=None) -> None:

@@ -26,10 +26,30 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 VARIANT_SECTIONS = ("text_encoder", "model", "train", "eval", "image_size")
 UNTRAINED = "untrained"
 
+# A short, general subset of the CLIP paper's zero-shot ensembling templates.
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a close-up photo of a {}.",
+    "a good photo of a {}.",
+    "a picture of a {}.",
+)
+
 DEFAULTS: dict[str, Any] = {
     "dataset": {
-        "root": None,
-        "splits": {"train": "train2014", "val": "val2014"},
+        "root": None,  # per source: see _resolve_dataset
+        "splits": None,  # None: SOURCE_SPLITS[source]
+        "annotations": None,  # caption file; Karpathy sources default to {root}/dataset_*.json
+        "download": False,  # coco / karpathy_coco: fetch COCO 2014 into root
+        "keep_archives": False,  # keep the downloaded zips after extraction
+        "download_files": {},  # per-archive {url, size, md5, sha256} overrides
+        "use_restval": True,  # karpathy_coco: train on train + restval (113k images)
+        "subset": {"images": None, "mode": "random", "seed": 0},
+        "holdout": {"val": 1000, "test": 1000, "seed": 0},  # sources without splits
+        "columns": {"image": None, "caption": None, "split": None},  # table: auto-detect
+        "samples": {"count": 16, "seed": 0},  # samples.png grid
         "max_bad_image_fraction": 0.001,
         "demo": {
             "train_images": 1500,
@@ -49,12 +69,28 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 256,
     },
     "model": {
+        "kind": "resnet",
         "backbone": "resnet50",
         "weights": "IMAGENET1K_V2",
         "pooling": "avg",
         "attention_heads": 8,
         "head": {"hidden_dim": 1024, "depth": 2, "norm": "none", "dropout": 0.0},
         "freeze_backbone": False,
+        "trainable_stages": None,
+        "freeze_bn_stats": True,
+        "clip": {
+            "model": "openai/clip-vit-base-patch32",
+            "lock_image": False,
+            "lock_text": True,
+            "lora": {"text": False, "vision": False, "r": 8, "alpha": 16, "dropout": 0.05,
+                     "target_modules": ["q_proj", "v_proj"]},
+        },
+        "dual_encoder": {
+            "tokenizer": None,
+            "embed_dim": 256,
+            "vision": {"patch_size": 8, "width": 256, "depth": 4, "heads": 4},
+            "text": {"width": 256, "depth": 4, "heads": 4, "max_length": 64},
+        },
     },
     "train": {
         "epochs": 10,
@@ -72,11 +108,70 @@ DEFAULTS: dict[str, Any] = {
         "precision": "auto",
         "max_nonfinite_steps": 20,
         "checkpoint_every_epochs": 1,
+        "head_lr": None,
+        "loss": "infonce",
+        "triplet": {"margin": 0.2, "mining": "semihard"},
+        "hard_negatives": {"k": 8, "refresh_epochs": 1, "hardest_weight": 1.0, "margin": 0.2},
+        "accum_steps": 1,
+        "augment": {"enabled": False, "scale": [0.5, 1.0], "flip": 0.5, "color_jitter": 0.2,
+                    "rotation": 10.0},
+        "caption_word_dropout": 0.0,
+        "channels_last": True,
+        "compile": False,
+        "monitor": "val_loss",
+        "patience": None,
+        "min_delta": 0.0,
+        "val_max_images": None,
+        "divergence": {"max_restarts": 2, "lr_factor": 0.5},
+        "tensorboard": True,
+        "log_every_steps": 10,
+        # Mid-epoch checkpoints for preemption (SLURM time limits); 0 turns either off.
+        "checkpoint_every_steps": 0,
+        "checkpoint_every_minutes": 15,
+        "devices": 1,
+        "nodes": 1,
     },
     "eval": {"split": "val", "ks": [1, 5, 10], "block_size": 1024, "batch_size": 256},
     "baseline": "baseline",
     "include_untrained": True,
+    # Optuna search (rule hpo; its own target, not part of `all`).
+    "hpo": {
+        "trials": 20,
+        "epochs": None,
+        "metric": "val_recall",
+        "seed": 0,
+        "space": {"lr": [1e-5, 1e-2], "temperature": [0.01, 0.2],
+                  "weight_decay": [0.0, 0.2], "batch_size": [32, 64, 128]},
+    },
+    # Figures and results/summary.md (docs/report.md); changing it reruns only those.
+    "report": {
+        "queries": ["a dog playing", "sport", "a cat", "food on a plate"],
+        "top_k": 5,
+        "n_images": 4,
+        "heatmap_size": 12,
+        "seed": 0,
+        "anchors_comparable": False,
+        "zero_shot": {
+            "classes": None,  # null: COCO's 80 categories (demo: its shape names)
+            "templates": list(DEFAULT_TEMPLATES),
+            "top_classes": 5,
+        },
+    },
 }
+
+
+# cliptune split -> source split label, when dataset.splits is not given.
+SOURCE_SPLITS: dict[str, dict[str, str]] = {
+    "demo": {"train": "train2014", "val": "val2014"},
+    "coco": {"train": "train2014", "val": "val2014"},
+    "karpathy_coco": {"train": "train", "val": "val", "test": "test"},
+    "flickr30k": {"train": "train", "val": "val", "test": "test"},
+    "json": {"train": "train", "val": "val"},
+    "folder": {"train": "train", "val": "val"},
+    "table": {"train": "train", "val": "val"},
+}
+KARPATHY_FILES = {"karpathy_coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
+COCO_DOWNLOAD_ROOT = "resources/coco2014"
 
 
 class ConfigError(ValueError):
@@ -150,13 +245,7 @@ def load_config(config: Mapping) -> dict:
     """Validate the raw user config, then fill defaults. Returns a new dict."""
     validate(config)
     cfg = deep_merge(DEFAULTS, config)
-    if cfg["dataset"].get("root") is None and cfg["dataset"]["source"] == "demo":
-        cfg["dataset"]["root"] = f"resources/{cfg['dataset']['name']}"
-    if cfg["dataset"]["source"] == "coco" and not cfg["dataset"].get("root"):
-        raise ConfigError(
-            "config error: dataset.root is required when dataset.source is 'coco'; "
-            "point it at a folder holding annotations/ and the image folders"
-        )
+    _resolve_dataset(cfg["dataset"], config["dataset"])
     variants = cfg["variants"]
     if cfg["baseline"] not in variants:
         raise ConfigError(
@@ -174,6 +263,61 @@ def load_config(config: Mapping) -> dict:
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
     return cfg
+
+
+def _resolve_dataset(ds: dict, raw: Mapping) -> None:
+    """Fill the source-dependent dataset defaults and reject combinations that cannot work."""
+    source = ds["source"]
+    # Given splits replace the per-source default (a deep merge would keep stale entries).
+    ds["splits"] = dict(raw.get("splits") or SOURCE_SPLITS[source])
+    if ds["download"] and source not in ("coco", "karpathy_coco"):
+        raise ConfigError(
+            f"config error: dataset.download downloads COCO 2014 only; with dataset.source = "
+            f"{source!r} set download: false and point dataset.root at your data"
+        )
+    if ds["download"] and source == "coco":
+        bad = sorted(set(ds["splits"].values()) - {"train2014", "val2014"})
+        if bad:
+            raise ConfigError(
+                f"config error: dataset.splits names folder(s) {bad} that dataset.download "
+                "cannot fetch; COCO 2014 has train2014 and val2014"
+            )
+    if ds["annotations"] is None and source in ("json", "table"):
+        kind = "the JSON file" if source == "json" else "the CSV or Parquet file"
+        raise ConfigError(
+            f"config error: dataset.annotations is required when dataset.source is "
+            f"{source!r}; point it at {kind} with the captions"
+        )
+    if ds["root"] is None:
+        if source == "demo":
+            ds["root"] = f"resources/{ds['name']}"
+        elif ds["download"]:
+            ds["root"] = COCO_DOWNLOAD_ROOT
+        elif source in ("json", "table") and ds["annotations"]:
+            ds["root"] = str(Path(ds["annotations"]).parent)  # image paths relative to it
+        else:
+            what = {
+                "coco": "a folder holding annotations/ and the image folders (or set "
+                        "dataset.download: true)",
+                "karpathy_coco": "the folder holding train2014/ and val2014/ (or set "
+                                 "dataset.download: true)",
+                "flickr30k": "the folder holding the Flickr30k images",
+                "folder": "the folder holding one subfolder of images per split",
+            }.get(source, "the folder the image paths are relative to")
+            raise ConfigError(
+                f"config error: dataset.root is required when dataset.source is "
+                f"{source!r}; point it at {what}"
+            )
+    if ds["annotations"] is None and source in KARPATHY_FILES:
+        ds["annotations"] = str(Path(ds["root"]) / KARPATHY_FILES[source])
+    images = ds["subset"]["images"]
+    if isinstance(images, Mapping):
+        unknown = sorted(set(images) - set(ds["splits"]))
+        if unknown:
+            raise ConfigError(
+                f"config error: dataset.subset.images names split(s) {unknown} that are not "
+                f"in dataset.splits; use one of {sorted(ds['splits'])}"
+            )
 
 
 def variant_names(cfg: Mapping) -> list[str]:

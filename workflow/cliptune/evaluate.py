@@ -31,12 +31,22 @@ def embed_images(model, data: PairData, batch_size: int, device, amp_dtype,
     for start in progress(range(0, data.n_images, batch_size), desc="embed images",
                       disable=not show_progress, unit="batch"):
         rows = data.image_rows[start:start + batch_size]
-        pixels = model.image.normalize_uint8(torch.from_numpy(np.ascontiguousarray(
-            data.pixels[rows])))
+        batch = torch.from_numpy(np.ascontiguousarray(data.pixels[rows]))
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
-            out.append(model(pixels).float().cpu())
+            # Every model kind (cliptune.train.build_model) embeds uint8 NHWC batches.
+            out.append(model.encode_images(batch).float().cpu())
     return torch.cat(out)
+
+
+@torch.inference_mode()
+def embed_texts(model, data: PairData, batch_size: int, device, amp_dtype) -> torch.Tensor:
+    """The cached caption embeddings, or the model's own (trained) text tower."""
+    if getattr(model, "text_from_cache", True):
+        return data.text.float()
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        return model.encode_texts(data.captions["caption"].tolist(), batch_size).float()
 
 
 def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path,
@@ -47,13 +57,14 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
     amp_dtype = autocast_dtype(variant["train"]["precision"], device)
     model = load_variant_model(variant, weights, data.text.shape[1], device)
     image_emb = embed_images(model, data, ecfg["batch_size"], device, amp_dtype, show_progress)
+    text_emb = embed_texts(model, data, ecfg["batch_size"], device, amp_dtype)
     # caption m -> position of its image in image_emb (image_rows is sorted and unique).
     text_image = torch.from_numpy(np.searchsorted(data.image_rows, data.caption_image_row))
-    metrics = retrieval_metrics(image_emb, data.text, text_image, ks=tuple(ecfg["ks"]),
+    metrics = retrieval_metrics(image_emb, text_emb, text_image, ks=tuple(ecfg["ks"]),
                                 block_size=ecfg["block_size"], device=device)
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics.update({"variant": variant["name"], "split": ecfg["split"],
-                    "temperature": float(1.0 / model.scale())})
+                    "temperature": float(1.0 / model.scale().detach())})
     write_json(out_dir / "metrics.json", metrics)
     rows = [{"direction": d, "K": k, "recall": metrics[f"{d}_R@{k}"]}
             for d in ("i2t", "t2i") for k in ecfg["ks"]]
@@ -63,7 +74,7 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
     with atomic_path(out_dir / "embeddings.safetensors") as tmp:
         save_file({
             "image": image_emb.contiguous(),
-            "text": data.text.float().contiguous(),
+            "text": text_emb.contiguous(),
             "image_id": torch.from_numpy(data.image_ids.copy()),
             "caption_id": torch.from_numpy(data.captions["caption_id"].to_numpy(np.int64, copy=True)),
             "text_image_index": text_image.contiguous(),

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cliptune.io_utils import atomic_path, write_parquet
 from cliptune.runtime import progress, setup_logging
@@ -50,6 +51,10 @@ def load_rgb(path: Path, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
+# Reasons a problem image gets (the first word of the index's ``problem`` column).
+PROBLEM_REASONS = ("missing", "zero-size", "not an image", "truncated", "unreadable")
+
+
 def _decode(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
     row, path, size = job
     try:
@@ -57,7 +62,20 @@ def _decode(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
     except FileNotFoundError:
         return row, None, "missing"
     except Exception as exc:  # noqa: BLE001 - every decoder failure is a data problem
-        return row, None, f"unreadable: {type(exc).__name__}: {exc}"
+        detail = f"{type(exc).__name__}: {exc}"
+        try:
+            empty = os.path.getsize(path) == 0
+        except OSError:
+            empty = False
+        if empty:
+            return row, None, "zero-size: the file has 0 bytes"
+        if str(exc) == "zero-size image":
+            return row, None, "zero-size: the image has 0 pixels"
+        if isinstance(exc, UnidentifiedImageError):
+            return row, None, f"not an image: {detail}"
+        if "truncated" in str(exc).lower():
+            return row, None, f"truncated: {detail}"
+        return row, None, f"unreadable: {detail}"
 
 
 def build_image_cache(

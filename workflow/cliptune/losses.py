@@ -1,6 +1,12 @@
-"""Contrastive losses, kept small and single-purpose (as in open_clip)."""
+"""Image-text losses, kept small and single-purpose (as in open_clip).
+
+Inputs are L2-normalised embeddings where row i of each side is a positive pair
+and every other row of the other side a negative.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -8,8 +14,81 @@ import torch.nn.functional as F
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
               logit_scale: torch.Tensor | float) -> torch.Tensor:
-    """Symmetric InfoNCE over in-batch pairs: row i of each side is a positive pair,
-    every other row of the other side a negative. Inputs are L2-normalised."""
+    """Symmetric InfoNCE over in-batch pairs."""
     logits = logit_scale * image_emb.float() @ text_emb.float().T
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def _off_diagonal(sims: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(sims.shape[0], dtype=torch.bool, device=sims.device)
+    return sims.masked_fill(eye, float("-inf"))
+
+
+def _triplet_one_way(sims: torch.Tensor, margin: float, mining: str) -> torch.Tensor:
+    """Rows are anchors, columns candidates, the diagonal the positives."""
+    pos = sims.diagonal()
+    neg = _off_diagonal(sims)
+    hardest = neg.max(dim=1).values
+    if mining == "hardest":
+        chosen = hardest
+    elif mining == "semihard":
+        # FaceNet: the hardest negative still less similar than the positive but within
+        # the margin; anchors without one fall back to their hardest negative.
+        semi = neg.masked_fill((neg >= pos[:, None]) | (neg <= (pos - margin)[:, None]),
+                               float("-inf")).max(dim=1).values
+        chosen = torch.where(torch.isfinite(semi), semi, hardest)
+    else:
+        raise ValueError(f"train.triplet.mining = {mining!r}; use hardest or semihard")
+    return F.relu(margin + chosen - pos).mean()
+
+
+def triplet_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, margin: float = 0.2,
+                 mining: str = "hardest") -> torch.Tensor:
+    """Bidirectional triplet (hinge) loss on cosine similarity with in-batch negatives."""
+    sims = image_emb.float() @ text_emb.float().T
+    return 0.5 * (_triplet_one_way(sims, margin, mining) + _triplet_one_way(sims.T, margin, mining))
+
+
+def hard_negative_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
+                       logit_scale: torch.Tensor | float,
+                       mined_texts: torch.Tensor | None = None,
+                       mined_images: torch.Tensor | None = None,
+                       hardest_weight: float = 1.0, margin: float = 0.2) -> torch.Tensor:
+    """InfoNCE whose negatives are the batch plus mined ones, plus a hinge on the
+    hardest in-batch negative (VSE++ max violation).
+
+    ``mined_texts`` (B×k×D): for image anchor i, captions of other images mined from
+    the training-set index; ``mined_images`` (B×k×D) likewise for caption anchor i.
+    Mined embeddings come from the index (no gradient): memory-bank negatives.
+    """
+    img, txt = image_emb.float(), text_emb.float()
+    sims = img @ txt.T
+    i2t, t2i = sims, sims.T
+    if mined_texts is not None:
+        i2t = torch.cat([i2t, torch.einsum("bd,bkd->bk", img, mined_texts.float())], dim=1)
+    if mined_images is not None:
+        t2i = torch.cat([t2i, torch.einsum("bd,bkd->bk", txt, mined_images.float())], dim=1)
+    labels = torch.arange(sims.shape[0], device=sims.device)
+    loss = 0.5 * (F.cross_entropy(logit_scale * i2t, labels)
+                  + F.cross_entropy(logit_scale * t2i, labels))
+    if hardest_weight:
+        loss = loss + hardest_weight * triplet_loss(img, txt, margin, "hardest")
+    return loss
+
+
+def batch_loss(tcfg: Mapping, image_emb: torch.Tensor, text_emb: torch.Tensor,
+               logit_scale: torch.Tensor, mined: tuple | None = None) -> torch.Tensor:
+    """The loss ``train.loss`` names, on one (accumulated) batch."""
+    name = tcfg["loss"]
+    if name == "infonce":
+        return clip_loss(image_emb, text_emb, logit_scale)
+    if name == "triplet":
+        tri = tcfg["triplet"]
+        return triplet_loss(image_emb, text_emb, tri["margin"], tri["mining"])
+    if name == "hard_negative":
+        hn = tcfg["hard_negatives"]
+        mined_texts, mined_images = mined if mined is not None else (None, None)
+        return hard_negative_loss(image_emb, text_emb, logit_scale, mined_texts, mined_images,
+                                  hn["hardest_weight"], hn["margin"])
+    raise ValueError(f"train.loss = {name!r}; use infonce, triplet or hard_negative")

@@ -93,6 +93,40 @@ def build_trunk(backbone: str, weights: str | None) -> nn.Sequential:
                          net.layer3, net.layer4)
 
 
+# Index of the first module of each residual stage inside the trunk Sequential:
+# conv1, bn1, relu, maxpool, layer1..layer4.
+STAGE_START = {1: 4, 2: 5, 3: 6, 4: 7}
+
+
+def frozen_trunk_modules(cfg: Mapping) -> int:
+    """How many leading trunk modules are frozen: all (freeze_backbone), the stem plus
+    the first 4 - N stages (trainable_stages: N), or none."""
+    stages = cfg.get("trainable_stages")
+    if cfg.get("freeze_backbone"):
+        if stages not in (None, 0):
+            raise ValueError(
+                f"model.freeze_backbone = true conflicts with model.trainable_stages = {stages}; "
+                "set one of them"
+            )
+        return 8
+    if stages is None:
+        return 0
+    return 8 if stages == 0 else STAGE_START[5 - stages]
+
+
+def freeze_trunk(trunk: nn.Sequential, n_frozen: int) -> list[nn.Module]:
+    frozen = list(trunk)[:n_frozen]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def to_unit_float(images: torch.Tensor, device) -> torch.Tensor:
+    """uint8 NHWC batch -> float NCHW in [0, 1] on ``device`` (one batched op)."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, cfg: Mapping, embed_dim: int, image_size: int):
         super().__init__()
@@ -106,22 +140,46 @@ class ImageEncoder(nn.Module):
         head = cfg["head"]
         self.head = projection_head(channels, embed_dim, head["hidden_dim"], head["depth"],
                                     head["norm"], head["dropout"])
-        if cfg.get("freeze_backbone"):
-            self.trunk.requires_grad_(False)
+        self.frozen = freeze_trunk(self.trunk, frozen_trunk_modules(cfg))
+        self.freeze_bn_stats = bool(cfg.get("freeze_bn_stats", True))
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_bn_stats:
+            # Frozen stages keep their (ImageNet) running statistics: BN in eval mode.
+            for module in self.frozen:
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
+
     def normalize_uint8(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC (the cache layout) -> normalised float NCHW on the model's device."""
-        x = images.to(self.mean.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return ((x / 255.0 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.normalize(to_unit_float(images, self.mean.device))
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """float NCHW in [0, 1] -> CLIP-normalised, channels_last."""
+        return ((x01 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.pool(self.trunk(pixels))).float(), dim=-1)
 
+    def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Cached frozen-trunk output (N×C×h×w map, or N×C already average-pooled;
+        cliptune.feature_cache) -> embeddings: only the trainable part runs."""
+        pooled = feats if feats.ndim == 2 else self.pool(feats)
+        return F.normalize(self.head(pooled).float(), dim=-1)
+
 
 class ClipHead(nn.Module):
-    """Image encoder plus the (optionally learnable) logit scale of the InfoNCE loss."""
+    """Image encoder plus the (optionally learnable) logit scale of the InfoNCE loss.
+
+    Captions come from the frozen text cache (``text_from_cache``), the fastest path.
+    """
+
+    text_from_cache = True
 
     def __init__(self, model_cfg: Mapping, train_cfg: Mapping, embed_dim: int, image_size: int):
         super().__init__()
@@ -138,6 +196,20 @@ class ClipHead(nn.Module):
     @torch.no_grad()
     def clamp_(self) -> None:
         self.logit_scale.clamp_(max=self.max_log_scale)
+
+    def is_new_parameter(self, name: str) -> bool:
+        """Freshly initialised (pool, head, temperature): trained with ``train.head_lr``."""
+        return not name.startswith("image.trunk.")
+
+    def embed_images(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.image(self.image.normalize(x01))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC batch -> L2-normalised embeddings (what evaluation calls)."""
+        return self.embed_images(to_unit_float(images, self.logit_scale.device))
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        raise RuntimeError("this model reads caption embeddings from the text cache")
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image(pixels)

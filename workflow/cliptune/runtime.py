@@ -7,8 +7,9 @@ import os
 import random
 import sys
 
-import numpy as np
-import torch
+# torch is imported inside the functions that need it: the Snakefile imports
+# this module (via captions) at parse time, and a no-op `snakemake -n` should
+# not pay several seconds for importing torch.
 
 
 def setup_logging(log_file: str | None = None, level=logging.INFO) -> None:
@@ -39,9 +40,11 @@ class DeviceError(RuntimeError):
     pass
 
 
-def pick_device(requested: str = "auto") -> torch.device:
+def pick_device(requested: str = "auto"):
     """CUDA when present; a GPU asked for but not visible fails fast instead of
     silently training for hours on the CPU."""
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
@@ -53,7 +56,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
@@ -63,18 +68,25 @@ def device_name(device: torch.device) -> str:
 
 def set_threads(threads: int | None) -> None:
     """Honour the rule's ``threads`` (Snakemake also exports OMP_NUM_THREADS)."""
+    import torch
+
     if threads:
         torch.set_num_threads(max(1, int(threads)))
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device):
     """bf16 on GPUs by default; fp32 on the CPU where autocast buys little."""
+    import torch
+
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -18,12 +18,28 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and the temperature (as CLIP/open_clip)."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float | None = None,
+                 head_lr: float | None = None) -> list[dict]:
+    """No weight decay on biases, norms and the temperature (as CLIP/open_clip).
+
+    With ``head_lr``, parameters the model calls new (``is_new_parameter``: heads,
+    attention pool, LoRA adapters, temperature) get their own learning rate while
+    pretrained weights keep ``lr``. Empty groups are dropped.
+    """
+    is_new = getattr(model, "is_new_parameter", lambda name: False)
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        no_decay = p.ndim < 2 or "logit_scale" in name
+        new = head_lr is not None and is_new(name)
+        groups.setdefault((no_decay, new), []).append(p)
+    out = []
+    for (no_decay, new), params in sorted(groups.items()):
+        group = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if new:
+            group["lr"] = head_lr
+        elif lr is not None:
+            group["lr"] = lr
+        out.append(group)
+    return out

@@ -23,11 +23,43 @@ def demo_dataset(smk) -> None:
     generate_demo_dataset(Path(smk.params.root), **demo)
 
 
-def captions(smk) -> None:
-    from cliptune.captions import build_captions
+def coco_archive(smk) -> None:
+    from cliptune.coco_download import fetch_archive
 
-    build_captions(Path(smk.params.root), smk.params.folder, smk.wildcards.split,
-                   Path(smk.output[0]))
+    fetch_archive(smk.wildcards.archive, json.loads(smk.params.spec), Path(smk.output[0]),
+                  hint=smk.params.hint)
+
+
+def coco_extract(smk) -> None:
+    from cliptune.coco_download import extract_archive
+
+    marker = extract_archive(Path(smk.input[0]), Path(smk.output[0]).parent)
+    if marker != Path(smk.output[0]):
+        raise RuntimeError(f"extraction wrote marker {marker}, the rule expects {smk.output[0]}")
+
+
+def captions(smk) -> None:
+    from cliptune.captions import build_split_captions
+
+    build_split_captions(json.loads(smk.params.spec), Path(smk.output.parquet),
+                         Path(smk.output.source))
+
+
+def data_report(smk) -> None:
+    from cliptune.data_report import build_data_report
+
+    build_data_report(list(smk.params.splits), [Path(p) for p in smk.input.captions],
+                      [Path(p) for p in smk.input.sources], [Path(p) for p in smk.input.indexes],
+                      Path(smk.output.json), Path(smk.output.md), dataset=smk.params.dataset,
+                      image_size=smk.params.size)
+
+
+def samples(smk) -> None:
+    from cliptune.samples import write_samples
+
+    write_samples(Path(smk.input.captions), Path(smk.input.array), Path(smk.input.index),
+                  Path(smk.output[0]), count=smk.params.n, seed=smk.params.seed,
+                  title=smk.params.title)
 
 
 def image_cache(smk) -> None:
@@ -53,12 +85,51 @@ def _pairs(smk, prefix: str):
                          Path(smk.input[f"{prefix}_array"]), Path(smk.input[f"{prefix}_index"]))
 
 
+def _train_pairs(smk, prefix: str):
+    """Pairs for training; cached trunk features replace pixels when the rule got them."""
+    pairs = _pairs(smk, prefix)
+    features = getattr(smk.input, f"{prefix}_features", None)
+    if features is None:
+        return pairs
+    from cliptune.feature_cache import with_features
+
+    return with_features(pairs, Path(features), Path(smk.input[f"{prefix}_features_meta"]))
+
+
+def backbone_features(smk) -> None:
+    from cliptune.feature_cache import build_feature_cache
+
+    build_feature_cache(Path(smk.input.array), Path(smk.input.index), json.loads(smk.params.spec),
+                        Path(smk.output.array), Path(smk.output.meta), device=smk.params.device)
+
+
 def train(smk) -> None:
+    from cliptune.distributed import launch, world_size
     from cliptune.train import train_variant
 
     variant = json.loads(smk.params.variant)
-    train_variant(variant, _pairs(smk, "train"), _pairs(smk, "val"),
-                  Path(smk.output.model).parent, Path(smk.params.state))
+    if world_size(variant["train"]) > 1:  # train.devices/nodes: torchrun workers
+        devices, nodes = variant["train"]["devices"], variant["train"]["nodes"]
+        state = Path(smk.params.state)
+        inputs = {k: str(smk.input[k]) for k in smk.input.keys()}  # noqa: SIM118 (Namedlist)
+        spec = {"variant": variant, "inputs": inputs,
+                "out_dir": str(Path(smk.output.model).parent), "state": str(state),
+                "log": str(smk.log[0]) if smk.log else None,
+                "threads": max(1, smk.threads // devices)}
+        launch(spec, state.with_name("launch.json"), devices, nodes)
+        return
+    # Per-step / per-epoch CSV and TensorBoard logs: logs/{DS}/train/{variant}/ (not outputs).
+    log_dir = Path(str(smk.log[0])).with_suffix("") if smk.log else None
+    train_variant(variant, _train_pairs(smk, "train"), _train_pairs(smk, "val"),
+                  Path(smk.output.model).parent, Path(smk.params.state), log_dir=log_dir)
+
+
+def hpo(smk) -> None:
+    from cliptune.hpo import run_search
+
+    run_search(json.loads(smk.params.variant), json.loads(smk.params.override),
+               json.loads(smk.params.hpo), _pairs(smk, "train"), _pairs(smk, "val"),
+               Path(smk.output.overlay).parent, Path(smk.params.storage))
 
 
 def evaluate(smk) -> None:
@@ -73,7 +144,48 @@ def aggregate(smk) -> None:
     from cliptune.aggregate import write_ablation
 
     files = dict(zip(smk.params.variants, smk.input.metrics, strict=True))
-    write_ablation(files, smk.params.baseline, Path(smk.output.csv), Path(smk.output.png))
+    ks = getattr(smk.params, "ks", None) or (1, 5, 10)  # eval.ks of the baseline
+    write_ablation(files, smk.params.baseline, Path(smk.output.csv), Path(smk.output.png), ks)
+
+
+def figures(smk) -> None:
+    from cliptune.variant_figures import run_variant_figures
+
+    instances = getattr(smk.input, "instances", None)
+    run_variant_figures(
+        json.loads(smk.params.variant), json.loads(smk.params.report),
+        json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
+        Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
+        Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
+        instances=Path(instances) if instances else None)
+
+
+def loss_overlay(smk) -> None:
+    import pandas as pd
+
+    from cliptune.figures import plot_loss_overlay
+
+    histories = {v: pd.read_csv(p) for v, p in zip(smk.params.variants, smk.input.histories,
+                                                    strict=True)}
+    plot_loss_overlay(histories, Path(smk.output[0]), baseline=smk.params.baseline)
+
+
+def summary(smk) -> None:
+    from cliptune.summary import write_summary
+    from cliptune.variant_figures import FIGURES
+
+    names = list(smk.params.variants)
+    figs = list(smk.input.figures)  # expand order: variant-major, then FIGURES order
+    variants = {
+        v: {"metrics": smk.input.metrics[i], "train_report": smk.input.train_reports[i],
+            "history": smk.input.histories[i], "zero_shot": smk.input.zero_shot[i],
+            "figures": {f: next(p for p in figs if p.endswith(f"/{v}/figures/{f}.png"))
+                        for f in FIGURES}}
+        for i, v in enumerate(names)
+    }
+    write_summary(Path(smk.output[0]), variants, smk.params.baseline,
+                  json.loads(smk.params.dataset), json.loads(smk.params.report),
+                  Path(smk.input.ablation_png), Path(smk.input.overlay_png))
 
 
 def run(smk, stage: str) -> None:

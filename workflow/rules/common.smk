@@ -1,9 +1,10 @@
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from cliptune.captions import annotation_file, check_coco_layout
+from cliptune.captions import annotation_file, check_sources
 from cliptune.config import (
     ConfigError,
     canonical_json,
@@ -29,15 +30,15 @@ ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.
 
 RESULTS = f"results/{DS}"
 LOGS = f"logs/{DS}"
-VARIANT_DIR = RESULTS + "/variants/{variant}"
+VARIANT_DIR = os.path.join(RESULTS, "variants", "{variant}")
 ABLATION_CSV = "results/ablation.csv"
 ABLATION_PNG = "results/ablation_bar.png"
 
-if CFG["dataset"]["source"] == "coco":
-    try:
-        check_coco_layout(ROOT, list(SPLITS.values()))
-    except FileNotFoundError as exc:
-        raise WorkflowError(str(exc)) from None
+# Name every missing dataset file before any job runs (downloaded files excepted).
+try:
+    check_sources(CFG["dataset"])
+except FileNotFoundError as exc:
+    raise WorkflowError(str(exc)) from None
 
 
 wildcard_constraints:
@@ -50,6 +51,12 @@ wildcard_constraints:
 def variant_json(wildcards):
     # Sorted-key JSON: Snakemake compares params by repr, so only a real change reruns.
     return canonical_json(RESOLVED[wildcards.variant])
+
+
+def train_json(wildcards):
+    # Training never reads the eval section: changing it reruns evaluation only.
+    variant = {k: v for k, v in RESOLVED[wildcards.variant].items() if k != "eval"}
+    return canonical_json(variant)
 
 
 def pair_inputs(variant, split, prefix):

@@ -1,3 +1,14 @@
+import re
+
+from cliptune.captions import captions_inputs, split_spec
+from cliptune.coco_download import (
+    archive_path,
+    archive_specs,
+    marker_path,
+    needed_archives,
+    placement_hint,
+)
+
 if CFG["dataset"]["source"] == "demo":
 
     rule demo_dataset:
@@ -8,7 +19,7 @@ if CFG["dataset"]["source"] == "demo":
                 folder=sorted(set(SPLITS.values())),
             ),
         params:
-            root=ROOT,
+            root=lambda w, output: str(Path(output[0]).parents[1]),
             demo=canonical_json(CFG["dataset"]["demo"]),
         log:
             f"{LOGS}/demo_dataset.log",
@@ -18,14 +29,66 @@ if CFG["dataset"]["source"] == "demo":
             "../scripts/demo_dataset.py"
 
 
+DATASET = CFG["dataset"]
+# Data report and samples grid read the image cache at the baseline's size,
+# which training needs anyway, so they never decode images a second time.
+REPORT_SIZE = RESOLVED[CFG["baseline"]]["image_size"]
+DATA_REPORT = f"{RESULTS}/data_report.json"
+SAMPLES_PNG = f"{RESULTS}/samples.png"
+
+if DATASET["download"]:
+    COCO_ARCHIVES = needed_archives(DATASET)
+    COCO_SPECS = archive_specs(DATASET)
+
+    # Compute nodes are often offline: downloads and extraction run on the head node.
+    localrules:
+        coco_archive,
+        coco_extract,
+
+    rule coco_archive:
+        output:
+            (
+                str(archive_path(ROOT, "{archive}"))
+                if DATASET["keep_archives"]
+                else temp(str(archive_path(ROOT, "{archive}")))
+            ),
+        wildcard_constraints:
+            archive="|".join(re.escape(a) for a in COCO_ARCHIVES),
+        params:
+            spec=lambda w: canonical_json(COCO_SPECS[w.archive]),
+            hint=placement_hint(ROOT, COCO_ARCHIVES, COCO_SPECS),
+        log:
+            f"{LOGS}/download/{{archive}}.log",
+        conda:
+            ENV
+        script:
+            "../scripts/coco_archive.py"
+
+    # The completion marker, written after the last member is in place, is what
+    # captions depend on: an interrupted extraction has none and is redone.
+    rule coco_extract:
+        input:
+            str(archive_path(ROOT, "{archive}")),
+        output:
+            str(marker_path(ROOT, "{archive}")),
+        wildcard_constraints:
+            archive="|".join(re.escape(a) for a in COCO_ARCHIVES),
+        log:
+            f"{LOGS}/download/{{archive}}.extract.log",
+        conda:
+            ENV
+        script:
+            "../scripts/coco_extract.py"
+
+
 rule captions:
     input:
-        lambda w: str(annotation_file(ROOT, SPLITS[w.split])),
+        lambda w: captions_inputs(DATASET, w.split),
     output:
-        f"{RESULTS}/captions/{{split}}.parquet",
+        parquet=f"{RESULTS}/captions/{{split}}.parquet",
+        source=f"{RESULTS}/captions/{{split}}.source.json",
     params:
-        root=ROOT,
-        folder=lambda w: SPLITS[w.split],
+        spec=lambda w: canonical_json(split_spec(DATASET, w.split)),
     log:
         f"{LOGS}/captions/{{split}}.log",
     conda:
@@ -50,3 +113,44 @@ rule image_cache:
         ENV
     script:
         "../scripts/image_cache.py"
+
+
+rule data_report:
+    input:
+        captions=expand(f"{RESULTS}/captions/{{split}}.parquet", split=SPLITS),
+        sources=expand(f"{RESULTS}/captions/{{split}}.source.json", split=SPLITS),
+        indexes=expand(
+            f"{RESULTS}/images/{{split}}_{REPORT_SIZE}.index.parquet", split=SPLITS
+        ),
+    output:
+        json=DATA_REPORT,
+        md=f"{RESULTS}/data_report.md",
+    params:
+        splits=list(SPLITS),
+        dataset=DS,
+        size=REPORT_SIZE,
+    log:
+        f"{LOGS}/data_report.log",
+    conda:
+        ENV
+    script:
+        "../scripts/data_report.py"
+
+
+rule samples:
+    input:
+        captions=f"{RESULTS}/captions/train.parquet",
+        array=f"{RESULTS}/images/train_{REPORT_SIZE}.npy",
+        index=f"{RESULTS}/images/train_{REPORT_SIZE}.index.parquet",
+    output:
+        SAMPLES_PNG,
+    params:
+        n=DATASET["samples"]["count"],
+        seed=DATASET["samples"]["seed"],
+        title=f"{DS}: random train image-caption pairs ({REPORT_SIZE} px cache)",
+    log:
+        f"{LOGS}/samples.log",
+    conda:
+        ENV
+    script:
+        "../scripts/samples.py"

@@ -17,3 +17,65 @@ rule evaluate:
         ENV
     script:
         "../scripts/evaluate.py"
+
+
+
+from cliptune.zero_shot import instances_input
+
+FIGURE_DIR = os.path.join(VARIANT_DIR, "figures")
+VARIANT_FIGURES = ["text_to_image", "image_to_text", "zero_shot", "similarity_heatmap"]
+
+
+rule figures:
+    input:
+        unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # COCO object annotations when present: zero-shot accuracy over the 80 categories.
+        unpack(lambda w: instances_input(CFG, RESOLVED[w.variant]["eval"]["split"])),
+        embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
+        metrics=f"{VARIANT_DIR}/metrics.json",
+    output:
+        text_to_image=report(
+            f"{FIGURE_DIR}/text_to_image.png",
+            caption="../report/text_to_image.rst",
+            category="2. Retrieval examples",
+            subcategory="text query → images",
+            labels={"variant": "{variant}"},
+        ),
+        image_to_text=report(
+            f"{FIGURE_DIR}/image_to_text.png",
+            caption="../report/image_to_text.rst",
+            category="2. Retrieval examples",
+            subcategory="image → captions",
+            labels={"variant": "{variant}"},
+        ),
+        zero_shot=report(
+            f"{FIGURE_DIR}/zero_shot.png",
+            caption="../report/zero_shot.rst",
+            category="3. Zero-shot classification",
+            labels={"variant": "{variant}"},
+        ),
+        similarity_heatmap=report(
+            f"{FIGURE_DIR}/similarity_heatmap.png",
+            caption="../report/similarity_heatmap.rst",
+            category="4. Similarity heatmaps",
+            labels={"variant": "{variant}"},
+        ),
+        zero_shot_json=f"{VARIANT_DIR}/zero_shot.json",
+    params:
+        variant=variant_json,
+        report=canonical_json(CFG["report"]),
+        # Only what labels demo images; a new dataset size reruns everything anyway.
+        dataset=canonical_json(
+            {
+                "name": DS,
+                "source": CFG["dataset"]["source"],
+                "demo": {k: CFG["dataset"]["demo"][k] for k in ("seed", "max_shapes")},
+            }
+        ),
+    threads: 2
+    log:
+        f"{LOGS}/figures/{{variant}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/figures.py"

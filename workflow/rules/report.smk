@@ -1,15 +1,89 @@
+# Aggregates over all variants, the summary and the `snakemake --report` wiring.
+# Every figure is flagged with report(): category, caption (.rst in workflow/report/).
+LOSS_OVERLAY_PNG = "results/loss_overlay.png"
+SUMMARY_MD = "results/summary.md"
+
+
+report: "../report/workflow.rst"
+
+
 rule aggregate:
     input:
         metrics=expand(f"{VARIANT_DIR}/metrics.json", variant=VARIANTS),
     output:
-        csv=ABLATION_CSV,
-        png=ABLATION_PNG,
+        csv=report(
+            ABLATION_CSV,
+            caption="../report/ablation_csv.rst",
+            category="1. Overview",
+            labels={"figure": "ablation table"},
+        ),
+        png=report(
+            ABLATION_PNG,
+            caption="../report/ablation_bar.rst",
+            category="1. Overview",
+            labels={"figure": "Recall@K per variant"},
+        ),
     params:
         variants=VARIANTS,
         baseline=CFG["baseline"],
+        ks=RESOLVED[CFG["baseline"]]["eval"]["ks"],
     log:
         f"{LOGS}/aggregate.log",
     conda:
         ENV
     script:
         "../scripts/aggregate.py"
+
+
+rule loss_overlay:
+    input:
+        histories=expand(f"{VARIANT_DIR}/history.csv", variant=VARIANTS),
+    output:
+        report(
+            LOSS_OVERLAY_PNG,
+            caption="../report/loss_overlay.rst",
+            category="1. Overview",
+            labels={"figure": "training curves, all variants"},
+        ),
+    params:
+        variants=VARIANTS,
+        baseline=CFG["baseline"],
+    log:
+        f"{LOGS}/loss_overlay.log",
+    conda:
+        ENV
+    script:
+        "../scripts/loss_overlay.py"
+
+
+rule summary:
+    input:
+        metrics=expand(f"{VARIANT_DIR}/metrics.json", variant=VARIANTS),
+        train_reports=expand(f"{VARIANT_DIR}/train_report.json", variant=VARIANTS),
+        histories=expand(f"{VARIANT_DIR}/history.csv", variant=VARIANTS),
+        zero_shot=expand(f"{VARIANT_DIR}/zero_shot.json", variant=VARIANTS),
+        figures=expand(
+            f"{FIGURE_DIR}/{{figure}}.png",
+            variant=VARIANTS,
+            figure=VARIANT_FIGURES,
+        ),
+        ablation_png=ABLATION_PNG,
+        overlay_png=LOSS_OVERLAY_PNG,
+    output:
+        report(
+            SUMMARY_MD,
+            caption="../report/summary.rst",
+            category="1. Overview",
+            labels={"figure": "summary.md (download)"},
+        ),
+    params:
+        variants=VARIANTS,
+        baseline=CFG["baseline"],
+        report=canonical_json(CFG["report"]),
+        dataset=canonical_json({"name": DS, "source": CFG["dataset"]["source"]}),
+    log:
+        f"{LOGS}/summary.log",
+    conda:
+        ENV
+    script:
+        "../scripts/summary.py"

@@ -1,0 +1,116 @@
+"""results/summary.md from synthetic run artifacts, and the report rules' wiring."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cliptune.summary import build_summary, convergence
+
+REPORT = {"anchors_comparable": False}
+
+
+def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
+                 batch_size: int = 32, norm: str = "none") -> dict:
+    d = root / name
+    d.mkdir(parents=True)
+    m = {f"{dr}_R@{k}": min(100.0, recall * k ** 0.5) for dr in ("i2t", "t2i") for k in (1, 5, 10)}
+    m |= {"i2t_medr": 3.0, "t2i_medr": 4.0, "i2t_mrr": 0.4, "i2t_mAP@10": 20.0,
+          "n_images": 300, "n_texts": 1500, "split": "val", "temperature": 0.05}
+    (d / "metrics.json").write_text(json.dumps(m))
+    cfg = {"name": name, "image_size": 64,
+           "model": {"backbone": "resnet18", "pooling": "avg", "head": {"norm": norm}},
+           "train": {"batch_size": batch_size, "lr": 1e-3, "epochs": len(val_losses),
+                     "weight_decay": 0.05, "temperature": 0.07, "learnable_temperature": True,
+                     "sampler": "one_caption_per_image", "precision": "auto"},
+           "text_encoder": {"model": "offline-minilm", "pooling": "auto", "max_length": 64}}
+    (d / "train_report.json").write_text(json.dumps({
+        "config": cfg, "device": "cpu (x86_64, 2 cores)", "torch": "2.x",
+        "epochs_run": len(val_losses), "wall_seconds": 125.0 * len(val_losses),
+        "images_per_s": 40.0 + recall, "parameters": 1000, "trainable_parameters": 900,
+        "train_images": 2000, "train_captions": 10000}))
+    n = len(val_losses)
+    pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [v - 0.3 for v in val_losses],
+                  "val_loss": val_losses, "lr": [1e-3] * n,
+                  "temperature": [0.07 - 0.002 * i for i in range(n)]}
+                 ).to_csv(d / "history.csv", index=False)
+    (d / "zero_shot.json").write_text(json.dumps({"accuracy": {
+        "top1_accuracy": recall, "top5_accuracy": 90.0, "mAP": 40.0, "n_images": 300},
+        "accuracy_over": "6 configured classes"}))
+    figs = {f: d / "figures" / f"{f}.png" for f in ("text_to_image", "image_to_text",
+                                                  "zero_shot", "similarity_heatmap")}
+    return {"metrics": d / "metrics.json", "train_report": d / "train_report.json",
+            "history": d / "history.csv", "zero_shot": d / "zero_shot.json", "figures": figs}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "results" / "demo" / "variants"
+    return tmp_path, {
+        "baseline": make_variant(root, "baseline", 20.0, [3.0, 2.5, 2.2, 2.19]),
+        "bn_head": make_variant(root, "bn_head", 25.0, [3.0, 2.4, 2.0, 2.3], norm="batchnorm"),
+        "untrained": make_variant(root, "untrained", 1.0, []),
+    }
+
+
+def test_summary_has_table_observations_and_relative_figures(runs):
+    tmp, variants = runs
+    out = tmp / "results" / "summary.md"
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT, out,
+                         tmp / "results" / "ablation_bar.png",
+                         tmp / "results" / "loss_overlay.png")
+    # the results table, with computed rsum
+    rsum_bn = 2 * sum(min(100.0, 25.0 * k ** 0.5) for k in (1, 5, 10))
+    assert re.search(r"\| bn_head \*\*\(best\)\*\* \| 25\.0 \| 55\.9 \| 79\.1 \|", text)
+    assert f"{rsum_bn:.1f}" in text
+    # observations computed from the runs
+    assert "Best variant by rsum: **bn_head**" in text
+    assert "validation loss bottomed out at epoch 3" in text  # bn_head overfits
+    assert "`baseline`: converged" in text  # 2.2 -> 2.19 is under 1%
+    assert "Overfitting gap" in text and "largest for" in text
+    assert "Training moved the baseline from rsum" in text
+    # hyperparameters, hardware, anchors, loss explanation
+    assert "`model.head.norm=batchnorm`" in text
+    assert "cpu (x86_64, 2 cores)" in text and "Total training time" in text
+    assert "**not comparable**" in text and "50.1" in text
+    assert "**negatives**" in text and "31 negatives (batch size 32)" in text
+    # figures linked relative to results/
+    assert "](ablation_bar.png)" in text and "](loss_overlay.png)" in text
+    assert "](demo/variants/bn_head/figures/text_to_image.png)" in text
+
+
+def test_anchors_beside_results_only_when_comparable(runs):
+    tmp, variants = runs
+    out = tmp / "results" / "summary.md"
+    text = build_summary(variants, "baseline", {"name": "coco", "source": "coco"},
+                         {"anchors_comparable": True}, out)
+    assert "| *CLIP ViT-B/32 (OpenAI), zero-shot, published* | 50.1 |" in text
+    assert "not 5,000" in text  # the synthetic split has 300 images: warned
+
+
+def test_convergence_states():
+    h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3, 2, 1.0], "val_loss": [3, 2.5, 2.0],
+                      "temperature": [0.07] * 3})
+    c = convergence(h)
+    assert c["state"].startswith("still improving") and c["gap"] == pytest.approx(1.0)
+    assert convergence(pd.DataFrame()) == {"epochs": 0}
+
+
+def test_report_rules_are_wired(tmp_path, repo):
+    from test_workflow import TINY, planned_jobs, snakemake
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
+    jobs = planned_jobs(snakemake(tmp_path, repo, "-n"))
+    n_var = len(TINY["variants"]) + 1  # + untrained
+    assert jobs["figures"] == n_var and jobs["summary"] == 1 and jobs["loss_overlay"] == 1
+    # every caption a report() flag points at exists
+    for smk in ("evaluate.smk", "report.smk"):
+        rules = (repo / "workflow" / "rules" / smk).read_text()
+        for caption in re.findall(r'caption="([^"]+)"', rules):
+            assert (repo / "workflow" / "rules" / caption).resolve().is_file(), caption
+    assert (repo / "workflow" / "report" / "workflow.rst").is_file()

@@ -1,0 +1,236 @@
+"""Training options: every loss/loop flag trains a few CPU steps with a tiny ResNet;
+gradient accumulation, divergence recovery, early stopping, resume and logs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tiny_pairs import tiny_variant, write_split
+
+from cliptune.config import deep_merge
+from cliptune.pairs import PairData
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs")
+    out = {}
+    for prefix, n, seed in (("train", 32, 1), ("val", 16, 2)):
+        paths = write_split(folder, prefix, n, seed=seed)
+        out[prefix] = PairData.load(*(paths[f"{prefix}_{k}"] for k in
+                                      ("captions", "text", "array", "index")))
+    return out["train"], out["val"]
+
+
+def variant(**overrides) -> dict:
+    base = tiny_variant(epochs=1, tensorboard=False)
+    return deep_merge(base, overrides)
+
+
+def train(v, pairs, tmp_path, **kwargs):
+    from cliptune.train import train_variant
+
+    return train_variant(v, *pairs, tmp_path / "out", tmp_path / "ckpt" / "state.pt",
+                         show_progress=False, **kwargs)
+
+
+# Options are combined so that each flag trains at least once with few (slow) CPU runs.
+OPTIONS = {
+    "attention_bn_head_headlr_recall": {
+        "model": {"pooling": "attention", "head": {"norm": "batchnorm", "depth": 3}},
+        "train": {"head_lr": 3e-3, "monitor": "val_recall", "compile": True,
+                  "val_max_images": 8}},
+    "layernorm_augment_semihard_bf16": {
+        "model": {"head": {"norm": "layernorm", "dropout": 0.2}},
+        "train": {"augment": {"enabled": True}, "loss": "triplet",
+                  "triplet": {"mining": "semihard"}, "precision": "bf16",
+                  "channels_last": False}},
+    "frozen_backbone_hardest_random_captions": {
+        "model": {"freeze_backbone": True},
+        "train": {"loss": "triplet", "triplet": {"mining": "hardest"},
+                  "sampler": "random_captions", "learnable_temperature": False}},
+    "last_stage_hard_negatives_accumulate": {
+        "model": {"trainable_stages": 1, "freeze_bn_stats": True},
+        "train": {"loss": "hard_negative", "hard_negatives": {"k": 3}, "batch_size": 4,
+                  "accum_steps": 2}},
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_option_trains_a_few_steps(name, pairs, tmp_path):
+    from cliptune.train import build_model
+
+    v = variant(**OPTIONS[name])
+    torch.manual_seed(0)
+    before = {k: t.clone() for k, t in build_model(v, 16).state_dict().items()}
+    result = train(v, pairs, tmp_path, write_outputs=False)
+    hist = pd.DataFrame(result["history"])
+    assert len(hist) == 1 and np.isfinite(hist["train_loss"]).all()
+    assert hist["skipped_steps"].iloc[0] == 0 and 0 <= hist["val_recall"].iloc[0] <= 100
+    state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    after = state["model"]
+    changed = [k for k in after if k in before and not torch.equal(before[k], after[k])]
+    assert any(k.startswith("image.head") for k in changed)
+    trunk_changed = any(k.startswith("image.trunk") and "running" not in k
+                        and "num_batches" not in k for k in changed)
+    if name.startswith("frozen_backbone"):
+        assert not any(k.startswith("image.trunk") for k in changed)  # BN stats kept too
+        assert torch.equal(before["logit_scale"], after["logit_scale"])  # fixed temperature
+    elif name.startswith("last_stage"):
+        assert not any(k.startswith(("image.trunk.0", "image.trunk.1", "image.trunk.4",
+                                     "image.trunk.5", "image.trunk.6")) for k in changed)
+        assert any(k.startswith("image.trunk.7") for k in changed)
+    else:
+        assert trunk_changed
+    assert (tmp_path / "ckpt" / "last.safetensors").is_file()
+
+
+def test_freezing_keeps_frozen_batchnorm_statistics():
+    from cliptune.models import ImageEncoder
+
+    cfg = deep_merge(tiny_variant()["model"], {"trainable_stages": 2})
+    enc = ImageEncoder(cfg, 16, 32).train()
+    trainable = {n.split(".")[1] for n, p in enc.named_parameters()
+                 if p.requires_grad and n.startswith("trunk.")}
+    assert trainable == {"6", "7"}  # layer3 and layer4
+    assert not enc.trunk[1].training and not enc.trunk[4][0].bn1.training
+    assert enc.trunk[6][0].bn1.training
+    stats = enc.trunk[1].running_mean.clone()
+    enc(torch.randn(4, 3, 32, 32))
+    assert torch.equal(stats, enc.trunk[1].running_mean)
+    with pytest.raises(ValueError, match="conflicts"):
+        ImageEncoder(deep_merge(cfg, {"freeze_backbone": True}), 16, 32)
+
+
+def test_accumulation_gives_the_full_batch_gradient(pairs):
+    from cliptune.train import build_model
+    from cliptune.train_step import StepContext, accumulated_backward, prepare
+
+    v = variant(train={"temperature": 0.1})
+    torch.manual_seed(0)
+    model = build_model(v, 16).eval()  # BN from running stats: micro == full batch forward
+    ctx = StepContext(model, v["train"], torch.device("cpu"), None)
+    rows = np.arange(8)
+    images, text = pairs[0].fetch(rows)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def grads(chunks):
+        model.zero_grad()
+        micro = [prepare(ctx, pairs[0], rows[c], images[c], text[c], train=False)
+                 for c in chunks]
+        loss = accumulated_backward(ctx, micro, scaler)
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full = grads([slice(0, 8)])
+    acc_loss, acc = grads([slice(0, 4), slice(4, 8)])
+    assert torch.isclose(full_loss, acc_loss, atol=1e-5)
+    assert full.keys() == acc.keys() and "logit_scale" in full
+    for name in full:
+        assert torch.allclose(full[name], acc[name], atol=1e-5, rtol=1e-4), name
+    # Micro-batches alone (negatives only within each half) give a different gradient.
+    model.zero_grad()
+    half = [prepare(ctx, pairs[0], rows[:4], images[:4], text[:4], train=False)]
+    accumulated_backward(ctx, half, scaler)
+    assert not torch.allclose(model.image.head[0].weight.grad, full["image.head.0.weight"])
+
+
+def _nan_for(calls: int, monkeypatch):
+    import cliptune.train_step as ts
+
+    real = ts.batch_loss
+    count = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        count["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * math.nan if count["n"] <= calls else loss
+
+    monkeypatch.setattr(ts, "batch_loss", flaky)
+
+
+def test_divergence_restores_good_state_with_lower_lr(pairs, tmp_path, monkeypatch):
+    _nan_for(2, monkeypatch)  # epoch 1 diverges (2 > max_nonfinite_steps), the retry works
+    v = variant(model={"freeze_backbone": True},  # only the head trains: a fast test
+                train={"max_nonfinite_steps": 1, "divergence": {"max_restarts": 1,
+                                                                 "lr_factor": 0.25}})
+    result = train(v, pairs, tmp_path, write_outputs=False)
+    row = result["history"][0]
+    assert row["restarts"] == 1 and row["skipped_steps"] == 0 and math.isfinite(row["train_loss"])
+    state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert state["scheduler"]["base_lrs"][0] == pytest.approx(v["train"]["lr"] * 0.25)
+
+
+def test_repeated_divergence_fails_naming_cause_and_epoch(pairs, tmp_path, monkeypatch):
+    from cliptune.train import DivergenceError
+
+    _nan_for(10**6, monkeypatch)
+    v = variant(train={"max_nonfinite_steps": 1, "divergence": {"max_restarts": 2}})
+    with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave up "
+                                              r"after 2 restarts"):
+        train(v, pairs, tmp_path)
+    assert not (tmp_path / "ckpt" / "state.pt").exists()  # never a NaN checkpoint
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_early_stopping_with_patience(pairs, tmp_path):
+    v = variant(model={"freeze_backbone": True},
+                train={"epochs": 6, "patience": 1, "min_delta": 1e9, "batch_size": 16})
+    result = train(v, pairs, tmp_path, write_outputs=False)
+    # Epoch 1 improves on nothing; epoch 2 does not beat it by min_delta: stop.
+    assert len(result["history"]) == 2 and result["best_epoch"] == 1
+    state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    assert state["progress"]["stopped"] and state["epoch"] == 2
+    again = train(v, pairs, tmp_path, write_outputs=False)  # resumed: nothing left to do
+    assert len(again["history"]) == 2
+
+
+def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
+    import cliptune.train as tr
+
+    # Frozen trunk keeps the test fast; augmentation makes resume depend on restored RNG.
+    v = variant(model={"freeze_backbone": True},
+                train={"epochs": 2, "augment": {"enabled": True}, "tensorboard": True,
+                       "log_every_steps": 1, "batch_size": 16})
+    straight = train(v, pairs, tmp_path / "a", write_outputs=False)
+
+    real, calls = tr.validate, {"n": 0}
+
+    def crash_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "validate", crash_in_epoch_2)
+    logs = tmp_path / "b" / "logs"
+    with pytest.raises(KeyboardInterrupt):
+        train(v, pairs, tmp_path / "b", log_dir=logs)
+    monkeypatch.setattr(tr, "validate", real)
+    resumed = train(v, pairs, tmp_path / "b", log_dir=logs)
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    a = torch.load(tmp_path / "a" / "ckpt" / "state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "ckpt" / "state.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    # Logs: per-step and per-epoch CSV plus TensorBoard events, appended across the resume.
+    steps = pd.read_csv(logs / "steps.csv")
+    assert list(steps.columns[:6]) == ["step", "epoch", "loss", "lr", "temperature", "grad_norm"]
+    assert steps["step"].tolist() == list(range(1, 5))  # 2 steps x 2 epochs, no duplicates
+    epochs = pd.read_csv(logs / "epochs.csv")
+    assert epochs["epoch"].tolist() == [1, 2] and "val_recall" in epochs
+    assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
+    report = json.loads((tmp_path / "b" / "out" / "train_report.json").read_text())
+    assert report["epochs_run"] == 2
+
+
+def test_batch_larger_than_data_is_a_clear_error(pairs, tmp_path):
+    v = variant(train={"batch_size": 16, "accum_steps": 4})
+    with pytest.raises(ValueError, match="batch_size x accum_steps = 64"):
+        train(v, pairs, tmp_path)

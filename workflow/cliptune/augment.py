@@ -1,0 +1,69 @@
+"""Batched training augmentation on the model's device (no per-sample Python).
+
+Images: random resized crop, horizontal flip and a small rotation composed into
+one affine warp per sample (a single ``grid_sample``), then colour jitter
+(brightness, contrast, saturation) with per-sample factors. Captions (only for
+text towers that are trained): random word dropout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def augment_images(x: torch.Tensor, cfg: Mapping, generator: torch.Generator | None = None,
+                   ) -> torch.Tensor:
+    """x: float N×C×H×W in [0, 1] -> augmented batch of the same shape."""
+    n, device = x.shape[0], x.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator).to(device)
+
+    lo, hi = cfg["scale"]
+    # Area fraction and log-uniform aspect ratio (3/4..4/3) as RandomResizedCrop.
+    area = lo + (hi - lo) * rand(n)
+    log_ratio = (rand(n) * 2 - 1) * math.log(4 / 3)
+    ratio = log_ratio.exp()
+    sx = (area * ratio).sqrt().clamp(max=1.0)  # crop width / image width
+    sy = (area / ratio).sqrt().clamp(max=1.0)
+    tx = (rand(n) * 2 - 1) * (1 - sx)  # crop centre, normalised coordinates
+    ty = (rand(n) * 2 - 1) * (1 - sy)
+    flip = torch.where(rand(n) < cfg["flip"], -1.0, 1.0)
+    angle = (rand(n) * 2 - 1) * math.radians(cfg["rotation"])
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([
+        torch.stack([cos * sx * flip, -sin * sy, tx], dim=1),
+        torch.stack([sin * sx * flip, cos * sy, ty], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
+                        align_corners=False)
+    jitter = cfg["color_jitter"]
+    if jitter:
+        def factor():
+            return (1 + (rand(n) * 2 - 1) * jitter).view(n, 1, 1, 1).to(x.dtype)
+
+        out = out * factor()  # brightness
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = (out - mean) * factor() + mean  # contrast
+        gray = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
+        out = (out - gray) * factor() + gray  # saturation
+    return out.clamp_(0.0, 1.0)
+
+
+def augment_captions(texts: list[str], word_dropout: float, rng: np.random.Generator,
+                     ) -> list[str]:
+    """Drop each word with probability ``word_dropout``, always keeping one."""
+    if not word_dropout:
+        return list(texts)
+    out = []
+    for text in texts:
+        words = text.split()
+        keep = [w for w in words if rng.random() >= word_dropout]
+        out.append(" ".join(keep) if keep else (words[rng.integers(len(words))] if words else text))
+    return out

@@ -1,0 +1,180 @@
+"""Whole-CLIP variants: a pretrained HF CLIPModel (zero-shot, full fine-tuning with
+lock-image / lock-text, LoRA via peft) and a from-scratch dual encoder (small ViT +
+text transformer built from config, random init) with the same interface.
+
+Interface shared with models.ClipHead (what train.py and evaluate.py use):
+``embed_images(x01)``, ``encode_images(uint8 NHWC)``, ``embed_texts(list[str])``,
+``encode_texts(list[str])``, ``text_from_cache``, ``scale()``, ``clamp_()``,
+``is_new_parameter(name)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cliptune.models import CLIP_MEAN, CLIP_STD, to_unit_float
+from cliptune.text_encoder import EncoderUnavailableError, _fix_message, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+def lora_target_regex(towers: list[str], modules: list[str]) -> str:
+    """peft full-match regex selecting ``modules`` (e.g. q_proj) inside the given towers."""
+    tower = "|".join(f"{t}_model" for t in towers)
+    mods = "|".join(modules)
+    return rf"(?:{tower})\..*\.(?:{mods})"
+
+
+def apply_lora(clip: nn.Module, lora: Mapping) -> list[str]:
+    """Inject LoRA adapters into the chosen towers; every base weight is frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    towers = [t for t in ("text", "vision") if lora.get(t)]
+    if not towers:
+        return []
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora_target_regex(towers, list(lora["target_modules"])),
+                        bias="none")
+    try:
+        inject_adapter_in_model(config, clip)
+    except ValueError as exc:
+        raise ValueError(
+            f"model.clip.lora.target_modules = {list(lora['target_modules'])} matched no layer "
+            f"of the {'/'.join(towers)} tower ({exc}); CLIP attention layers are q_proj, "
+            "k_proj, v_proj, out_proj and the MLP fc1, fc2"
+        ) from exc
+    for name, p in clip.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return towers
+
+
+def _load_pretrained(model: str):
+    from transformers import AutoTokenizer, CLIPModel
+
+    path = resolve_model_path(model)
+    try:
+        return CLIPModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise EncoderUnavailableError(_fix_message(model, exc).replace(
+            "cannot load text encoder", "cannot load CLIP model (model.clip.model)")) from exc
+
+
+def _build_from_scratch(dcfg: Mapping, tokenizer_path: str, image_size: int):
+    """A small CLIPModel with random init; the tokenizer only supplies the vocabulary."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    path = resolve_model_path(tokenizer_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise EncoderUnavailableError(_fix_message(tokenizer_path, exc)) from exc
+    v, t = dcfg["vision"], dcfg["text"]
+    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    vocab = max([len(tokenizer), *(i + 1 for i in tokenizer.all_special_ids if i is not None)])
+    text = CLIPTextConfig(vocab_size=vocab, hidden_size=t["width"],
+                          intermediate_size=4 * t["width"], num_hidden_layers=t["depth"],
+                          num_attention_heads=t["heads"], max_position_embeddings=t["max_length"],
+                          eos_token_id=eos, pad_token_id=pad,
+                          bos_token_id=tokenizer.cls_token_id or tokenizer.bos_token_id or 0)
+    vision = CLIPVisionConfig(hidden_size=v["width"], intermediate_size=4 * v["width"],
+                              num_hidden_layers=v["depth"], num_attention_heads=v["heads"],
+                              image_size=image_size, patch_size=v["patch_size"])
+    cfg = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                     projection_dim=dcfg["embed_dim"])
+    return CLIPModel(cfg), tokenizer
+
+
+class HFClip(nn.Module):
+    """CLIPModel behind the cliptune model interface."""
+
+    def __init__(self, variant: Mapping):
+        super().__init__()
+        mcfg, tcfg = variant["model"], variant["train"]
+        self.kind = mcfg["kind"]
+        if self.kind == "clip":
+            ccfg = mcfg["clip"]
+            self.clip, self.tokenizer = _load_pretrained(ccfg["model"])
+            lock_image, lock_text, lora = ccfg["lock_image"], ccfg["lock_text"], ccfg["lora"]
+        else:
+            dcfg = mcfg["dual_encoder"]
+            tok = dcfg.get("tokenizer") or variant["text_encoder"]["model"]
+            self.clip, self.tokenizer = _build_from_scratch(dcfg, tok, variant["image_size"])
+            lock_image, lock_text, lora = False, False, {}
+            with torch.no_grad():
+                self.clip.logit_scale.fill_(math.log(1.0 / tcfg["temperature"]))
+        self.lora_towers = apply_lora(self.clip, lora) if lora else []
+        if not self.lora_towers:
+            if lock_image:
+                self.clip.vision_model.requires_grad_(False)
+                self.clip.visual_projection.requires_grad_(False)
+            if lock_text:
+                self.clip.text_model.requires_grad_(False)
+                self.clip.text_projection.requires_grad_(False)
+        self.clip.logit_scale.requires_grad_(tcfg["learnable_temperature"])
+        self.max_log_scale = math.log(tcfg["max_logit_scale"])
+        text_trained = any(p.requires_grad for n, p in self.clip.named_parameters()
+                           if n.startswith(("text_model.", "text_projection.")))
+        # A frozen pretrained text tower gives exactly what the text cache holds when the
+        # cache was built from the same checkpoint: reuse it (no tokenizing per step).
+        same_model = (self.kind == "clip"
+                      and variant["text_encoder"]["model"] == mcfg["clip"]["model"]
+                      and variant["text_encoder"].get("pooling", "auto") in ("auto", "clip"))
+        self.text_from_cache = not text_trained and same_model
+        self.text_trained = text_trained
+        tcfg_text = self.clip.config.text_config
+        self.max_length = min(variant["text_encoder"]["max_length"],
+                              tcfg_text.max_position_embeddings)
+        self.input_size = self.clip.config.vision_config.image_size
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.clamp(max=self.max_log_scale).exp()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.clip.logit_scale.clamp_(max=self.max_log_scale)
+
+    def is_new_parameter(self, name: str) -> bool:
+        """LoRA adapters and the temperature are new; the pretrained towers are not."""
+        return "lora_" in name or name.endswith("logit_scale")
+
+    def embed_images(self, x01: torch.Tensor) -> torch.Tensor:
+        if x01.shape[-1] != self.input_size or x01.shape[-2] != self.input_size:
+            x01 = F.interpolate(x01, size=(self.input_size, self.input_size), mode="bicubic",
+                                align_corners=False, antialias=True).clamp_(0, 1)
+        pixels = (x01 - self.mean) / self.std
+        pooled = self.clip.vision_model(pixel_values=pixels).pooler_output
+        return F.normalize(self.clip.visual_projection(pooled).float(), dim=-1)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed_images(to_unit_float(images, self.mean.device))
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(list(texts), padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.mean.device) for k, v in batch.items()
+                 if k in ("input_ids", "attention_mask")}
+        pooled = self.clip.text_model(**batch).pooler_output
+        return F.normalize(self.clip.text_projection(pooled).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Embeddings of all ``texts`` in input order (length-sorted batches)."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), self.clip.config.projection_dim)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            out[idx] = self.embed_texts([texts[i] for i in idx]).float().cpu()
+        return out

@@ -1,0 +1,148 @@
+"""Optuna search over learning rate, temperature, weight decay and batch size for one
+variant. The study lives in a journal file next to the outputs (not an output
+itself), so an interrupted search resumes where it stopped; a changed search
+config or variant starts a new study in the same file (the name carries a hash).
+
+Outputs: ``best_overlay.yaml`` (a ready variant ``<name>_hpo``: pass it as a
+second ``--configfile``), ``trials.csv``, ``optimization_history.png`` and
+``param_importances.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from cliptune.config import canonical_json, deep_merge, short_hash
+from cliptune.io_utils import atomic_path, save_figure, write_text
+from cliptune.pairs import PairData
+
+log = logging.getLogger(__name__)
+
+
+def suggest(trial, space: Mapping) -> dict:
+    """One point of the search space as ``train`` overrides."""
+    out = {}
+    if "lr" in space:
+        out["lr"] = trial.suggest_float("lr", *space["lr"], log=True)
+    if "temperature" in space:
+        out["temperature"] = trial.suggest_float("temperature", *space["temperature"], log=True)
+    if "weight_decay" in space:
+        out["weight_decay"] = trial.suggest_float("weight_decay", *space["weight_decay"])
+    if "batch_size" in space:
+        out["batch_size"] = trial.suggest_categorical("batch_size", list(space["batch_size"]))
+    return out
+
+
+def open_study(storage_path: Path, name: str, direction: str, seed: int):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage_path.parent.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(storage_path)))
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                sampler=optuna.samplers.TPESampler(seed=seed),
+                                load_if_exists=True)
+    # Trials left RUNNING by a killed process would never finish: mark them failed.
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return study
+
+
+def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
+               train_data: PairData, val_data: PairData, out_dir: Path, storage_path: Path,
+               ) -> dict:
+    import optuna
+
+    from cliptune.train import DivergenceError, train_variant
+
+    out_dir = Path(out_dir)
+    metric = hpo["metric"]
+    direction = "maximize" if metric == "val_recall" else "minimize"
+    # The budget (trials) is not part of the identity: raising it extends the same study.
+    search = {k: v for k, v in hpo.items() if k != "trials"}
+    name = f"{variant['name']}-{short_hash({'variant': variant, 'hpo': search})}"
+    study = open_study(Path(storage_path), name, direction, hpo["seed"])
+    work = out_dir / "trials"
+
+    def objective(trial) -> float:
+        params = suggest(trial, hpo["space"])
+        if params.get("batch_size", 2) > train_data.n_images:
+            raise optuna.TrialPruned(f"batch_size {params['batch_size']} > training images")
+        train = dict(params)
+        if hpo.get("epochs") is not None:
+            train["epochs"] = hpo["epochs"]
+        trial_variant = deep_merge(variant, {"train": train})
+        trial_variant["name"] = f"{variant['name']}-trial{trial.number}"
+        trial_dir = work / str(trial.number)
+        try:
+            result = train_variant(trial_variant, train_data, val_data, trial_dir,
+                                   trial_dir / "state.pt", show_progress=False,
+                                   write_outputs=False)
+        except DivergenceError as exc:
+            log.warning("trial %d diverged: %s", trial.number, exc)
+            raise optuna.TrialPruned(str(exc)) from exc
+        finally:
+            shutil.rmtree(trial_dir, ignore_errors=True)
+        history = result["history"]
+        values = [row[metric] for row in history if math.isfinite(row[metric])]
+        if not values:
+            raise optuna.TrialPruned("no finite validation metric")
+        return max(values) if direction == "maximize" else min(values)
+
+    done = [t for t in study.trials if t.state.is_finished()]
+    remaining = max(0, hpo["trials"] - len(done))
+    log.info("study %s in %s: %d finished trials, running %d more", name, storage_path,
+             len(done), remaining)
+    if remaining:
+        study.optimize(objective, n_trials=remaining)
+    shutil.rmtree(work, ignore_errors=True)
+    return write_results(study, variant["name"], variant_override, metric, out_dir)
+
+
+def write_results(study, name: str, variant_override: Mapping | None, metric: str,
+                  out_dir: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise RuntimeError(f"HPO for {name}: no trial completed (all pruned or failed); "
+                           "widen hpo.space or lower the learning-rate range")
+    best = study.best_trial
+    overlay = {"variants": {f"{name}_hpo": deep_merge(variant_override or {},
+                                                      {"train": dict(best.params)})}}
+    header = (f"# Best of {len(complete)} trials for variant {name}: {metric} = "
+              f"{best.value:.4f} (trial {best.number}).\n"
+              "# Use: snakemake --configfile <your config> <this file>\n")
+    write_text(out_dir / "best_overlay.yaml", header + yaml.safe_dump(overlay, sort_keys=True))
+    frame = study.trials_dataframe(attrs=("number", "value", "params", "state"))
+    with atomic_path(out_dir / "trials.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+    ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+    ax.set_title(f"{name}: optimisation history ({metric})")
+    save_figure(ax.figure, out_dir / "optimization_history.png")
+    try:
+        ax = optuna.visualization.matplotlib.plot_param_importances(study)
+        ax.set_title(f"{name}: parameter importance")
+        fig = ax.figure
+    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+        # Importance needs several completed trials with varied parameters.
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"parameter importance unavailable:\n{exc}", ha="center",
+                va="center", wrap=True)
+    save_figure(fig, out_dir / "param_importances.png")
+    log.info("best %s = %.4f with %s", metric, best.value, canonical_json(best.params))
+    return {"best_value": best.value, "best_params": dict(best.params),
+            "trials": len(frame), "complete": len(complete)}

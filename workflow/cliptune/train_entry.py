@@ -1,0 +1,83 @@
+"""Command-line entry of the train stage, one process per rank under torchrun.
+
+    python -m torch.distributed.run --standalone --nproc-per-node=2 \\
+        -m cliptune.train_entry --spec launch.json
+
+The spec (written by cliptune.distributed.launch) holds the resolved variant,
+the input paths of the train and validation splits, the output folder, the
+resume-state path and the rule's log file. Without torchrun's environment it
+trains in one process, which is also how the preemption tests drive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cliptune.preemption import PreemptedError
+
+log = logging.getLogger("cliptune.train_entry")
+
+
+def load_pairs(inputs: dict, prefix: str):
+    """PairData of one split from the rule's named inputs (as stages._train_pairs)."""
+    from cliptune.pairs import PairData
+
+    pairs = PairData.load(Path(inputs[f"{prefix}_captions"]), Path(inputs[f"{prefix}_text"]),
+                          Path(inputs[f"{prefix}_array"]), Path(inputs[f"{prefix}_index"]))
+    if f"{prefix}_features" not in inputs:
+        return pairs
+    from cliptune.feature_cache import with_features
+
+    return with_features(pairs, Path(inputs[f"{prefix}_features"]),
+                         Path(inputs[f"{prefix}_features_meta"]))
+
+
+def _setup_logging(log_file: str | None, rank: int) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file and rank == 0:
+        # Append: the launching stage process already writes to this log.
+        handlers.append(logging.FileHandler(log_file, mode="a"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
+
+
+def main(argv=None) -> int:
+    import os
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", type=Path, required=True, help="launch.json of the train stage")
+    args = ap.parse_args(argv)
+    spec = json.loads(args.spec.read_text())
+    _setup_logging(spec.get("log"), int(os.environ.get("RANK", "0")))
+
+    from cliptune.distributed import init_from_env, shutdown
+    from cliptune.runtime import set_threads
+    from cliptune.train import train_variant
+
+    variant = spec["variant"]
+    if spec.get("threads"):
+        set_threads(spec["threads"])
+    ctx = init_from_env(variant["train"]["device"])
+    try:
+        log.info("rank %d of %d on %s", ctx.rank, ctx.world_size, ctx.device)
+        train_variant(variant, load_pairs(spec["inputs"], "train"),
+                      load_pairs(spec["inputs"], "val"), Path(spec["out_dir"]),
+                      Path(spec["state"]), show_progress=ctx.is_main, dist_ctx=ctx)
+    except PreemptedError as exc:
+        log.warning("%s", exc)
+        return 3
+    except Exception:
+        log.exception("training failed on rank %d", ctx.rank)
+        return 1
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

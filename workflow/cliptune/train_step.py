@@ -1,0 +1,100 @@
+"""One optimisation step: batch preparation, augmentation, and gradient accumulation
+with cached features (open_clip's ``accum_freq``), so the negatives of every
+micro-batch span the whole accumulated batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cliptune.augment import augment_captions, augment_images
+from cliptune.losses import batch_loss
+from cliptune.models import to_unit_float
+from cliptune.pairs import PairData
+
+
+@dataclass
+class StepContext:
+    model: torch.nn.Module
+    tcfg: Mapping
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    image_gen: torch.Generator | None = None  # augmentation randomness (CPU generator)
+    caption_rng: np.random.Generator | None = None
+    # Distributed training: (img, txt) -> the global batch's (cliptune.distributed).
+    gather: Callable | None = None
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+
+def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Tensor,
+            text_emb: torch.Tensor, train: bool) -> tuple:
+    """One fetched (micro-)batch -> (model input, text side, is_features).
+
+    Pixels become float NCHW in [0, 1] on the device, augmented when training;
+    cached frozen-trunk features (cliptune.feature_cache) pass through. The text
+    side is the cached embeddings, or caption strings for a text tower that runs.
+    """
+    features = images.is_floating_point()
+    if features:
+        x = images.to(ctx.device, non_blocking=True)
+    else:
+        x = to_unit_float(images, ctx.device)
+        aug = ctx.tcfg["augment"]
+        if train and aug["enabled"]:
+            x = augment_images(x, aug, ctx.image_gen)
+        if ctx.tcfg.get("channels_last", True):
+            x = x.contiguous(memory_format=torch.channels_last)
+    if ctx.model.text_from_cache:
+        return x, text_emb.to(ctx.device, non_blocking=True), features
+    captions = data.captions["caption"].to_numpy()[rows].tolist()
+    dropout = ctx.tcfg["caption_word_dropout"]
+    if train and dropout:
+        captions = augment_captions(captions, dropout, ctx.caption_rng)
+    return x, captions, features
+
+
+def embed(ctx: StepContext, x: torch.Tensor, text, features: bool = False,
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    with ctx.autocast():
+        img = ctx.model.image.forward_features(x) if features else ctx.model.embed_images(x)
+        txt = text if isinstance(text, torch.Tensor) else ctx.model.embed_texts(text)
+    if ctx.gather is not None and ctx.model.training:
+        return ctx.gather(img.float(), txt.float())
+    return img.float(), txt.float()
+
+
+def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None) -> torch.Tensor:
+    """Backward the loss of the whole accumulated batch; returns it (detached).
+
+    With one micro-batch this is a plain step. With several, a no-grad pass caches
+    every micro-batch's features; then each micro-batch is re-embedded with grad and
+    the loss over *all* features (its own live, the others cached) is backpropagated.
+    Summed over micro-batches this is exactly the full-batch gradient.
+    """
+    model, tcfg = ctx.model, ctx.tcfg
+    if len(micro) == 1:
+        img, txt = embed(ctx, *micro[0])
+        loss = batch_loss(tcfg, img, txt, model.scale(), mined)
+        scaler.scale(loss).backward()
+        return loss.detach()
+    with torch.no_grad():
+        cached = [embed(ctx, *m) for m in micro]
+    loss = None
+    for j, m in enumerate(micro):
+        img_j, txt_j = embed(ctx, *m)
+        imgs = torch.cat([c[0] for c in cached[:j]] + [img_j] + [c[0] for c in cached[j + 1:]])
+        txts = torch.cat([c[1] for c in cached[:j]] + [txt_j] + [c[1] for c in cached[j + 1:]])
+        # The temperature enters every pass; let its gradient count once.
+        scale = model.scale() if j == 0 else model.scale().detach()
+        loss_j = batch_loss(tcfg, imgs, txts, scale, mined)
+        scaler.scale(loss_j).backward()
+        if loss is None or not torch.isfinite(loss_j):
+            loss = loss_j.detach()
+    return loss

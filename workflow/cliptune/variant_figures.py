@@ -1,0 +1,220 @@
+"""The per-variant showcase: text->image and image->text retrieval grids, zero-shot
+classification and a similarity heatmap, all from the embeddings saved by
+``evaluate`` (never recomputed); only the query and class prompts are encoded,
+with the variant's own text tower.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from cliptune import figures
+from cliptune.image_cache import open_cache
+from cliptune.retrieval_metrics import topk_images, topk_texts
+from cliptune.zero_shot import (
+    COCO_CATEGORIES,
+    class_embeddings,
+    coco_instance_labels,
+    demo_labels,
+    write_zero_shot_json,
+    zero_shot_accuracy,
+    zero_shot_probs,
+)
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("text_to_image", "image_to_text", "zero_shot", "similarity_heatmap")
+
+
+class EvalArtifacts:
+    """Embeddings of one evaluated variant with their captions and cached pixels."""
+
+    def __init__(self, embeddings: Path, captions_parquet: Path, image_array: Path,
+                 image_index: Path):
+        data = load_file(str(embeddings))
+        self.image = data["image"].float()
+        self.text = data["text"].float()
+        self.image_id = data["image_id"].numpy()
+        self.text_image = data["text_image_index"].numpy()
+        captions = pd.read_parquet(captions_parquet, columns=["caption_id", "caption"])
+        by_id = captions.set_index("caption_id")["caption"]
+        try:
+            self.captions = by_id.loc[data["caption_id"].numpy()].tolist()
+        except KeyError as exc:
+            raise RuntimeError(
+                f"{embeddings} does not match {captions_parquet} (unknown caption ids); "
+                "delete the variant's embeddings.safetensors and rerun evaluate"
+            ) from exc
+        pixels, index = open_cache(image_array, image_index)
+        row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
+        self._pixels = pixels
+        self._rows = row_of.loc[self.image_id].to_numpy(np.int64)
+        # First caption row of every image (evaluate guarantees each image has one).
+        images, first = np.unique(self.text_image, return_index=True)
+        self.first_caption = np.full(len(self.image_id), -1, dtype=np.int64)
+        self.first_caption[images] = first
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_id)
+
+    def pixels(self, i: int) -> np.ndarray:
+        return np.asarray(self._pixels[self._rows[int(i)]])
+
+    def ground_truth_caption(self, i: int) -> str:
+        return self.captions[int(self.first_caption[int(i)])]
+
+
+class _Images:
+    """Index-able view ``images[i]`` -> pixels of image i (figures read only a few)."""
+
+    def __init__(self, art: EvalArtifacts, subset=None):
+        self.art, self.subset = art, subset
+
+    def __getitem__(self, i):
+        return self.art.pixels(self.subset[i] if self.subset is not None else i)
+
+
+class _Captions:
+    def __init__(self, art: EvalArtifacts):
+        self.art = art
+
+    def __getitem__(self, i):
+        return self.art.ground_truth_caption(i)
+
+
+def text_encoder_fn(text_encoder: Mapping, device: str = "cpu") -> Callable[[list[str]], torch.Tensor]:
+    """The variant's frozen text tower as ``encode(list[str]) -> [n, D]``."""
+    from cliptune.runtime import pick_device
+    from cliptune.text_encoder import TextEncoder, encode_texts
+
+    enc = TextEncoder(text_encoder["model"], text_encoder["pooling"], text_encoder["max_length"])
+    dev = pick_device(device)
+    return lambda texts: encode_texts(enc, texts, batch_size=text_encoder["batch_size"],
+                                      device=dev, show_progress=False)
+
+
+def figure_paths(out_dir: Path) -> dict[str, Path]:
+    return {name: Path(out_dir) / f"{name}.png" for name in FIGURES}
+
+
+def _labels(source: str, dataset: Mapping, image_ids: np.ndarray, classes: list[str],
+            coco: tuple[list[str], np.ndarray] | None) -> np.ndarray | None:
+    if coco is not None:
+        names, mat = coco
+        col = {n: i for i, n in enumerate(names)}
+        out = np.zeros((len(image_ids), len(classes)), dtype=bool)
+        for j, c in enumerate(classes):
+            if c in col:
+                out[:, j] = mat[:, col[c]]
+        return out
+    if source == "demo":
+        demo = dataset.get("demo", {})
+        return demo_labels(image_ids, classes, demo.get("seed", 0), demo.get("max_shapes", 3))
+    return None
+
+
+def build_variant_figures(
+    variant: Mapping,
+    report: Mapping,
+    dataset: Mapping,
+    art: EvalArtifacts,
+    temperature: float,
+    out_dir: Path,
+    zero_shot_json: Path,
+    encode: Callable[[list[str]], torch.Tensor],
+    instances: Path | None = None,
+) -> dict:
+    """Draw the four figures into ``out_dir`` and write the zero-shot results JSON."""
+    name = variant["name"]
+    paths = figure_paths(out_dir)
+    rng = np.random.default_rng(report["seed"])
+    k = min(report["top_k"], art.n_images)
+    block = variant["eval"]["block_size"]
+
+    # text query -> top-K images
+    queries = list(report["queries"])
+    q_emb = encode(queries)
+    t_scores, t_idx = topk_images(q_emb, art.image, k, block_size=block)
+    figures.plot_text_to_image(queries, t_idx.numpy(), t_scores.numpy(), _Images(art),
+                               _Captions(art), paths["text_to_image"], f"variant: {name}")
+
+    # image -> top-K captions, on a fixed random sample (same images for every variant)
+    sample = np.sort(rng.choice(art.n_images, size=min(report["n_images"], art.n_images),
+                                replace=False))
+    i_scores, i_idx = topk_texts(art.image[sample], art.text, min(k, len(art.text)),
+                                 block_size=block)
+    correct = art.text_image[i_idx.numpy()] == sample[:, None]
+    figures.plot_image_to_text(_Images(art, sample),
+                               [[art.captions[m] for m in row] for row in i_idx.numpy()],
+                               i_scores.numpy(), correct, paths["image_to_text"],
+                               f"variant: {name}")
+
+    # zero-shot classification with prompt ensembling
+    zs = report["zero_shot"]
+    coco = coco_instance_labels(instances, art.image_id) if instances else None
+    classes = list(zs["classes"] or (coco[0] if coco else _default_classes(dataset)))
+    class_emb = class_embeddings(encode, classes, zs["templates"])
+    probs = zero_shot_probs(art.image, class_emb, temperature).numpy()
+    labels = _labels(dataset["source"], dataset, art.image_id, classes, coco)
+    result: dict = {"variant": name, "classes": classes, "templates": list(zs["templates"]),
+                    "temperature": temperature, "accuracy": None, "accuracy_over": None}
+    if coco is not None:
+        # The COCO number is always over all 80 categories, whatever the figure shows.
+        coco_emb = class_embeddings(encode, coco[0], zs["templates"])
+        coco_probs = zero_shot_probs(art.image, coco_emb, temperature).numpy()
+        result["accuracy"] = zero_shot_accuracy(coco_probs, coco[1])
+        result["accuracy_over"] = f"the {len(coco[0])} COCO categories (instances annotations)"
+    elif labels is not None:
+        result["accuracy"] = zero_shot_accuracy(probs, labels)
+        result["accuracy_over"] = f"{len(classes)} configured classes (demo ground truth)"
+    subtitle = ""
+    if result["accuracy"] and "top1_accuracy" in result["accuracy"]:
+        acc = result["accuracy"]
+        subtitle = (f"over {acc['n_images']} images and {result['accuracy_over']}: top-1 "
+                    f"{acc['top1_accuracy']:.1f}% (chance {acc['chance_top1_accuracy']:.1f}%), top-5 {acc.get('top5_accuracy', 0):.1f}%, "
+                    f"mAP {acc['mAP']:.1f}%")
+    figures.plot_zero_shot(_Images(art, sample), classes, probs[sample], paths["zero_shot"],
+                           f"variant: {name}",
+                           labels=None if labels is None else labels[sample],
+                           top=zs["top_classes"], subtitle=subtitle)
+    write_zero_shot_json(zero_shot_json, result)
+
+    # similarity heatmap of a sample of images and their first captions
+    n_heat = min(report["heatmap_size"], art.n_images)
+    heat = np.sort(rng.choice(art.n_images, size=n_heat, replace=False))
+    caps = art.first_caption[heat]
+    sims = (art.image[heat] @ art.text[caps].T).numpy()
+    figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
+                                    paths["similarity_heatmap"], f"variant: {name}")
+    log.info("%s: figures written to %s; zero-shot %s", name, out_dir, result["accuracy"])
+    return result
+
+
+def _default_classes(dataset: Mapping) -> list[str]:
+    if dataset["source"] == "demo":
+        from cliptune.demo_data import SHAPES
+
+        return list(SHAPES)
+    return list(COCO_CATEGORIES)
+
+
+def run_variant_figures(variant: Mapping, report: Mapping, dataset: Mapping, embeddings: Path,
+                        metrics_json: Path, captions_parquet: Path, image_array: Path,
+                        image_index: Path, out_dir: Path, zero_shot_json: Path,
+                        instances: Path | None = None, encode=None) -> dict:
+    """Load a variant's saved evaluation artifacts and draw its figures."""
+    art = EvalArtifacts(embeddings, captions_parquet, image_array, image_index)
+    temperature = float(json.loads(Path(metrics_json).read_text())["temperature"])
+    if encode is None:
+        encode = text_encoder_fn(variant["text_encoder"], variant["train"]["device"])
+    return build_variant_figures(variant, report, dataset, art, temperature, out_dir,
+                                 zero_shot_json, encode, instances)

@@ -1,0 +1,43 @@
+# Frozen-backbone features: a variant whose ResNet trunk is wholly frozen (BatchNorm
+# statistics too) and whose images are not augmented trains on cached trunk outputs.
+# Keyed by backbone, weights (or seed for random init) and mode, never by a training
+# flag, so variants that share a frozen trunk share one cache.
+import re
+
+from cliptune.feature_keys import feature_key, feature_paths, feature_spec
+
+FEATURES = {}
+for _variant in RESOLVED.values():
+    _spec = feature_spec(_variant)
+    if _spec is not None:
+        FEATURES[feature_key(_spec)] = _spec
+
+
+# Feature cache files of one split for a variant ({} when it trains on pixels).
+feature_inputs = lambda variant, split, prefix: feature_paths(
+    RESULTS, RESOLVED[variant], split, prefix
+)
+
+
+rule backbone_features:
+    input:
+        array=f"{RESULTS}/images/{{split}}_{{size}}.npy",
+        index=f"{RESULTS}/images/{{split}}_{{size}}.index.parquet",
+    output:
+        array=f"{RESULTS}/features/{{fkey}}/{{split}}_{{size}}.npy",
+        meta=f"{RESULTS}/features/{{fkey}}/{{split}}_{{size}}.json",
+    wildcard_constraints:
+        # (?!) matches nothing: no frozen variant, no feature jobs.
+        fkey="|".join(re.escape(k) for k in FEATURES) or "(?!)",
+    params:
+        spec=lambda w: canonical_json(FEATURES[w.fkey]),
+        device="auto",
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/features/{{fkey}}/{{split}}_{{size}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/backbone_features.py"

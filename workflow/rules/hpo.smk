@@ -1,0 +1,29 @@
+# Optuna search for one variant; its own target, not part of `rule all`:
+#   snakemake --cores 8 --resources gpu=1 results/{DS}/hpo/{variant}/best_overlay.yaml
+HPO_DIR = f"{RESULTS}/hpo/{{variant}}"
+
+
+rule hpo:
+    input:
+        unpack(lambda w: pair_inputs(w.variant, "train", "train")),
+        unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+    output:
+        overlay=f"{HPO_DIR}/best_overlay.yaml",
+        trials=f"{HPO_DIR}/trials.csv",
+        history=f"{HPO_DIR}/optimization_history.png",
+        importance=f"{HPO_DIR}/param_importances.png",
+    params:
+        variant=variant_json,
+        override=lambda w: canonical_json(CFG["variants"].get(w.variant) or {}),
+        hpo=canonical_json(CFG["hpo"]),
+        # The study journal is not an output: a failed or killed search keeps it and resumes.
+        storage=f"{HPO_DIR}/study.journal",
+    threads: 8
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/hpo/{{variant}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/hpo.py"
