@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         f"{args.repeats} (" + ", ".join(f"{t:.2f}" for t in noop) + f" s), target < 5 s: "
         f"**{'met' if fast else 'NOT met'}**. Of that, a bare `import snakemake.cli` takes "
         f"{snakemake_import:.2f} s and `import cliptune.captions` (imported by "
-        f"workflow/rules/common.smk; it pulls in torch through cliptune.runtime) "
+        f"workflow/rules/common.smk; it does not import torch) "
         f"{captions_import:.2f} s in a fresh process; the rest is parsing the rules, building "
         "the DAG and checking file times and params.",
         "- The frozen variant's feature cache (`backbone_features`, keyed by backbone, weights "

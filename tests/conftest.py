@@ -39,17 +39,23 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_clip")
     # A word-level vocab is enough for a tokenizer: build it from the demo's words.
     vocab_words = ["a", "an", "the", "of", "and", "on", "in", "with", "is", "there", "are", "two", "three", "one", "shape", "shapes", "red", "green", "blue", "yellow", "purple", "orange", "white", "black", "circle", "square", "triangle", "star", "cross", "ring", "small", "large", "big", "tiny", "striped", "dotted", "solid", "left", "right", "top", "bottom", "center", "middle", "background", "grey", "gray", "sky", "sand", "dark", "picture", "image", "photo"]
-    import json
-
+    # Character tokens plus left-to-right merges that build each whole word, so the
+    # demo's words become single tokens (transformers 5 takes vocab/merges in memory).
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for w in vocab_words:
-        vocab.setdefault(w + "</w>", len(vocab))
     for ch in "abcdefghijklmnopqrstuvwxyz.,":
         vocab.setdefault(ch, len(vocab))
         vocab.setdefault(ch + "</w>", len(vocab))
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizerFast(vocab_file=str(out / "vocab.json"), merges_file=str(out / "merges.txt"))
+    merges = []
+    for word in vocab_words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        current = pieces[0]
+        for piece in pieces[1:]:
+            if (current, piece) not in merges:
+                merges.append((current, piece))
+            current += piece
+            vocab.setdefault(current, len(vocab))
+    tok = CLIPTokenizerFast(vocab=vocab, merges=merges)
+    assert len(tok("a red circle")["input_ids"]) == 5, "tiny tokenizer lost its vocabulary"
     text = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
                           num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
                           bos_token_id=0, eos_token_id=1, pad_token_id=1)
