@@ -13,6 +13,9 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from test_workflow import TINY
+
+from cliptune.config import deep_merge
 
 pytestmark = [
     pytest.mark.slurm,
@@ -20,18 +23,15 @@ pytestmark = [
                        reason="opt-in: set CLIPTUNE_SLURM_TEST=1 (or make test-slurm)"),
 ]
 
-CONFIG = {
-    "dataset": {"name": "tiny", "source": "demo",
-                "demo": {"train_images": 64, "val_images": 32, "image_size": 40, "seed": 1}},
-    "image_size": 32,
-    "text_encoder": {"model": "offline-minilm", "max_length": 32},
-    "model": {"backbone": "resnet18", "weights": None, "attention_heads": 4,
-              "head": {"hidden_dim": 32}},
-    "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3},
+# The end-to-end test's tiny config, smaller still: one variant, one epoch.
+CONFIG = deep_merge(TINY, {
+    "dataset": {"demo": {"train_images": 64, "val_images": 32}},
+    "model": {"head": {"hidden_dim": 32}},
+    "train": {"epochs": 1},
     "eval": {"block_size": 16},
-    "variants": {"baseline": {}},
     "include_untrained": False,
-}
+})
+CONFIG["variants"] = {"baseline": {}}
 
 
 def test_demo_runs_through_the_slurm_profile(tmp_path, repo):
