@@ -50,10 +50,11 @@ OPTIONS = {
         "train": {"augment": {"enabled": True}, "loss": "triplet",
                   "triplet": {"mining": "semihard"}, "precision": "bf16",
                   "channels_last": False}},
-    "frozen_backbone_hardest_random_captions": {
+    "frozen_backbone_hardest_random_captions_fp16": {
         "model": {"freeze_backbone": True},
         "train": {"loss": "triplet", "triplet": {"mining": "hardest"},
-                  "sampler": "random_captions", "learnable_temperature": False}},
+                  "sampler": "random_captions", "learnable_temperature": False,
+                  "precision": "fp16"}},
     "last_stage_hard_negatives_accumulate": {
         "model": {"trainable_stages": 1, "freeze_bn_stats": True},
         "train": {"loss": "hard_negative", "hard_negatives": {"k": 3}, "batch_size": 4,
