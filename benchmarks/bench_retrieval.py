@@ -196,8 +196,8 @@ def main(argv=None) -> int:
                 f"| {m['i2t_R@1']:.2f} | {m['t2i_R@1']:.2f} | {m['rsum']:.2f} | |"
             )
         if len(results) == 2:
-            a = torch.load(WORK / f"naive_{n_img}.pt")
-            b = torch.load(WORK / f"blocked_{n_img}.pt")
+            a = torch.load(WORK / f"naive_{n_img}.pt", weights_only=True)
+            b = torch.load(WORK / f"blocked_{n_img}.pt", weights_only=True)
             same_ranks = torch.equal(a["i2t"], b["i2t"]) and torch.equal(a["t2i"], b["t2i"])
             same_metrics = results["naive"]["metrics"] == results["blocked"]["metrics"]
             ok &= same_ranks and same_metrics
