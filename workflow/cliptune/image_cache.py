@@ -51,10 +51,6 @@ def load_rgb(path: Path, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-# Reasons a problem image gets (the first word of the index's ``problem`` column).
-PROBLEM_REASONS = ("missing", "zero-size", "not an image", "truncated", "unreadable")
-
-
 def _decode(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
     row, path, size = job
     try:

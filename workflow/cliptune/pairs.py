@@ -7,6 +7,7 @@ the memory-mapped cache, so there is no per-sample Python work in the loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +47,15 @@ class PairData:
     def n_images(self) -> int:
         return len(self.image_rows)
 
-    def captions_by_image(self) -> list[np.ndarray]:
-        """For each entry of image_rows, the caption rows that describe it."""
+    @cached_property
+    def caption_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(order, starts, counts): ``order[starts[i]:starts[i] + counts[i]]`` are the
+        caption rows of image_rows[i]. Computed once; samplers index it vectorised."""
         order = np.argsort(self.caption_image_row, kind="stable")
         sorted_rows = self.caption_image_row[order]
-        bounds = np.searchsorted(sorted_rows, self.image_rows, side="left")
+        starts = np.searchsorted(sorted_rows, self.image_rows, side="left")
         ends = np.searchsorted(sorted_rows, self.image_rows, side="right")
-        return [order[b:e] for b, e in zip(bounds, ends, strict=True)]
+        return order, starts, ends - starts
 
     def fetch(self, caption_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 NHWC images and text embeddings for a batch of caption rows."""
@@ -75,8 +78,8 @@ def plan_epoch(data: PairData, batch_size: int, sampler: str, seed: int, epoch: 
     """
     rng = np.random.default_rng([seed, epoch])
     if sampler == "one_caption_per_image":
-        groups = data.captions_by_image()
-        picks = np.array([g[rng.integers(len(g))] for g in groups], dtype=np.int64)
+        order, starts, counts = data.caption_groups
+        picks = order[starts + rng.integers(0, counts)]  # one draw per image, no Python loop
         rows = picks[rng.permutation(len(picks))]
     elif sampler == "random_captions":
         rows = rng.choice(len(data.captions), size=data.n_images, replace=False)
@@ -92,7 +95,8 @@ def plan_epoch(data: PairData, batch_size: int, sampler: str, seed: int, epoch: 
 
 def validation_batches(data: PairData, batch_size: int) -> list[np.ndarray]:
     """First caption of every image, in a fixed order: comparable across epochs."""
-    firsts = np.array([g[0] for g in data.captions_by_image()], dtype=np.int64)
+    order, starts, _ = data.caption_groups
+    firsts = order[starts]
     batches = [firsts[i:i + batch_size] for i in range(0, len(firsts), batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches[-2] = np.concatenate([batches[-2], batches.pop()])

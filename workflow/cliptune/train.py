@@ -104,11 +104,6 @@ def validate(ctx: StepContext, data: PairData, batch_size: int,
     return total / max(1, count), 100.0 * hits / (2 * len(img))
 
 
-def validation_loss(model, data: PairData, batch_size: int, device, amp_dtype) -> float:
-    tcfg = {"loss": "infonce", "augment": {"enabled": False}, "caption_word_dropout": 0.0}
-    return validate(StepContext(model, tcfg, device, amp_dtype), data, batch_size)[0]
-
-
 def _snapshot(model, optimizer, scheduler, scaler) -> dict:
     """The last good state (CPU copies) that divergence recovery restores."""
     return {"model": _state_dict_cpu(model), "optimizer": copy.deepcopy(optimizer.state_dict()),
