@@ -55,7 +55,7 @@ class JpegDataset(torch.utils.data.Dataset):
     def __init__(self, files, size):
         from torchvision import transforms as T
 
-        from cliptune.models import CLIP_MEAN, CLIP_STD
+        from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD
 
         self.files = files
         self.tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
@@ -81,14 +81,14 @@ def reference_epoch(files, size, batch_size, workers, seed) -> tuple[float, int]
 
 
 def cliptune_epoch(data, size, batch_size, threads, seed, prefetch=True) -> tuple[float, int]:
-    from cliptune.batch_loader import (
+    from cliptune.data.batch_loader import (
         BatchLoader,
         loader_settings,
         normalize_nhwc,
         random_crop_flip,
     )
-    from cliptune.models import CLIP_MEAN, CLIP_STD
-    from cliptune.pairs import plan_epoch
+    from cliptune.data.pairs import plan_epoch
+    from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD
 
     cpu = torch.device("cpu")
     g = torch.Generator().manual_seed(seed)
@@ -115,9 +115,9 @@ def cliptune_epoch(data, size, batch_size, threads, seed, prefetch=True) -> tupl
 
 
 def build_cache(root, names, cache_size, threads):
-    from cliptune.image_cache import build_image_cache
+    from cliptune.data.image_cache import build_image_cache
+    from cliptune.data.pairs import PairData
     from cliptune.io_utils import write_parquet
-    from cliptune.pairs import PairData
 
     caps = root / "captions.parquet"
     write_parquet(caps, pd.DataFrame({"image_id": np.arange(len(names)), "file_name": names}))

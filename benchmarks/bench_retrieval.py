@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from cliptune.retrieval_metrics import retrieval_metrics_and_ranks, summarize
+from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks, summarize
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"  # git-ignored scratch for rank tensors

@@ -6,14 +6,14 @@
 Encoder: the offline all-MiniLM-L6-v2 (``TextEncoder("offline-minilm")``, mean pooling),
 the demo's text tower. Two caption sets:
 
-* demo: captions of the synthetic demo scenes (cliptune.demo_data), whose lengths
+* demo: captions of the synthetic demo scenes (cliptune.data.demo_data), whose lengths
   vary little;
 * COCO-like: demo phrases joined to COCO's caption length distribution (mostly
   8-14 words, a 5% tail of 15-45 word captions), because sorting only helps when
   lengths vary.
 
 Methods, all with the same tokenizer, model, pooling and max_length:
-sorted = ``cliptune.text_encoder.encode_texts`` (what the cache stage runs);
+sorted = ``cliptune.models.text_encoder.encode_texts`` (what the cache stage runs);
 unsorted = the same batches in caption order (the padding of a random batch);
 per-caption loop = one forward per caption (the notebook approach), timed on the
 first ``--loop-captions`` captions. The sorted and unsorted embeddings must agree.
@@ -32,7 +32,7 @@ from bench_common import command_line, header, load_average, write_result
 
 
 def demo_captions(n: int, seed: int = 0) -> list[str]:
-    from cliptune.demo_data import describe_scene, sample_scene
+    from cliptune.data.demo_data import describe_scene, sample_scene
 
     rng = np.random.default_rng(seed)
     out: list[str] = []
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     load_start = load_average()
     torch.set_num_threads(args.threads)
-    from cliptune.text_encoder import TextEncoder, encode_texts
+    from cliptune.models.text_encoder import TextEncoder, encode_texts
 
     encoder = TextEncoder("offline-minilm", max_length=77)
     rows, notes, ok, gains = [], [], True, {}

@@ -6,7 +6,7 @@ Builds the demo's caches once under benchmarks/_work (synthetic COCO-layout data
 captions Parquet, 64 px image cache, offline-MiniLM text cache), then times one epoch
 of the demo's ``baseline`` variant (resnet18 @ 64 px, batch 64, AdamW) two ways:
 
-* cliptune: ``cliptune.train.train_variant`` with epochs=1; the epoch time is its own
+* cliptune: ``cliptune.training.trainer.train_variant`` with epochs=1; the epoch time is its own
   ``history.csv`` ``seconds`` (plan + every step, with BatchLoader prefetch, grad clip,
   NaN guards, scheduler, temperature clamp, progress bar; validation and the output
   files are reported separately);
@@ -34,10 +34,10 @@ from bench_common import REPO, WORK, command_line, header, load_average, write_r
 
 
 def prepare(train_images: int, val_images: int):
-    from cliptune.captions import build_captions
-    from cliptune.demo_data import generate_demo_dataset
-    from cliptune.image_cache import build_image_cache
-    from cliptune.text_encoder import build_text_cache
+    from cliptune.data.captions import build_captions
+    from cliptune.data.demo_data import generate_demo_dataset
+    from cliptune.data.image_cache import build_image_cache
+    from cliptune.data.text_cache import build_text_cache
 
     root = WORK / f"demo_{train_images}"
     res = root / "results"
@@ -71,11 +71,11 @@ def demo_variant(name: str = "baseline") -> dict:
 
 def bare_epoch(variant: dict, data, max_steps: int | None = None) -> float:
     """The loop a tutorial would write: nothing but fetch, forward, loss, backward, step."""
-    from cliptune.losses import clip_loss
-    from cliptune.pairs import plan_epoch
+    from cliptune.data.pairs import plan_epoch
+    from cliptune.models.factory import build_model
     from cliptune.runtime import seed_everything
-    from cliptune.schedule import warmup_cosine
-    from cliptune.train import build_model
+    from cliptune.training.losses import clip_loss
+    from cliptune.training.schedule import warmup_cosine
 
     tcfg = variant["train"]
     seed_everything(tcfg["seed"])
@@ -106,7 +106,7 @@ def bare_epoch(variant: dict, data, max_steps: int | None = None) -> float:
 
 
 def cliptune_epoch(variant: dict, train, val) -> tuple[float, float]:
-    from cliptune.train import train_variant
+    from cliptune.training.trainer import train_variant
 
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         t0 = time.perf_counter()
@@ -127,8 +127,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     load_start = load_average()
     torch.set_num_threads(args.threads)
-    from cliptune.feature_cache import build_feature_cache, feature_spec, with_features
-    from cliptune.pairs import PairData
+    from cliptune.data.feature_cache import build_feature_cache, feature_spec, with_features
+    from cliptune.data.pairs import PairData
 
     WORK.mkdir(exist_ok=True)
     files = prepare(args.train_images, args.val_images)

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from cliptune.batch_loader import BatchLoader, loader_settings, normalize_nhwc, random_crop_flip
+from cliptune.data.batch_loader import (
+    BatchLoader,
+    loader_settings,
+    normalize_nhwc,
+    random_crop_flip,
+)
 
 
 def _plan(n_batches=9, batch=4):
@@ -100,7 +105,7 @@ def test_settings_follow_threads_and_device():
 def test_pairdata_fetch_through_the_loader_matches_direct_fetch():
     import pandas as pd
 
-    from cliptune.pairs import PairData
+    from cliptune.data.pairs import PairData
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 255, (12, 8, 8, 3), dtype=np.uint8)
@@ -139,7 +144,7 @@ def test_random_crop_flip_takes_real_crops():
 
 
 def test_normalize_nhwc_matches_the_reference_arithmetic():
-    from cliptune.models import CLIP_MEAN, CLIP_STD
+    from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD
 
     images = torch.randint(0, 256, (3, 5, 6, 3), dtype=torch.uint8)
     out = normalize_nhwc(images, CLIP_MEAN, CLIP_STD)

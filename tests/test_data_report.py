@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from cliptune.data_report import build_data_report, split_report
-from cliptune.samples import pick_samples, write_samples
+from cliptune.reporting.data_report import build_data_report, split_report
+from cliptune.reporting.samples import pick_samples, write_samples
 
 
 def _captions(split: str, rows: list[tuple[int, str]]) -> pd.DataFrame:

@@ -20,17 +20,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cliptune import captions as cap
-from cliptune import dataset_formats as fmt
-from cliptune.coco_download import (
+from cliptune.config import ConfigError, load_config
+from cliptune.data import captions as cap
+from cliptune.data import dataset_formats as fmt
+from cliptune.data.coco_download import (
     fetch_archive,
     marker_path,
     needed_archives,
     placement_hint,
 )
-from cliptune.config import ConfigError, load_config
-from cliptune.download import COCO2014_FILES, DownloadError
-from cliptune.image_cache import TooManyBadImagesError, _decode, build_image_cache, load_rgb
+from cliptune.data.download import COCO2014_FILES, DownloadError
+from cliptune.data.image_cache import TooManyBadImagesError, _decode, build_image_cache, load_rgb
 
 VARIANTS = {"baseline": {}}
 UNICODE = "Ein Café am Fluss, 東京の夜 🚲"
@@ -468,7 +468,7 @@ def test_download_rules_fetch_verify_extract(zip_server, tmp_path, repo):
     """coco_archive -> coco_extract -> captions via Snakemake, from a local 'mirror'."""
     from test_workflow import snakemake, write_config
 
-    from cliptune.demo_data import generate_demo_dataset
+    from cliptune.data.demo_data import generate_demo_dataset
 
     srv, served = zip_server
     demo = tmp_path / "demo"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliptune import demo_data as dd
+from cliptune.data import demo_data as dd
 
 SMALL = {"train_images": 20, "val_images": 10, "image_size": 64}
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cliptune.config import load_config, resolve_variant
-from cliptune.feature_cache import (
+from cliptune.data.feature_cache import (
     FeatureCacheMismatchError,
     build_feature_cache,
     check_features_match,
@@ -19,11 +19,12 @@ from cliptune.feature_cache import (
     feature_spec,
     with_features,
 )
+from cliptune.data.pairs import PairData, plan_epoch
 from cliptune.io_utils import write_parquet
-from cliptune.losses import clip_loss
-from cliptune.pairs import PairData, plan_epoch
+from cliptune.models.factory import build_model
 from cliptune.runtime import seed_everything
-from cliptune.train import build_model, train_variant
+from cliptune.training.losses import clip_loss
+from cliptune.training.trainer import train_variant
 
 SIZE, N_IMAGES, DIM = 32, 24, 16
 
@@ -183,14 +184,14 @@ def test_train_variant_runs_on_features(image_cache, tmp_path):
 
 
 def test_backbone_list_matches_the_models():
-    from cliptune.feature_keys import RESNET_BACKBONES
-    from cliptune.models import TRUNK_CHANNELS
+    from cliptune.data.feature_keys import RESNET_BACKBONES
+    from cliptune.models.image_tower import TRUNK_CHANNELS
 
     assert set(RESNET_BACKBONES) == set(TRUNK_CHANNELS)
 
 
 def test_feature_paths_only_for_cacheable_variants():
-    from cliptune.feature_keys import feature_paths
+    from cliptune.data.feature_keys import feature_paths
 
     paths = feature_paths("results/t", _variant(), "val", "val")
     assert paths == {"val_features": "results/t/features/resnet18-random-s3-pooled/val_32.npy",

@@ -10,15 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cliptune import figures
-from cliptune.aggregate import COLUMNS, write_ablation
-from cliptune.zero_shot import (
+from cliptune.evaluation.zero_shot import (
     average_precision,
     class_embeddings,
     demo_labels,
     zero_shot_accuracy,
     zero_shot_probs,
 )
+from cliptune.reporting import figures
+from cliptune.reporting.ablation import COLUMNS, write_ablation
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 255, size=(6, 16, 16, 3), dtype=np.uint8)
@@ -115,7 +115,7 @@ def test_zero_shot_probs_and_accuracy():
 
 
 def test_demo_labels_match_the_generated_captions():
-    from cliptune.demo_data import describe_scene, image_id_for, image_rng, sample_scene
+    from cliptune.data.demo_data import describe_scene, image_id_for, image_rng, sample_scene
 
     rng = image_rng(0, "val", 3)
     scene = sample_scene(rng, 3)
@@ -134,8 +134,8 @@ def test_variant_figures_from_saved_embeddings(tmp_path):
     from safetensors.torch import save_file
 
     from cliptune.config import DEFAULTS
-    from cliptune.demo_data import image_id_for
-    from cliptune.variant_figures import FIGURES, run_variant_figures
+    from cliptune.data.demo_data import image_id_for
+    from cliptune.reporting.variant_figures import FIGURES, run_variant_figures
 
     n, per, dim = 6, 2, 8
     ids = np.array([image_id_for("val", i) for i in range(n)], dtype=np.int64)

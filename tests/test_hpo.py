@@ -18,7 +18,7 @@ def pairs(tmp_path_factory):
 
 
 def test_two_trials_write_overlay_and_plots_then_resume(pairs, tmp_path):
-    from cliptune.hpo import run_search
+    from cliptune.training.hpo import run_search
 
     variant = tiny_variant(epochs=1, tensorboard=False)
     variant["model"]["freeze_backbone"] = True  # only the head trains: fast trials

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from cliptune.losses import clip_loss
+from cliptune.training.losses import clip_loss
 
 
 def _hand_infonce(img, txt, scale):
@@ -89,7 +89,7 @@ def test_matches_independent_reference_implementation():
 
 def test_learnable_temperature_is_clamped_like_clip():
     from cliptune.config import DEFAULTS, deep_merge
-    from cliptune.models import ClipHead
+    from cliptune.models.image_tower import ClipHead
 
     model_cfg = deep_merge(DEFAULTS["model"], {"backbone": "resnet18", "weights": None,
                                                "head": {"hidden_dim": 8}})
@@ -122,7 +122,7 @@ def _hand_triplet(sims, margin, mining):
 
 @pytest.mark.parametrize("mining", ["hardest", "semihard"])
 def test_triplet_matches_hand_computation(mining):
-    from cliptune.losses import triplet_loss
+    from cliptune.training.losses import triplet_loss
 
     g = torch.Generator().manual_seed(2)
     img = torch.nn.functional.normalize(torch.randn(6, 5, generator=g), dim=-1)
@@ -134,7 +134,7 @@ def test_triplet_matches_hand_computation(mining):
 
 
 def test_semihard_differs_from_hardest_and_bad_mining_fails():
-    from cliptune.losses import triplet_loss
+    from cliptune.training.losses import triplet_loss
 
     # Row 0: positive 0.9, negatives 0.95 (harder than positive) and 0.8 (semi-hard).
     sims = torch.tensor([[0.9, 0.95, 0.8], [0.1, 0.9, 0.0], [0.0, 0.1, 0.9]])
@@ -147,7 +147,7 @@ def test_semihard_differs_from_hardest_and_bad_mining_fails():
 
 
 def test_hard_negative_loss_extends_the_softmax_with_mined_negatives():
-    from cliptune.losses import hard_negative_loss
+    from cliptune.training.losses import hard_negative_loss
 
     g = torch.Generator().manual_seed(3)
     img = torch.nn.functional.normalize(torch.randn(4, 6, generator=g), dim=-1)
@@ -168,7 +168,7 @@ def test_hard_negative_loss_extends_the_softmax_with_mined_negatives():
 
 
 def test_negative_index_never_mines_an_images_own_captions():
-    from cliptune.hard_negatives import mine
+    from cliptune.training.hard_negatives import mine
 
     g = torch.Generator().manual_seed(4)
     images = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)

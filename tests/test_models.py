@@ -29,7 +29,7 @@ def clip_variant(clip_dir, text_model="offline-minilm", **model) -> dict:
 
 
 def _train(v, pairs, out, **kw):
-    from cliptune.train import train_variant
+    from cliptune.training.trainer import train_variant
 
     return train_variant(v, *pairs, out / "out", out / "ckpt" / "state.pt", show_progress=False,
                          **kw)
@@ -42,7 +42,7 @@ def _pretrained(clip_dir) -> dict[str, torch.Tensor]:
 
 
 def test_lora_on_text_tower_leaves_base_weights_unchanged(tiny_clip_dir, pairs, tmp_path):
-    from cliptune.evaluate import evaluate_variant
+    from cliptune.evaluation.evaluate import evaluate_variant
 
     v = clip_variant(tiny_clip_dir, clip={"lora": {"text": True, "r": 4, "alpha": 8}},
                      )
@@ -70,7 +70,7 @@ def test_lora_on_text_tower_leaves_base_weights_unchanged(tiny_clip_dir, pairs, 
 
 
 def test_lora_vision_tower_and_bad_targets(tiny_clip_dir):
-    from cliptune.train import build_model
+    from cliptune.models.factory import build_model
 
     v = clip_variant(tiny_clip_dir, clip={"lora": {"vision": True,
                                                    "target_modules": ["q_proj", "fc1"]}})
@@ -98,7 +98,7 @@ def test_full_finetune_with_locked_text(tiny_clip_dir, pairs, tmp_path):
 def test_zero_shot_row_is_pretrained_clip_over_the_cache(tiny_clip_dir, pairs, tmp_path):
     from transformers import CLIPModel
 
-    from cliptune.train import build_model, load_variant_model
+    from cliptune.models.factory import build_model, load_variant_model
 
     v = clip_variant(tiny_clip_dir, text_model=str(tiny_clip_dir))
     v["train"]["epochs"] = 0
@@ -123,7 +123,7 @@ def test_zero_shot_row_is_pretrained_clip_over_the_cache(tiny_clip_dir, pairs, t
 
 
 def test_dual_encoder_from_scratch_trains(pairs, tmp_path):
-    from cliptune.train import build_model
+    from cliptune.models.factory import build_model
 
     v = tiny_variant(epochs=1, batch_size=8, lr=1e-3, tensorboard=False)
     v["text_encoder"] = {"model": "offline-minilm", "pooling": "auto", "max_length": 32}
@@ -139,7 +139,7 @@ def test_dual_encoder_from_scratch_trains(pairs, tmp_path):
 
 
 def test_missing_weights_offline_names_the_fix(monkeypatch):
-    from cliptune.models import WeightsUnavailableError, build_trunk
+    from cliptune.models.image_tower import WeightsUnavailableError, build_trunk
 
     def offline(weights=None):
         if weights is not None:
@@ -155,7 +155,7 @@ def test_missing_weights_offline_names_the_fix(monkeypatch):
 
 
 def test_head_and_pooling_options():
-    from cliptune.models import AttentionPool2d, projection_head
+    from cliptune.models.image_tower import AttentionPool2d, projection_head
 
     head = projection_head(512, 16, 64, 3, "layernorm", 0.1)
     kinds = [type(m).__name__ for m in head]
@@ -171,7 +171,7 @@ def test_head_and_pooling_options():
 
 
 def test_text_dim_mismatch_is_a_clear_error(tiny_clip_dir):
-    from cliptune.train import build_model
+    from cliptune.models.factory import build_model
 
     v = clip_variant(tiny_clip_dir, text_model=str(tiny_clip_dir))
     with pytest.raises(ValueError, match="same checkpoint"):
@@ -179,7 +179,7 @@ def test_text_dim_mismatch_is_a_clear_error(tiny_clip_dir):
 
 
 def test_augmentation_is_batched_and_bounded():
-    from cliptune.augment import augment_captions, augment_images
+    from cliptune.data.augment import augment_captions, augment_images
 
     x = torch.rand(6, 3, 16, 16)
     strong = {"scale": [0.3, 1.0], "flip": 0.5, "color_jitter": 0.4, "rotation": 20.0}

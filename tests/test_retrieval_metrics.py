@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cliptune.retrieval_metrics import (
+from cliptune.evaluation.retrieval_metrics import (
     i2t_ranks,
     retrieval_metrics,
     retrieval_metrics_and_ranks,

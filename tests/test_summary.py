@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cliptune.summary import build_summary, convergence
+from cliptune.reporting.summary import build_summary, convergence
 
 REPORT = {"anchors_comparable": False}
 

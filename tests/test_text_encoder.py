@@ -6,13 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cliptune.text_encoder import (
+from cliptune.data.text_cache import build_text_cache, load_text_cache
+from cliptune.models.text_encoder import (
     OFFLINE_ALIAS,
     EncoderUnavailableError,
     TextEncoder,
-    build_text_cache,
     encode_texts,
-    load_text_cache,
 )
 
 

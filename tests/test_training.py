@@ -13,7 +13,7 @@ import torch
 from tiny_pairs import tiny_variant, write_split
 
 from cliptune.config import deep_merge
-from cliptune.pairs import PairData
+from cliptune.data.pairs import PairData
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def variant(**overrides) -> dict:
 
 
 def train(v, pairs, tmp_path, **kwargs):
-    from cliptune.train import train_variant
+    from cliptune.training.trainer import train_variant
 
     return train_variant(v, *pairs, tmp_path / "out", tmp_path / "ckpt" / "state.pt",
                          show_progress=False, **kwargs)
@@ -64,7 +64,7 @@ OPTIONS = {
 
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_option_trains_a_few_steps(name, pairs, tmp_path):
-    from cliptune.train import build_model
+    from cliptune.models.factory import build_model
 
     v = variant(**OPTIONS[name])
     torch.manual_seed(0)
@@ -92,7 +92,7 @@ def test_option_trains_a_few_steps(name, pairs, tmp_path):
 
 
 def test_freezing_keeps_frozen_batchnorm_statistics():
-    from cliptune.models import ImageEncoder
+    from cliptune.models.image_tower import ImageEncoder
 
     cfg = deep_merge(tiny_variant()["model"], {"trainable_stages": 2})
     enc = ImageEncoder(cfg, 16, 32).train()
@@ -109,8 +109,8 @@ def test_freezing_keeps_frozen_batchnorm_statistics():
 
 
 def test_accumulation_gives_the_full_batch_gradient(pairs):
-    from cliptune.train import build_model
-    from cliptune.train_step import StepContext, accumulated_backward, prepare
+    from cliptune.models.factory import build_model
+    from cliptune.training.step import StepContext, accumulated_backward, prepare
 
     v = variant(train={"temperature": 0.1})
     torch.manual_seed(0)
@@ -141,7 +141,7 @@ def test_accumulation_gives_the_full_batch_gradient(pairs):
 
 
 def _nan_for(calls: int, monkeypatch):
-    import cliptune.train_step as ts
+    import cliptune.training.step as ts
 
     real = ts.batch_loss
     count = {"n": 0}
@@ -168,7 +168,7 @@ def test_divergence_restores_good_state_with_lower_lr(pairs, tmp_path, monkeypat
 
 
 def test_repeated_divergence_fails_naming_cause_and_epoch(pairs, tmp_path, monkeypatch):
-    from cliptune.train import DivergenceError
+    from cliptune.training.trainer import DivergenceError
 
     _nan_for(10**6, monkeypatch)
     v = variant(train={"max_nonfinite_steps": 1, "divergence": {"max_restarts": 2}})
@@ -192,7 +192,7 @@ def test_early_stopping_with_patience(pairs, tmp_path):
 
 
 def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
-    import cliptune.train as tr
+    import cliptune.training.trainer as tr
 
     # Frozen trunk keeps the test fast; augmentation makes resume depend on restored RNG.
     v = variant(model={"freeze_backbone": True},

@@ -92,7 +92,7 @@ def _existing(folder: Path, prefix: str) -> dict[str, str]:
 
 def load_train_val(folder: Path, n_train: int = 16, n_val: int = 8):
     """(train, val) PairData of tiny on-disk splits, as the train stage loads them."""
-    from cliptune.pairs import PairData
+    from cliptune.data.pairs import PairData
 
     out = {}
     for prefix, n, seed in (("train", n_train, 1), ("val", n_val, 2)):

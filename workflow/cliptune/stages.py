@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from cliptune.runtime import set_threads, setup_logging
@@ -17,21 +18,21 @@ log = logging.getLogger("cliptune.stage")
 
 
 def demo_dataset(smk) -> None:
-    from cliptune.demo_data import generate_demo_dataset
+    from cliptune.data.demo_data import generate_demo_dataset
 
     demo = json.loads(smk.params.demo)
     generate_demo_dataset(Path(smk.params.root), **demo)
 
 
 def coco_archive(smk) -> None:
-    from cliptune.coco_download import fetch_archive
+    from cliptune.data.coco_download import fetch_archive
 
     fetch_archive(smk.wildcards.archive, json.loads(smk.params.spec), Path(smk.output[0]),
                   hint=smk.params.hint)
 
 
 def coco_extract(smk) -> None:
-    from cliptune.coco_download import extract_archive
+    from cliptune.data.coco_download import extract_archive
 
     marker = extract_archive(Path(smk.input[0]), Path(smk.output[0]).parent)
     if marker != Path(smk.output[0]):
@@ -39,14 +40,14 @@ def coco_extract(smk) -> None:
 
 
 def captions(smk) -> None:
-    from cliptune.captions import build_split_captions
+    from cliptune.data.captions import build_split_captions
 
     build_split_captions(json.loads(smk.params.spec), Path(smk.output.parquet),
                          Path(smk.output.source))
 
 
 def data_report(smk) -> None:
-    from cliptune.data_report import build_data_report
+    from cliptune.reporting.data_report import build_data_report
 
     build_data_report(list(smk.params.splits), [Path(p) for p in smk.input.captions],
                       [Path(p) for p in smk.input.sources], [Path(p) for p in smk.input.indexes],
@@ -55,7 +56,7 @@ def data_report(smk) -> None:
 
 
 def samples(smk) -> None:
-    from cliptune.samples import write_samples
+    from cliptune.reporting.samples import write_samples
 
     write_samples(Path(smk.input.captions), Path(smk.input.array), Path(smk.input.index),
                   Path(smk.output[0]), count=smk.params.n, seed=smk.params.seed,
@@ -63,7 +64,7 @@ def samples(smk) -> None:
 
 
 def image_cache(smk) -> None:
-    from cliptune.image_cache import build_image_cache
+    from cliptune.data.image_cache import build_image_cache
 
     build_image_cache(Path(smk.input.captions), Path(smk.params.root), int(smk.wildcards.size),
                       Path(smk.output.array), Path(smk.output.index), workers=smk.threads,
@@ -71,7 +72,7 @@ def image_cache(smk) -> None:
 
 
 def text_embeddings(smk) -> None:
-    from cliptune.text_encoder import build_text_cache
+    from cliptune.data.text_cache import build_text_cache
 
     spec = json.loads(smk.params.encoder)
     build_text_cache(Path(smk.input.captions), Path(smk.output[0]), spec["model"],
@@ -79,7 +80,7 @@ def text_embeddings(smk) -> None:
 
 
 def _pairs(smk, prefix: str):
-    from cliptune.pairs import PairData
+    from cliptune.data.pairs import PairData
 
     return PairData.load(Path(smk.input[f"{prefix}_captions"]), Path(smk.input[f"{prefix}_text"]),
                          Path(smk.input[f"{prefix}_array"]), Path(smk.input[f"{prefix}_index"]))
@@ -91,41 +92,47 @@ def _train_pairs(smk, prefix: str):
     features = getattr(smk.input, f"{prefix}_features", None)
     if features is None:
         return pairs
-    from cliptune.feature_cache import with_features
+    from cliptune.data.feature_cache import with_features
 
     return with_features(pairs, Path(features), Path(smk.input[f"{prefix}_features_meta"]))
 
 
 def backbone_features(smk) -> None:
-    from cliptune.feature_cache import build_feature_cache
+    from cliptune.data.feature_cache import build_feature_cache
 
     build_feature_cache(Path(smk.input.array), Path(smk.input.index), json.loads(smk.params.spec),
                         Path(smk.output.array), Path(smk.output.meta), device=smk.params.device)
 
 
 def train(smk) -> None:
-    from cliptune.distributed import launch, world_size
-    from cliptune.train import train_variant
+    import pandas as pd
+
+    from cliptune.reporting.plots import plot_loss_curves
+    from cliptune.training.distributed import launch, world_size
+    from cliptune.training.trainer import train_variant
 
     variant = json.loads(smk.params.variant)
+    out_dir = Path(smk.output.model).parent
     if world_size(variant["train"]) > 1:  # train.devices/nodes: torchrun workers
         devices, nodes = variant["train"]["devices"], variant["train"]["nodes"]
         state = Path(smk.params.state)
         inputs = {k: str(smk.input[k]) for k in smk.input.keys()}  # noqa: SIM118 (Namedlist)
-        spec = {"variant": variant, "inputs": inputs,
-                "out_dir": str(Path(smk.output.model).parent), "state": str(state),
-                "log": str(smk.log[0]) if smk.log else None,
+        spec = {"variant": variant, "inputs": inputs, "out_dir": str(out_dir),
+                "state": str(state), "log": str(smk.log[0]) if smk.log else None,
                 "threads": max(1, smk.threads // devices)}
         launch(spec, state.with_name("launch.json"), devices, nodes)
-        return
-    # Per-step / per-epoch CSV and TensorBoard logs: logs/{DS}/train/{variant}/ (not outputs).
-    log_dir = Path(str(smk.log[0])).with_suffix("") if smk.log else None
-    train_variant(variant, _train_pairs(smk, "train"), _train_pairs(smk, "val"),
-                  Path(smk.output.model).parent, Path(smk.params.state), log_dir=log_dir)
+    else:
+        # Per-step / per-epoch CSV and TensorBoard logs: logs/{DS}/train/{variant}/ (not outputs).
+        log_dir = Path(str(smk.log[0])).with_suffix("") if smk.log else None
+        train_variant(variant, _train_pairs(smk, "train"), _train_pairs(smk, "val"), out_dir,
+                      Path(smk.params.state), log_dir=log_dir)
+    # Drawn here, not in the trainer: training never imports reporting.
+    plot_loss_curves(pd.read_csv(smk.output.history), Path(smk.output.curves),
+                     title=variant["name"])
 
 
 def hpo(smk) -> None:
-    from cliptune.hpo import run_search
+    from cliptune.training.hpo import run_search
 
     run_search(json.loads(smk.params.variant), json.loads(smk.params.override),
                json.loads(smk.params.hpo), _pairs(smk, "train"), _pairs(smk, "val"),
@@ -133,7 +140,7 @@ def hpo(smk) -> None:
 
 
 def evaluate(smk) -> None:
-    from cliptune.evaluate import evaluate_variant
+    from cliptune.evaluation.evaluate import evaluate_variant
 
     variant = json.loads(smk.params.variant)
     evaluate_variant(variant, Path(smk.input.model), _pairs(smk, "val"),
@@ -141,7 +148,7 @@ def evaluate(smk) -> None:
 
 
 def aggregate(smk) -> None:
-    from cliptune.aggregate import write_ablation
+    from cliptune.reporting.ablation import write_ablation
 
     files = dict(zip(smk.params.variants, smk.input.metrics, strict=True))
     ks = getattr(smk.params, "ks", None) or (1, 5, 10)  # eval.ks of the baseline
@@ -149,7 +156,7 @@ def aggregate(smk) -> None:
 
 
 def figures(smk) -> None:
-    from cliptune.variant_figures import run_variant_figures
+    from cliptune.reporting.variant_figures import run_variant_figures
 
     instances = getattr(smk.input, "instances", None)
     run_variant_figures(
@@ -163,7 +170,7 @@ def figures(smk) -> None:
 def loss_overlay(smk) -> None:
     import pandas as pd
 
-    from cliptune.figures import plot_loss_overlay
+    from cliptune.reporting.figures import plot_loss_overlay
 
     histories = {v: pd.read_csv(p) for v, p in zip(smk.params.variants, smk.input.histories,
                                                     strict=True)}
@@ -171,8 +178,8 @@ def loss_overlay(smk) -> None:
 
 
 def summary(smk) -> None:
-    from cliptune.summary import write_summary
-    from cliptune.variant_figures import FIGURES
+    from cliptune.reporting.summary import write_summary
+    from cliptune.reporting.variant_figures import FIGURES
 
     names = list(smk.params.variants)
     figs = list(smk.input.figures)  # expand order: variant-major, then FIGURES order
@@ -188,12 +195,13 @@ def summary(smk) -> None:
                   Path(smk.input.ablation_png), Path(smk.input.overlay_png))
 
 
-def run(smk, stage: str) -> None:
-    """Run ``stage`` with logging to the rule's log; failures are logged there too."""
+def run(smk, stage: Callable) -> None:
+    """Run ``stage`` (one function above) with logging to the rule's log; failures are
+    logged there too."""
     setup_logging(str(smk.log[0]) if smk.log else None)
     set_threads(smk.threads)
     try:
-        globals()[stage](smk)
+        stage(smk)
     except Exception:
-        log.exception("stage %s failed", stage)
+        log.exception("stage %s failed", stage.__name__)
         raise

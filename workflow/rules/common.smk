@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from cliptune.captions import annotation_file, check_sources
+from cliptune.data.captions import annotation_file, check_sources
 from cliptune.config import (
     ConfigError,
     canonical_json,

@@ -1,7 +1,7 @@
 import re
 
-from cliptune.captions import captions_inputs, split_spec
-from cliptune.coco_download import (
+from cliptune.data.captions import captions_inputs, split_spec
+from cliptune.data.coco_download import (
     archive_path,
     archive_specs,
     marker_path,

@@ -20,7 +20,7 @@ rule evaluate:
 
 
 
-from cliptune.zero_shot import instances_input
+from cliptune.evaluation.zero_shot import instances_input
 
 FIGURE_DIR = os.path.join(VARIANT_DIR, "figures")
 VARIANT_FIGURES = ["text_to_image", "image_to_text", "zero_shot", "similarity_heatmap"]

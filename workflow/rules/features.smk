@@ -4,7 +4,7 @@
 # flag, so variants that share a frozen trunk share one cache.
 import re
 
-from cliptune.feature_keys import feature_key, feature_paths, feature_spec
+from cliptune.data.feature_keys import feature_key, feature_paths, feature_spec
 
 FEATURES = {}
 for _variant in RESOLVED.values():

@@ -3,6 +3,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - importable uninstalled
-from cliptune.stages import run  # noqa: E402
+from cliptune import stages  # noqa: E402
 
-run(snakemake, "coco_archive")  # noqa: F821
+stages.run(snakemake, stages.coco_archive)  # noqa: F821

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-# The torchvision ResNets of cliptune.models.TRUNK_CHANNELS (a test keeps them in sync).
+# The torchvision ResNets of cliptune.models.image_tower.TRUNK_CHANNELS (a test keeps them in sync).
 RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cliptune.image_cache import open_cache
+from cliptune.data.image_cache import open_cache
 from cliptune.io_utils import save_figure
 
 log = logging.getLogger(__name__)

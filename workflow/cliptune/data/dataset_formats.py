@@ -1,7 +1,7 @@
 """Readers for the caption formats people actually have, all into one table.
 
 Every reader returns a :class:`SourceTable`: one row per caption with the
-columns of :data:`cliptune.captions.COLUMNS` (``split`` holding the *source*
+columns of :data:`cliptune.data.captions.COLUMNS` (``split`` holding the *source*
 split label, e.g. Karpathy's ``restval``) plus the images that have no
 caption, which the data report lists. ``file_name`` is relative to the
 dataset root, or absolute when the source gives an absolute path (the image

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cliptune.models import CLIP_MEAN, CLIP_STD, to_unit_float
-from cliptune.text_encoder import EncoderUnavailableError, _fix_message, resolve_model_path
+from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD, to_unit_float
+from cliptune.models.text_encoder import EncoderUnavailableError, _fix_message, resolve_model_path
 
 log = logging.getLogger(__name__)
 

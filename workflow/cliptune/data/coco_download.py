@@ -1,8 +1,8 @@
 """COCO 2014 archives for ``dataset.download: true``: which, where, fetch and extract.
 
-Archives land in ``{root}/archives/`` through :func:`cliptune.download.download`
+Archives land in ``{root}/archives/`` through :func:`cliptune.data.download.download`
 (``.part`` file, HTTP Range resume, retries, size + md5 check) and are
-extracted into ``{root}`` by :func:`cliptune.safe_extract.safe_extract`, whose
+extracted into ``{root}`` by :func:`cliptune.data.safe_extract.safe_extract`, whose
 completion marker ``{root}/.{archive}.complete`` is what downstream rules
 depend on: no marker, no trust in a half-extracted folder.
 """
@@ -13,8 +13,8 @@ import logging
 from pathlib import Path
 
 from cliptune.config import deep_merge
-from cliptune.download import COCO2014_FILES, DownloadError, download
-from cliptune.safe_extract import safe_extract
+from cliptune.data.download import COCO2014_FILES, DownloadError, download
+from cliptune.data.safe_extract import safe_extract
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cliptune.feature_keys import feature_key, feature_spec  # noqa: F401 - re-exported
-from cliptune.image_cache import open_cache
+from cliptune.data.feature_keys import feature_key, feature_spec  # noqa: F401 - re-exported
+from cliptune.data.image_cache import open_cache
+from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, write_json
-from cliptune.models import CLIP_MEAN, CLIP_STD, TRUNK_CHANNELS, build_trunk
-from cliptune.pairs import PairData
+from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD, TRUNK_CHANNELS, build_trunk
 from cliptune.runtime import autocast_dtype, pick_device, progress, seed_everything, setup_logging
 
 log = logging.getLogger(__name__)

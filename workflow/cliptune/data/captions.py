@@ -168,7 +168,7 @@ def subset_images(file_names: pd.Series, n: int | None, mode: str, seed: int,
 
 def read_split(spec: dict) -> tuple[pd.DataFrame, list[str], list[str]]:
     """(caption rows of the split, images of it with no caption, notes) before any subset."""
-    from cliptune.dataset_formats import read_source
+    from cliptune.data.dataset_formats import read_source
 
     split = spec["split"]
     if spec["source"] in ("demo", "coco"):
@@ -232,7 +232,7 @@ def build_split_captions(spec: dict, output: Path, source_json: Path | None = No
 
 def captions_inputs(dataset: dict, split: str) -> list[str]:
     """Files the captions rule of ``split`` reads (plus extraction markers when downloading)."""
-    from cliptune.coco_download import ANNOTATIONS_ZIP, marker_path, needed_archives
+    from cliptune.data.coco_download import ANNOTATIONS_ZIP, marker_path, needed_archives
 
     label, source, root = dataset["splits"][split], dataset["source"], dataset["root"]
     if dataset.get("download"):

@@ -3,7 +3,7 @@ heatmap and the loss-curve overlay of all variants.
 
 Every function takes already-computed numbers (scores, indices, uint8 images) so
 it can be tested on tiny synthetic data; loading and scoring live in
-``cliptune.variant_figures``.
+``cliptune.reporting.variant_figures``.
 """
 
 from __future__ import annotations

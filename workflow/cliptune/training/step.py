@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cliptune.augment import augment_captions, augment_images
-from cliptune.losses import batch_loss
-from cliptune.models import to_unit_float
-from cliptune.pairs import PairData
+from cliptune.data.augment import augment_captions, augment_images
+from cliptune.data.pairs import PairData
+from cliptune.models.image_tower import to_unit_float
+from cliptune.training.losses import batch_loss
 
 
 @dataclass
@@ -25,7 +25,7 @@ class StepContext:
     amp_dtype: torch.dtype | None
     image_gen: torch.Generator | None = None  # augmentation randomness (CPU generator)
     caption_rng: np.random.Generator | None = None
-    # Distributed training: (img, txt) -> the global batch's (cliptune.distributed).
+    # Distributed training: (img, txt) -> the global batch's (cliptune.training.distributed).
     gather: Callable | None = None
 
     def autocast(self):
@@ -38,7 +38,7 @@ def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Te
     """One fetched (micro-)batch -> (model input, text side, is_features).
 
     Pixels become float NCHW in [0, 1] on the device, augmented when training;
-    cached frozen-trunk features (cliptune.feature_cache) pass through. The text
+    cached frozen-trunk features (cliptune.data.feature_cache) pass through. The text
     side is the cached embeddings, or caption strings for a text tower that runs.
     """
     features = images.is_floating_point()

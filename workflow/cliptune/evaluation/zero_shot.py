@@ -139,7 +139,7 @@ def coco_instance_labels(instances_json: Path, image_ids: np.ndarray
 
 def demo_scene_words(image_id: int, seed: int, max_shapes: int) -> set[str]:
     """Shapes, colours and 'colour shape' phrases present in a synthetic demo image."""
-    from cliptune.demo_data import VAL_ID_OFFSET, scene_for_image
+    from cliptune.data.demo_data import VAL_ID_OFFSET, scene_for_image
 
     split = "val" if image_id > VAL_ID_OFFSET else "train"
     index = image_id - 1 - (VAL_ID_OFFSET if split == "val" else 0)

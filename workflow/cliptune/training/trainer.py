@@ -20,9 +20,21 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from cliptune.batch_loader import BatchLoader, loader_settings
 from cliptune.config import short_hash
-from cliptune.distributed import (
+from cliptune.data.batch_loader import BatchLoader, loader_settings
+from cliptune.data.feature_cache import check_features_match
+from cliptune.data.pairs import PairData, plan_epoch, validation_batches
+from cliptune.io_utils import atomic_path, write_json
+from cliptune.models.factory import build_model
+from cliptune.models.image_tower import ClipHead
+from cliptune.runtime import (
+    autocast_dtype,
+    device_name,
+    pick_device,
+    progress,
+    seed_everything,
+)
+from cliptune.training.distributed import (
     DistContext,
     all_reduce_sum,
     barrier,
@@ -31,24 +43,12 @@ from cliptune.distributed import (
     shard_micro,
     sync_gradients,
 )
-from cliptune.feature_cache import check_features_match
-from cliptune.hard_negatives import build_index
-from cliptune.io_utils import atomic_path, write_json
-from cliptune.losses import batch_loss
-from cliptune.models import ClipHead
-from cliptune.pairs import PairData, plan_epoch, validation_batches
-from cliptune.plots import plot_loss_curves
-from cliptune.preemption import CheckpointTimer, PreemptedError, SignalGuard
-from cliptune.runtime import (
-    autocast_dtype,
-    device_name,
-    pick_device,
-    progress,
-    seed_everything,
-)
-from cliptune.schedule import param_groups, warmup_cosine
-from cliptune.train_logging import TrainLogger
-from cliptune.train_step import StepContext, accumulated_backward, embed, prepare
+from cliptune.training.hard_negatives import build_index
+from cliptune.training.losses import batch_loss
+from cliptune.training.preemption import CheckpointTimer, PreemptedError, SignalGuard
+from cliptune.training.schedule import param_groups, warmup_cosine
+from cliptune.training.step import StepContext, accumulated_backward, embed, prepare
+from cliptune.training.train_log import TrainLogger
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +60,6 @@ MONITORS = {"val_loss": ("val_loss", -1.0), "val_recall": ("val_recall", 1.0)}
 
 class DivergenceError(RuntimeError):
     pass
-
-
-def build_model(variant: dict, embed_dim: int):
-    """The variant's model (``model.kind``): a ResNet tower over cached text (ClipHead),
-    a pretrained HF CLIP, or a from-scratch dual encoder (cliptune.clip_models.HFClip).
-    All expose encode_images / embed_texts / text_from_cache / scale()."""
-    kind = variant["model"].get("kind", "resnet")
-    if kind == "resnet":
-        return ClipHead(variant["model"], variant["train"], embed_dim, variant["image_size"])
-    from cliptune.clip_models import HFClip
-
-    model = HFClip(variant)
-    if model.text_from_cache and model.clip.config.projection_dim != embed_dim:
-        raise ValueError(
-            f"{variant['name']}: the text cache holds {embed_dim}-d embeddings but the CLIP "
-            f"model projects to {model.clip.config.projection_dim}; set text_encoder.model to "
-            "the same checkpoint as model.clip.model")
-    return model
 
 
 @torch.no_grad()
@@ -167,12 +149,12 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
                   state_path: Path, show_progress: bool = True, log_dir: Path | None = None,
                   write_outputs: bool = True, dist_ctx: DistContext | None = None) -> dict:
     """Train, then write model.safetensors (best by validation loss), history.csv,
-    train_report.json and loss_curves.png into ``out_dir``.
+    train_report.json into ``out_dir``.
 
-    ``dist_ctx`` of several ranks (cliptune.distributed, under torchrun): each rank
+    ``dist_ctx`` of several ranks (cliptune.training.distributed, under torchrun): each rank
     takes its slice of every global micro-batch, the loss sees the global batch,
     only rank 0 writes. SIGTERM/SIGUSR1 save a mid-epoch state, then raise
-    PreemptedError; a rerun resumes at that step (cliptune.preemption)."""
+    PreemptedError; a rerun resumes at that step (cliptune.training.preemption)."""
     out_dir = Path(out_dir)
     tcfg = variant["train"]
     seed_everything(tcfg["seed"])
@@ -487,17 +469,3 @@ def _write_outputs(variant, model, best, history, out_dir, device, seconds, imag
         "parameters": n_params,
         "trainable_parameters": n_trainable,
     })
-    plot_loss_curves(hist, out_dir / "loss_curves.png", title=variant["name"])
-
-
-def load_variant_model(variant: dict, weights: Path, embed_dim: int,
-                       device: torch.device) -> ClipHead:
-    from safetensors.torch import load_file
-
-    # Evaluating must never download backbone weights: they come from the checkpoint.
-    # (A CLIP variant rebuilds its architecture from the local HF cache.)
-    arch = copy.deepcopy(variant)
-    arch["model"]["weights"] = None
-    model = build_model(arch, embed_dim)
-    model.load_state_dict(load_file(str(weights)))
-    return model.to(device).eval()

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from cliptune.config import canonical_json, deep_merge, short_hash
+from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, save_figure, write_text
-from cliptune.pairs import PairData
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
                ) -> dict:
     import optuna
 
-    from cliptune.train import DivergenceError, train_variant
+    from cliptune.training.trainer import DivergenceError, train_variant
 
     out_dir = Path(out_dir)
     metric = hpo["metric"]

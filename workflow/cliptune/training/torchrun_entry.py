@@ -1,9 +1,9 @@
 """Command-line entry of the train stage, one process per rank under torchrun.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 \\
-        -m cliptune.train_entry --spec launch.json
+        -m cliptune.training.torchrun_entry --spec launch.json
 
-The spec (written by cliptune.distributed.launch) holds the resolved variant,
+The spec (written by cliptune.training.distributed.launch) holds the resolved variant,
 the input paths of the train and validation splits, the output folder, the
 resume-state path and the rule's log file. Without torchrun's environment it
 trains in one process, which is also how the preemption tests drive it.
@@ -17,20 +17,20 @@ import logging
 import sys
 from pathlib import Path
 
-from cliptune.preemption import PreemptedError
+from cliptune.training.preemption import PreemptedError
 
-log = logging.getLogger("cliptune.train_entry")
+log = logging.getLogger("cliptune.training.torchrun_entry")
 
 
 def load_pairs(inputs: dict, prefix: str):
     """PairData of one split from the rule's named inputs (as stages._train_pairs)."""
-    from cliptune.pairs import PairData
+    from cliptune.data.pairs import PairData
 
     pairs = PairData.load(Path(inputs[f"{prefix}_captions"]), Path(inputs[f"{prefix}_text"]),
                           Path(inputs[f"{prefix}_array"]), Path(inputs[f"{prefix}_index"]))
     if f"{prefix}_features" not in inputs:
         return pairs
-    from cliptune.feature_cache import with_features
+    from cliptune.data.feature_cache import with_features
 
     return with_features(pairs, Path(inputs[f"{prefix}_features"]),
                          Path(inputs[f"{prefix}_features_meta"]))
@@ -55,9 +55,9 @@ def main(argv=None) -> int:
     spec = json.loads(args.spec.read_text())
     _setup_logging(spec.get("log"), int(os.environ.get("RANK", "0")))
 
-    from cliptune.distributed import init_from_env, shutdown
     from cliptune.runtime import set_threads
-    from cliptune.train import train_variant
+    from cliptune.training.distributed import init_from_env, shutdown
+    from cliptune.training.trainer import train_variant
 
     variant = spec["variant"]
     if spec.get("threads"):

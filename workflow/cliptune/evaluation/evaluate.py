@@ -15,11 +15,11 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
+from cliptune.data.pairs import PairData
+from cliptune.evaluation.retrieval_metrics import retrieval_metrics
 from cliptune.io_utils import atomic_path, write_json
-from cliptune.pairs import PairData
-from cliptune.retrieval_metrics import retrieval_metrics
+from cliptune.models.factory import load_variant_model
 from cliptune.runtime import autocast_dtype, pick_device, progress
-from cliptune.train import load_variant_model
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def embed_images(model, data: PairData, batch_size: int, device, amp_dtype,
         batch = torch.from_numpy(np.ascontiguousarray(data.pixels[rows]))
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
-            # Every model kind (cliptune.train.build_model) embeds uint8 NHWC batches.
+            # Every model kind (cliptune.models.factory.build_model) embeds uint8 NHWC batches.
             out.append(model.encode_images(batch).float().cpu())
     return torch.cat(out)
 

@@ -220,13 +220,13 @@ def world_size(train_cfg: dict) -> int:
 
 def torchrun_argv(spec_path: Path, devices: int, nodes: int,
                   env: dict[str, str] | None = None) -> list[str]:
-    """The command that starts ``devices`` workers per node of cliptune.train_entry.
+    """The command that starts ``devices`` workers per node of cliptune.training.torchrun_entry.
 
     One node: torchrun --standalone (free port, no rendezvous server). Several
     nodes: one torchrun per node started by srun inside the SLURM allocation,
     meeting at a c10d rendezvous on the allocation's first node."""
     env = os.environ if env is None else env
-    entry = ["-m", "cliptune.train_entry", "--spec", str(spec_path)]
+    entry = ["-m", "cliptune.training.torchrun_entry", "--spec", str(spec_path)]
     run = [sys.executable, "-m", "torch.distributed.run"]
     if nodes == 1:
         return [*run, "--standalone", "--nnodes=1", f"--nproc-per-node={devices}", *entry]
@@ -251,7 +251,7 @@ def launch(spec: dict, spec_path: Path, devices: int, nodes: int) -> None:
     spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
     argv = torchrun_argv(spec_path, devices, nodes)
     env = dict(os.environ)
-    workflow_dir = str(Path(__file__).resolve().parents[1])
+    workflow_dir = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (workflow_dir, env.get("PYTHONPATH")) if p)
     # The rule's log was opened with mode "w"; reopen it for appending so the
     # lines rank 0 appends are not overwritten by this process's later writes.

@@ -16,10 +16,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from cliptune import figures
-from cliptune.image_cache import open_cache
-from cliptune.retrieval_metrics import topk_images, topk_texts
-from cliptune.zero_shot import (
+from cliptune.data.image_cache import open_cache
+from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
+from cliptune.evaluation.zero_shot import (
     COCO_CATEGORIES,
     class_embeddings,
     coco_instance_labels,
@@ -28,6 +27,7 @@ from cliptune.zero_shot import (
     zero_shot_accuracy,
     zero_shot_probs,
 )
+from cliptune.reporting import figures
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ class _Captions:
 
 def text_encoder_fn(text_encoder: Mapping, device: str = "cpu") -> Callable[[list[str]], torch.Tensor]:
     """The variant's frozen text tower as ``encode(list[str]) -> [n, D]``."""
+    from cliptune.models.text_encoder import TextEncoder, encode_texts
     from cliptune.runtime import pick_device
-    from cliptune.text_encoder import TextEncoder, encode_texts
 
     enc = TextEncoder(text_encoder["model"], text_encoder["pooling"], text_encoder["max_length"])
     dev = pick_device(device)
@@ -201,7 +201,7 @@ def build_variant_figures(
 
 def _default_classes(dataset: Mapping) -> list[str]:
     if dataset["source"] == "demo":
-        from cliptune.demo_data import SHAPES
+        from cliptune.data.demo_data import SHAPES
 
         return list(SHAPES)
     return list(COCO_CATEGORIES)

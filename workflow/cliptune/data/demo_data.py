@@ -569,7 +569,7 @@ def generate_demo_dataset(
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m cliptune.demo_data",
+        prog="python -m cliptune.data.demo_data",
         description="Generate the synthetic shapes dataset in MS COCO 2014 captions layout.",
     )
     parser.add_argument("--root", required=True, help="output directory")

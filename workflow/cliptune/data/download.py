@@ -10,7 +10,7 @@ Only the standard library is used for networking; tqdm draws the progress bar.
 
 CLI::
 
-    python -m cliptune.download URL DEST [--sha256 H] [--md5 H] [--size N]
+    python -m cliptune.data.download URL DEST [--sha256 H] [--md5 H] [--size N]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-log = logging.getLogger("cliptune.download")  # stable name even under -m
+log = logging.getLogger("cliptune.data.download")  # stable name even under -m
 
 __all__ = ["COCO2014_FILES", "DownloadError", "download", "verify_file", "main"]
 
@@ -324,7 +324,7 @@ def download(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cliptune.download",
+        prog="python -m cliptune.data.download",
         description="Resumable, checksum-verified download of URL to DEST.",
     )
     parser.add_argument("url")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cliptune.pairs import PairData
+from cliptune.data.pairs import PairData
 
 log = logging.getLogger(__name__)
 

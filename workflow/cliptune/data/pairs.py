@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cliptune.image_cache import open_cache
-from cliptune.text_encoder import load_text_cache
+from cliptune.data.image_cache import open_cache
+from cliptune.data.text_cache import load_text_cache
 
 
 @dataclass
