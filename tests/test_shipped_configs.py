@@ -22,6 +22,7 @@ from toy_overlay import (
     EPOCHS,
     HUB_ID,
     IMAGE_SIZE,
+    PACKAGED_WEIGHTS,
     changed_paths,
     touchable,
     toy_overlay,
@@ -66,13 +67,19 @@ def test_overlay_changes_only_what_cannot_run_here(path, toy_sources, tiny_clip_
                                        v["model"]["dual_encoder"]["tokenizer"]))
                if isinstance(value, str) and HUB_ID.match(value)]
         assert not hub, f"{path.name} variant {name} still names a hub checkpoint at {hub}"
-        assert v["model"]["weights"] is None
+        assert v["model"]["weights"] is None or v["model"]["backbone"] in PACKAGED_WEIGHTS
         assert v["image_size"] == IMAGE_SIZE
         assert v["train"]["epochs"] <= EPOCHS and v["train"]["batch_size"] == BATCH_SIZE
 
 
-def run_all(workdir: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "all", "-s", str(REPO / "Snakefile"),
+def hpo_dir(cfg: dict) -> Path:
+    return Path("results", cfg["dataset"]["name"], "hpo", cfg["baseline"])
+
+
+def run_all(workdir: Path, cfg: dict) -> subprocess.CompletedProcess:
+    """`rule all`, plus the HPO search on the baseline when the config configures one."""
+    targets = ["all"] + ([str(hpo_dir(cfg) / "best_overlay.yaml")] if "hpo" in cfg else [])
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"),
            "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
            "--cores", "2"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir,
@@ -100,7 +107,7 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
     toy = toy_overlay(shipped(path), toy_sources, tiny_clip_dir)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(toy))
     start = time.perf_counter()
-    proc = run_all(tmp_path)
+    proc = run_all(tmp_path, toy)
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, (f"{path.name}: rule all failed\n{proc.stderr[-6000:]}\n"
                                   f"{failed_logs(tmp_path)}")
@@ -116,3 +123,8 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
             assert png.stat().st_size > 5_000, f"{name}: {figure}.png missing or empty"
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert summary_rows(summary) >= set(variants), summary
+    if "hpo" in toy:
+        best = yaml.safe_load((tmp_path / hpo_dir(full) / "best_overlay.yaml").read_text())
+        assert isinstance(best, dict) and best, best
+        trials = (tmp_path / hpo_dir(full) / "trials.csv").read_text().strip().splitlines()
+        assert len(trials) - 1 == toy["hpo"]["trials"], trials

@@ -9,7 +9,8 @@ and nothing else, so a variant added to a shipped config is exercised as shipped
   (``karpathy_coco``, ``flickr30k``); the demo generator just draws fewer images;
 * hub ids (``org/name``, e.g. openai/clip-vit-base-patch32) -> a tiny local CLIP
   saved with ``save_pretrained`` (tests/conftest.py ``tiny_clip_dir``);
-* torchvision ImageNet weights -> none;
+* torchvision ImageNet weights (downloaded on first use) -> none; weights that ship in
+  an installed package (``PACKAGED_WEIGHTS``) run offline and are kept;
 * image size, epochs, batch sizes and HPO trials -> small.
 
 ``changed_paths`` lets a test check that the overlay kept to that list.
@@ -42,6 +43,8 @@ TOUCHABLE = (
     "model.weights", "train.epochs", "train.batch_size",
     "hpo.trials", "hpo.epochs", "hpo.space.batch_size",
 )  # fmt: skip
+# Backbones whose pretrained weights come with an installed package (no download).
+PACKAGED_WEIGHTS = frozenset({"efficientnet_lite0"})
 VARIANT_SECTIONS = ("image_size", "text_encoder", "model", "train", "eval")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, not a local path
 
@@ -127,14 +130,15 @@ def toy_overlay(cfg: Mapping, sources: Mapping[str, Path], clip_dir: Path) -> di
     full = load_config(out)
     shared = {key: copy.deepcopy(full[key]) for key in ("image_size", "text_encoder", "model",
                                                         "train")}
-    _toy_sections(shared, clip_dir)
+    backbone = full["model"]["backbone"]
+    _toy_sections(shared, clip_dir, backbone)
     for path in TOUCHABLE:
         head = path.split(".")[0]
         if head in shared and _get(shared, path) != _get(full, path):
             _set(out, path, _get(shared, path))
     for override in (out.get("variants") or {}).values():
         if override:
-            _toy_sections(override, clip_dir)
+            _toy_sections(override, clip_dir, backbone)
     if "hpo" in out:
         _toy_hpo(out["hpo"])
     return out
@@ -157,15 +161,17 @@ def _toy_dataset(ds: dict, sources: Mapping[str, Path]) -> None:
         ds["annotations"] = str(sources[source] / name[source])
 
 
-def _toy_sections(section: dict, clip_dir: Path) -> None:
-    """The variant-overridable sections of the top level or of one variant."""
+def _toy_sections(section: dict, clip_dir: Path, backbone: str) -> None:
+    """The variant-overridable sections of the top level or of one variant
+    (``backbone``: the shared one, for a variant that does not set its own)."""
     if section.get("image_size") is not None:
         section["image_size"] = IMAGE_SIZE
     _hub_to_local(section.get("text_encoder"), "model", clip_dir)
     model = section.get("model") or {}
     _hub_to_local(model.get("clip"), "model", clip_dir)
     _hub_to_local(model.get("dual_encoder"), "tokenizer", clip_dir)
-    if model.get("weights") is not None:
+    if model.get("weights") is not None and model.get("backbone",
+                                                      backbone) not in PACKAGED_WEIGHTS:
         model["weights"] = None
     train = section.get("train") or {}
     if train.get("epochs") is not None:
