@@ -72,6 +72,9 @@ rule figures:
                 "demo": {k: CFG["dataset"]["demo"][k] for k in ("seed", "max_shapes")},
             }
         ),
+        # A few hundred prompts: encoded on the CPU, so this local rule needs no GPU
+        # (under SLURM it runs on the submit host, which usually has none).
+        device="cpu",
     threads: 2
     log:
         f"{LOGS}/figures/{{variant}}.log",
