@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "backbone": "resnet50",
         "weights": "IMAGENET1K_V2",
         "pooling": "avg",
+        "attention_hidden": 64,
         "attention_heads": 8,
         "head": {"hidden_dim": 1024, "depth": 2, "norm": "none", "dropout": 0.0},
         "freeze_backbone": False,
@@ -96,8 +97,11 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 10,
         "batch_size": 64,
         "lr": 1e-4,
+        "optimizer": "adamw",
+        "momentum": 0.9,
         "weight_decay": 0.05,
         "warmup_fraction": 0.05,
+        "warmup_steps": None,
         "grad_clip": 1.0,
         "temperature": 0.07,
         "learnable_temperature": True,
@@ -247,6 +251,9 @@ def load_config(config: Mapping) -> dict:
     cfg = deep_merge(DEFAULTS, config)
     _resolve_dataset(cfg["dataset"], config["dataset"])
     variants = cfg["variants"]
+    for name, override in variants.items():
+        given = {*(config.get("train") or {}), *((override or {}).get("train") or {})}
+        _check_train_keys(name, given, resolve_variant(cfg, name)["train"])
     if cfg["baseline"] not in variants:
         raise ConfigError(
             f"config error: baseline = {cfg['baseline']!r} is not a variant; "
@@ -263,6 +270,20 @@ def load_config(config: Mapping) -> dict:
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
     return cfg
+
+
+def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
+    """Reject train keys the variant sets (itself or via the shared section) that would
+    otherwise be silently ignored."""
+    if train["warmup_steps"] is not None and "warmup_fraction" in given:
+        raise ConfigError(
+            f"config error: variant {variant!r} sets both train.warmup_steps and "
+            "train.warmup_fraction; warmup_steps replaces warmup_fraction, so remove one "
+            "(or set warmup_steps: null)")
+    if "momentum" in given and train["optimizer"] != "sgd":
+        raise ConfigError(
+            f"config error: variant {variant!r} sets train.momentum, which only applies to "
+            f"optimizer: sgd (it uses {train['optimizer']}); remove it or set optimizer: sgd")
 
 
 def _resolve_dataset(ds: dict, raw: Mapping) -> None:
