@@ -226,7 +226,7 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
 
 def variant_names(cfg: Mapping) -> list[str]:
     names = list(cfg["variants"])
-    if cfg.get("include_untrained", True):
+    if cfg["include_untrained"]:
         names.append(UNTRAINED)
     return names
 
@@ -271,6 +271,6 @@ def encoder_key(text_encoder: Mapping) -> str:
     if len(slug) > 60:
         slug = slug[-40:] + "-" + short_hash(model, 8)
     slug += f"_len{text_encoder['max_length']}"
-    if text_encoder.get("pooling", "auto") != "auto":
+    if text_encoder["pooling"] != "auto":
         slug += f"_{text_encoder['pooling']}"
     return slug
