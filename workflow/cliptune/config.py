@@ -75,8 +75,6 @@ def schema_defaults(schema: dict, node: dict | None = None, path: tuple = ()) ->
 
 # Every default lives in the schema; this is the view the code merges configs over.
 DEFAULTS: dict[str, Any] = schema_defaults(load_schema())
-# The CLIP-style zero-shot prompts (a short, general subset of the CLIP paper's ensemble).
-DEFAULT_TEMPLATES = tuple(DEFAULTS["report"]["zero_shot"]["templates"])
 
 
 # cliptune split -> source split label, when dataset.splits is not given.
