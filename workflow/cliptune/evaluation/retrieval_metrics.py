@@ -48,7 +48,11 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from cliptune.config import DEFAULTS
+
 __all__ = [
+    "DEFAULT_KS",
+    "RSUM_KS",
     "i2t_ranks",
     "retrieval_metrics",
     "retrieval_metrics_and_ranks",
@@ -58,7 +62,10 @@ __all__ = [
     "topk_texts",
 ]
 
-DEFAULT_KS = (1, 5, 10)
+DEFAULT_KS = tuple(DEFAULTS["eval"]["ks"])  # the schema's eval.ks default
+# The literature's "rsum": R@1/5/10 in both directions. A fixed convention (the ablation
+# table's columns, the published anchors), not a setting; eval.ks may add cut-offs.
+RSUM_KS = (1, 5, 10)
 
 
 # ---------------------------------------------------------------------------------------
