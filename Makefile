@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PYTHONPATH := $(CURDIR)/workflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test test-slurm lint bench clean-demo
+.PHONY: venv demo test test-slurm lint bench clean-demo config-docs
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: venv
 # Opt-in (root + apt): a throw-away single-node SLURM runs the demo via profiles/slurm.
 test-slurm: venv
 	CLIPTUNE_SLURM_TEST=1 $(BIN)/python -m pytest -q tests/test_slurm.py
+
+# config/README.md key tables, generated from workflow/schemas/config.schema.yaml.
+config-docs: venv
+	$(BIN)/python tools/config_docs.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -152,7 +152,7 @@ def aggregate(smk) -> None:
     from cliptune.reporting.ablation import write_ablation
 
     files = dict(zip(smk.params.variants, smk.input.metrics, strict=True))
-    ks = getattr(smk.params, "ks", None) or (1, 5, 10)  # eval.ks of the baseline
+    ks = smk.params.ks  # eval.ks of the baseline
     write_ablation(files, smk.params.baseline, Path(smk.output.csv), Path(smk.output.png), ks)
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
+from cliptune.cli_config import typed_cli_overrides
 from cliptune.data.captions import annotation_file, check_sources
 from cliptune.gpus import GpuRequestError, gpu_request, local_gpu_limit
 from cliptune.config import (
@@ -16,7 +17,8 @@ from cliptune.config import (
 )
 
 try:
-    CFG = load_config(config)
+    # --config values arrive as strings; read them as YAML before validating.
+    CFG = load_config(typed_cli_overrides(config, workflow.config_settings.config))
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 

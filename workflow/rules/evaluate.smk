@@ -21,9 +21,9 @@ rule evaluate:
 
 
 from cliptune.evaluation.zero_shot import instances_input
+from cliptune.reporting.variant_figures import FIGURES as VARIANT_FIGURES
 
 FIGURE_DIR = os.path.join(VARIANT_DIR, "figures")
-VARIANT_FIGURES = ["text_to_image", "image_to_text", "zero_shot", "similarity_heatmap"]
 
 
 rule figures:
@@ -82,3 +82,12 @@ rule figures:
         ENV
     script:
         "../scripts/figures.py"
+
+
+# Each figure is written out above as its own report() output (own caption and category);
+# the names must stay variant_figures.FIGURES, which the script and the summary read.
+if set(rules.figures.output.keys()) - {"zero_shot_json"} != set(VARIANT_FIGURES):
+    raise WorkflowError(
+        f"rule figures outputs {sorted(rules.figures.output.keys())} do not match "
+        f"cliptune.reporting.variant_figures.FIGURES {list(VARIANT_FIGURES)}; edit both together"
+    )
