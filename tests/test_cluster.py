@@ -39,22 +39,28 @@ def _value(text: str):
     return int(text) if re.fullmatch(r"-?\d+", text) else text
 
 
-def planned_resources(proc) -> list[tuple[str, str, int, dict]]:
-    """(rule, wildcards, threads, resources) of every job in a dry run's output."""
+def planned_jobs(proc) -> list[dict]:
+    """rule, wildcards, threads, benchmark and resources of every job in a dry run."""
     jobs, job = [], None
     for line in (proc.stdout + proc.stderr).splitlines():
         line = line.strip()
         if m := re.match(r"^(local)?rule (\w+):$", line):
-            job = {"rule": m.group(2), "wildcards": "", "threads": 1, "resources": {}}
+            job = {"rule": m.group(2), "wildcards": "", "threads": 1, "resources": {},
+                   "benchmark": None}
             jobs.append(job)
-        elif job and (m := re.match(r"^(wildcards|threads|resources): (.*)$", line)):
+        elif job and (m := re.match(r"^(wildcards|threads|resources|benchmark): (.*)$", line)):
             key, value = m.groups()
             if key == "resources":
                 pairs = (item.split("=", 1) for item in value.split(", "))
                 job["resources"] = {k: _value(v) for k, v in pairs}
             else:
                 job[key] = _value(value)
-    return [(j["rule"], j["wildcards"], j["threads"], j["resources"]) for j in jobs]
+    return jobs
+
+
+def planned_resources(proc) -> list[tuple[str, str, int, dict]]:
+    """(rule, wildcards, threads, resources) of every job in a dry run's output."""
+    return [(j["rule"], j["wildcards"], j["threads"], j["resources"]) for j in planned_jobs(proc)]
 
 
 class _Resources(dict):
@@ -78,14 +84,19 @@ def sbatch_args(rule: str, threads: int, resources: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def slurm_plan(tmp_path_factory, repo):
+def slurm_dry_run(tmp_path_factory, repo):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     workdir = tmp_path_factory.mktemp("slurm_plan")
     # A dry run defaults to --cores 1, which caps every job's threads; a real SLURM run
     # has no --cores (no cap), so plan with more cores than any rule asks for.
     proc = dry_run(workdir, repo, "--profile", str(repo / "profiles/slurm"), "--cores", "64")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {(rule, wc): (threads, res) for rule, wc, threads, res in planned_resources(proc)}
+    return proc
+
+
+@pytest.fixture(scope="module")
+def slurm_plan(slurm_dry_run):
+    return {(r, wc): (threads, res) for r, wc, threads, res in planned_resources(slurm_dry_run)}
 
 
 def sbatch_for(plan, rule: str, wildcards: str = "") -> list[str]:
@@ -104,7 +115,8 @@ def test_workflow_profile_holds_no_machine_limits(repo):
 
 def test_single_node_train_jobs_get_exactly_their_gpus(slurm_plan):
     one = sbatch_for(slurm_plan, "train", "variant=baseline")
-    assert "--gpus=1" in one and "--nodes=1" in one and "--cpus-per-gpu=8" in one
+    assert one == sorted(["--gpus=1", "--nodes=1", "--cpus-per-gpu=8", "--mem", "64000",
+                          "-t", "720"])
     two = sbatch_for(slurm_plan, "train", "variant=two_gpus")
     assert "--gpus=2" in two and "--nodes=1" in two  # not shrunk to a global gpu=1
     assert not any(f.startswith("--gres") for f in one + two)
@@ -150,3 +162,20 @@ def test_local_profile_plans_with_enough_gpus(tmp_path, repo):
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = {(r, w): res for r, w, _, res in planned_resources(proc)}
     assert plan[("train", "variant=two_gpus")]["gpu"] == 2
+
+
+def test_every_job_has_a_benchmark_memory_and_runtime(slurm_dry_run):
+    jobs = [j for j in planned_jobs(slurm_dry_run) if j["rule"] != "all"]
+    assert len({j["rule"] for j in jobs}) >= 10
+    for job in jobs:
+        assert job["benchmark"] and job["benchmark"].endswith(".benchmark.tsv"), job
+        assert job["resources"]["mem_mb"] > 0 and job["resources"]["runtime"] > 0, job
+    benchmarks = [j["benchmark"] for j in jobs]
+    assert len(benchmarks) == len(set(benchmarks))  # one record per job
+
+
+def test_retries_ask_for_more():
+    from cliptune.job_resources import grow
+
+    mem = grow(64000)
+    assert [mem(None, attempt) for attempt in (1, 2, 3)] == [64000, 96000, 128000]

@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from cliptune.cli_config import typed_cli_overrides
 from cliptune.data.captions import annotation_file, check_sources
 from cliptune.gpus import GpuRequestError, gpu_request, local_gpu_limit
+from cliptune.job_resources import grow
 from cliptune.config import (
     ConfigError,
     canonical_json,

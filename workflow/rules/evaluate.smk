@@ -10,9 +10,13 @@ rule evaluate:
         variant=variant_json,
     threads: 8
     resources:
+        mem_mb=grow(32000),
+        runtime=grow(120),
         gpu=1,
     log:
         f"{LOGS}/evaluate/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/evaluate/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:
@@ -76,8 +80,13 @@ rule figures:
         # (under SLURM it runs on the submit host, which usually has none).
         device="cpu",
     threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=30,
     log:
         f"{LOGS}/figures/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/figures/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:

@@ -21,6 +21,8 @@ rule train:
         state=f"{RESULTS}/checkpoints/{{variant}}/state.pt",
     threads: 8
     resources:
+        mem_mb=grow(64000),
+        runtime=grow(720),
         # One GPU per torchrun worker: gpu = devices x nodes (SLURM: --gpus, a job total);
         # multi-node runs ask per node instead (gres gpu:devices -> --gres) with gpu 0.
         # A CPU variant (train.device: cpu) asks for none. See cliptune.gpus.gpu_request.
@@ -29,6 +31,8 @@ rule train:
         nodes=lambda w: RESOLVED[w.variant]["train"]["nodes"],
     log:
         f"{LOGS}/train/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/train/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:
