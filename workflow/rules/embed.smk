@@ -1,6 +1,8 @@
 rule text_embeddings:
     input:
         captions=f"{RESULTS}/captions/{{split}}.parquet",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=encoder_weights,
     output:
         f"{RESULTS}/text/{{encoder}}/{{split}}.safetensors",
     params:
