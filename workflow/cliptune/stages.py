@@ -21,7 +21,8 @@ log = logging.getLogger("cliptune.stage")
 def weights(smk) -> None:
     from cliptune.models.weights import fetch_weights
 
-    fetch_weights(json.loads(smk.params.spec), Path(smk.output[0]), smk.params.root)
+    marker = Path(smk.output[0])  # {root}/hf/<repo>.json or {root}/torchvision/<file>.json
+    fetch_weights(json.loads(smk.params.spec), marker, marker.parents[1])
 
 
 def demo_dataset(smk) -> None:

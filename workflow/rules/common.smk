@@ -8,7 +8,7 @@ from cliptune.cli_config import typed_cli_overrides
 from cliptune.data.captions import annotation_file, check_sources
 from cliptune.gpus import GpuRequestError, gpu_request, local_gpu_limit
 from cliptune.job_resources import grow
-from cliptune.models.weights import WEIGHTS_DIR, hub_repo, needed_weights, weight_key
+from cliptune.models.weights import WEIGHTS_DIR, encoder_markers, needed_weights, weight_key
 from cliptune.models.weights import marker_path as weights_marker
 from cliptune.config import (
     ConfigError,
@@ -40,19 +40,12 @@ try:
     }
 except GpuRequestError as exc:
     raise WorkflowError(str(exc)) from None
-# Pretrained weights, fetched once on the submit host by the `weights` rule (weights.smk):
-# key -> spec, and the marker files each variant's model-loading jobs wait for.
+# Pretrained weights, fetched once on the submit host (weights.smk). Per checkpoint
+# key: its spec; per variant: the markers its model-loading jobs wait for.
 WEIGHT_SPECS = {weight_key(s): s for v in RESOLVED.values() for s in needed_weights(v)}
 VARIANT_WEIGHTS = {n: [weights_marker(s) for s in needed_weights(v)] for n, v in RESOLVED.items()}
 # Encoder cache key -> encoder settings, for every encoder some variant uses.
 ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
-
-
-def encoder_weights(wildcards):
-    # The text cache loads only the encoder: its hub repo's marker, if it has one.
-    repo = hub_repo(ENCODERS[wildcards.encoder]["model"])
-    return [weights_marker({"source": "hf", "repo": repo, "revision": "main"})] if repo else []
-
 
 RESULTS = f"results/{DS}"
 LOGS = f"logs/{DS}"

@@ -17,7 +17,6 @@ rule weights:
         wkey="|".join(re.escape(k) for k in WEIGHT_SPECS) or "(?!)",
     params:
         spec=lambda w: canonical_json(WEIGHT_SPECS[w.wkey]),
-        root=WEIGHTS_DIR,
     resources:
         mem_mb=4000,
         runtime=120,

@@ -74,6 +74,12 @@ def marker_path(spec: Mapping, root: str = WEIGHTS_DIR) -> str:
     return f"{root}/{weight_key(spec)}.json"
 
 
+def encoder_markers(model: str, root: str = WEIGHTS_DIR) -> list[str]:
+    """Markers the text cache of one encoder waits for: its hub repo's, if any."""
+    repo = hub_repo(model)
+    return [marker_path({"source": "hf", "repo": repo, "revision": "main"}, root)] if repo else []
+
+
 def use_local_weights(root: str | Path = WEIGHTS_DIR,
                       env: MutableMapping[str, str] | None = None) -> None:
     """Point HF and torch at the fetched weights and forbid hub access. Call before
