@@ -7,7 +7,7 @@ and nothing else, so a variant added to a shipped config is exercised as shipped
 * the dataset -> generated stand-ins in the source's own layout (``write_toy_sources``):
   a COCO-2014 folder (source ``coco``, ``download: false``), Karpathy JSON files
   (``karpathy_coco``, ``flickr30k``); the demo generator just draws fewer images;
-* hub ids (``org/name``, e.g. openai/clip-vit-base-patch32) -> a tiny local CLIP
+* hub ids (e.g. openai/clip-vit-base-patch32) -> a tiny local CLIP
   saved with ``save_pretrained`` (tests/conftest.py ``tiny_clip_dir``);
 * torchvision ImageNet weights (downloaded on first use) -> none; weights that ship in
   an installed package (``PACKAGED_WEIGHTS``) run offline and are kept;
@@ -46,7 +46,6 @@ TOUCHABLE = (
 # Backbones whose pretrained weights come with an installed package (no download).
 PACKAGED_WEIGHTS = frozenset({"efficientnet_lite0"})
 VARIANT_SECTIONS = ("image_size", "text_encoder", "model", "train", "eval")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, not a local path
 
 
 # ------------------------------------------------------------------------- data stand-ins
@@ -181,8 +180,10 @@ def _toy_sections(section: dict, clip_dir: Path, backbone: str) -> None:
 
 
 def _hub_to_local(section: Mapping | None, key: str, clip_dir: Path) -> None:
+    from cliptune.models.weights import hub_repo  # what the weights rule would download
+
     value = (section or {}).get(key)
-    if isinstance(value, str) and HUB_ID.match(value):
+    if isinstance(value, str) and hub_repo(value):
         section[key] = str(clip_dir)
 
 
