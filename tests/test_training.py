@@ -198,6 +198,7 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     v = variant(model={"freeze_backbone": True},
                 train={"epochs": 2, "augment": {"enabled": True}, "tensorboard": True,
                        "log_every_steps": 1, "batch_size": 16})
+    v["select_split"] = "select"  # what config.resolve_variant adds
     straight = train(v, pairs, tmp_path / "a", write_outputs=False)
 
     real, calls = tr.validate, {"n": 0}
@@ -229,6 +230,8 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
     report = json.loads((tmp_path / "b" / "out" / "train_report.json").read_text())
     assert report["epochs_run"] == 2
+    assert report["selected_on"] == {"split": "select", "images": pairs[1].n_images,
+                                     "monitor": "val_loss"}
 
 
 def test_batch_larger_than_data_is_a_clear_error(pairs, tmp_path):
