@@ -168,3 +168,22 @@ def test_holdout_larger_than_train_fails_at_the_captions_stage(tmp_path):
     with pytest.raises(ValueError, match=r"selection.images = 10 but the train split has only "
                                          r"10 images.*lower dataset.selection.images"):
         images_of(cfg["dataset"], SELECT_SPLIT)
+
+
+def test_data_report_names_the_holdout(tmp_path):
+    from cliptune.reporting.data_report import render_markdown, split_report
+
+    raw = shipped_here(REPO / "config" / "demo.yaml", tmp_path)
+    ds = load_config(raw)["dataset"]
+    splits = {}
+    for split in ("train", SELECT_SPLIT):
+        src = tmp_path / f"{split}.source.json"
+        caps = cap.build_split_captions(cap.split_spec(ds, split), tmp_path / f"{split}.pq", src)
+        index = pd.DataFrame({"row": range(caps["image_id"].nunique()),
+                              "image_id": sorted(caps["image_id"].unique()),
+                              "file_name": "", "ok": True, "problem": ""})
+        splits[split] = split_report(caps, index, json.loads(src.read_text()))
+    md = render_markdown({"dataset": "d", "source": "demo", "splits": splits,
+                          "images_in_two_splits": {}})
+    assert "6 train images (seed 0) are held out of this split and select the model" in md
+    assert "6 train images (seed 0) select the model here" in md

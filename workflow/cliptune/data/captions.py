@@ -192,10 +192,12 @@ def carve_selection(read: SplitRead, selection: dict) -> SplitRead:
     held = selection_holdout(read.captions["file_name"], selection["images"], selection["seed"])
     in_held = read.captions["file_name"].astype(str).isin(held)
     keep = in_held if selection["keep"] == "holdout" else ~in_held
-    # Images without a caption cannot select anything: they are listed under train.
-    no_caption = [] if selection["keep"] == "holdout" else read.no_caption
-    return read._replace(captions=read.captions[keep].reset_index(drop=True),
-                         no_caption=no_caption)
+    if selection["keep"] == "rest":
+        return read._replace(captions=read.captions[keep].reset_index(drop=True))
+    # Images without a caption cannot select anything (train lists them), and the repairs
+    # were made to the whole source train split (train's record counts them once).
+    return read._replace(captions=read.captions[keep].reset_index(drop=True), no_caption=[],
+                         cleaning={})
 
 
 def subset_images(file_names: pd.Series, n: int | None, mode: str, seed: int,
