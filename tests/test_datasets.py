@@ -263,7 +263,8 @@ def user_json(path: Path) -> Path:
 
 def test_user_json(tmp_path):
     ann = user_json(tmp_path / "data.json")
-    ds = load_config({"dataset": {"name": "u", "source": "json", "annotations": str(ann), "selection": WHOLE},
+    ds = load_config({"dataset": {"name": "u", "source": "json", "annotations": str(ann),
+                                  "selection": WHOLE},
                       "variants": VARIANTS})["dataset"]
     assert ds["root"] == str(tmp_path)  # image paths are relative to the JSON's folder
     train, no_cap, _, cleaning = cap.read_split(cap.split_spec(ds, "train"))
@@ -298,7 +299,7 @@ def folder_dataset(root: Path) -> Path:
 def test_folder_with_sidecar_captions(tmp_path):
     root = folder_dataset(tmp_path / "ds")
     ds = load_config({"dataset": {"name": "d", "source": "folder", "root": str(root),
-                                  "selection": WHOLE, "selection": WHOLE},
+                                  "selection": WHOLE},
                       "variants": VARIANTS})["dataset"]
     train, no_cap, notes, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert no_cap == ["train/rgb.jpg"]
@@ -321,7 +322,8 @@ def test_table_formats(tmp_path, suffix):
     })
     path = tmp_path / f"t{suffix}"
     df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
-    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path), "selection": WHOLE},
+    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path),
+                                  "selection": WHOLE},
                       "variants": VARIANTS})["dataset"]
     train, no_cap, _, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert sorted(train["caption"]) == sorted(["one", UNICODE, "bee"])

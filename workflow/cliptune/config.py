@@ -75,8 +75,6 @@ def schema_defaults(schema: dict, node: dict | None = None, path: tuple = ()) ->
 
 # Every default lives in the schema; this is the view the code merges configs over.
 DEFAULTS: dict[str, Any] = schema_defaults(load_schema())
-# The CLIP-style zero-shot prompts (a short, general subset of the CLIP paper's ensemble).
-DEFAULT_TEMPLATES = tuple(DEFAULTS["report"]["zero_shot"]["templates"])
 
 
 # cliptune split -> source split label, when dataset.splits is not given.
@@ -156,6 +154,9 @@ def load_config(config: Mapping) -> dict:
     cfg = deep_merge(DEFAULTS, config)
     _resolve_dataset(cfg["dataset"], config["dataset"])
     variants = cfg["variants"]
+    for name, override in variants.items():
+        given = {*(config.get("train") or {}), *((override or {}).get("train") or {})}
+        _check_train_keys(name, given, resolve_variant(cfg, name)["train"])
     if cfg["baseline"] not in variants:
         raise ConfigError(
             f"config error: baseline = {cfg['baseline']!r} is not a variant; "
@@ -218,6 +219,20 @@ def _resolve_selection(cfg: dict) -> None:
         )
 
 
+def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
+    """Reject train keys the variant sets (itself or via the shared section) that would
+    otherwise be silently ignored."""
+    if train["warmup_steps"] is not None and "warmup_fraction" in given:
+        raise ConfigError(
+            f"config error: variant {variant!r} sets both train.warmup_steps and "
+            "train.warmup_fraction; warmup_steps replaces warmup_fraction, so remove one "
+            "(or set warmup_steps: null)")
+    if "momentum" in given and train["optimizer"] != "sgd":
+        raise ConfigError(
+            f"config error: variant {variant!r} sets train.momentum, which only applies to "
+            f"optimizer: sgd (it uses {train['optimizer']}); remove it or set optimizer: sgd")
+
+
 def _resolve_dataset(ds: dict, raw: Mapping) -> None:
     """Fill the source-dependent dataset defaults and reject combinations that cannot work."""
     source = ds["source"]
@@ -275,7 +290,7 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
 
 def variant_names(cfg: Mapping) -> list[str]:
     names = list(cfg["variants"])
-    if cfg.get("include_untrained", True):
+    if cfg["include_untrained"]:
         names.append(UNTRAINED)
     return names
 
@@ -324,6 +339,6 @@ def encoder_key(text_encoder: Mapping) -> str:
     if len(slug) > 60:
         slug = slug[-40:] + "-" + short_hash(model, 8)
     slug += f"_len{text_encoder['max_length']}"
-    if text_encoder.get("pooling", "auto") != "auto":
+    if text_encoder["pooling"] != "auto":
         slug += f"_{text_encoder['pooling']}"
     return slug

@@ -10,9 +10,13 @@ rule evaluate:
         variant=variant_json,
     threads: 8
     resources:
+        mem_mb=grow(32000),
+        runtime=grow(120),
         gpu=1,
     log:
         f"{LOGS}/evaluate/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/evaluate/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:
@@ -72,9 +76,17 @@ rule figures:
                 "demo": {k: CFG["dataset"]["demo"][k] for k in ("seed", "max_shapes")},
             }
         ),
+        # A few hundred prompts: encoded on the CPU, so this local rule needs no GPU
+        # (under SLURM it runs on the submit host, which usually has none).
+        device="cpu",
     threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=30,
     log:
         f"{LOGS}/figures/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/figures/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:
