@@ -8,6 +8,8 @@ rule hpo:
         unpack(lambda w: pair_inputs(w.variant, "train", "train")),
         # Trials are scored on the selection split, never on the reported eval.split.
         unpack(lambda w: pair_inputs(w.variant, SELECT, "val")),
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         overlay=f"{HPO_DIR}/best_overlay.yaml",
         trials=f"{HPO_DIR}/trials.csv",

@@ -6,6 +6,8 @@ rule train:
         # Cached trunk features, only for fully frozen, un-augmented variants (features.smk).
         unpack(lambda w: feature_inputs(w.variant, "train", "train")),
         unpack(lambda w: feature_inputs(w.variant, SELECT, "val")),
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         model=f"{VARIANT_DIR}/model.safetensors",
         history=f"{VARIANT_DIR}/history.csv",
