@@ -16,6 +16,7 @@ from cliptune.config import (
     encoder_key,
     load_config,
     resolve_variant,
+    split_names,
     variant_names,
 )
 
@@ -28,7 +29,10 @@ except ConfigError as exc:
 ENV = "../../environment.yml"
 DS = CFG["dataset"]["name"]
 ROOT = CFG["dataset"]["root"]
-SPLITS = CFG["dataset"]["splits"]
+# dataset.splits plus the `select` holdout of train when selection needs one.
+SPLITS = split_names(CFG["dataset"])
+# Train-time validation, best epoch, early stopping and HPO use it; evaluate never does.
+SELECT = CFG["dataset"]["selection"]["split"]
 VARIANTS = variant_names(CFG)
 RESOLVED = {name: resolve_variant(CFG, name) for name in VARIANTS}
 # GPUs each variant's train job asks for ({"gpu": total, "gres": per node}); a request
