@@ -11,7 +11,7 @@ and nothing else, so a variant added to a shipped config is exercised as shipped
   saved with ``save_pretrained`` (tests/conftest.py ``tiny_clip_dir``);
 * torchvision ImageNet weights (downloaded on first use) -> none; weights that ship in
   an installed package (``PACKAGED_WEIGHTS``) run offline and are kept;
-* image size, epochs, batch sizes and HPO trials -> small.
+* image size, epochs, batch sizes, HPO trials and a selection holdout -> small.
 
 ``changed_paths`` lets a test check that the overlay kept to that list.
 """
@@ -33,11 +33,12 @@ SOURCE_IMAGE_SIZE = 40  # side of the generated JPEGs (the cache resizes + crops
 EPOCHS = 1
 BATCH_SIZE = 8
 HPO_TRIALS = 2
+SELECT_IMAGES = 4  # a COCO-style selection holdout of 5,000 train images cannot fit in 24
 
 # Dotted paths the overlay may change; a variant may hold the same keys under
 # variants.<name>. (its override of the shared sections).
 TOUCHABLE = (
-    "dataset.root", "dataset.download", "dataset.annotations",
+    "dataset.root", "dataset.download", "dataset.annotations", "dataset.selection.images",
     "dataset.demo.train_images", "dataset.demo.val_images", "dataset.demo.image_size",
     "image_size", "text_encoder.model", "model.clip.model", "model.dual_encoder.tokenizer",
     "model.weights", "train.epochs", "train.batch_size",
@@ -120,13 +121,18 @@ def _write_karpathy(coco: Path, path: Path, flat: bool = False) -> Path:
 
 def toy_overlay(cfg: Mapping, sources: Mapping[str, Path], clip_dir: Path) -> dict:
     """A copy of ``cfg`` that runs here at toy scale (module docstring)."""
-    from cliptune.config import load_config
+    from cliptune.config import carves_selection, load_config
 
     out = copy.deepcopy(dict(cfg))
     _toy_dataset(out["dataset"], sources)
     # Shared sections: what the config leaves out comes from the defaults (a hub id,
     # ImageNet weights, 224 px), so set the resolved value explicitly where it needs it.
     full = load_config(out)
+    selection = out["dataset"].get("selection") or {}
+    # The demo's default holdout (images: null) already scales with its train_images.
+    if carves_selection(full["dataset"]) and (selection.get("images") is not None
+                                              or full["dataset"]["source"] != "demo"):
+        out["dataset"].setdefault("selection", {})["images"] = SELECT_IMAGES
     shared = {key: copy.deepcopy(full[key]) for key in ("image_size", "text_encoder", "model",
                                                         "train")}
     backbone = full["model"]["backbone"]
