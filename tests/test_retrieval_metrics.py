@@ -300,3 +300,19 @@ def test_invalid_topk_and_rank_inputs_raise():
         i2t_ranks(IMG, TXT, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="block_size"):
         t2i_ranks(IMG, TXT, TII, block_size=2.5)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "quantised", "tied"])
+def test_training_mean_r1_equals_the_metrics_on_paired_rows(kind):
+    """Training's validation recall (cliptune.retrieval.mean_r1) is the metrics' R@1 for
+    one caption per image, ties included, and the argmax definition it replaced."""
+    from cliptune.retrieval import mean_r1
+
+    img, txt, _ = make_data(kind, n_img=30)
+    txt = txt[:30]  # row i of each side is a pair
+    own = torch.arange(30)
+    m = retrieval_metrics(img, txt, own, ks=(1,))
+    got = mean_r1(img, txt, block_size=7)
+    assert got == pytest.approx((m["i2t_R@1"] + m["t2i_R@1"]) / 2)
+    argmax = ((img @ txt.T).argmax(1) == own).sum() + ((txt @ img.T).argmax(1) == own).sum()
+    assert got == pytest.approx(100.0 * int(argmax) / 60)
