@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from cliptune.io_utils import atomic_path
+
 # --------------------------------------------------------------------------- vocabulary
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -452,12 +454,6 @@ def _jpeg_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, separators=(",", ":")))
-    os.replace(tmp, path)
-
-
 def _build_split(
     root: Path,
     split: str,
@@ -556,7 +552,8 @@ def generate_demo_dataset(
             max_shapes=max_shapes,
         )
         ann_file = ann_dir / f"captions_{split}2014.json"
-        _write_json_atomic(ann_file, payload)
+        with atomic_path(ann_file) as tmp:  # compact: the real COCO files are too
+            tmp.write_text(json.dumps(payload, separators=(",", ":")))
         summary[split] = {
             "images": len(payload["images"]),
             "captions": len(payload["annotations"]),

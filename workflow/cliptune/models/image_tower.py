@@ -127,6 +127,27 @@ def to_unit_float(images: torch.Tensor, device) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+class ClipNormalize(nn.Module):
+    """The one pixel normalisation (CLIP's statistics) of every image path: the ResNet
+    tower, the HF CLIP tower and the frozen-trunk feature cache, so cached features
+    equal what the pixel path computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """float NCHW in [0, 1] -> normalised."""
+        return (x01 - self.mean) / self.std
+
+    def from_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC (the cache layout) -> normalised float NCHW, channels_last, on the
+        buffers' device."""
+        x = self(to_unit_float(images, self.mean.device))
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, cfg: Mapping, embed_dim: int, image_size: int):
         super().__init__()
@@ -142,8 +163,7 @@ class ImageEncoder(nn.Module):
                                     head["norm"], head["dropout"])
         self.frozen = freeze_trunk(self.trunk, frozen_trunk_modules(cfg))
         self.freeze_bn_stats = bool(cfg.get("freeze_bn_stats", True))
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.pixel_norm = ClipNormalize()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -157,11 +177,11 @@ class ImageEncoder(nn.Module):
 
     def normalize_uint8(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC (the cache layout) -> normalised float NCHW on the model's device."""
-        return self.normalize(to_unit_float(images, self.mean.device))
+        return self.pixel_norm.from_uint8(images)
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """float NCHW in [0, 1] -> CLIP-normalised, channels_last."""
-        return ((x01 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.pixel_norm(x01).contiguous(memory_format=torch.channels_last)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.pool(self.trunk(pixels))).float(), dim=-1)
