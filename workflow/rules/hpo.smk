@@ -20,9 +20,13 @@ rule hpo:
         storage=f"{HPO_DIR}/study.journal",
     threads: 8
     resources:
+        mem_mb=grow(64000),
+        runtime=grow(1440),
         gpu=1,
     log:
         f"{LOGS}/hpo/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/hpo/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:

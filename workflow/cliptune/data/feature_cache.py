@@ -28,7 +28,12 @@ from cliptune.data.feature_keys import feature_key, feature_spec  # noqa: F401 -
 from cliptune.data.image_cache import open_cache
 from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, write_json
-from cliptune.models.image_tower import TRUNK_CHANNELS, ClipNormalize, build_trunk
+from cliptune.models.image_tower import (
+    TRUNK_CHANNELS,
+    PixelNormalize,
+    build_trunk,
+    input_stats,
+)
 from cliptune.runtime import autocast_dtype, pick_device, progress, seed_everything, setup_logging
 
 log = logging.getLogger(__name__)
@@ -67,7 +72,7 @@ def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out
     trunk = build_spec_trunk(spec)
     fingerprint = trunk_fingerprint(trunk)
     trunk = trunk.to(dev, memory_format=torch.channels_last)
-    norm = ClipNormalize().to(dev)
+    norm = PixelNormalize(*input_stats(spec["backbone"])).to(dev)
     n, size = pixels.shape[0], pixels.shape[1]
     with torch.autocast(dev.type, enabled=False):
         probe = trunk(norm.from_uint8(torch.zeros(1, size, size, 3, dtype=torch.uint8)))

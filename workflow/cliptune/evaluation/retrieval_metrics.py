@@ -24,15 +24,19 @@ Definitions follow CLIP_benchmark / LAVIS:
 score, equal scores by ascending candidate index (the order of a stable argsort of
 ``-score``). The rank of a positive is 1 + the number of candidates ahead of it in that order.
 Without such a rule, quantised or duplicated embeddings (identical captions occur in COCO)
-would make the metrics depend on the sorting kernel.
+would make the metrics depend on the sorting kernel. The rule also needs identical vectors
+to get bit-identical scores, which a float32 matmul does not promise (tail tiles use other
+kernels, and which columns land there depends on the block's shape). So every distinct
+candidate vector is scored once and its score copied to its duplicates: ties between
+duplicated captions or images, and hence every metric, are the same for any ``block_size``.
 
 **Memory**: the N x M similarity matrix is never materialised. Queries are processed in
 blocks of ``block_size`` rows; a block's float32 similarities (block x candidates) are
 reduced to ranks by *counting* the candidates ahead of the positive (an in-place
 sign(score - positive) pass, no sort) and to the exact top-K by a ``topk`` whose tie
 choices are repaired with the rule above. Peak extra memory is about one block,
-``block_size * max(N, M) * 4`` bytes (two to three times that for rows where exact ties
-straddle the K-th place), independent of N x M. Inputs in other dtypes are upcast to
+``block_size * max(N, M) * 4`` bytes (twice that when candidates are duplicated, two to
+three times for rows where exact ties straddle the K-th place), independent of N x M. Inputs in other dtypes are upcast to
 float32; on CUDA everything runs on the device and only ranks come back to the CPU.
 """
 
@@ -43,9 +47,12 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from cliptune.config import DEFAULTS
 from cliptune.retrieval import blocked_topk, i2t_pass, t2i_pass
 
 __all__ = [
+    "DEFAULT_KS",
+    "RSUM_KS",
     "i2t_ranks",
     "retrieval_metrics",
     "retrieval_metrics_and_ranks",
@@ -55,7 +62,10 @@ __all__ = [
     "topk_texts",
 ]
 
-DEFAULT_KS = (1, 5, 10)
+DEFAULT_KS = tuple(DEFAULTS["eval"]["ks"])  # the schema's eval.ks default
+# The literature's "rsum": R@1/5/10 in both directions. A fixed convention (the ablation
+# table's columns, the published anchors), not a setting; eval.ks may add cut-offs.
+RSUM_KS = (1, 5, 10)
 
 
 # ---------------------------------------------------------------------------------------

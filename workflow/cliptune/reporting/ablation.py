@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cliptune.evaluation.retrieval_metrics import DEFAULT_KS, RSUM_KS
 from cliptune.io_utils import atomic_path, save_figure
 
 log = logging.getLogger(__name__)
 
-KS = (1, 5, 10)
 DIRECTIONS = ("i2t", "t2i")
-COLUMNS = ["variant"] + [f"{d}_R@{k}" for d in DIRECTIONS for k in KS] + ["rsum"]
+COLUMNS = ["variant"] + [f"{d}_R@{k}" for d in DIRECTIONS for k in RSUM_KS] + ["rsum"]
 DIRECTION_NAMES = {"i2t": "image → text", "t2i": "text → image"}
 
 
@@ -49,7 +49,7 @@ def _metric_matrix(metric_files: dict[str, Path], ks) -> tuple[list[str], np.nda
     return names, np.asarray(values, dtype=float)
 
 
-def plot_ablation(metric_files: dict[str, Path], baseline: str, path: Path, ks=KS) -> None:
+def plot_ablation(metric_files: dict[str, Path], baseline: str, path: Path, ks=DEFAULT_KS) -> None:
     """Grouped bars: one panel per direction, one group per K, one bar per variant; each
     bar is labelled with its recall, and non-baseline bars with the change vs baseline."""
     import matplotlib
@@ -103,7 +103,7 @@ def plot_ablation(metric_files: dict[str, Path], baseline: str, path: Path, ks=K
 
 
 def write_ablation(metric_files: dict[str, Path], baseline: str, csv_out: Path,
-                   png_out: Path, ks=KS) -> pd.DataFrame:
+                   png_out: Path, ks=DEFAULT_KS) -> pd.DataFrame:
     table = ablation_table(metric_files)
     with atomic_path(csv_out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")

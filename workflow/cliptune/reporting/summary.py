@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cliptune.config import UNTRAINED
+from cliptune.evaluation.retrieval_metrics import DEFAULT_KS
 from cliptune.io_utils import write_text
 from cliptune.reporting.observations import convergence, observations
 
@@ -141,7 +143,7 @@ def _collect(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                    "figures": dict(paths.get("figures", {}))}
             for name, paths in variants.items()}
     any_metrics = next((d["metrics"] for d in data.values() if d["metrics"]), {})
-    ks = _ks(any_metrics) or [1, 5, 10]
+    ks = _ks(any_metrics) or list(DEFAULT_KS)
     rsum = {n: _rsum(d["metrics"], ks) for n, d in data.items()}
     ranked = sorted((n for n in data if math.isfinite(rsum[n])), key=lambda n: -rsum[n])
     return _Run(data, baseline, dataset, report, Path(out).parent, untrained, ks, rsum,
@@ -150,7 +152,7 @@ def _collect(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
 
 def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, out: Path, ablation_png: Path | None = None,
-                  overlay_png: Path | None = None, untrained: str = "untrained") -> str:
+                  overlay_png: Path | None = None, untrained: str = UNTRAINED) -> str:
     """Markdown text of the summary, one function per section.
 
     ``variants[name]`` holds paths: metrics, train_report, history, zero_shot (optional)
@@ -212,7 +214,7 @@ def _anchors(run: _Run) -> list[str]:
                          f"{n_images:,} images, not {ANCHOR_IMAGES:,}; the comparison is only "
                          "valid on the Karpathy 5k test split.")
         return lines + [""]
-    anchor_ks = [k for k in run.ks if k in (1, 5, 10)]
+    anchor_ks = [k for k in run.ks if all(f"i2t_R@{k}" in v for v in ANCHORS.values())]
     arows = [[a] + [_fmt(v.get(f"{d}_R@{k}")) for d in ("i2t", "t2i") for k in anchor_ks]
              for a, v in ANCHORS.items()]
     return [

@@ -15,7 +15,8 @@ from cliptune.models.image_tower import ClipHead
 from cliptune.runtime import autocast_dtype
 from cliptune.training.checkpoint import Best, TrainState, state_dict_cpu
 from cliptune.training.distributed import DistContext, prepare_model
-from cliptune.training.schedule import param_groups, warmup_cosine
+from cliptune.training.optim import build_optimizer, warmup_steps
+from cliptune.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,8 @@ def build_state(variant: dict, train_data: PairData, val_data: PairData,
     prepare_model(model, dist_ctx)
     _maybe_compile(model, tcfg["compile"], device)
     total = steps_per_epoch(tcfg, train_data.n_images, dist_ctx.world_size) * tcfg["epochs"]
-    optimizer = torch.optim.AdamW(param_groups(model, tcfg["weight_decay"], tcfg["lr"],
-                                               tcfg["head_lr"]), lr=tcfg["lr"])
-    scheduler = warmup_cosine(optimizer, total, int(tcfg["warmup_fraction"] * total))
+    optimizer = build_optimizer(model, tcfg)
+    scheduler = warmup_cosine(optimizer, total, warmup_steps(tcfg, total))
     amp = autocast_dtype(tcfg["precision"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     return TrainState(model, optimizer, scheduler, scaler,

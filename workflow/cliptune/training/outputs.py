@@ -15,6 +15,7 @@ from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, write_json
 from cliptune.runtime import device_name
 from cliptune.training.checkpoint import TrainState
+from cliptune.training.optim import describe_param_groups
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "images_per_s",
                    "skipped_steps", "seconds", "val_recall", "grad_norm", "restarts"]
@@ -41,4 +42,5 @@ def write_train_outputs(variant: dict, ts: TrainState, out_dir: Path, device: to
         "wall_seconds": seconds, "images_per_s": images / seconds if seconds else None,
         "parameters": sum(p.numel() for p in params),
         "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "param_groups": describe_param_groups(ts.optimizer),  # name, parameters, lr, wd
     })
