@@ -12,7 +12,7 @@ import torchvision
 from safetensors.torch import load_file
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune.config import deep_merge
+from cliptune.config import DEFAULTS, deep_merge
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_lora_on_text_tower_leaves_base_weights_unchanged(tiny_clip_dir, pairs, 
         assert torch.equal(trained[name], value), key
     # Evaluation embeds captions with the adapted tower (not the frozen cache).
     metrics = evaluate_variant(v, tmp_path / "out" / "model.safetensors", pairs[1],
-                               tmp_path / "eval", show_progress=False)
+                               tmp_path / "eval", DEFAULTS["bootstrap"], show_progress=False)
     emb = load_file(str(tmp_path / "eval" / "embeddings.safetensors"))
     assert emb["text"].shape == pairs[1].text.shape and not torch.allclose(emb["text"], pairs[1].text)
     assert 0 <= metrics["i2t_R@1"] <= 100

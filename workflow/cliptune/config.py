@@ -104,6 +104,8 @@ DEFAULTS: dict[str, Any] = {
         "max_logit_scale": 100.0,
         "sampler": "one_caption_per_image",
         "seed": 0,
+        # Replicated training: one run per seed (separate jobs); null = just train.seed.
+        "seeds": None,
         "device": "auto",
         "precision": "auto",
         "max_nonfinite_steps": 20,
@@ -132,6 +134,9 @@ DEFAULTS: dict[str, Any] = {
         "nodes": 1,
     },
     "eval": {"split": "val", "ks": [1, 5, 10], "block_size": 1024, "batch_size": 256},
+    # Cluster-bootstrap intervals (docs/report.md); shared by all variants, since paired
+    # comparisons with the baseline must use the same resamples.
+    "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0},
     "baseline": "baseline",
     "include_untrained": True,
     # Optuna search (rule hpo; its own target, not part of `all`).
@@ -253,6 +258,7 @@ def load_config(config: Mapping) -> dict:
             f"use one of {sorted(variants)}"
         )
     for name in variants:
+        _check_seeds(config, cfg, name)
         resolved = resolve_variant(cfg, name)
         eval_split = resolved["eval"]["split"]
         if eval_split not in cfg["dataset"]["splits"]:
@@ -327,23 +333,79 @@ def variant_names(cfg: Mapping) -> list[str]:
     return names
 
 
-def resolve_variant(cfg: Mapping, name: str) -> dict:
-    """Shared sections deep-merged with the variant's overrides.
-
-    ``untrained`` is the baseline's architecture with zero epochs: the
-    reference row that shows what training bought.
-    """
-    if name == UNTRAINED:
-        resolved = resolve_variant(cfg, cfg["baseline"])
-        resolved["train"]["epochs"] = 0
-        resolved["name"] = UNTRAINED
-        return resolved
+def _merged_variant(cfg: Mapping, name: str) -> dict:
     if name not in cfg["variants"]:
         raise ConfigError(f"unknown variant {name!r}; configured: {sorted(cfg['variants'])}")
     shared = {key: cfg[key] for key in VARIANT_SECTIONS}
     resolved = deep_merge(shared, cfg["variants"][name] or {})
     resolved["name"] = name
     return resolved
+
+
+def resolve_variant(cfg: Mapping, name: str) -> dict:
+    """Shared sections deep-merged with the variant's overrides: its primary run.
+
+    ``untrained`` is the baseline's architecture with zero epochs: the
+    reference row that shows what training bought. ``train.seeds`` is replaced
+    by the run's own ``train.seed`` (the first seed), so adding a replicate seed
+    never changes, and so never reruns, the primary run.
+    """
+    if name == UNTRAINED:
+        resolved = resolve_variant(cfg, cfg["baseline"])
+        resolved["train"]["epochs"] = 0
+        resolved["name"] = UNTRAINED
+        return resolved
+    resolved = _merged_variant(cfg, name)
+    seeds = resolved["train"].pop("seeds", None)
+    if seeds:
+        resolved["train"]["seed"] = seeds[0]
+    return resolved
+
+
+def variant_seeds(cfg: Mapping, name: str) -> list[int]:
+    """Training seeds of a variant, primary first (``untrained`` is never replicated:
+    it is a reference row, not a training result)."""
+    if name == UNTRAINED:
+        return [resolve_variant(cfg, name)["train"]["seed"]]
+    train = _merged_variant(cfg, name)["train"]
+    return list(train["seeds"]) if train.get("seeds") else [train["seed"]]
+
+
+def replicate_run(variant: str, seed: int) -> str:
+    """Run name (and folder below variants/) of a replicate: ``{variant}/seed{seed}``."""
+    return f"{variant}/seed{seed}"
+
+
+def run_names(cfg: Mapping) -> dict[str, list[str]]:
+    """variant -> its runs, primary first: the primary keeps the variant's own paths,
+    every further seed of ``train.seeds`` gets ``{variant}/seed{seed}``."""
+    return {v: [v] + [replicate_run(v, s) for s in variant_seeds(cfg, v)[1:]]
+            for v in variant_names(cfg)}
+
+
+def resolve_run(cfg: Mapping, run: str) -> dict:
+    """The resolved config of one run (a variant name or a ``{variant}/seed{s}`` replicate)."""
+    variant, sep, seed = run.partition("/seed")
+    resolved = resolve_variant(cfg, variant)
+    if sep:
+        if not seed.isdigit() or int(seed) not in variant_seeds(cfg, variant)[1:]:
+            raise ConfigError(f"unknown run {run!r}; {variant}'s train.seeds are "
+                              f"{variant_seeds(cfg, variant)}")
+        resolved["train"]["seed"] = int(seed)
+        resolved["name"] = run
+    return resolved
+
+
+def _check_seeds(raw: Mapping, cfg: Mapping, name: str) -> None:
+    """An explicit train.seed must agree with train.seeds (whose first seed wins)."""
+    seeds = _merged_variant(cfg, name)["train"].get("seeds")
+    own = ((raw["variants"].get(name) or {}).get("train") or {})
+    explicit = own.get("seed", (raw.get("train") or {}).get("seed"))
+    if seeds and explicit is not None and explicit != seeds[0]:
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.seed = {explicit} and train.seeds = "
+            f"{seeds}; with train.seeds the first seed is the primary run, so drop train.seed "
+            f"or list {explicit} first in train.seeds")
 
 
 def canonical_json(obj: Any) -> str:

@@ -144,15 +144,23 @@ def evaluate(smk) -> None:
 
     variant = json.loads(smk.params.variant)
     evaluate_variant(variant, Path(smk.input.model), _pairs(smk, "val"),
-                     Path(smk.output.metrics).parent)
+                     Path(smk.output.metrics).parent, json.loads(smk.params.bootstrap))
 
 
 def aggregate(smk) -> None:
     from cliptune.reporting.ablation import write_ablation
 
-    files = dict(zip(smk.params.variants, smk.input.metrics, strict=True))
+    variants = list(smk.params.variants)
+    metrics = dict(zip(variants, smk.input.metrics, strict=True))
+    ranks = dict(zip(variants, smk.input.ranks, strict=True))
+    # run_metrics follows RUNS (variant order, primary first): regroup it per variant.
+    runs = json.loads(smk.params.runs)
+    by_run = dict(zip([r for v in variants for r in runs[v]], smk.input.run_metrics, strict=True))
+    run_files = {v: [Path(by_run[r]) for r in runs[v]] for v in variants}
     ks = getattr(smk.params, "ks", None) or (1, 5, 10)  # eval.ks of the baseline
-    write_ablation(files, smk.params.baseline, Path(smk.output.csv), Path(smk.output.png), ks)
+    write_ablation(metrics, ranks, run_files, smk.params.baseline,
+                   json.loads(smk.params.bootstrap), Path(smk.output.csv), Path(smk.output.png),
+                   Path(smk.output.paired), ks)
 
 
 def figures(smk) -> None:

@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from cliptune.config import (
     canonical_json,
     encoder_key,
     load_config,
-    resolve_variant,
+    resolve_run,
+    run_names,
     variant_names,
 )
 
@@ -24,7 +26,12 @@ DS = CFG["dataset"]["name"]
 ROOT = CFG["dataset"]["root"]
 SPLITS = CFG["dataset"]["splits"]
 VARIANTS = variant_names(CFG)
-RESOLVED = {name: resolve_variant(CFG, name) for name in VARIANTS}
+# variant -> its training runs, primary first: replicate seeds of train.seeds run as
+# "{variant}/seed{s}" (their own folder below the variant's); the {variant} wildcard of
+# train/evaluate matches both, so every run is its own cached job.
+RUNS = run_names(CFG)
+ALL_RUNS = [run for runs in RUNS.values() for run in runs]
+RESOLVED = {run: resolve_run(CFG, run) for run in ALL_RUNS}
 # Encoder cache key -> encoder settings, for every encoder some variant uses.
 ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
 
@@ -33,6 +40,7 @@ LOGS = f"logs/{DS}"
 VARIANT_DIR = os.path.join(RESULTS, "variants", "{variant}")
 ABLATION_CSV = "results/ablation.csv"
 ABLATION_PNG = "results/ablation_bar.png"
+PAIRED_CSV = "results/paired_vs_baseline.csv"
 
 # Name every missing dataset file before any job runs (downloaded files excepted).
 try:
@@ -43,7 +51,7 @@ except FileNotFoundError as exc:
 
 wildcard_constraints:
     split="|".join(SPLITS),
-    variant="|".join(VARIANTS),
+    variant="|".join(re.escape(run) for run in ALL_RUNS),
     encoder="|".join(ENCODERS),
     size=r"\d+",
 

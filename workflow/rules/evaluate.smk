@@ -6,8 +6,10 @@ rule evaluate:
         metrics=f"{VARIANT_DIR}/metrics.json",
         recall=f"{VARIANT_DIR}/recall.csv",
         embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
+        ranks=f"{VARIANT_DIR}/ranks.safetensors",
     params:
         variant=variant_json,
+        bootstrap=canonical_json(CFG["bootstrap"]),
     threads: 8
     resources:
         gpu=1,

@@ -8,6 +8,7 @@ and all their captions, never one caption per image.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from cliptune.data.pairs import PairData
-from cliptune.evaluation.retrieval_metrics import retrieval_metrics
+from cliptune.evaluation.bootstrap import Ranks, metric_intervals, save_ranks
+from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
 from cliptune.io_utils import atomic_path, write_json
 from cliptune.models.factory import load_variant_model
 from cliptune.runtime import autocast_dtype, pick_device, progress
@@ -50,7 +52,11 @@ def embed_texts(model, data: PairData, batch_size: int, device, amp_dtype) -> to
 
 
 def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path,
-                     show_progress: bool = True) -> dict:
+                     bootstrap: Mapping, show_progress: bool = True) -> dict:
+    """metrics.json (with bootstrap intervals), recall.csv, embeddings and per-query ranks.
+
+    ``bootstrap``: the config's ``bootstrap`` section (resamples, confidence, seed).
+    """
     out_dir = Path(out_dir)
     ecfg = variant["eval"]
     device = pick_device(variant["train"]["device"])
@@ -60,11 +66,17 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
     text_emb = embed_texts(model, data, ecfg["batch_size"], device, amp_dtype)
     # caption m -> position of its image in image_emb (image_rows is sorted and unique).
     text_image = torch.from_numpy(np.searchsorted(data.image_rows, data.caption_image_row))
-    metrics = retrieval_metrics(image_emb, text_emb, text_image, ks=tuple(ecfg["ks"]),
-                                block_size=ecfg["block_size"], device=device)
+    metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(
+        image_emb, text_emb, text_image, ks=tuple(ecfg["ks"]), block_size=ecfg["block_size"],
+        device=device)
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics.update({"variant": variant["name"], "split": ecfg["split"],
                     "temperature": float(1.0 / model.scale().detach())})
+    # Per-query ranks: bootstrap intervals and paired comparisons come from these alone.
+    caption_ids = data.captions["caption_id"].to_numpy(np.int64, copy=True)
+    ranks = Ranks.of(r_i2t, r_t2i, text_image, data.image_ids, caption_ids)
+    save_ranks(out_dir / "ranks.safetensors", ranks)
+    metrics["bootstrap"] = metric_intervals(ranks, ecfg["ks"], bootstrap)
     write_json(out_dir / "metrics.json", metrics)
     rows = [{"direction": d, "K": k, "recall": metrics[f"{d}_R@{k}"]}
             for d in ("i2t", "t2i") for k in ecfg["ks"]]
@@ -76,7 +88,7 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
             "image": image_emb.contiguous(),
             "text": text_emb.contiguous(),
             "image_id": torch.from_numpy(data.image_ids.copy()),
-            "caption_id": torch.from_numpy(data.captions["caption_id"].to_numpy(np.int64, copy=True)),
+            "caption_id": torch.from_numpy(caption_ids),
             "text_image_index": text_image.contiguous(),
         }, str(tmp))
     log.info("%s: i2t R@1 %.2f  t2i R@1 %.2f  rsum %.1f", variant["name"], metrics["i2t_R@1"],
