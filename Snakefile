@@ -6,9 +6,14 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
-# A --configfile replaces the default config instead of merging into it, so the
-# demo never inherits the COCO variants. Overlays: --configfile base.yaml extra.yaml
-if not config:
+# Which config (config/README.md, "Choosing the config"):
+# - no --configfile: config/config.yaml is the base;
+# - --configfile a.yaml [b.yaml ...] replaces that default (so the demo never inherits
+#   the COCO variants); several files merge left to right, so overlay the real study
+#   by naming it: --configfile config/config.yaml my_overlay.yaml;
+# - --config key=value overrides always merge last, over whichever base was chosen:
+#   snakemake -n --config train='{epochs: 1}'. Their values are read as YAML (common.smk).
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 

@@ -24,11 +24,15 @@ from pathlib import Path
 
 import torch
 
-from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks, summarize
+from cliptune.evaluation.retrieval_metrics import (
+    DEFAULT_KS,
+    retrieval_metrics_and_ranks,
+    summarize,
+)
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"  # git-ignored scratch for rank tensors
-KS = (1, 5, 10)
+KS = DEFAULT_KS  # the config's eval.ks default
 NAIVE_BYTES_PER_PAIR = 24  # scores 4 + sort values 4 + indices 8 + gathered labels 8
 CAPTIONS_PER_IMAGE = 5  # COCO: 40,504 val2014 images x 5 = 202,520 captions
 

@@ -173,7 +173,7 @@ def test_karpathy_coco_splits_and_restval(tmp_path):
     ds = load_config({"dataset": {"name": "k", "source": "karpathy_coco", "root": str(tmp_path),
                                   "annotations": str(ann)}, "variants": VARIANTS})["dataset"]
     assert ds["splits"] == {"train": "train", "val": "val", "test": "test"}
-    train, no_cap, _ = cap.read_split(cap.split_spec(ds, "train"))
+    train, no_cap, _, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert list(train.columns) == cap.COLUMNS
     assert sorted(train["image_id"].unique()) == [1, 2]  # restval joins train
     assert set(train["file_name"]) == {"train2014/COCO_train2014_000000000001.jpg",
@@ -182,11 +182,11 @@ def test_karpathy_coco_splits_and_restval(tmp_path):
     assert no_cap == ["train2014/COCO_train2014_000000000005.jpg"]
     assert (train["split"] == "train").all()
     ds["use_restval"] = False
-    train, _, _ = cap.read_split(cap.split_spec(ds, "train"))
+    train, _, _, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert sorted(train["image_id"].unique()) == [1]
-    val, _, _ = cap.read_split(cap.split_spec(ds, "val"))
+    val, _, _, _ = cap.read_split(cap.split_spec(ds, "val"))
     assert UNICODE in set(val["caption"]) and val["caption_id"].tolist() == [30, 31]
-    test, _, _ = cap.read_split(cap.split_spec(ds, "test"))
+    test, _, _, _ = cap.read_split(cap.split_spec(ds, "test"))
     assert test["image_id"].tolist() == [4]
 
 
@@ -199,7 +199,7 @@ def test_flickr30k_karpathy_json(tmp_path):
     ds = load_config({"dataset": {"name": "f", "source": "flickr30k", "root": str(tmp_path)},
                       "variants": VARIANTS})["dataset"]
     assert ds["annotations"] == str(tmp_path / "dataset_flickr30k.json")
-    train, _, _ = cap.read_split(cap.split_spec(ds, "train"))
+    train, _, _, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert train["file_name"].tolist() == ["1000.jpg", "1001.jpg"]
     assert cap.read_split(cap.split_spec(ds, "test"))[0]["image_id"].tolist() == [3]
 
@@ -264,12 +264,13 @@ def test_user_json(tmp_path):
     ds = load_config({"dataset": {"name": "u", "source": "json", "annotations": str(ann)},
                       "variants": VARIANTS})["dataset"]
     assert ds["root"] == str(tmp_path)  # image paths are relative to the JSON's folder
-    train, no_cap, _ = cap.read_split(cap.split_spec(ds, "train"))
-    assert sorted(train["caption_id"]) == [11, 12, 13]
-    assert set(train["caption"]) == {"first", UNICODE, ""}
-    assert no_cap == ["img/c.jpg"]
+    train, no_cap, _, cleaning = cap.read_split(cap.split_spec(ds, "train"))
+    assert sorted(train["caption_id"]) == [11, 12]  # the empty caption is excluded...
+    assert set(train["caption"]) == {"first", UNICODE}
+    assert no_cap == ["img/b.jpg", "img/c.jpg"]  # ...so img/b.jpg has no caption left
+    assert cleaning["empty_captions_dropped"] == 1
     assert train.groupby("file_name")["image_id"].nunique().max() == 1
-    val, _, _ = cap.read_split(cap.split_spec(ds, "val"))
+    val, _, _, _ = cap.read_split(cap.split_spec(ds, "val"))
     assert val["file_name"].tolist() == ["/abs/d.jpg", "/abs/d.jpg"]  # absolute kept
     assert Path(ds["root"]) / "/abs/d.jpg" == Path("/abs/d.jpg")  # what image_cache joins
 
@@ -296,13 +297,13 @@ def test_folder_with_sidecar_captions(tmp_path):
     root = folder_dataset(tmp_path / "ds")
     ds = load_config({"dataset": {"name": "d", "source": "folder", "root": str(root)},
                       "variants": VARIANTS})["dataset"]
-    train, no_cap, notes = cap.read_split(cap.split_spec(ds, "train"))
+    train, no_cap, notes, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert no_cap == ["train/rgb.jpg"]
     assert "" not in set(train["caption"])  # blank lines are not captions
     assert train.groupby("file_name").size()["train/gray.png"] == 1
     assert UNICODE in set(train["caption"])
     assert any("orphan.txt" in n for n in notes)
-    val, _, _ = cap.read_split(cap.split_spec(ds, "val"))
+    val, _, _, _ = cap.read_split(cap.split_spec(ds, "val"))
     assert sorted(val["file_name"]) == ["val/sub/v1.jpg", "val/sub/v2.png"]
     # Ids depend on the path only, so they are stable across runs and splits.
     assert cap.read_split(cap.split_spec(ds, "val"))[0].equals(val)
@@ -319,7 +320,7 @@ def test_table_formats(tmp_path, suffix):
     df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
     ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path)},
                       "variants": VARIANTS})["dataset"]
-    train, no_cap, _ = cap.read_split(cap.split_spec(ds, "train"))
+    train, no_cap, _, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert sorted(train["caption"]) == sorted(["one", UNICODE, "bee"])
     assert no_cap == ["c.jpg"]
     assert cap.read_split(cap.split_spec(ds, "val"))[0]["file_name"].tolist() == ["d.jpg"]
@@ -336,7 +337,7 @@ def test_table_named_columns_and_missing_column(tmp_path):
         cap.read_split(cap.split_spec(ds, "train"))
     raw["dataset"]["columns"] = {"image": "pic", "caption": "words"}
     ds = load_config(raw)["dataset"]
-    train, _, _ = cap.read_split(cap.split_spec(ds, "train"))  # no split column: holdout
+    train, _, _, _ = cap.read_split(cap.split_spec(ds, "train"))  # no split column: holdout
     assert len(train) == 2
 
 

@@ -104,6 +104,13 @@ def test_cli(tmp_path, capsys):
     assert len(list((tmp_path / "val2014").glob("*.jpg"))) == 1
 
 
+def test_cli_defaults_are_the_config_defaults():
+    from cliptune.config import DEFAULTS
+
+    args = vars(dd.build_parser().parse_args(["--root", "x"]))
+    assert {k: v for k, v in args.items() if k != "root"} == DEFAULTS["dataset"]["demo"]
+
+
 # ---------------------------------------------------------------------- content
 
 

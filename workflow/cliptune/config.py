@@ -26,143 +26,55 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 VARIANT_SECTIONS = ("text_encoder", "model", "train", "eval", "image_size")
 UNTRAINED = "untrained"
 
-# A short, general subset of the CLIP paper's zero-shot ensembling templates.
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a blurry photo of a {}.",
-    "a photo of the large {}.",
-    "a photo of the small {}.",
-    "a close-up photo of a {}.",
-    "a good photo of a {}.",
-    "a picture of a {}.",
-)
 
-DEFAULTS: dict[str, Any] = {
-    "dataset": {
-        "root": None,  # per source: see _resolve_dataset
-        "splits": None,  # None: SOURCE_SPLITS[source]
-        "annotations": None,  # caption file; Karpathy sources default to {root}/dataset_*.json
-        "download": False,  # coco / karpathy_coco: fetch COCO 2014 into root
-        "keep_archives": False,  # keep the downloaded zips after extraction
-        "download_files": {},  # per-archive {url, size, md5, sha256} overrides
-        "use_restval": True,  # karpathy_coco: train on train + restval (113k images)
-        "subset": {"images": None, "mode": "random", "seed": 0},
-        "holdout": {"val": 1000, "test": 1000, "seed": 0},  # sources without splits
-        "columns": {"image": None, "caption": None, "split": None},  # table: auto-detect
-        "samples": {"count": 16, "seed": 0},  # samples.png grid
-        "max_bad_image_fraction": 0.001,
-        "demo": {
-            "train_images": 1500,
-            "val_images": 300,
-            "image_size": 96,
-            "seed": 0,
-            "captions_per_image": 5,
-            "max_shapes": 3,
-        },
-    },
-    "image_size": 224,
-    "image_cache": {"workers": 2},
-    "text_encoder": {
-        "model": "openai/clip-vit-base-patch32",
-        "pooling": "auto",
-        "max_length": 77,
-        "batch_size": 256,
-    },
-    "model": {
-        "kind": "resnet",
-        "backbone": "resnet50",
-        "weights": "IMAGENET1K_V2",
-        "pooling": "avg",
-        "attention_heads": 8,
-        "head": {"hidden_dim": 1024, "depth": 2, "norm": "none", "dropout": 0.0},
-        "freeze_backbone": False,
-        "trainable_stages": None,
-        "freeze_bn_stats": True,
-        "clip": {
-            "model": "openai/clip-vit-base-patch32",
-            "lock_image": False,
-            "lock_text": True,
-            "lora": {"text": False, "vision": False, "r": 8, "alpha": 16, "dropout": 0.05,
-                     "target_modules": ["q_proj", "v_proj"]},
-        },
-        "dual_encoder": {
-            "tokenizer": None,
-            "embed_dim": 256,
-            "vision": {"patch_size": 8, "width": 256, "depth": 4, "heads": 4},
-            "text": {"width": 256, "depth": 4, "heads": 4, "max_length": 64},
-        },
-    },
-    "train": {
-        "epochs": 10,
-        "batch_size": 64,
-        "lr": 1e-4,
-        "weight_decay": 0.05,
-        "warmup_fraction": 0.05,
-        "grad_clip": 1.0,
-        "temperature": 0.07,
-        "learnable_temperature": True,
-        "max_logit_scale": 100.0,
-        "sampler": "one_caption_per_image",
-        "seed": 0,
-        # Replicated training: one run per seed (separate jobs); null = just train.seed.
-        "seeds": None,
-        "device": "auto",
-        "precision": "auto",
-        "max_nonfinite_steps": 20,
-        "checkpoint_every_epochs": 1,
-        "head_lr": None,
-        "loss": "infonce",
-        "triplet": {"margin": 0.2, "mining": "semihard"},
-        "hard_negatives": {"k": 8, "refresh_epochs": 1, "hardest_weight": 1.0, "margin": 0.2},
-        "accum_steps": 1,
-        "augment": {"enabled": False, "scale": [0.5, 1.0], "flip": 0.5, "color_jitter": 0.2,
-                    "rotation": 10.0},
-        "caption_word_dropout": 0.0,
-        "channels_last": True,
-        "compile": False,
-        "monitor": "val_loss",
-        "patience": None,
-        "min_delta": 0.0,
-        "val_max_images": None,
-        "divergence": {"max_restarts": 2, "lr_factor": 0.5},
-        "tensorboard": True,
-        "log_every_steps": 10,
-        # Mid-epoch checkpoints for preemption (SLURM time limits); 0 turns either off.
-        "checkpoint_every_steps": 0,
-        "checkpoint_every_minutes": 15,
-        "devices": 1,
-        "nodes": 1,
-    },
-    "eval": {"split": "val", "ks": [1, 5, 10], "block_size": 1024, "batch_size": 256},
-    # Cluster-bootstrap intervals (docs/report.md); shared by all variants, since paired
-    # comparisons with the baseline must use the same resamples.
-    "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 0},
-    "baseline": "baseline",
-    "include_untrained": True,
-    # Optuna search (rule hpo; its own target, not part of `all`).
-    "hpo": {
-        "trials": 20,
-        "epochs": None,
-        "metric": "val_recall",
-        "seed": 0,
-        "space": {"lr": [1e-5, 1e-2], "temperature": [0.01, 0.2],
-                  "weight_decay": [0.0, 0.2], "batch_size": [32, 64, 128]},
-    },
-    # Figures and results/summary.md (docs/report.md); changing it reruns only those.
-    "report": {
-        "queries": ["a dog playing", "sport", "a cat", "food on a plate"],
-        "top_k": 5,
-        "n_images": 4,
-        "heatmap_size": 12,
-        "seed": 0,
-        "anchors_comparable": False,
-        "zero_shot": {
-            "classes": None,  # null: COCO's 80 categories (demo: its shape names)
-            "templates": list(DEFAULT_TEMPLATES),
-            "top_classes": 5,
-        },
-    },
-}
+def _path_str(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+@cache
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def subschema(schema: dict, node: dict) -> dict:
+    ref = node.get("$ref")
+    if ref and ref.startswith("#/$defs/"):
+        return schema["$defs"][ref.split("/")[-1]]
+    return node
+
+
+def is_section(schema: dict, node: dict) -> bool:
+    """A mapping with named keys (recursed into); anything else is a leaf with one default."""
+    node = subschema(schema, node)
+    return node.get("type") == "object" and "properties" in node
+
+
+def leaf_default(schema: dict, node: dict, where: str) -> Any:
+    """A leaf's ``default:``, given beside a ``$ref`` or in the definition it points to."""
+    for candidate in (node, subschema(schema, node)):
+        if "default" in candidate:
+            return copy.deepcopy(candidate["default"])
+    raise RuntimeError(
+        f"{SCHEMA_PATH.name}: {where} has no 'default:'; every key the schema does not list "
+        "under 'required' needs one (the schema is the only place defaults live)"
+    )
+
+
+def schema_defaults(schema: dict, node: dict | None = None, path: tuple = ()) -> dict:
+    """Nested defaults of every non-required key, read from the schema's ``default:`` fields."""
+    node = subschema(schema, schema if node is None else node)
+    required = set(node.get("required", ()))
+    out: dict[str, Any] = {}
+    for key, sub in node["properties"].items():
+        if is_section(schema, sub):
+            out[key] = schema_defaults(schema, sub, (*path, key))
+        elif key not in required:
+            out[key] = leaf_default(schema, sub, _path_str((*path, key)))
+    return out
+
+
+# Every default lives in the schema; this is the view the code merges configs over.
+DEFAULTS: dict[str, Any] = schema_defaults(load_schema())
 
 
 # cliptune split -> source split label, when dataset.splits is not given.
@@ -177,6 +89,7 @@ SOURCE_SPLITS: dict[str, dict[str, str]] = {
 }
 KARPATHY_FILES = {"karpathy_coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
 COCO_DOWNLOAD_ROOT = "resources/coco2014"
+DEMO_ROOT = "resources/{name}"
 
 
 class ConfigError(ValueError):
@@ -194,27 +107,11 @@ def deep_merge(base: Mapping, override: Mapping | None) -> dict:
     return out
 
 
-@cache
-def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
-def _path_str(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
-
-
-def _subschema(schema: dict, node: dict) -> dict:
-    ref = node.get("$ref")
-    if ref and ref.startswith("#/$defs/"):
-        return schema["$defs"][ref.split("/")[-1]]
-    return node
-
-
 def _explain(error: jsonschema.ValidationError, schema: dict) -> str:
     """Turn a jsonschema error into one line that names the key and what is allowed."""
     where = _path_str(error.absolute_path)
     if error.validator == "additionalProperties":
-        allowed = sorted(_subschema(schema, error.schema).get("properties", {}))
+        allowed = sorted(subschema(schema, error.schema).get("properties", {}))
         extra = re.findall(r"'([^']+)'", error.message.split("(")[-1])
         hints = []
         for key in extra:
@@ -252,6 +149,9 @@ def load_config(config: Mapping) -> dict:
     cfg = deep_merge(DEFAULTS, config)
     _resolve_dataset(cfg["dataset"], config["dataset"])
     variants = cfg["variants"]
+    for name, override in variants.items():
+        given = {*(config.get("train") or {}), *((override or {}).get("train") or {})}
+        _check_train_keys(name, given, resolve_variant(cfg, name)["train"])
     if cfg["baseline"] not in variants:
         raise ConfigError(
             f"config error: baseline = {cfg['baseline']!r} is not a variant; "
@@ -269,6 +169,20 @@ def load_config(config: Mapping) -> dict:
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
     return cfg
+
+
+def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
+    """Reject train keys the variant sets (itself or via the shared section) that would
+    otherwise be silently ignored."""
+    if train["warmup_steps"] is not None and "warmup_fraction" in given:
+        raise ConfigError(
+            f"config error: variant {variant!r} sets both train.warmup_steps and "
+            "train.warmup_fraction; warmup_steps replaces warmup_fraction, so remove one "
+            "(or set warmup_steps: null)")
+    if "momentum" in given and train["optimizer"] != "sgd":
+        raise ConfigError(
+            f"config error: variant {variant!r} sets train.momentum, which only applies to "
+            f"optimizer: sgd (it uses {train['optimizer']}); remove it or set optimizer: sgd")
 
 
 def _resolve_dataset(ds: dict, raw: Mapping) -> None:
@@ -296,7 +210,7 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
         )
     if ds["root"] is None:
         if source == "demo":
-            ds["root"] = f"resources/{ds['name']}"
+            ds["root"] = DEMO_ROOT.format(name=ds["name"])
         elif ds["download"]:
             ds["root"] = COCO_DOWNLOAD_ROOT
         elif source in ("json", "table") and ds["annotations"]:
@@ -328,7 +242,7 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
 
 def variant_names(cfg: Mapping) -> list[str]:
     names = list(cfg["variants"])
-    if cfg.get("include_untrained", True):
+    if cfg["include_untrained"]:
         names.append(UNTRAINED)
     return names
 
@@ -429,6 +343,6 @@ def encoder_key(text_encoder: Mapping) -> str:
     if len(slug) > 60:
         slug = slug[-40:] + "-" + short_hash(model, 8)
     slug += f"_len{text_encoder['max_length']}"
-    if text_encoder.get("pooling", "auto") != "auto":
+    if text_encoder["pooling"] != "auto":
         slug += f"_{text_encoder['pooling']}"
     return slug

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from cliptune.gpus import assign_gpus
 from cliptune.runtime import set_threads, setup_logging
 
 log = logging.getLogger("cliptune.stage")
@@ -157,7 +158,7 @@ def aggregate(smk) -> None:
     runs = json.loads(smk.params.runs)
     by_run = dict(zip([r for v in variants for r in runs[v]], smk.input.run_metrics, strict=True))
     run_files = {v: [Path(by_run[r]) for r in runs[v]] for v in variants}
-    ks = getattr(smk.params, "ks", None) or (1, 5, 10)  # eval.ks of the baseline
+    ks = smk.params.ks  # eval.ks of the baseline
     write_ablation(metrics, ranks, run_files, smk.params.baseline,
                    json.loads(smk.params.bootstrap), Path(smk.output.csv), Path(smk.output.png),
                    Path(smk.output.paired), ks)
@@ -172,7 +173,7 @@ def figures(smk) -> None:
         json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
         Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
         Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
-        instances=Path(instances) if instances else None)
+        instances=Path(instances) if instances else None, device=smk.params.device)
 
 
 def loss_overlay(smk) -> None:
@@ -209,6 +210,8 @@ def run(smk, stage: Callable) -> None:
     setup_logging(str(smk.log[0]) if smk.log else None)
     set_threads(smk.threads)
     try:
+        # Before torch starts CUDA: the job sees only the GPUs its `gpu` resource got.
+        assign_gpus(int(getattr(smk.resources, "gpu", 0) or 0))
         stage(smk)
     except Exception:
         log.exception("stage %s failed", stage.__name__)

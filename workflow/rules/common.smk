@@ -5,7 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
+from cliptune.cli_config import typed_cli_overrides
 from cliptune.data.captions import annotation_file, check_sources
+from cliptune.gpus import GpuRequestError, gpu_request, local_gpu_limit
+from cliptune.job_resources import grow
 from cliptune.config import (
     ConfigError,
     canonical_json,
@@ -17,7 +20,8 @@ from cliptune.config import (
 )
 
 try:
-    CFG = load_config(config)
+    # --config values arrive as strings; read them as YAML before validating.
+    CFG = load_config(typed_cli_overrides(config, workflow.config_settings.config))
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -32,6 +36,15 @@ VARIANTS = variant_names(CFG)
 RUNS = run_names(CFG)
 ALL_RUNS = [run for runs in RUNS.values() for run in runs]
 RESOLVED = {run: resolve_run(CFG, run) for run in ALL_RUNS}
+# GPUs each variant's train job asks for ({"gpu": total, "gres": per node}); a request
+# above a local --resources gpu=N limit is refused here instead of silently shrunk.
+try:
+    TRAIN_GPUS = {
+        name: gpu_request(name, v["train"], local_gpu_limit(workflow.global_resources))
+        for name, v in RESOLVED.items()
+    }
+except GpuRequestError as exc:
+    raise WorkflowError(str(exc)) from None
 # Encoder cache key -> encoder settings, for every encoder some variant uses.
 ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
 

@@ -8,9 +8,13 @@ rule text_embeddings:
         device="auto",
     threads: 2
     resources:
+        mem_mb=32000,
+        runtime=120,
         gpu=1,
     log:
         f"{LOGS}/text/{{encoder}}/{{split}}.log",
+    benchmark:
+        f"{LOGS}/text/{{encoder}}/{{split}}.benchmark.tsv",
     conda:
         ENV
     script:

@@ -12,9 +12,13 @@ rule evaluate:
         bootstrap=canonical_json(CFG["bootstrap"]),
     threads: 8
     resources:
+        mem_mb=grow(32000),
+        runtime=grow(120),
         gpu=1,
     log:
         f"{LOGS}/evaluate/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/evaluate/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:
@@ -23,9 +27,9 @@ rule evaluate:
 
 
 from cliptune.evaluation.zero_shot import instances_input
+from cliptune.reporting.variant_figures import FIGURES as VARIANT_FIGURES
 
 FIGURE_DIR = os.path.join(VARIANT_DIR, "figures")
-VARIANT_FIGURES = ["text_to_image", "image_to_text", "zero_shot", "similarity_heatmap"]
 
 
 rule figures:
@@ -74,10 +78,27 @@ rule figures:
                 "demo": {k: CFG["dataset"]["demo"][k] for k in ("seed", "max_shapes")},
             }
         ),
+        # A few hundred prompts: encoded on the CPU, so this local rule needs no GPU
+        # (under SLURM it runs on the submit host, which usually has none).
+        device="cpu",
     threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=30,
     log:
         f"{LOGS}/figures/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/figures/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:
         "../scripts/figures.py"
+
+
+# Each figure is written out above as its own report() output (own caption and category);
+# the names must stay variant_figures.FIGURES, which the script and the summary read.
+if set(rules.figures.output.keys()) - {"zero_shot_json"} != set(VARIANT_FIGURES):
+    raise WorkflowError(
+        f"rule figures outputs {sorted(rules.figures.output.keys())} do not match "
+        f"cliptune.reporting.variant_figures.FIGURES {list(VARIANT_FIGURES)}; edit both together"
+    )

@@ -34,9 +34,13 @@ rule backbone_features:
         device="auto",
     threads: 2
     resources:
+        mem_mb=32000,
+        runtime=120,
         gpu=1,
     log:
         f"{LOGS}/features/{{fkey}}/{{split}}_{{size}}.log",
+    benchmark:
+        f"{LOGS}/features/{{fkey}}/{{split}}_{{size}}.benchmark.tsv",
     conda:
         ENV
     script:

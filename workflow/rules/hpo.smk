@@ -4,6 +4,9 @@ HPO_DIR = f"{RESULTS}/hpo/{{variant}}"
 
 
 rule hpo:
+    # Configured variants only: a {variant}/seed{s} replicate run has no overrides to search.
+    wildcard_constraints:
+        variant="|".join(re.escape(v) for v in VARIANTS),
     input:
         unpack(lambda w: pair_inputs(w.variant, "train", "train")),
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
@@ -20,9 +23,13 @@ rule hpo:
         storage=f"{HPO_DIR}/study.journal",
     threads: 8
     resources:
+        mem_mb=grow(64000),
+        runtime=grow(1440),
         gpu=1,
     log:
         f"{LOGS}/hpo/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/hpo/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:

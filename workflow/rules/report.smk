@@ -38,8 +38,13 @@ rule aggregate:
         baseline=CFG["baseline"],
         ks=RESOLVED[CFG["baseline"]]["eval"]["ks"],
         bootstrap=canonical_json(CFG["bootstrap"]),
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{LOGS}/aggregate.benchmark.tsv",
     conda:
         ENV
     script:
@@ -59,8 +64,13 @@ rule loss_overlay:
     params:
         variants=VARIANTS,
         baseline=CFG["baseline"],
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         f"{LOGS}/loss_overlay.log",
+    benchmark:
+        f"{LOGS}/loss_overlay.benchmark.tsv",
     conda:
         ENV
     script:
@@ -92,8 +102,13 @@ rule summary:
         baseline=CFG["baseline"],
         report=canonical_json(CFG["report"]),
         dataset=canonical_json({"name": DS, "source": CFG["dataset"]["source"]}),
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         f"{LOGS}/summary.log",
+    benchmark:
+        f"{LOGS}/summary.benchmark.tsv",
     conda:
         ENV
     script:

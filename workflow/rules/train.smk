@@ -21,11 +21,18 @@ rule train:
         state=f"{RESULTS}/checkpoints/{{variant}}/state.pt",
     threads: 8
     resources:
-        # One GPU per torchrun worker (train.devices); under SLURM also the node count.
-        gpu=lambda w: RESOLVED[w.variant]["train"]["devices"],
+        mem_mb=grow(64000),
+        runtime=grow(720),
+        # One GPU per torchrun worker: gpu = devices x nodes (SLURM: --gpus, a job total);
+        # multi-node runs ask per node instead (gres gpu:devices -> --gres) with gpu 0.
+        # A CPU variant (train.device: cpu) asks for none. See cliptune.gpus.gpu_request.
+        gpu=lambda w: TRAIN_GPUS[w.variant]["gpu"],
+        gres=lambda w: TRAIN_GPUS[w.variant]["gres"],
         nodes=lambda w: RESOLVED[w.variant]["train"]["nodes"],
     log:
         f"{LOGS}/train/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/train/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:

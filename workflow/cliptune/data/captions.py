@@ -11,15 +11,17 @@ subset kept and which images had no caption (for the data report).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import json
 import logging
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from cliptune.data.caption_tidy import tidy_captions
+from cliptune.data.dataset_formats import DatasetFormatError, clean_caption, read_source
 from cliptune.io_utils import write_json, write_parquet
 from cliptune.runtime import setup_logging
 
@@ -55,59 +57,65 @@ def check_coco_layout(root: Path, folders: list[str]) -> None:
         )
 
 
-def coco_table(root: Path, folder: str, split: str) -> tuple[pd.DataFrame, list[str]]:
-    """COCO captions_<folder>.json -> (caption rows, file names of images with no caption)."""
-    from pycocotools.coco import COCO
+def _coco_images(images: list, ann_file: Path) -> dict:
+    """id -> image entry; an id listed twice must name the same file."""
+    out: dict = {}
+    for n, img in enumerate(images):
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise DatasetFormatError(f"{ann_file}: images[{n}] needs 'id' and 'file_name'")
+        seen = out.setdefault(img["id"], img)
+        if seen["file_name"] != img["file_name"]:
+            raise DatasetFormatError(
+                f"{ann_file}: image id {img['id']} is listed for {seen['file_name']} and "
+                f"{img['file_name']}; an image id must identify one file"
+            )
+    return out
 
+
+def coco_table(root: Path, folder: str, split: str) -> tuple[pd.DataFrame, list[str]]:
+    """COCO captions_<folder>.json -> (caption rows as listed, images with no caption).
+
+    Rows are not yet tidied (duplicate ids, empty captions): see caption_tidy.
+    """
     ann_file = annotation_file(root, folder)
     if not ann_file.is_file():
         raise DatasetLayoutError(f"missing caption annotations {ann_file}")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing chatter
-        coco = COCO(str(ann_file))
-    images = {img["id"]: img for img in coco.dataset.get("images", [])}
+    try:
+        data = json.loads(ann_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetFormatError(f"{ann_file} is not valid JSON ({exc})") from None
+    images = _coco_images(data.get("images", []), ann_file)
     rows = []
-    for ann in coco.dataset.get("annotations", []):
+    for n, ann in enumerate(data.get("annotations", [])):
+        if not isinstance(ann, dict) or not {"id", "image_id", "caption"} <= set(ann):
+            raise DatasetFormatError(
+                f"{ann_file}: annotations[{n}] needs 'id', 'image_id' and 'caption'")
         img = images.get(ann["image_id"])
         if img is None:
             raise ValueError(
                 f"{ann_file}: annotation {ann['id']} refers to image {ann['image_id']} that is "
                 "not in 'images'; the annotation file is corrupt or from another split"
             )
-        rows.append((ann["image_id"], ann["id"], " ".join(str(ann["caption"]).split()),
-                     f"{folder}/{img['file_name']}", split))
+        text = clean_caption(ann["caption"], f"{ann_file}: annotation {ann['id']}")
+        rows.append((ann["image_id"], ann["id"], text, f"{folder}/{img['file_name']}", split))
     df = pd.DataFrame(rows, columns=COLUMNS).astype(
         {"image_id": "int64", "caption_id": "int64", "caption": "string", "file_name": "string",
          "split": "string"}
     )
-    df = df.sort_values(["image_id", "caption_id"], kind="stable").reset_index(drop=True)
     captioned = set(df["image_id"].tolist())
     no_caption = sorted(f"{folder}/{img['file_name']}" for i, img in images.items()
                         if i not in captioned)
     return df, no_caption
 
 
-def _warn_caption_problems(df: pd.DataFrame, no_caption: list[str], where: str) -> None:
-    if no_caption:
-        log.warning("%s: %d images have no caption and are left out", where, len(no_caption))
-    empty = int((df["caption"].str.len() == 0).sum())
-    if empty:
-        log.warning("%s: %d empty captions kept (they still count as a caption)", where, empty)
-
-
-def captions_table(root: Path, folder: str, split: str) -> pd.DataFrame:
-    df, no_caption = coco_table(root, folder, split)
-    _warn_caption_problems(df, no_caption, str(annotation_file(root, folder)))
-    return df
-
-
 def build_captions(root: Path, folder: str, split: str, output: Path) -> pd.DataFrame:
-    df = captions_table(root, folder, split)
-    if df.empty:
+    """One COCO-layout folder -> tidied caption Parquet (benchmarks, the CLI below)."""
+    df, no_caption = coco_table(root, folder, split)
+    tidied = tidy_captions(df, no_caption, str(annotation_file(root, folder)))
+    if tidied.captions.empty:
         raise ValueError(f"{annotation_file(root, folder)} holds no captions")
-    write_parquet(output, df)
-    log.info("%s: %d captions of %d images -> %s", split, len(df), df["image_id"].nunique(),
-             output)
-    return df
+    write_parquet(output, tidied.captions[COLUMNS])
+    return tidied.captions
 
 
 # --------------------------------------------------------------------------- any source
@@ -166,10 +174,15 @@ def subset_images(file_names: pd.Series, n: int | None, mode: str, seed: int,
     return file_names.astype(str).isin(set(keep)).to_numpy()
 
 
-def read_split(spec: dict) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """(caption rows of the split, images of it with no caption, notes) before any subset."""
-    from cliptune.data.dataset_formats import read_source
+class SplitRead(NamedTuple):
+    captions: pd.DataFrame  # tidied rows of the split, before any subset
+    no_caption: list[str]  # file names of its images with no (non-empty) caption
+    notes: list[str]  # reader warnings worth repeating in the data report
+    cleaning: dict  # repairs made by caption_tidy: counts and examples
 
+
+def _source_rows(spec: dict) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(rows of the split as the source lists them, images with no caption, notes)."""
     split = spec["split"]
     if spec["source"] in ("demo", "coco"):
         df, no_caption = coco_table(Path(spec["root"]), spec["labels"][0], split)
@@ -185,18 +198,28 @@ def read_split(spec: dict) -> tuple[pd.DataFrame, list[str], list[str]]:
         )
     df["split"] = split
     df = df.astype({"split": "string"})
-    df = df.sort_values(["image_id", "caption_id"], kind="stable").reset_index(drop=True)
     no_caption = sorted(n for lab in labels for n in table.no_caption.get(lab, []))
     return df, no_caption, table.notes
+
+
+def read_split(spec: dict) -> SplitRead:
+    """The split's tidied caption rows (sorted by image, caption id) before any subset."""
+    df, no_caption, notes = _source_rows(spec)
+    where = f"{spec.get('annotations') or spec['root']} ({spec['source']} split " \
+            f"{spec['split']!r})"
+    tidied = tidy_captions(df, no_caption, where)
+    if tidied.no_caption:
+        log.warning("%s: %d images have no caption and are left out", where,
+                    len(tidied.no_caption))
+    return SplitRead(tidied.captions, tidied.no_caption, notes, tidied.record())
 
 
 def build_split_captions(spec: dict, output: Path, source_json: Path | None = None
                          ) -> pd.DataFrame:
     """Read one split of any source, apply the subset, write the Parquet (+ source.json)."""
     split = spec["split"]
-    df, no_caption, notes = read_split(spec)
+    df, no_caption, notes, cleaning = read_split(spec)
     where = f"{spec['source']} split {split!r}"
-    _warn_caption_problems(df, no_caption, where)
     images_before = int(df["file_name"].nunique())
     sub = spec["subset"]
     if sub["images"] is not None:
@@ -220,6 +243,7 @@ def build_split_captions(spec: dict, output: Path, source_json: Path | None = No
             "images": int(df["image_id"].nunique()),
             "captions": len(df),
             "images_without_captions": no_caption,
+            "cleaning": cleaning,
             "notes": notes,
         }
         if "use_restval" in spec:

@@ -54,9 +54,21 @@ def stable_id(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=7).digest(), "big")
 
 
-def clean_caption(text) -> str:
-    """Collapse whitespace (newlines, tabs, runs of spaces); keep unicode as is."""
-    return " ".join(str(text).split())
+def clean_caption(text, where: str = "caption") -> str:
+    """Collapse whitespace (newlines, tabs, runs of spaces); keep unicode as is.
+
+    ``None`` reads as an empty caption (the captions stage drops and counts those).
+    Any other non-string (a number, a list) means the file is not what its format
+    says, so it stops the run naming ``where`` instead of training on ``str(value)``.
+    """
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise DatasetFormatError(
+            f"{where} is {type(text).__name__} {text!r:.60}, not a string; captions must be "
+            "text (fix or drop that entry in the annotation file)"
+        )
+    return " ".join(text.split())
 
 
 def _frame(rows: Iterable[tuple]) -> pd.DataFrame:
@@ -64,22 +76,6 @@ def _frame(rows: Iterable[tuple]) -> pd.DataFrame:
                                            "split"])
     return df.astype({"image_id": "int64", "caption_id": "int64", "caption": "string",
                       "file_name": "string", "split": "string"})
-
-
-def _check_unique_captions(df: pd.DataFrame, where: str) -> None:
-    dup = df["caption_id"].duplicated()
-    if dup.any():
-        raise DatasetFormatError(
-            f"{where}: caption id {int(df.loc[dup, 'caption_id'].iloc[0])} occurs twice; "
-            "caption ids must be unique"
-        )
-    per_image = df.groupby("image_id")["file_name"].nunique()
-    clash = per_image[per_image > 1]
-    if len(clash):
-        raise DatasetFormatError(
-            f"{where}: image id {int(clash.index[0])} names more than one file; image ids "
-            "must identify one image"
-        )
 
 
 def _load_json(path: Path) -> object:
@@ -116,7 +112,11 @@ def read_karpathy(path: Path) -> SourceTable:
             sentences = img.get("sentences") or []
             for s in sentences:
                 text = s["raw"] if "raw" in s else " ".join(s.get("tokens", []))
-                rows.append((image_id, int(s["sentid"]), clean_caption(text), name, label))
+                where = f"{path}: image entry {n} ({name}) sentence {s.get('sentid')}"
+                rows.append((image_id, int(s["sentid"]), clean_caption(text, where), name,
+                             label))
+        except DatasetFormatError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetFormatError(
                 f"{path}: image entry {n} lacks or mangles {exc}; expected split, filename, "
@@ -124,9 +124,7 @@ def read_karpathy(path: Path) -> SourceTable:
             ) from None
         if not sentences:
             no_caption.setdefault(label, []).append(name)
-    df = _frame(rows)
-    _check_unique_captions(df, str(path))
-    return SourceTable(df, no_caption)
+    return SourceTable(_frame(rows), no_caption)
 
 
 # --------------------------------------------------------------------------- Flickr30k CSV
@@ -166,7 +164,6 @@ def read_flickr_results(path: Path) -> SourceTable:
             rows.append((image_id, stable_id(f"{name}#{number}"), clean_caption(comment), name,
                          ""))
     df = _frame(rows)
-    _check_unique_captions(df, str(path))
     for note in notes:
         log.warning(note)
     return SourceTable(df, no_caption, notes)
@@ -212,14 +209,13 @@ def read_user_json(path: Path) -> SourceTable:
             for k, text in enumerate(texts):
                 cid = entry["id"] if keep_ids and len(texts) == 1 else stable_id(
                     f"{label}/{n}/{k}")
-                rows.append((stable_id(name), cid, clean_caption(text), name, label))
+                where = f"{path}: splits.{label}[{n}] caption {k}"
+                rows.append((stable_id(name), cid, clean_caption(text, where), name, label))
                 has_caption[name] = True
         missing = [name for name, ok in has_caption.items() if not ok]
         if missing:
             no_caption[label] = missing
-    df = _frame(rows)
-    _check_unique_captions(df, str(path))
-    return SourceTable(df, no_caption)
+    return SourceTable(_frame(rows), no_caption)
 
 
 # --------------------------------------------------------------------------- folder
@@ -256,9 +252,7 @@ def read_folder(root: Path, labels: Iterable[str]) -> SourceTable:
                              name, label))
     for note in notes[:20]:
         log.warning(note)
-    df = _frame(rows)
-    _check_unique_captions(df, str(root))
-    return SourceTable(df, no_caption, notes)
+    return SourceTable(_frame(rows), no_caption, notes)
 
 
 # --------------------------------------------------------------------------- CSV / Parquet
@@ -313,18 +307,19 @@ def read_table(path: Path, columns: dict) -> SourceTable:
     texts = df[caption_col]
     rows, no_caption = [], {}
     counter: dict[str, int] = {}
-    for name, text, label in zip(names, texts, labels, strict=True):
+    for row, (name, text, label) in enumerate(zip(names, texts, labels, strict=True)):
         k = counter.get(name, 0)
         counter[name] = k + 1
         if text is None or (isinstance(text, float) and np.isnan(text)):
             no_caption.setdefault(label, []).append(name)
             continue
-        rows.append((stable_id(name), stable_id(f"{name}#{k}"), clean_caption(text), name, label))
+        where = f"{path}: row {row} ({caption_col!r})"
+        rows.append((stable_id(name), stable_id(f"{name}#{k}"), clean_caption(text, where),
+                     name, label))
     df_out = _frame(rows)
     captioned = set(df_out["file_name"])
     no_caption = {lab: sorted(set(v) - captioned) for lab, v in no_caption.items()}
     no_caption = {lab: v for lab, v in no_caption.items() if v}
-    _check_unique_captions(df_out, str(path))
     return SourceTable(df_out, no_caption)
 
 
@@ -364,6 +359,22 @@ def needs_holdout(table: SourceTable) -> bool:
     return table.labels() <= {""}
 
 
+def check_one_split_per_image(table: SourceTable, where: str) -> None:
+    """An image listed under two source splits would be trained on and evaluated on."""
+    pairs = table.captions[["file_name", "split"]].astype(str)
+    extra = [(n, lab) for lab, names in table.no_caption.items() for n in names]
+    if extra:
+        pairs = pd.concat([pairs, pd.DataFrame(extra, columns=["file_name", "split"])])
+    labels = pairs.drop_duplicates().groupby("file_name")["split"].agg(sorted)
+    clash = labels[labels.str.len() > 1]
+    if len(clash):
+        shown = "; ".join(f"{name} in {', '.join(labs)}" for name, labs in clash.head(5).items())
+        raise DatasetFormatError(
+            f"{where}: {len(clash)} image(s) are listed under more than one split ({shown}); "
+            "an image must belong to one split, or it is trained on and evaluated on"
+        )
+
+
 def read_source(spec: dict) -> SourceTable:
     """Read the whole source described by a dataset spec (see captions.split_spec)."""
     source = spec["source"]
@@ -386,6 +397,7 @@ def read_source(spec: dict) -> SourceTable:
         table = read_folder(Path(spec["root"]), spec["labels"])
     else:
         raise DatasetFormatError(f"dataset.source {source!r} has no generic reader")
+    check_one_split_per_image(table, str(ann or spec["root"]))
     if needs_holdout(table):
         hold = spec["holdout"]
         table = assign_holdout(table, hold["val"], hold["test"], hold["seed"])

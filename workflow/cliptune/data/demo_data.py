@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from cliptune.config import DEFAULTS
+
 # --------------------------------------------------------------------------- vocabulary
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -520,14 +522,17 @@ def _build_split(
     }
 
 
+DEMO = DEFAULTS["dataset"]["demo"]  # dataset.demo defaults, shared by the CLI below
+
+
 def generate_demo_dataset(
     root: str | os.PathLike,
     train_images: int,
     val_images: int,
-    image_size: int = 96,
-    seed: int = 0,
-    captions_per_image: int = 5,
-    max_shapes: int = 3,
+    image_size: int = DEMO["image_size"],
+    seed: int = DEMO["seed"],
+    captions_per_image: int = DEMO["captions_per_image"],
+    max_shapes: int = DEMO["max_shapes"],
 ) -> dict:
     """Write the demo dataset under ``root`` and return a summary of counts.
 
@@ -567,28 +572,23 @@ def generate_demo_dataset(
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cliptune.data.demo_data",
         description="Generate the synthetic shapes dataset in MS COCO 2014 captions layout.",
     )
     parser.add_argument("--root", required=True, help="output directory")
-    parser.add_argument("--train-images", type=int, default=2000)
-    parser.add_argument("--val-images", type=int, default=500)
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--captions-per-image", type=int, default=5)
-    parser.add_argument("--max-shapes", type=int, default=3)
-    args = parser.parse_args(argv)
-    summary = generate_demo_dataset(
-        args.root,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        image_size=args.image_size,
-        seed=args.seed,
-        captions_per_image=args.captions_per_image,
-        max_shapes=args.max_shapes,
-    )
+    # One option per dataset.demo key with its config default: the CLI writes what the
+    # workflow would, and a key added to the schema becomes an option here.
+    for key, value in DEMO.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value,
+                            help=f"dataset.demo.{key} (default {value})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = vars(build_parser().parse_args(argv))
+    summary = generate_demo_dataset(args.pop("root"), **args)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -28,7 +28,7 @@ from cliptune.data.feature_keys import feature_key, feature_spec  # noqa: F401 -
 from cliptune.data.image_cache import open_cache
 from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, write_json
-from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD, TRUNK_CHANNELS, build_trunk
+from cliptune.models.image_tower import TRUNK_CHANNELS, build_trunk, input_stats
 from cliptune.runtime import autocast_dtype, pick_device, progress, seed_everything, setup_logging
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,9 @@ def build_spec_trunk(spec: Mapping) -> torch.nn.Module:
     return build_trunk(spec["backbone"], spec["weights"]).eval()
 
 
-def normalize_uint8(images: torch.Tensor, device) -> torch.Tensor:
+def normalize_uint8(images: torch.Tensor, device, backbone: str) -> torch.Tensor:
     """Same arithmetic as ImageEncoder.normalize_uint8, so features equal the pixel path's."""
-    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in input_stats(backbone))
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     return ((x / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last)
 
@@ -77,7 +76,8 @@ def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out
     trunk = trunk.to(dev, memory_format=torch.channels_last)
     n, size = pixels.shape[0], pixels.shape[1]
     with torch.autocast(dev.type, enabled=False):
-        probe = trunk(normalize_uint8(torch.zeros(1, size, size, 3, dtype=torch.uint8), dev))
+        probe = trunk(normalize_uint8(torch.zeros(1, size, size, 3, dtype=torch.uint8), dev,
+                                     spec["backbone"]))
     shape = (n, probe.shape[1]) if spec["mode"] == "pooled" else (n, *probe.shape[1:])
     dtype = POOLED_DTYPE if spec["mode"] == "pooled" else MAP_DTYPE
     with atomic_path(out_array) as tmp:
@@ -86,7 +86,7 @@ def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out
                               disable=not show_progress, unit="batch"):
             batch = torch.from_numpy(np.array(pixels[start:start + batch_size]))  # writable copy
             with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                feats = trunk(normalize_uint8(batch, dev))
+                feats = trunk(normalize_uint8(batch, dev, spec["backbone"]))
             if spec["mode"] == "pooled":
                 feats = feats.float().mean(dim=(2, 3))  # == AdaptiveAvgPool2d(1) + Flatten
             out[start:start + len(batch)] = feats.float().cpu().numpy().astype(dtype)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-# The torchvision ResNets of cliptune.models.image_tower.TRUNK_CHANNELS (a test keeps them in sync).
-RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+# The trunks of cliptune.models.image_tower.TRUNK_CHANNELS (a test keeps them in sync).
+TRUNK_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0")
 
 
 def _augments(train_cfg: Mapping, variant: Mapping) -> bool:
@@ -28,16 +28,16 @@ def _augments(train_cfg: Mapping, variant: Mapping) -> bool:
 def feature_spec(variant: Mapping) -> dict | None:
     """What to cache for ``variant``, or None when its trunk output can change during training.
 
-    Needs a torchvision ResNet trunk that is wholly frozen (``freeze_backbone:
+    Needs a trunk (ResNet or EfficientNet-Lite0) that is wholly frozen (``freeze_backbone:
     true``, no partially trainable stages, BatchNorm statistics frozen) and no
     image augmentation. A random-init trunk depends on the seed, so the seed is
     part of the key then.
     """
     model = variant.get("model", {})
     train = variant.get("train", {})
-    if model.get("kind", "resnet") != "resnet":  # whole-CLIP variants have no ResNet trunk
+    if model.get("kind", "resnet") != "resnet":  # whole-CLIP variants have no such trunk
         return None
-    if model.get("backbone") not in RESNET_BACKBONES or model.get("freeze_backbone") is not True:
+    if model.get("backbone") not in TRUNK_BACKBONES or model.get("freeze_backbone") is not True:
         return None
     if model.get("trainable_stages") or model.get("freeze_bn_stats", True) is False:
         return None

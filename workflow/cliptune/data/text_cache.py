@@ -50,6 +50,12 @@ def build_text_cache(
 
 def load_text_cache(path: Path, captions: pd.DataFrame) -> torch.Tensor:
     """Embeddings aligned with ``captions`` (which may be a filtered subset of the cache)."""
+    if captions["caption_id"].duplicated().any():  # a Parquet from before caption_tidy
+        dup = captions.loc[captions["caption_id"].duplicated(), "caption_id"].head(5).tolist()
+        raise RuntimeError(
+            f"captions table has duplicate caption ids (e.g. {dup}); rerun the captions rule "
+            f"(snakemake --forcerun captions), which makes them unique, then {path.name}"
+        )
     data = load_file(str(path))
     ids = data["caption_id"].numpy()
     pos = pd.Series(np.arange(len(ids)), index=ids)

@@ -14,7 +14,7 @@ def build_model(variant: dict, embed_dim: int):
     """The variant's model (``model.kind``): a ResNet tower over cached text (ClipHead),
     a pretrained HF CLIP, or a from-scratch dual encoder (cliptune.models.hf_clip.HFClip).
     All expose encode_images / embed_texts / text_from_cache / scale()."""
-    kind = variant["model"].get("kind", "resnet")
+    kind = variant["model"]["kind"]
     if kind == "resnet":
         return ClipHead(variant["model"], variant["train"], embed_dim, variant["image_size"])
     from cliptune.models.hf_clip import HFClip

@@ -125,7 +125,7 @@ class HFClip(nn.Module):
         # cache was built from the same checkpoint: reuse it (no tokenizing per step).
         same_model = (self.kind == "clip"
                       and variant["text_encoder"]["model"] == mcfg["clip"]["model"]
-                      and variant["text_encoder"].get("pooling", "auto") in ("auto", "clip"))
+                      and variant["text_encoder"]["pooling"] in ("auto", "clip"))
         self.text_from_cache = not text_trained and same_model
         self.text_trained = text_trained
         tcfg_text = self.clip.config.text_config

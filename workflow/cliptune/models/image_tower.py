@@ -1,4 +1,5 @@
-"""Image tower: torchvision ResNet trunk, pooling, projection head into text space."""
+"""Image tower: ImageNet trunk (torchvision ResNet or EfficientNet-Lite0), pooling,
+projection head into text space."""
 
 from __future__ import annotations
 
@@ -10,19 +11,48 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from cliptune.models import efficientnet_lite
+
 # CLIP's preprocessing statistics; the text tower was trained against them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-TRUNK_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+TRUNK_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
+                  "efficientnet_lite0": efficientnet_lite.FEATURES}
+
+
+def input_stats(backbone: str) -> tuple[tuple, tuple]:
+    """(mean, std) the trunk normalises with. The lab's ResNet uses CLIP's statistics (as
+    the handout specifies); EfficientNet-Lite0 its own [-1, 1] scaling, which its
+    ImageNet weights were trained with."""
+    if backbone == "efficientnet_lite0":
+        return efficientnet_lite.MEAN, efficientnet_lite.STD
+    return CLIP_MEAN, CLIP_STD
 
 
 class WeightsUnavailableError(RuntimeError):
     pass
 
 
+class SpatialAttentionPool(nn.Module):
+    """The lab's ``use_attention_pooling``: a learned score per spatial location
+    (a small MLP over its C features), softmax over the H*W locations, and the
+    features' weighted sum. [B, C, H, W] -> weights [B, H*W, 1] -> [B, C]."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x.flatten(2).transpose(1, 2)).softmax(dim=1)  # B, HW, 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)  # B, HW, C
+        return (self.weights(x) * tokens).sum(dim=1)
+
+
 class AttentionPool2d(nn.Module):
-    """CLIP's attention pooling: the mean token queries the flattened feature map
+    """CLIP's attention pooling (``pooling: clip_attention``): the mean token queries the flattened feature map
     (with a learned positional embedding) through multi-head attention."""
 
     def __init__(self, spatial: int, channels: int, heads: int):
@@ -49,24 +79,28 @@ class AttentionPool2d(nn.Module):
 
 def projection_head(in_dim: int, out_dim: int, hidden_dim: int, depth: int, norm: str,
                     dropout: float) -> nn.Sequential:
-    """Linear -> [norm] -> GELU -> [dropout] ... -> Linear (depth Linear layers)."""
+    """Linear -> [norm] -> GELU -> [dropout] ... -> Linear -> [norm] (depth Linear layers).
+
+    The norm follows *each* Linear, the last included: the lab's ``use_batch_norm``
+    head is Linear -> BatchNorm -> GELU -> Linear -> BatchNorm.
+    """
+    norms = {"batchnorm": nn.BatchNorm1d, "layernorm": nn.LayerNorm}
     layers: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(depth - 1):
-        layers.append(nn.Linear(dim, hidden_dim))
-        if norm == "batchnorm":
-            layers.append(nn.BatchNorm1d(hidden_dim))
-        elif norm == "layernorm":
-            layers.append(nn.LayerNorm(hidden_dim))
-        layers.append(nn.GELU())
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim))
+    dims = [in_dim] + [hidden_dim] * (depth - 1) + [out_dim]
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(d_in, d_out))
+        if norm in norms:
+            layers.append(norms[norm](d_out))
+        if i < depth - 1:
+            layers.append(nn.GELU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
 def build_trunk(backbone: str, weights: str | None) -> nn.Sequential:
+    if backbone == "efficientnet_lite0":
+        return _efficientnet_trunk(weights)
     builder = getattr(torchvision.models, backbone)
     weight_enum = None
     if weights:
@@ -93,14 +127,28 @@ def build_trunk(backbone: str, weights: str | None) -> nn.Sequential:
                          net.layer3, net.layer4)
 
 
+def _efficientnet_trunk(weights: str | None) -> nn.Sequential:
+    net = efficientnet_lite.EfficientNetLite0()
+    if weights not in (None, "imagenet"):
+        raise ValueError(f"model.weights = {weights!r} is not an efficientnet_lite0 weight; use "
+                         "imagenet (the packaged ImageNet weights) or null")
+    if weights:
+        try:
+            efficientnet_lite.load_imagenet(net)
+        except (ImportError, OSError) as exc:
+            raise WeightsUnavailableError(str(exc)) from exc
+    return nn.Sequential(net)
+
+
 # Index of the first module of each residual stage inside the trunk Sequential:
 # conv1, bn1, relu, maxpool, layer1..layer4.
 STAGE_START = {1: 4, 2: 5, 3: 6, 4: 7}
 
 
-def frozen_trunk_modules(cfg: Mapping) -> int:
-    """How many leading trunk modules are frozen: all (freeze_backbone), the stem plus
-    the first 4 - N stages (trainable_stages: N), or none."""
+def frozen_trunk_modules(cfg: Mapping, n_modules: int = 8) -> int:
+    """How many of the trunk's ``n_modules`` leading modules are frozen: all
+    (freeze_backbone), the stem plus the first 4 - N ResNet stages
+    (trainable_stages: N), or none."""
     stages = cfg.get("trainable_stages")
     if cfg.get("freeze_backbone"):
         if stages not in (None, 0):
@@ -108,10 +156,13 @@ def frozen_trunk_modules(cfg: Mapping) -> int:
                 f"model.freeze_backbone = true conflicts with model.trainable_stages = {stages}; "
                 "set one of them"
             )
-        return 8
+        return n_modules
     if stages is None:
         return 0
-    return 8 if stages == 0 else STAGE_START[5 - stages]
+    if stages and not cfg["backbone"].startswith("resnet"):
+        raise ValueError(f"model.trainable_stages counts ResNet stages; with model.backbone = "
+                         f"{cfg['backbone']} use freeze_backbone: true/false instead")
+    return n_modules if stages == 0 else STAGE_START[5 - stages]
 
 
 def freeze_trunk(trunk: nn.Sequential, n_frozen: int) -> list[nn.Module]:
@@ -127,23 +178,30 @@ def to_unit_float(images: torch.Tensor, device) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+def build_pool(cfg: Mapping, channels: int, image_size: int) -> nn.Module:
+    """``model.pooling``: avg, attention (the lab's spatial attention) or clip_attention."""
+    if cfg["pooling"] == "attention":
+        return SpatialAttentionPool(channels, cfg["attention_hidden"])
+    if cfg["pooling"] == "clip_attention":
+        spatial = max(1, math.ceil(image_size / 32))
+        return AttentionPool2d(spatial, channels, cfg["attention_heads"])
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, cfg: Mapping, embed_dim: int, image_size: int):
         super().__init__()
         self.trunk = build_trunk(cfg["backbone"], cfg.get("weights"))
         channels = TRUNK_CHANNELS[cfg["backbone"]]
-        if cfg["pooling"] == "attention":
-            spatial = max(1, math.ceil(image_size / 32))
-            self.pool: nn.Module = AttentionPool2d(spatial, channels, cfg["attention_heads"])
-        else:
-            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.pool = build_pool(cfg, channels, image_size)
         head = cfg["head"]
         self.head = projection_head(channels, embed_dim, head["hidden_dim"], head["depth"],
                                     head["norm"], head["dropout"])
-        self.frozen = freeze_trunk(self.trunk, frozen_trunk_modules(cfg))
+        self.frozen = freeze_trunk(self.trunk, frozen_trunk_modules(cfg, len(self.trunk)))
         self.freeze_bn_stats = bool(cfg.get("freeze_bn_stats", True))
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = input_stats(cfg["backbone"])
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True):
         super().train(mode)

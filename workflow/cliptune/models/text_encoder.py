@@ -52,8 +52,8 @@ def _fix_message(model: str, exc: Exception) -> str:
         f"cannot load text encoder {model!r}: it is not in the local Hugging Face cache "
         f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub is "
         f"unreachable ({type(exc).__name__}). Fix one of: run "
-        f"`huggingface-cli download {model}` on a machine with internet and copy the cache "
-        "to HF_HOME here; set text_encoder.model to a local directory saved with "
+        f"`hf download {model}` on a machine with internet and copy the cache to HF_HOME "
+        "here; set text_encoder.model to a local directory saved with "
         "save_pretrained; or use text_encoder.model: offline-minilm (the offline demo encoder)."
     )
 

@@ -26,14 +26,14 @@ from cliptune.evaluation.bootstrap import (
     resample_counts,
     resampled_metrics,
 )
+from cliptune.evaluation.retrieval_metrics import DEFAULT_KS, RSUM_KS
 from cliptune.io_utils import atomic_path
 from cliptune.reporting.ablation_chart import plot_ablation
 
 log = logging.getLogger(__name__)
 
-KS = (1, 5, 10)
 DIRECTIONS = ("i2t", "t2i")
-METRICS = [f"{d}_R@{k}" for d in DIRECTIONS for k in KS] + ["rsum"]
+METRICS = [f"{d}_R@{k}" for d in DIRECTIONS for k in RSUM_KS] + ["rsum"]
 COLUMNS = ["variant", *METRICS]
 PAIRED_COLUMNS = ["variant", "baseline", "metric", "diff", "lo", "hi", "excludes_zero",
                   "confidence", "resamples"]
@@ -54,15 +54,15 @@ def ablation_table(metric_files: dict[str, Path]) -> pd.DataFrame:
 
 
 def _metric_names(ks: Sequence[int]) -> list[str]:
-    """R@K of both directions for the table's and the chart's cut-offs, then rsum (over KS)."""
-    ks = sorted(set(KS) | set(ks))
+    """R@K of both directions for the table's and the chart's cut-offs, then rsum (RSUM_KS)."""
+    ks = sorted(set(RSUM_KS) | set(ks))
     return [f"{d}_R@{k}" for d in DIRECTIONS for k in ks] + ["rsum"]
 
 
-def interval_frame(ranks_files: Mapping[str, Path], settings: Mapping, ks=KS) -> pd.DataFrame:
-    """Bootstrap interval of every R@K (table and chart cut-offs) and of rsum over KS:
+def interval_frame(ranks_files: Mapping[str, Path], settings: Mapping, ks=DEFAULT_KS) -> pd.DataFrame:
+    """Bootstrap interval of every R@K (table and chart cut-offs) and of rsum over RSUM_KS:
     one row per variant, columns ``{metric}_lo`` / ``{metric}_hi``."""
-    all_ks = sorted(set(KS) | set(ks))
+    all_ks = sorted(set(RSUM_KS) | set(ks))
     rows, counts_by_size = [], {}
     for variant, path in ranks_files.items():
         ranks = load_ranks(path)
@@ -70,7 +70,7 @@ def interval_frame(ranks_files: Mapping[str, Path], settings: Mapping, ks=KS) ->
         if n not in counts_by_size:
             counts_by_size[n] = resample_counts(n, settings["resamples"], settings["seed"])
         counts = counts_by_size[n]
-        stats = resampled_metrics(ranks, all_ks, counts, rsum_ks=KS)
+        stats = resampled_metrics(ranks, all_ks, counts, rsum_ks=RSUM_KS)
         row = {"variant": variant}
         for name, samples in stats.items():
             row[f"{name}_lo"], row[f"{name}_hi"] = percentile_interval(
@@ -79,7 +79,7 @@ def interval_frame(ranks_files: Mapping[str, Path], settings: Mapping, ks=KS) ->
     return pd.DataFrame(rows).set_index("variant")
 
 
-def seed_frame(run_files: Mapping[str, Sequence[Path]], ks=KS) -> pd.DataFrame:
+def seed_frame(run_files: Mapping[str, Sequence[Path]], ks=DEFAULT_KS) -> pd.DataFrame:
     """Per variant: ``n_seeds`` and the mean / sample std over its runs of every metric
     (std is NaN for a single run: one seed says nothing about training randomness)."""
     names = _metric_names(ks)
@@ -101,19 +101,19 @@ def seed_frame(run_files: Mapping[str, Sequence[Path]], ks=KS) -> pd.DataFrame:
 
 
 def paired_frame(ranks_files: Mapping[str, Path], baseline: str, settings: Mapping,
-                 ks=KS) -> pd.DataFrame:
+                 ks=DEFAULT_KS) -> pd.DataFrame:
     """Paired bootstrap difference (variant − baseline, same resamples) of every metric,
     one row per (variant, metric) for each variant other than the baseline."""
     if baseline not in ranks_files:
         raise ValueError(f"baseline {baseline!r} has no ranks; variants: {sorted(ranks_files)}")
-    all_ks = sorted(set(KS) | set(ks))
+    all_ks = sorted(set(RSUM_KS) | set(ks))
     base = load_ranks(ranks_files[baseline])
     rows = []
     for variant, path in ranks_files.items():
         if variant == baseline:
             continue
         diffs = paired_differences(load_ranks(path), base, all_ks, settings,
-                                   names=(variant, baseline), rsum_ks=KS)
+                                   names=(variant, baseline), rsum_ks=RSUM_KS)
         for metric, d in diffs["differences"].items():
             rows.append({"variant": variant, "baseline": baseline, "metric": metric, **d,
                          "confidence": diffs["confidence"], "resamples": diffs["resamples"]})
@@ -153,7 +153,7 @@ def extended_table(table: pd.DataFrame, ci: pd.DataFrame, seeds: pd.DataFrame,
 def write_ablation(metric_files: Mapping[str, Path], ranks_files: Mapping[str, Path],
                    run_files: Mapping[str, Sequence[Path]], baseline: str,
                    settings: Mapping, csv_out: Path, png_out: Path, paired_out: Path,
-                   ks=KS) -> pd.DataFrame:
+                   ks=DEFAULT_KS) -> pd.DataFrame:
     """ablation.csv, paired_vs_baseline.csv and the chart, from metrics and ranks files.
 
     ``run_files``: variant -> metrics.json of every run (primary first); ``settings``:

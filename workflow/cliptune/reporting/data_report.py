@@ -49,6 +49,11 @@ def split_report(captions: pd.DataFrame, index: pd.DataFrame, source: dict) -> d
     problems = [{"file_name": r.file_name, "reason": _reason(r.problem), "detail": r.problem}
                 for r in bad.itertuples()]
     no_caption = source.get("images_without_captions", [])
+    # Repairs of the captions stage (cliptune.data.caption_tidy); empty captions were
+    # excluded there, so the Parquet itself holds none from a current run.
+    cleaning = source.get("cleaning") or {}
+    dropped_empty = int(cleaning.get("empty_captions_dropped", 0))
+    empty_names = (cleaning.get("examples") or {}).get("empty_caption_images", [])
     report = {
         "source_splits": source.get("source_splits"),
         "images": int(captions["image_id"].nunique()),
@@ -61,8 +66,10 @@ def split_report(captions: pd.DataFrame, index: pd.DataFrame, source: dict) -> d
                                sorted(per_image.value_counts().items())},
         "caption_words": _stats(words),
         "caption_chars": _stats(texts.str.len().to_numpy(np.int64)),
-        "empty_captions": len(empty),
-        "empty_caption_images": empty["file_name"].astype(str).head(MAX_LISTED).tolist(),
+        "empty_captions": len(empty) + dropped_empty,
+        "empty_caption_images": (empty_names + empty["file_name"].astype(str).tolist())[
+            :MAX_LISTED],
+        "cleaning": cleaning,
         "duplicate_captions_within_image": int(within.sum()),
         "captions_shared_by_several_images": int(len(shared)),
         "most_shared_captions": [{"caption": t, "images": int(n)}
@@ -113,6 +120,26 @@ def build_data_report(splits: list[str], captions: list[Path], sources: list[Pat
     return report
 
 
+CLEANING_TEXT = {
+    "empty_captions_dropped": "empty or whitespace-only captions excluded",
+    "repeated_captions_dropped": "annotations listed twice, kept once",
+    "caption_ids_reassigned": "captions that reused another caption's id, given fresh ids",
+    "images_merged": "repeated image entries (one file under several ids) merged",
+}
+
+
+def _md_cleaning(cleaning: dict) -> list[str]:
+    """One line per repair the captions stage made (nothing when the file was clean)."""
+    examples = cleaning.get("examples") or {}
+    lines = []
+    for key, text in CLEANING_TEXT.items():
+        if cleaning.get(key):
+            ex = examples.get(key) or []
+            lines.append(f"- {text}: {cleaning[key]}"
+                         + (f" (e.g. {', '.join(map(str, ex))})" if ex else ""))
+    return lines
+
+
 def _md_stats(s: dict) -> str:
     return f"{s['min']} / {s['mean']} / {s['median']} / {s['p95']} / {s['max']}"
 
@@ -145,6 +172,7 @@ def render_markdown(report: dict) -> str:
                      f"images: {s['captions_shared_by_several_images']}")
         for d in s["most_shared_captions"][:5]:
             lines.append(f"  - \"{d['caption']}\" ({d['images']} images)")
+        lines += _md_cleaning(s.get("cleaning") or {})
         if s["images_without_captions"]:
             lines.append(f"- images without captions (left out): "
                          f"{', '.join(s['images_without_captions_list'][:10])}"

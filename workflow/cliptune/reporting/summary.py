@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cliptune.config import UNTRAINED
+from cliptune.evaluation.retrieval_metrics import DEFAULT_KS
 from cliptune.io_utils import write_text
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
@@ -146,7 +148,7 @@ def _rel(path, base_dir: Path) -> str:
 
 def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, out: Path, ablation_png: Path | None = None,
-                  overlay_png: Path | None = None, untrained: str = "untrained") -> str:
+                  overlay_png: Path | None = None, untrained: str = UNTRAINED) -> str:
     """Markdown text of the summary.
 
     ``variants[name]`` holds paths: metrics, train_report, history, zero_shot (optional)
@@ -164,7 +166,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
         }
     names = list(data)
     any_metrics = next((d["metrics"] for d in data.values() if d["metrics"]), {})
-    ks = _ks(any_metrics) or [1, 5, 10]
+    ks = _ks(any_metrics) or list(DEFAULT_KS)
     rsum = {n: _rsum(d["metrics"], ks) for n, d in data.items()}
     ranked = sorted((n for n in names if math.isfinite(rsum[n])), key=lambda n: -rsum[n])
     best = ranked[0] if ranked else None
@@ -199,7 +201,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
                     + [_fmt(rsum[n]), _fmt(m.get("i2t_medr")), _fmt(m.get("t2i_medr")),
                        _fmt(m.get("i2t_mrr"), 3), _fmt(m.get(f"i2t_mAP@{ks[-1]}"))])
     comparable = bool(report.get("anchors_comparable")) and dataset.get("source") == "coco"
-    anchor_ks = [k for k in ks if k in (1, 5, 10)]
+    anchor_ks = [k for k in ks if all(f"i2t_R@{k}" in v for v in ANCHORS.values())]
     if comparable:
         for a, vals in ANCHORS.items():
             rows.append([f"*{a}, published*"] + [_fmt(vals.get(f"i2t_R@{k}")) for k in ks]

@@ -45,8 +45,9 @@ from cliptune.training.distributed import (
 )
 from cliptune.training.hard_negatives import build_index
 from cliptune.training.losses import batch_loss
+from cliptune.training.optim import build_optimizer, warmup_steps
 from cliptune.training.preemption import CheckpointTimer, PreemptedError, SignalGuard
-from cliptune.training.schedule import param_groups, warmup_cosine
+from cliptune.training.schedule import warmup_cosine
 from cliptune.training.step import StepContext, accumulated_backward, embed, prepare
 from cliptune.training.train_log import TrainLogger
 
@@ -185,9 +186,8 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
             f"{train_data.n_images} training images; lower the batch size or accum_steps"
         )
     total_steps = steps_per_epoch * tcfg["epochs"]
-    optimizer = torch.optim.AdamW(param_groups(model, tcfg["weight_decay"], tcfg["lr"],
-                                               tcfg["head_lr"]), lr=tcfg["lr"])
-    scheduler = warmup_cosine(optimizer, total_steps, int(tcfg["warmup_fraction"] * total_steps))
+    optimizer = build_optimizer(model, tcfg)
+    scheduler = warmup_cosine(optimizer, total_steps, warmup_steps(tcfg, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     config_hash = resume_hash(variant)

@@ -1,0 +1,40 @@
+"""The optimiser and warmup length a variant's ``train`` section asks for."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+
+from cliptune.training.schedule import param_groups
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(model: torch.nn.Module, tcfg: Mapping) -> torch.optim.Optimizer:
+    """``train.optimizer``: adamw (decoupled decay, the lab's), adam (decay as an L2
+    penalty) or sgd with ``train.momentum``. Biases, norms and the temperature get no
+    weight decay in every case (cliptune.training.schedule.param_groups)."""
+    groups = param_groups(model, tcfg["weight_decay"], tcfg["lr"], tcfg["head_lr"])
+    name = tcfg["optimizer"]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=tcfg["lr"])
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=tcfg["lr"])
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=tcfg["lr"], momentum=tcfg["momentum"])
+    raise ValueError(f"train.optimizer = {name!r} is not supported; use adamw, adam or sgd")
+
+
+def warmup_steps(tcfg: Mapping, total_steps: int) -> int:
+    """``train.warmup_steps`` when set (the handout's 500), else ``warmup_fraction`` of
+    all optimiser steps."""
+    steps = tcfg["warmup_steps"]
+    if steps is None:
+        return int(tcfg["warmup_fraction"] * total_steps)
+    if total_steps and steps >= total_steps:
+        log.warning("train.warmup_steps = %d >= the run's %d optimiser steps: the learning "
+                    "rate never reaches train.lr; lower warmup_steps or use warmup_fraction",
+                    steps, total_steps)
+    return int(steps)
