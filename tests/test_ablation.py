@@ -96,3 +96,24 @@ def test_variants_on_different_images_cannot_be_paired(study):
     run_files["small"] = [metrics["small"]]
     with pytest.raises(ValueError, match="cannot pair 'small' with 'baseline'"):
         run_ablation(tmp_path, metrics, ranks, run_files)
+
+
+def test_summary_parts_follow_the_paired_interval(study):
+    from cliptune.reporting.comparison import (
+        Comparison,
+        comparison_observations,
+        comparison_section,
+    )
+
+    tmp_path = study[0]
+    run_ablation(*study)
+    comp = Comparison.load(tmp_path / "out" / "a.csv", tmp_path / "out" / "paired.csv",
+                           "baseline")
+    table = "\n".join(comparison_section(comp))
+    assert "| better |" in table and "better than the baseline |" in table
+    assert "(2 seeds)" in table and "| baseline (baseline) |" in table
+    assert "| same |" in table and "not distinguishable from the baseline at this size |" in table
+    obs = comparison_observations(comp)
+    assert obs[0].startswith("Better than the baseline") and "`better`" in obs[0]
+    assert "`same`" in obs[1] and obs[1].startswith("Not distinguishable")
+    assert "`better` " in obs[2] and "(2 seeds)" in obs[2]  # training randomness

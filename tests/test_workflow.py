@@ -79,6 +79,12 @@ def test_outputs_of_every_stage(finished_run):
     assert ((table["rsum_lo"] <= table["rsum"]) & (table["rsum"] <= table["rsum_hi"])).all()
     paired = pd.read_csv(w / "results/paired_vs_baseline.csv")
     assert set(paired["variant"]) == {"bn_head", "untrained"}
+    # The summary shows the intervals and words its verdicts by the paired interval.
+    summary = (w / "results/summary.md").read_text()
+    assert "## Compared with the baseline" in summary and "95% bootstrap interval" in summary
+    verdicts = ("better than the baseline", "worse than the baseline",
+                "not distinguishable from the baseline at this size")
+    assert any(v in summary.split("## Compared with the baseline")[1] for v in verdicts)
     assert list(table["variant"]) == ["baseline", "bn_head", "untrained"]
     assert ((table.iloc[:, 1:7] >= 0) & (table.iloc[:, 1:7] <= 100)).all().all()
     assert (w / "results/ablation_bar.png").stat().st_size > 10_000

@@ -187,6 +187,7 @@ def loss_overlay(smk) -> None:
 
 
 def summary(smk) -> None:
+    from cliptune.reporting.comparison import Comparison
     from cliptune.reporting.summary import write_summary
     from cliptune.reporting.variant_figures import FIGURES
 
@@ -201,7 +202,9 @@ def summary(smk) -> None:
     }
     write_summary(Path(smk.output[0]), variants, smk.params.baseline,
                   json.loads(smk.params.dataset), json.loads(smk.params.report),
-                  Path(smk.input.ablation_png), Path(smk.input.overlay_png))
+                  Path(smk.input.ablation_png), Path(smk.input.overlay_png),
+                  comparison=Comparison.load(Path(smk.input.ablation_csv),
+                                             Path(smk.input.paired), smk.params.baseline))
 
 
 def run(smk, stage: Callable) -> None:

@@ -89,6 +89,9 @@ rule summary:
             figure=VARIANT_FIGURES,
         ),
         ablation_png=ABLATION_PNG,
+        # Intervals, seed spread and paired differences, exactly as the table holds them.
+        ablation_csv=ABLATION_CSV,
+        paired=PAIRED_CSV,
         overlay_png=LOSS_OVERLAY_PNG,
     output:
         report(
