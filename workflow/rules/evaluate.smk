@@ -2,6 +2,8 @@ rule evaluate:
     input:
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
         model=f"{VARIANT_DIR}/model.safetensors",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         metrics=f"{VARIANT_DIR}/metrics.json",
         recall=f"{VARIANT_DIR}/recall.csv",
@@ -39,6 +41,8 @@ rule figures:
         unpack(lambda w: instances_input(CFG, RESOLVED[w.variant]["eval"]["split"])),
         embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
         metrics=f"{VARIANT_DIR}/metrics.json",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         text_to_image=report(
             f"{FIGURE_DIR}/text_to_image.png",

@@ -10,6 +10,8 @@ rule hpo:
     input:
         unpack(lambda w: pair_inputs(w.variant, "train", "train")),
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         overlay=f"{HPO_DIR}/best_overlay.yaml",
         trials=f"{HPO_DIR}/trials.csv",

@@ -5,6 +5,8 @@ rule train:
         # Cached trunk features, only for fully frozen, un-augmented variants (features.smk).
         unpack(lambda w: feature_inputs(w.variant, "train", "train")),
         unpack(lambda w: feature_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         model=f"{VARIANT_DIR}/model.safetensors",
         history=f"{VARIANT_DIR}/history.csv",
