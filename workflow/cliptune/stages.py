@@ -18,6 +18,13 @@ from cliptune.runtime import set_threads, setup_logging
 log = logging.getLogger("cliptune.stage")
 
 
+def weights(smk) -> None:
+    from cliptune.models.weights import fetch_weights
+
+    marker = Path(smk.output[0])  # {root}/hf/<repo>.json or {root}/torchvision/<file>.json
+    fetch_weights(json.loads(smk.params.spec), marker, marker.parents[1])
+
+
 def demo_dataset(smk) -> None:
     from cliptune.data.demo_data import generate_demo_dataset
 
@@ -204,6 +211,12 @@ def run(smk, stage: Callable) -> None:
     try:
         # Before torch starts CUDA: the job sees only the GPUs its `gpu` resource got.
         assign_gpus(int(getattr(smk.resources, "gpu", 0) or 0))
+        if stage is not weights:
+            # Models load only what the weights rule fetched, never from the network
+            # (compute nodes are often offline). Set before transformers is imported.
+            from cliptune.models.weights import use_local_weights
+
+            use_local_weights()
         stage(smk)
     except Exception:
         log.exception("stage %s failed", stage.__name__)

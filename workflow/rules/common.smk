@@ -8,12 +8,15 @@ from cliptune.cli_config import typed_cli_overrides
 from cliptune.data.captions import annotation_file, check_sources
 from cliptune.gpus import GpuRequestError, gpu_request, local_gpu_limit
 from cliptune.job_resources import grow
+from cliptune.models.weights import WEIGHTS_DIR, encoder_markers, needed_weights, weight_key
+from cliptune.models.weights import marker_path as weights_marker
 from cliptune.config import (
     ConfigError,
     canonical_json,
     encoder_key,
     load_config,
     resolve_variant,
+    split_names,
     variant_names,
 )
 
@@ -26,7 +29,10 @@ except ConfigError as exc:
 ENV = "../../environment.yml"
 DS = CFG["dataset"]["name"]
 ROOT = CFG["dataset"]["root"]
-SPLITS = CFG["dataset"]["splits"]
+# dataset.splits plus the `select` holdout of train when selection needs one.
+SPLITS = split_names(CFG["dataset"])
+# Train-time validation, best epoch, early stopping and HPO use it; evaluate never does.
+SELECT = CFG["dataset"]["selection"]["split"]
 VARIANTS = variant_names(CFG)
 RESOLVED = {name: resolve_variant(CFG, name) for name in VARIANTS}
 # GPUs each variant's train job asks for ({"gpu": total, "gres": per node}); a request
@@ -38,6 +44,10 @@ try:
     }
 except GpuRequestError as exc:
     raise WorkflowError(str(exc)) from None
+# Pretrained weights, fetched once on the submit host (weights.smk). Per checkpoint
+# key: its spec; per variant: the markers its model-loading jobs wait for.
+WEIGHT_SPECS = {weight_key(s): s for v in RESOLVED.values() for s in needed_weights(v)}
+VARIANT_WEIGHTS = {n: [weights_marker(s) for s in needed_weights(v)] for n, v in RESOLVED.items()}
 # Encoder cache key -> encoder settings, for every encoder some variant uses.
 ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
 

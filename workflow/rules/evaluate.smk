@@ -2,6 +2,8 @@ rule evaluate:
     input:
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
         model=f"{VARIANT_DIR}/model.safetensors",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         metrics=f"{VARIANT_DIR}/metrics.json",
         recall=f"{VARIANT_DIR}/recall.csv",
@@ -40,6 +42,8 @@ rule figures:
         # Queries and prompts go through the text tower evaluate used: the trained one
         # (LoRA, unlocked or from-scratch towers) or the frozen text encoder.
         model=f"{VARIANT_DIR}/model.safetensors",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         text_to_image=report(
             f"{FIGURE_DIR}/text_to_image.png",

@@ -6,7 +6,10 @@ HPO_DIR = f"{RESULTS}/hpo/{{variant}}"
 rule hpo:
     input:
         unpack(lambda w: pair_inputs(w.variant, "train", "train")),
-        unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # Trials are scored on the selection split, never on the reported eval.split.
+        unpack(lambda w: pair_inputs(w.variant, SELECT, "val")),
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         overlay=f"{HPO_DIR}/best_overlay.yaml",
         trials=f"{HPO_DIR}/trials.csv",

@@ -91,6 +91,7 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
                                 block_size=ecfg["block_size"], device=device)
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics.update({"variant": variant["name"], "split": ecfg["split"],
+                    "reported_on": {"split": ecfg["split"], "images": data.n_images},
                     "temperature": float(1.0 / model.scale().detach())})
     write_json(out_dir / "metrics.json", metrics)
     rows = [{"direction": d, "K": k, "recall": metrics[f"{d}_R@{k}"]}
