@@ -16,12 +16,14 @@ REPORT = {"anchors_comparable": False}
 
 
 def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
-                 batch_size: int = 32, norm: str = "none") -> dict:
+                 batch_size: int = 32, norm: str = "none", select: str = "select",
+                 monitor: str = "val_loss", val_recalls: list[float] | None = None) -> dict:
     d = root / name
     d.mkdir(parents=True)
     m = {f"{dr}_R@{k}": min(100.0, recall * k ** 0.5) for dr in ("i2t", "t2i") for k in (1, 5, 10)}
     m |= {"i2t_medr": 3.0, "t2i_medr": 4.0, "i2t_mrr": 0.4, "i2t_mAP@10": 20.0,
-          "n_images": 300, "n_texts": 1500, "split": "val", "temperature": 0.05}
+          "n_images": 300, "n_texts": 1500, "split": "val", "temperature": 0.05,
+          "reported_on": {"split": "val", "images": 300}}
     (d / "metrics.json").write_text(json.dumps(m))
     cfg = {"name": name, "image_size": 64,
            "model": {"backbone": "resnet18", "pooling": "avg", "head": {"norm": norm}},
@@ -33,10 +35,12 @@ def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
         "config": cfg, "device": "cpu (x86_64, 2 cores)", "torch": "2.x",
         "epochs_run": len(val_losses), "wall_seconds": 125.0 * len(val_losses),
         "images_per_s": 40.0 + recall, "parameters": 1000, "trainable_parameters": 900,
-        "train_images": 2000, "train_captions": 10000}))
+        "train_images": 2000, "train_captions": 10000,
+        "selected_on": {"split": select, "images": 120, "monitor": monitor}}))
     n = len(val_losses)
     pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [v - 0.3 for v in val_losses],
                   "val_loss": val_losses, "lr": [1e-3] * n,
+                  "val_recall": val_recalls or [10.0 * (i + 1) for i in range(n)],
                   "temperature": [0.07 - 0.002 * i for i in range(n)]}
                  ).to_csv(d / "history.csv", index=False)
     (d / "zero_shot.json").write_text(json.dumps({"accuracy": {
@@ -70,7 +74,13 @@ def test_summary_has_table_observations_and_relative_figures(runs):
     assert f"{rsum_bn:.1f}" in text
     # observations computed from the runs
     assert "Best variant by rsum: **bn_head**" in text
-    assert "validation loss bottomed out at epoch 3" in text  # bn_head overfits
+    assert "validation loss (val_loss, which picks the saved epoch) bottomed out at epoch 3" \
+        in text  # bn_head overfits
+    # where selection happened, in the first paragraph, apart from the reported split
+    first = text.split("\n\n")[1]
+    assert "selected (the saved epoch by `train.monitor`" in first
+    assert "split `select` (120 images)" in first and "reported on split `val` (300" in first
+    assert "share no image" in first and "**" not in first
     assert "`baseline`: converged" in text  # 2.2 -> 2.19 is under 1%
     assert "Overfitting gap" in text and "largest for" in text
     assert "Training moved the baseline from rsum" in text
@@ -133,6 +143,26 @@ def test_anchors_beside_results_only_when_comparable(runs):
                          {"anchors_comparable": True}, out)
     assert "| *CLIP ViT-B/32 (OpenAI), zero-shot, published* | 50.1 |" in text
     assert "not 5,000" in text  # the synthetic split has 300 images: warned
+
+
+def test_selection_on_the_reported_split_is_said_in_bold(tmp_path):
+    root = tmp_path / "results" / "d" / "variants"
+    variants = {"baseline": make_variant(root, "baseline", 20.0, [3.0, 2.5], select="val")}
+    text = build_summary(variants, "baseline", {"name": "d", "source": "coco"}, REPORT,
+                         tmp_path / "results" / "summary.md")
+    first = text.split("\n\n")[1]
+    assert "**Selection and reporting used the same images (split `val`)" in first
+
+
+def test_best_epoch_follows_train_monitor():
+    h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3, 2, 1.0],
+                      "val_loss": [3, 2.5, 2.0], "val_recall": [10.0, 30.0, 20.0],
+                      "temperature": [0.07] * 3})
+    assert convergence(h, "val_loss")["best_epoch"] == 3
+    c = convergence(h, "val_recall")
+    assert c["best_epoch"] == 2 and c["best_value"] == 30.0
+    assert c["state"].startswith("validation recall (val_recall, which picks the saved "
+                                 "epoch) peaked at epoch 2 and fell 33.3%")
 
 
 def test_convergence_states():

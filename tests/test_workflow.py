@@ -100,6 +100,19 @@ def test_outputs_of_every_stage(finished_run):
         hist = pd.read_csv(vdir / "history.csv")
         assert len(hist) == (0 if variant == "untrained" else 2)
         assert (vdir / "loss_curves.png").is_file()
+    # Selection on the `select` holdout of train (6 = 96 x 5000/82783), reporting on val.
+    select = pd.read_parquet(w / "results/tiny/captions/select.parquet")
+    train = pd.read_parquet(w / "results/tiny/captions/train.parquet")
+    assert select["image_id"].nunique() == 6 and train["image_id"].nunique() == 90
+    assert not set(select["file_name"]) & (set(train["file_name"]) | set(caps["file_name"]))
+    for variant in ("baseline", "bn_head"):
+        vdir = w / "results/tiny/variants" / variant
+        assert json.loads((vdir / "train_report.json").read_text())["selected_on"] == {
+            "split": "select", "images": 6, "monitor": "val_loss"}
+        assert json.loads((vdir / "metrics.json").read_text())["reported_on"] == {
+            "split": "val", "images": 40}
+    first = (w / "results/summary.md").read_text().split("\n\n")[1]
+    assert "on split `select` (6 images); Recall@K is reported on split `val` (40" in first
     # Training state for resume lives outside the declared outputs.
     assert (w / "results/tiny/checkpoints/baseline/state.pt").is_file()
 
@@ -157,7 +170,7 @@ def test_encoder_change_reruns_the_text_cache_and_its_readers(finished_run, repo
     write_config(finished_run, cfg)
     try:
         jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
-        assert jobs["text_embeddings"] == 2
+        assert jobs["text_embeddings"] == 3  # train, the select holdout, val
         assert jobs["train"] == 3 and jobs["evaluate"] == 3
         # Nothing upstream of the text cache reruns.
         assert not {"demo_dataset", "captions", "image_cache", "data_report",

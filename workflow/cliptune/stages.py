@@ -180,7 +180,7 @@ def figures(smk) -> None:
         json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
         Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
         Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
-        instances=Path(instances) if instances else None, device=smk.params.device)
+        instances=Path(instances) if instances else None, model=Path(smk.input.model))
 
 
 def loss_overlay(smk) -> None:

@@ -18,6 +18,7 @@ from cliptune.config import (
     load_config,
     resolve_run,
     run_names,
+    split_names,
     variant_names,
 )
 
@@ -30,7 +31,10 @@ except ConfigError as exc:
 ENV = "../../environment.yml"
 DS = CFG["dataset"]["name"]
 ROOT = CFG["dataset"]["root"]
-SPLITS = CFG["dataset"]["splits"]
+# dataset.splits plus the `select` holdout of train when selection needs one.
+SPLITS = split_names(CFG["dataset"])
+# Train-time validation, best epoch, early stopping and HPO use it; evaluate never does.
+SELECT = CFG["dataset"]["selection"]["split"]
 VARIANTS = variant_names(CFG)
 # variant -> its training runs, primary first: replicate seeds of train.seeds run as
 # "{variant}/seed{s}" (their own folder below the variant's); the {variant} wildcard of
