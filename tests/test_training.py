@@ -227,6 +227,7 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     v = variant(model={"freeze_backbone": True},
                 train={"epochs": 2, "augment": {"enabled": True}, "tensorboard": True,
                        "log_every_steps": 1, "batch_size": 16})
+    v["select_split"] = "select"  # what config.resolve_variant adds
     straight = train(v, pairs, tmp_path / "a", write_outputs=False)
 
     real, calls = tr.validate, {"n": 0}
@@ -258,6 +259,8 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
     report = json.loads((tmp_path / "b" / "out" / "train_report.json").read_text())
     assert report["epochs_run"] == 2
+    assert report["selected_on"] == {"split": "select", "images": pairs[1].n_images,
+                                     "monitor": "val_loss"}
 
 
 def test_train_report_lists_resnet_parameter_groups(pairs, tmp_path):

@@ -4,9 +4,13 @@ HPO_DIR = f"{RESULTS}/hpo/{{variant}}"
 
 
 rule hpo:
+    # Configured variants only: a {variant}/seed{s} replicate run has no overrides to search.
+    wildcard_constraints:
+        variant="|".join(re.escape(v) for v in VARIANTS),
     input:
         unpack(lambda w: pair_inputs(w.variant, "train", "train")),
-        unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # Trials are scored on the selection split, never on the reported eval.split.
+        unpack(lambda w: pair_inputs(w.variant, SELECT, "val")),
         # Pretrained weights this job loads, fetched on the submit host (weights.smk).
         weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:

@@ -14,11 +14,18 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cliptune.config import UNTRAINED
 from cliptune.evaluation.retrieval_metrics import DEFAULT_KS
 from cliptune.io_utils import write_text
+from cliptune.reporting.comparison import (
+    Comparison,
+    comparison_observations,
+    comparison_section,
+    margin_note,
+)
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
 ANCHORS = {
@@ -85,15 +92,26 @@ def config_overrides(config: Mapping, reference: Mapping) -> str:
     return ", ".join(diff) or "–"
 
 
-def convergence(hist: pd.DataFrame) -> dict:
-    """Best epoch, last-epoch relative change and final overfitting gap of one run."""
+# train.monitor -> (history column, +1 when higher is better, words); as in training.
+MONITOR_COLUMNS = {"val_loss": ("val_loss", -1.0, "validation loss"),
+                   "val_recall": ("val_recall", 1.0, "validation recall")}
+
+
+def convergence(hist: pd.DataFrame, monitor: str = "val_loss") -> dict:
+    """Best epoch by ``monitor`` (train.monitor: what picked the saved epoch), last-epoch
+    relative change of validation loss and the final overfitting gap of one run."""
     if hist.empty:
         return {"epochs": 0}
+    column, sign, words = MONITOR_COLUMNS[monitor]
+    watched = hist[column].to_numpy(float)
     val, train = hist["val_loss"].to_numpy(float), hist["train_loss"].to_numpy(float)
-    best = int(val.argmin())
+    # The first best epoch, as the trainer keeps it (it replaces only on strict improvement).
+    best = int(np.where(np.isfinite(watched), sign * watched, -np.inf).argmax())
     out = {
         "epochs": len(hist),
+        "monitor": monitor,
         "best_epoch": int(hist["epoch"].iloc[best]),
+        "best_value": float(watched[best]),
         "best_val": float(val[best]),
         "final_val": float(val[-1]),
         "final_train": float(train[-1]),
@@ -104,9 +122,12 @@ def convergence(hist: pd.DataFrame) -> dict:
         "temperature_end": float(hist["temperature"].iloc[-1]),
     }
     if best < len(val) - 1:
-        out["state"] = (f"validation loss bottomed out at epoch {out['best_epoch']} and rose "
-                        f"{100 * (val[-1] / val[best] - 1):.1f}% by the last epoch (overfitting; "
-                        "the saved model is the best epoch)")
+        moved = "rose" if sign < 0 else "fell"
+        turn = "bottomed out" if sign < 0 else "peaked"
+        change = abs(100 * (watched[-1] / watched[best] - 1)) if watched[best] else math.nan
+        out["state"] = (f"{words} ({monitor}, which picks the saved epoch) {turn} at epoch "
+                        f"{out['best_epoch']} and {moved} {change:.1f}% by the last epoch "
+                        "(overfitting; the saved model is that best epoch)")
     elif not math.isfinite(out["last_change"]):
         out["state"] = "one epoch only: too short to judge convergence"
     elif abs(out["last_change"]) < PLATEAU:
@@ -116,6 +137,36 @@ def convergence(hist: pd.DataFrame) -> dict:
         out["state"] = (f"still improving: the last epoch moved validation loss by "
                         f"{100 * out['last_change']:+.1f}%, more epochs would likely help")
     return out
+
+
+def monitor_of(report: Mapping) -> str:
+    """train.monitor of a run (train reports before `selected_on` existed: from its config)."""
+    selected = report.get("selected_on") or {}
+    return selected.get("monitor") or report.get("config", {}).get("train", {}).get(
+        "monitor", "val_loss")
+
+
+def selection_paragraph(data: Mapping[str, Mapping]) -> str:
+    """Where the model was selected and where it is reported; bold when those coincide."""
+    selected = {(r["selected_on"]["split"], r["selected_on"]["images"])
+                for d in data.values() if (r := d["report"]).get("selected_on")
+                and r.get("epochs_run")}
+    reported = {(m["reported_on"]["split"], m["reported_on"]["images"])
+                for d in data.values() if (m := d["metrics"]).get("reported_on")}
+    if not selected or not reported:
+        return ("Where models were selected is not recorded in these runs' train reports; "
+                "rerun training to record it.")
+    sel = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(selected))
+    rep = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(reported))
+    text = (f"Models were selected (the saved epoch by `train.monitor`, early stopping, the HPO "
+            f"objective) on split {sel}; Recall@K is reported on split {rep}.")
+    shared = {s for s, _ in selected} & {s for s, _ in reported}
+    if shared:
+        return text + (f" **Selection and reporting used the same images (split "
+                       f"{', '.join(f'`{s}`' for s in sorted(shared))}): the reported recall "
+                       "is optimistically biased; set `dataset.selection.split` and "
+                       "`eval.split` to different splits.**")
+    return text + " The two splits share no image."
 
 
 CONTRASTIVE = """\
@@ -148,11 +199,13 @@ def _rel(path, base_dir: Path) -> str:
 
 def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, out: Path, ablation_png: Path | None = None,
-                  overlay_png: Path | None = None, untrained: str = UNTRAINED) -> str:
+                  overlay_png: Path | None = None, untrained: str = UNTRAINED,
+                  comparison: Comparison | None = None) -> str:
     """Markdown text of the summary.
 
     ``variants[name]`` holds paths: metrics, train_report, history, zero_shot (optional)
-    and figures (name -> png, optional).
+    and figures (name -> png, optional). ``comparison``: the aggregate's intervals and
+    paired differences; without it the summary says that none were computed.
     """
     base_dir = Path(out).parent
     data = {}
@@ -178,13 +231,13 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
         f"Dataset `{dataset.get('name')}` (source: {dataset.get('source')}), evaluated on split "
         f"`{split}`: {n_images:,} images against {n_texts:,} captions, every caption of every "
         "image (image→text: a hit when any of the image's captions is in the top K; "
-        "text→image: per caption). Recall in percent.",
+        "text→image: per caption). Recall in percent. " + selection_paragraph(data),
         "",
     ]
 
     # ---- observations
     lines += ["## Observations", ""]
-    obs = _observations(data, names, baseline, best, rsum, untrained, ks)
+    obs = _observations(data, names, baseline, best, rsum, untrained, ks, comparison)
     lines += [f"- {o}" for o in obs] + [""]
 
     # ---- results table (+ anchors)
@@ -226,6 +279,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
             _table(["model"] + [f"{d} R@{k}" for d in ("i2t", "t2i") for k in anchor_ks], arows),
         ]
     lines.append("")
+    if comparison is not None:
+        lines += comparison_section(comparison)
 
     # ---- zero-shot
     zs_rows = []
@@ -308,7 +363,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     b_cfg = ref_cfg.get("train", {})
     shown_conv = next((n for n in (best, baseline) if n in data
                        and not data[n]["history"].empty), None)
-    conv = convergence(data[shown_conv]["history"]) if shown_conv else {}
+    conv = (convergence(data[shown_conv]["history"], monitor_of(data[shown_conv]["report"]))
+            if shown_conv else {})
     specific = ""
     if b_cfg:
         specific = (f"Here each anchor had {b_cfg.get('batch_size', 0) - 1} negatives (batch "
@@ -320,7 +376,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _observations(data, names, baseline, best, rsum, untrained, ks) -> list[str]:
+def _observations(data, names, baseline, best, rsum, untrained, ks, comparison) -> list[str]:
     obs = []
     if best is None:
         return ["no variant has metrics yet"]
@@ -329,23 +385,25 @@ def _observations(data, names, baseline, best, rsum, untrained, ks) -> list[str]
             f"{bm.get('i2t_R@1', math.nan):.1f}, text→image R@1 {bm.get('t2i_R@1', math.nan):.1f})")
     if best != baseline and baseline in rsum:
         line += f", {rsum[best] - rsum[baseline]:+.1f} rsum over the baseline `{baseline}`"
+        line += margin_note(comparison, best) if comparison is not None else ""
     obs.append(line + ".")
     if baseline in rsum and untrained in rsum and math.isfinite(rsum[untrained]):
         gain = rsum[baseline] - rsum[untrained]
         obs.append(f"Training moved the baseline from rsum {rsum[untrained]:.1f} (the same "
                    f"architecture untrained) to {rsum[baseline]:.1f} ({gain:+.1f}).")
-    worse = [n for n in names if n not in (baseline, untrained) and baseline in rsum
-             and rsum[n] < rsum[baseline]]
-    if worse:
-        obs.append("Below the baseline: " + ", ".join(
-            f"`{n}` ({rsum[n] - rsum[baseline]:+.1f})" for n in worse) + ".")
+    # Better / worse only where the paired bootstrap interval says so.
+    if comparison is not None:
+        obs += comparison_observations(comparison, skip=(untrained,))
+    else:
+        obs.append("No paired comparison with the baseline was computed, so no difference "
+                   "above is called better or worse.")
     i2t, t2i = bm.get("i2t_R@1"), bm.get("t2i_R@1")
     if i2t is not None and t2i is not None:
         easier = "image→text" if i2t > t2i else "text→image"
         obs.append(f"For `{best}`, {easier} R@1 is higher ({max(i2t, t2i):.1f} vs "
                    f"{min(i2t, t2i):.1f}): image→text needs any one of an image's captions, "
                    "text→image must find the single right image.")
-    convs = {n: convergence(data[n]["history"]) for n in names}
+    convs = {n: convergence(data[n]["history"], monitor_of(data[n]["report"])) for n in names}
     trained = {n: c for n, c in convs.items() if c.get("epochs")}
     for n, c in trained.items():
         obs.append(f"`{n}`: {c['state']}; validation loss {c['first_val']:.3f} → "
@@ -374,7 +432,9 @@ def _observations(data, names, baseline, best, rsum, untrained, ks) -> list[str]
 
 def write_summary(out: Path, variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, ablation_png: Path | None = None,
-                  overlay_png: Path | None = None) -> str:
-    text = build_summary(variants, baseline, dataset, report, out, ablation_png, overlay_png)
+                  overlay_png: Path | None = None,
+                  comparison: Comparison | None = None) -> str:
+    text = build_summary(variants, baseline, dataset, report, out, ablation_png, overlay_png,
+                         comparison=comparison)
     write_text(out, text)
     return text

@@ -40,6 +40,22 @@ def suggest(trial, space: Mapping) -> dict:
     return out
 
 
+def saved_epoch_value(result: Mapping, metric: str) -> float:
+    """``metric`` of the epoch train_variant saved (chosen by train.monitor).
+
+    Not the best value over all epochs: that epoch's weights may not be the
+    ones a trial's settings would ship, and the maximum over epochs of a noisy
+    metric flatters every trial.
+    """
+    import optuna
+
+    saved = [row for row in result["history"] if row["epoch"] == result["best_epoch"]]
+    if not saved or not math.isfinite(saved[0][metric]):
+        raise optuna.TrialPruned(f"no finite {metric} at the saved epoch "
+                                 f"{result['best_epoch']}")
+    return float(saved[0][metric])
+
+
 def open_study(storage_path: Path, name: str, direction: str, seed: int):
     import optuna
     from optuna.storages import JournalStorage
@@ -91,11 +107,7 @@ def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
             raise optuna.TrialPruned(str(exc)) from exc
         finally:
             shutil.rmtree(trial_dir, ignore_errors=True)
-        history = result["history"]
-        values = [row[metric] for row in history if math.isfinite(row[metric])]
-        if not values:
-            raise optuna.TrialPruned("no finite validation metric")
-        return max(values) if direction == "maximize" else min(values)
+        return saved_epoch_value(result, metric)
 
     done = [t for t in study.trials if t.state.is_finished()]
     remaining = max(0, hpo["trials"] - len(done))

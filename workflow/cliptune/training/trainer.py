@@ -87,6 +87,16 @@ def validate(ctx: StepContext, data: PairData, batch_size: int,
     return total / max(1, count), 100.0 * hits / (2 * len(img))
 
 
+def validation_images(data: PairData, tcfg: dict) -> int:
+    """Images :func:`validate` scores: whole batches until train.val_max_images is reached."""
+    used, cap = 0, tcfg["val_max_images"]
+    for rows in validation_batches(data, tcfg["batch_size"] * tcfg["accum_steps"]):
+        if cap and used >= cap:
+            break
+        used += len(rows)
+    return used
+
+
 def _snapshot(model, optimizer, scheduler, scaler) -> dict:
     """The last good state (CPU copies) that divergence recovery restores."""
     return {"model": _state_dict_cpu(model), "optimizer": copy.deepcopy(optimizer.state_dict()),
@@ -467,6 +477,10 @@ def _write_outputs(variant, model, best, history, out_dir, device, seconds, imag
         "train_images": train_data.n_images,
         "train_captions": len(train_data.captions),
         "val_images": val_data.n_images,
+        # What chose the saved epoch (train.monitor, early stopping): never the reported split.
+        "selected_on": {"split": variant.get("select_split"),
+                        "images": validation_images(val_data, variant["train"]),
+                        "monitor": variant["train"]["monitor"]},
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "best_val_loss": None if math.isinf(best["val_loss"]) else best["val_loss"],
