@@ -19,6 +19,7 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/weights.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/features.smk"
@@ -43,11 +44,11 @@ rule all:
 
 # Plots and reports take seconds: on a cluster (--profile profiles/slurm) they run
 # on the submitting node instead of waiting in the queue. Downloads: data.smk.
+# Not `figures`: it may run a variant's own text tower on a GPU (resources gpu).
 localrules:
     all,
     aggregate,
     loss_overlay,
     summary,
-    figures,
     samples,
     data_report,

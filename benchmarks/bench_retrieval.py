@@ -11,7 +11,9 @@ and a boolean positive-pair matrix of the same shape, then, per batch of query r
 hit when that recall is ``> 0``. It needs ~5 bytes per pair resident, so it only runs when
 that fits the memory budget; otherwise it is reported as exceeding it instead of risking
 an OOM. Every (size, method) runs in a fresh subprocess so its peak RSS (VmHWM, reset
-after the embeddings are generated) is its own. Where both run, their R@K must agree
+after the embeddings are generated) is its own. The blocked run also times what
+``evaluate`` adds on top of scoring: the cluster-bootstrap intervals (``bootstrap``
+defaults) and one paired comparison, both from the ranks alone. Where both run, their R@K must agree
 (the embeddings are continuous: no ties for ``topk`` to break differently). Writes a
 markdown table to ``benchmarks/results/retrieval.md`` (``--out``).
 """
@@ -27,9 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from cliptune.evaluation.retrieval_metrics import DEFAULT_KS, retrieval_metrics
+from cliptune.config import DEFAULTS
+from cliptune.evaluation.bootstrap import Ranks, metric_intervals, paired_differences
+from cliptune.evaluation.retrieval_metrics import DEFAULT_KS, retrieval_metrics_and_ranks
 
 HERE = Path(__file__).resolve().parent
 KS = DEFAULT_KS  # the config's eval.ks default
@@ -94,18 +99,37 @@ def worker(spec: dict) -> dict:
         hwm_reset = False
     t0 = time.perf_counter()
     if spec["method"] == "blocked":
-        metrics = retrieval_metrics(img, txt, tii, ks=KS, block_size=spec["block"])
+        metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=KS,
+                                                            block_size=spec["block"])
     else:
         metrics = clip_benchmark_metrics(img, txt, tii, spec["block"])
     seconds = time.perf_counter() - t0
     peak = _mem_kib("VmHWM")
-    return {
+    out = {
         "seconds": seconds,
         "peak_rss_gib": peak / 2**20,
         "extra_gib": (peak - rss_before) / 2**20,
         "hwm_reset": hwm_reset,
         "metrics": metrics,
     }
+    if spec["method"] == "blocked":
+        out.update(bootstrap_cost(r_i2t, r_t2i, tii))
+    return out
+
+
+def bootstrap_cost(r_i2t, r_t2i, tii) -> dict:
+    """Seconds for evaluate's intervals and for one paired comparison (aggregate), and
+    the process's peak RSS growth over the scoring peak."""
+    ranks = Ranks.of(r_i2t, r_t2i, tii, np.arange(r_i2t.numel()), np.arange(r_t2i.numel()))
+    settings = DEFAULTS["bootstrap"]
+    before = _mem_kib("VmHWM")
+    t0 = time.perf_counter()
+    metric_intervals(ranks, KS, settings)
+    t1 = time.perf_counter()
+    paired_differences(ranks, ranks, KS, settings)
+    t2 = time.perf_counter()
+    return {"bootstrap_s": t1 - t0, "paired_s": t2 - t1,
+            "bootstrap_extra_gib": (_mem_kib("VmHWM") - before) / 2**20}
 
 
 def run_case(spec: dict, timeout: float) -> dict:
@@ -192,19 +216,22 @@ def _run_size(args, n_img: int, n_txt: int, rows: list) -> dict:
         batch = args.cb_batch_size if method == "clip_benchmark" else args.block_size
         if method == "clip_benchmark" and cb_gib > args.memory_budget_gb:
             rows.append(f"| {label} | {name} | {batch} | - | ~{cb_gib:.1f} (est.) | - | - | - | - "
-                        f"| exceeds {args.memory_budget_gb:g} GiB budget, not run |")
+                        f"| - | - | exceeds {args.memory_budget_gb:g} GiB budget, not run |")
             continue
         print(f"running {method} {label} ...", file=sys.stderr, flush=True)
         res = run_case({"method": method, "n": n_img, "dim": args.dim, "block": batch},
                        args.timeout)
         results[method] = res
         if "error" in res:
-            rows.append(f"| {label} | {name} | {batch} | - | - | - | - | - | - | {res['error']} |")
+            rows.append(f"| {label} | {name} | {batch} | - | - | - | - | - | - | - | - "
+                        f"| {res['error']} |")
             continue
         m = res["metrics"]
+        boot = (f"{res['bootstrap_s']:.2f} (+{res['bootstrap_extra_gib']:.2f} GiB) "
+                f"| {res['paired_s']:.2f}") if "bootstrap_s" in res else "- | -"
         rows.append(f"| {label} | {name} | {batch} | {res['seconds']:.1f} "
                     f"| {res['peak_rss_gib']:.2f} | {res['extra_gib']:.2f} "
-                    f"| {m['i2t_R@1']:.2f} | {m['t2i_R@1']:.2f} | {m['rsum']:.2f} | |")
+                    f"| {m['i2t_R@1']:.2f} | {m['t2i_R@1']:.2f} | {m['rsum']:.2f} | {boot} | |")
     return results
 
 
@@ -241,11 +268,14 @@ def write_report(args, rows: list, notes: list, argv) -> None:
         f"{args.cb_batch_size} query rows `topk` + `one_hot` x positives, hit = recall > 0; run "
         f"only if ~{CB_BYTES_PER_PAIR} B/pair fits --memory-budget-gb "
         f"{args.memory_budget_gb:g}. Blocked = `cliptune.evaluation.retrieval_metrics` "
-        f"(query blocks of {args.block_size}, every metric).",
+        f"(query blocks of {args.block_size}, every metric). Bootstrap = what `evaluate` adds "
+        f"after scoring: {DEFAULTS['bootstrap']['resamples']:,}-resample cluster-bootstrap "
+        "intervals of every R@K and rsum from the per-query ranks (in brackets: peak RSS "
+        "growth over the scoring peak); paired = one paired comparison with the baseline.",
         "",
         "| images x captions | method | batch/block | time (s) | peak RSS (GiB) "
-        "| extra (GiB) | i2t R@1 | t2i R@1 | rsum | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| extra (GiB) | i2t R@1 | t2i R@1 | rsum | bootstrap (s) | paired (s) | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         *notes,

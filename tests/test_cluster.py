@@ -179,3 +179,29 @@ def test_retries_ask_for_more():
 
     mem = grow(64000)
     assert [mem(None, attempt) for attempt in (1, 2, 3)] == [64000, 96000, 128000]
+
+
+def test_weights_are_fetched_on_the_submit_host_before_model_jobs(tmp_path, repo):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    config = deep_merge(CONFIG, {"text_encoder": {"model": "openai/clip-vit-base-patch32"},
+                                 "model": {"weights": "IMAGENET1K_V1"}})
+    config["variants"] = {"baseline": {}}
+    proc = dry_run(tmp_path, repo, "--profile", str(repo / "profiles/slurm"), config=config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Not submitted: compute nodes may be offline (the dry run does not mark local rules).
+    assert re.search(r"localrules:\s+weights,", (repo / "workflow/rules/weights.smk").read_text())
+    jobs = planned_jobs(proc)
+    keys = {j["wildcards"] for j in jobs if j["rule"] == "weights"}
+    assert keys == {"wkey=hf/openai--clip-vit-base-patch32@main",
+                    "wkey=torchvision/resnet18.IMAGENET1K_V1"}
+    # Every model-loading job waits for the markers of what it loads.
+    hub = "resources/weights/hf/openai--clip-vit-base-patch32@main.json"
+    for rule in ("text_embeddings", "train", "evaluate"):
+        assert any(j["rule"] == rule for j in jobs)
+    assert hub in text_of(proc, "train") and hub in text_of(proc, "text_embeddings")
+
+
+def text_of(proc, rule: str) -> str:
+    """The dry run's block for the first job of ``rule``."""
+    text = proc.stdout + proc.stderr
+    return text.split(f"rule {rule}:", 1)[1].split("\n\n", 1)[0]

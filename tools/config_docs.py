@@ -23,8 +23,11 @@ from pathlib import Path
 
 from cliptune.config import (
     COCO_DOWNLOAD_ROOT,
+    COCO_TRAIN_IMAGES,
     DEMO_ROOT,
     KARPATHY_FILES,
+    SELECT_IMAGES,
+    SELECT_SPLIT,
     SOURCE_SPLITS,
     is_section,
     leaf_default,
@@ -54,6 +57,13 @@ DYNAMIC = {
     "dataset.annotations": lambda: "; ".join(
         f"{source}: `{{root}}/{name}`" for source, name in KARPATHY_FILES.items()),
     "dataset.splits": _splits_default,
+    "dataset.selection.split": lambda: (
+        f"`val` with a `test` split (karpathy_coco/flickr30k), else `{SELECT_SPLIT}` (a "
+        "holdout of train)"),
+    "dataset.selection.images": lambda: (
+        f"`{SELECT_IMAGES}`; demo: `dataset.demo.train_images` × {SELECT_IMAGES}/"
+        f"{COCO_TRAIN_IMAGES:,} (at least 2)"),
+    "eval.split": lambda: "`test` with a `test` split (karpathy_coco/flickr30k), else `val`",
 }
 
 

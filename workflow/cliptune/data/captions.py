@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from cliptune.config import SELECT_SPLIT, carves_selection
 from cliptune.data.caption_tidy import tidy_captions
 from cliptune.data.dataset_formats import DatasetFormatError, clean_caption, read_source
 from cliptune.io_utils import write_json, write_parquet
@@ -121,13 +122,18 @@ def build_captions(root: Path, folder: str, split: str, output: Path) -> pd.Data
 # --------------------------------------------------------------------------- any source
 
 
+def source_split(dataset: dict, split: str) -> str:
+    """The ``dataset.splits`` entry a split reads: the selection holdout reads train's."""
+    return "train" if split == SELECT_SPLIT and carves_selection(dataset) else split
+
+
 def split_labels(dataset: dict, split: str) -> list[str]:
     """Source split labels that make up cliptune split ``split``.
 
     Karpathy's ``restval`` (the 30k COCO val2014 images outside val/test)
     joins whichever split reads ``train`` when ``use_restval`` is on.
     """
-    label = dataset["splits"][split]
+    label = dataset["splits"][source_split(dataset, split)]
     labels = [label]
     if dataset["source"] == "karpathy_coco" and label == "train" and dataset["use_restval"]:
         labels.append("restval")
@@ -156,7 +162,42 @@ def split_spec(dataset: dict, split: str) -> dict:
         spec["use_restval"] = dataset["use_restval"]
     if dataset["source"] == "table":
         spec["columns"] = dataset["columns"]
+    if source_split(dataset, split) == "train" and carves_selection(dataset):
+        # train and select both read the source's train images and split them the same way.
+        sel = dataset["selection"]
+        spec["selection"] = {"images": sel["images"], "seed": sel["seed"],
+                             "keep": "holdout" if split == SELECT_SPLIT else "rest"}
     return spec
+
+
+def selection_holdout(file_names: pd.Series, n: int, seed: int) -> set[str]:
+    """The ``n`` train images (by file name) that select the model instead of training it.
+
+    A seeded sample of the sorted names: it depends only on the source's train
+    images and the seed, never on file order, subsets or the other splits.
+    """
+    names = sorted(set(file_names.astype(str)))
+    if n >= len(names):
+        raise DatasetFormatError(
+            f"dataset.selection.images = {n} but the train split has only {len(names)} images "
+            f"with captions; lower dataset.selection.images (e.g. to {max(1, len(names) // 10)}) "
+            "or set dataset.selection.split to a split of its own"
+        )
+    rng = np.random.default_rng([seed, zlib.crc32(SELECT_SPLIT.encode())])
+    return {names[i] for i in rng.choice(len(names), size=n, replace=False)}
+
+
+def carve_selection(read: SplitRead, selection: dict) -> SplitRead:
+    """Keep the selection holdout (split ``select``) or everything else (split ``train``)."""
+    held = selection_holdout(read.captions["file_name"], selection["images"], selection["seed"])
+    in_held = read.captions["file_name"].astype(str).isin(held)
+    keep = in_held if selection["keep"] == "holdout" else ~in_held
+    if selection["keep"] == "rest":
+        return read._replace(captions=read.captions[keep].reset_index(drop=True))
+    # Images without a caption cannot select anything (train lists them), and the repairs
+    # were made to the whole source train split (train's record counts them once).
+    return read._replace(captions=read.captions[keep].reset_index(drop=True), no_caption=[],
+                         cleaning={})
 
 
 def subset_images(file_names: pd.Series, n: int | None, mode: str, seed: int,
@@ -211,7 +252,8 @@ def read_split(spec: dict) -> SplitRead:
     if tidied.no_caption:
         log.warning("%s: %d images have no caption and are left out", where,
                     len(tidied.no_caption))
-    return SplitRead(tidied.captions, tidied.no_caption, notes, tidied.record())
+    read = SplitRead(tidied.captions, tidied.no_caption, notes, tidied.record())
+    return carve_selection(read, spec["selection"]) if "selection" in spec else read
 
 
 def build_split_captions(spec: dict, output: Path, source_json: Path | None = None
@@ -243,6 +285,7 @@ def build_split_captions(spec: dict, output: Path, source_json: Path | None = No
             "images": int(df["image_id"].nunique()),
             "captions": len(df),
             "images_without_captions": no_caption,
+            "selection_holdout": spec.get("selection"),
             "cleaning": cleaning,
             "notes": notes,
         }
@@ -258,7 +301,8 @@ def captions_inputs(dataset: dict, split: str) -> list[str]:
     """Files the captions rule of ``split`` reads (plus extraction markers when downloading)."""
     from cliptune.data.coco_download import ANNOTATIONS_ZIP, marker_path, needed_archives
 
-    label, source, root = dataset["splits"][split], dataset["source"], dataset["root"]
+    label = dataset["splits"][source_split(dataset, split)]
+    source, root = dataset["source"], dataset["root"]
     if dataset.get("download"):
         names = needed_archives(dataset)
         if source == "coco":  # this split's images and the shared annotations zip

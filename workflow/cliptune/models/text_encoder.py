@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +49,15 @@ def _fix_message(model: str, exc: Exception) -> str:
             "Fix: point text_encoder.model at a directory written by save_pretrained "
             "(config.json, tokenizer files and weights)."
         )
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", "~/.cache/huggingface")
     return (
-        f"cannot load text encoder {model!r}: it is not in the local Hugging Face cache "
-        f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub is "
-        f"unreachable ({type(exc).__name__}). Fix one of: run "
-        f"`hf download {model}` on a machine with internet and copy the cache to HF_HOME "
-        "here; set text_encoder.model to a local directory saved with "
-        "save_pretrained; or use text_encoder.model: offline-minilm (the offline demo encoder)."
+        f"cannot load text encoder {model!r}: it is not in the Hugging Face cache {cache} and "
+        f"the hub is not used here ({type(exc).__name__}). Fix one of: let the workflow's "
+        "`weights` rule fetch it (it runs on the submit host; see docs/cluster.md); run "
+        f"`hf download {model} --cache-dir resources/weights/hf` on a machine with internet "
+        "and copy resources/weights/ here; set text_encoder.model to a local directory saved "
+        "with save_pretrained; or use text_encoder.model: offline-minilm (the offline demo "
+        "encoder)."
     )
 
 
@@ -117,6 +120,14 @@ class TextEncoder(torch.nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(out.float(), dim=-1)
+
+
+def frozen_encoder_fn(text_encoder: Mapping, device) -> Callable[[list[str]], torch.Tensor]:
+    """The frozen ``text_encoder`` that builds the text cache, as ``encode(list[str]) ->
+    [n, D]`` float32 on the CPU (same function and batch size as the cache)."""
+    enc = TextEncoder(text_encoder["model"], text_encoder["pooling"], text_encoder["max_length"])
+    return lambda texts: encode_texts(enc, list(texts), batch_size=text_encoder["batch_size"],
+                                      device=device, show_progress=False)
 
 
 @torch.inference_mode()

@@ -1,26 +1,42 @@
 """The computed observations of results/summary.md: which variant is best, how each run
-converged and how far validation loss sits above training loss, so two runs never
-produce the same boilerplate."""
+converged (judged by the monitor that picked its saved epoch), where models were
+selected and reported, and how far validation loss sits above training loss, so two
+runs never produce the same boilerplate."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
+
+from cliptune.reporting.comparison import comparison_observations, margin_note
 
 # Relative val-loss change in the last epoch under which a run counts as converged.
 PLATEAU = 0.01
 
 
-def convergence(hist: pd.DataFrame) -> dict:
-    """Best epoch, last-epoch relative change and final overfitting gap of one run."""
+# train.monitor -> (history column, +1 when higher is better, words); as in training.
+MONITOR_COLUMNS = {"val_loss": ("val_loss", -1.0, "validation loss"),
+                   "val_recall": ("val_recall", 1.0, "validation recall")}
+
+
+def convergence(hist: pd.DataFrame, monitor: str = "val_loss") -> dict:
+    """Best epoch by ``monitor`` (train.monitor: what picked the saved epoch), last-epoch
+    relative change of validation loss and the final overfitting gap of one run."""
     if hist.empty:
         return {"epochs": 0}
+    column, sign, words = MONITOR_COLUMNS[monitor]
+    watched = hist[column].to_numpy(float)
     val, train = hist["val_loss"].to_numpy(float), hist["train_loss"].to_numpy(float)
-    best = int(val.argmin())
+    # The first best epoch, as the trainer keeps it (it replaces only on strict improvement).
+    best = int(np.where(np.isfinite(watched), sign * watched, -np.inf).argmax())
     out = {
         "epochs": len(hist),
+        "monitor": monitor,
         "best_epoch": int(hist["epoch"].iloc[best]),
+        "best_value": float(watched[best]),
         "best_val": float(val[best]),
         "final_val": float(val[-1]),
         "final_train": float(train[-1]),
@@ -31,9 +47,12 @@ def convergence(hist: pd.DataFrame) -> dict:
         "temperature_end": float(hist["temperature"].iloc[-1]),
     }
     if best < len(val) - 1:
-        out["state"] = (f"validation loss bottomed out at epoch {out['best_epoch']} and rose "
-                        f"{100 * (val[-1] / val[best] - 1):.1f}% by the last epoch (overfitting; "
-                        "the saved model is the best epoch)")
+        moved = "rose" if sign < 0 else "fell"
+        turn = "bottomed out" if sign < 0 else "peaked"
+        change = abs(100 * (watched[-1] / watched[best] - 1)) if watched[best] else math.nan
+        out["state"] = (f"{words} ({monitor}, which picks the saved epoch) {turn} at epoch "
+                        f"{out['best_epoch']} and {moved} {change:.1f}% by the last epoch "
+                        "(overfitting; the saved model is that best epoch)")
     elif not math.isfinite(out["last_change"]):
         out["state"] = "one epoch only: too short to judge convergence"
     elif abs(out["last_change"]) < PLATEAU:
@@ -45,10 +64,40 @@ def convergence(hist: pd.DataFrame) -> dict:
     return out
 
 
-def observations(data, names, baseline, best, rsum, untrained, ks) -> list[str]:
+def monitor_of(report: Mapping) -> str:
+    """train.monitor of a run (train reports before `selected_on` existed: from its config)."""
+    selected = report.get("selected_on") or {}
+    return selected.get("monitor") or report.get("config", {}).get("train", {}).get(
+        "monitor", "val_loss")
+
+
+def selection_paragraph(data: Mapping[str, Mapping]) -> str:
+    """Where the model was selected and where it is reported; bold when those coincide."""
+    selected = {(r["selected_on"]["split"], r["selected_on"]["images"])
+                for d in data.values() if (r := d["report"]).get("selected_on")
+                and r.get("epochs_run")}
+    reported = {(m["reported_on"]["split"], m["reported_on"]["images"])
+                for d in data.values() if (m := d["metrics"]).get("reported_on")}
+    if not selected or not reported:
+        return ("Where models were selected is not recorded in these runs' train reports; "
+                "rerun training to record it.")
+    sel = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(selected))
+    rep = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(reported))
+    text = (f"Models were selected (the saved epoch by `train.monitor`, early stopping, the HPO "
+            f"objective) on split {sel}; Recall@K is reported on split {rep}.")
+    shared = {s for s, _ in selected} & {s for s, _ in reported}
+    if shared:
+        return text + (f" **Selection and reporting used the same images (split "
+                       f"{', '.join(f'`{s}`' for s in sorted(shared))}): the reported recall "
+                       "is optimistically biased; set `dataset.selection.split` and "
+                       "`eval.split` to different splits.**")
+    return text + " The two splits share no image."
+
+
+def observations(data, names, baseline, best, rsum, untrained, ks, comparison) -> list[str]:
     """The summary's bullet points, each computed from the artifacts: the best variant
-    and its margin, the gain from training, variants below the baseline, convergence,
-    the overfitting gap, zero-shot accuracy and throughput."""
+    and its margin, the gain from training, differences the paired bootstrap supports,
+    convergence, the overfitting gap, zero-shot accuracy and throughput."""
     obs = []
     if best is None:
         return ["no variant has metrics yet"]
@@ -57,23 +106,25 @@ def observations(data, names, baseline, best, rsum, untrained, ks) -> list[str]:
             f"{bm.get('i2t_R@1', math.nan):.1f}, text→image R@1 {bm.get('t2i_R@1', math.nan):.1f})")
     if best != baseline and baseline in rsum:
         line += f", {rsum[best] - rsum[baseline]:+.1f} rsum over the baseline `{baseline}`"
+        line += margin_note(comparison, best) if comparison is not None else ""
     obs.append(line + ".")
     if baseline in rsum and untrained in rsum and math.isfinite(rsum[untrained]):
         gain = rsum[baseline] - rsum[untrained]
         obs.append(f"Training moved the baseline from rsum {rsum[untrained]:.1f} (the same "
                    f"architecture untrained) to {rsum[baseline]:.1f} ({gain:+.1f}).")
-    worse = [n for n in names if n not in (baseline, untrained) and baseline in rsum
-             and rsum[n] < rsum[baseline]]
-    if worse:
-        obs.append("Below the baseline: " + ", ".join(
-            f"`{n}` ({rsum[n] - rsum[baseline]:+.1f})" for n in worse) + ".")
+    # Better / worse only where the paired bootstrap interval says so.
+    if comparison is not None:
+        obs += comparison_observations(comparison, skip=(untrained,))
+    else:
+        obs.append("No paired comparison with the baseline was computed, so no difference "
+                   "above is called better or worse.")
     i2t, t2i = bm.get("i2t_R@1"), bm.get("t2i_R@1")
     if i2t is not None and t2i is not None:
         easier = "image→text" if i2t > t2i else "text→image"
         obs.append(f"For `{best}`, {easier} R@1 is higher ({max(i2t, t2i):.1f} vs "
                    f"{min(i2t, t2i):.1f}): image→text needs any one of an image's captions, "
                    "text→image must find the single right image.")
-    convs = {n: convergence(data[n]["history"]) for n in names}
+    convs = {n: convergence(data[n]["history"], monitor_of(data[n]["report"])) for n in names}
     trained = {n: c for n, c in convs.items() if c.get("epochs")}
     for n, c in trained.items():
         obs.append(f"`{n}`: {c['state']}; validation loss {c['first_val']:.3f} → "

@@ -20,7 +20,13 @@ import pandas as pd
 from cliptune.config import UNTRAINED
 from cliptune.evaluation.retrieval_metrics import DEFAULT_KS
 from cliptune.io_utils import write_text
-from cliptune.reporting.observations import convergence, observations
+from cliptune.reporting.comparison import Comparison, comparison_section
+from cliptune.reporting.observations import (
+    convergence,
+    monitor_of,
+    observations,
+    selection_paragraph,
+)
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
 ANCHORS = {
@@ -152,18 +158,22 @@ def _collect(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
 
 def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, out: Path, ablation_png: Path | None = None,
-                  overlay_png: Path | None = None, untrained: str = UNTRAINED) -> str:
+                  overlay_png: Path | None = None, untrained: str = UNTRAINED,
+                  comparison: Comparison | None = None) -> str:
     """Markdown text of the summary, one function per section.
 
     ``variants[name]`` holds paths: metrics, train_report, history, zero_shot (optional)
-    and figures (name -> png, optional).
+    and figures (name -> png, optional). ``comparison``: the aggregate's intervals and
+    paired differences; without it the summary says that none were computed.
     """
     run = _collect(variants, baseline, dataset, report, out, untrained)
     lines = _header(run)
     lines += ["## Observations", ""]
     lines += [f"- {o}" for o in observations(run.data, run.names, baseline, run.best, run.rsum,
-                                             untrained, run.ks)] + [""]
-    lines += _results(run) + _anchors(run) + _zero_shot(run)
+                                             untrained, run.ks, comparison)] + [""]
+    lines += _results(run) + _anchors(run)
+    lines += comparison_section(comparison) if comparison is not None else []
+    lines += _zero_shot(run)
     lines += _figures(run, ablation_png, overlay_png) + _hyperparameters(run)
     lines += _hardware(run) + _loss_in_words(run)
     return "\n".join(lines).rstrip() + "\n"
@@ -176,7 +186,7 @@ def _header(run: _Run) -> list[str]:
             f"split `{m.get('split', '?')}`: {int(m.get('n_images', 0)):,} images against "
             f"{int(m.get('n_texts', 0)):,} captions, every caption of every image (image→text: "
             "a hit when any of the image's captions is in the top K; text→image: per caption). "
-            "Recall in percent.", ""]
+            "Recall in percent. " + selection_paragraph(run.data), ""]
 
 
 def _comparable(run: _Run) -> bool:
@@ -321,7 +331,8 @@ def _loss_in_words(run: _Run) -> list[str]:
     b_cfg = run.ref_cfg.get("train", {})
     shown = next((n for n in (run.best, run.baseline) if n in run.data
                   and not run.data[n]["history"].empty), None)
-    conv = convergence(run.data[shown]["history"]) if shown else {}
+    conv = (convergence(run.data[shown]["history"], monitor_of(run.data[shown]["report"]))
+            if shown else {})
     specific = ""
     if b_cfg:
         specific = (f"Here each anchor had {b_cfg.get('batch_size', 0) - 1} negatives (batch "
@@ -334,7 +345,9 @@ def _loss_in_words(run: _Run) -> list[str]:
 
 def write_summary(out: Path, variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, ablation_png: Path | None = None,
-                  overlay_png: Path | None = None) -> str:
-    text = build_summary(variants, baseline, dataset, report, out, ablation_png, overlay_png)
+                  overlay_png: Path | None = None,
+                  comparison: Comparison | None = None) -> str:
+    text = build_summary(variants, baseline, dataset, report, out, ablation_png, overlay_png,
+                         comparison=comparison)
     write_text(out, text)
     return text

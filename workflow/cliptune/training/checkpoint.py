@@ -2,7 +2,8 @@
 
 :class:`TrainState` is what a resume restores (open_clip keeps the same in its
 checkpoint dict): model, optimiser, scheduler, grad scaler, the epoch/step
-counters, the best epoch so far and the history. :func:`save_state` writes it
+counters, the best epoch so far and the history; :class:`EpochRun` the epoch in
+progress, which a mid-epoch state saves as ``partial``. :func:`save_state` writes it
 atomically to a path that is not a Snakemake output, so a killed job loses at
 most the steps since the last checkpoint; :func:`load_state` restores it only
 when it was written for the same configuration (:func:`resume_hash`).
@@ -14,6 +15,8 @@ import ast
 import copy
 import math
 import random
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +72,25 @@ class TrainState:
         self.scheduler.base_lrs = [lr * lr_factor for lr in self.scheduler.base_lrs]
         for group in self.optimizer.param_groups:
             group["lr"] *= lr_factor
+
+
+@dataclass
+class EpochRun:
+    """One epoch in progress: its batch plan and what its steps produced so far."""
+    epoch: int  # 0-based
+    batches: list
+    first: int = 0  # steps done before a mid-epoch resume
+    losses: list = field(default_factory=list)
+    norms: list = field(default_factory=list)
+    skipped: int = 0
+    causes: Counter = field(default_factory=Counter)
+    prior_seconds: float = 0.0  # time spent before a mid-epoch resume
+    t0: float = field(default_factory=time.perf_counter)
+    diverged: str | None = None
+    weights: dict | None = None  # CPU weights at the epoch's end
+
+    def seconds(self) -> float:
+        return self.prior_seconds + time.perf_counter() - self.t0
 
 
 def resume_hash(variant: dict) -> str:

@@ -16,6 +16,7 @@ from cliptune.io_utils import atomic_path, write_json
 from cliptune.runtime import device_name
 from cliptune.training.checkpoint import TrainState
 from cliptune.training.optim import describe_param_groups
+from cliptune.training.validation import validation_images
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "images_per_s",
                    "skipped_steps", "seconds", "val_recall", "grad_norm", "restarts"]
@@ -37,6 +38,10 @@ def write_train_outputs(variant: dict, ts: TrainState, out_dir: Path, device: to
         "variant": variant["name"], "config": variant, "device": device_name(device),
         "torch": torch.__version__, "train_images": train_data.n_images,
         "train_captions": len(train_data.captions), "val_images": val_data.n_images,
+        # What chose the saved epoch (train.monitor, early stopping): never the reported split.
+        "selected_on": {"split": variant.get("select_split"),
+                        "images": validation_images(val_data, variant["train"]),
+                        "monitor": variant["train"]["monitor"]},
         "epochs_run": len(ts.history), "best_epoch": ts.best.epoch,
         "best_val_loss": None if math.isinf(ts.best.val_loss) else ts.best.val_loss,
         "wall_seconds": seconds, "images_per_s": images / seconds if seconds else None,

@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +26,18 @@ import torch
 
 from cliptune.data.batch_loader import BatchLoader, loader_settings
 from cliptune.data.pairs import PairData, plan_epoch
-from cliptune.runtime import autocast_dtype, pick_device, progress, seed_everything
+from cliptune.runtime import (
+    autocast_dtype,
+    device_name,
+    pick_device,
+    progress,
+    seed_everything,
+)
 from cliptune.training.build import build_state
 from cliptune.training.checkpoint import (
     Best,
+    EpochRun,
+    TrainState,
     all_finite,
     load_state,
     resume_hash,
@@ -66,25 +72,6 @@ MONITORS = {"val_loss": ("val_loss", -1.0), "val_recall": ("val_recall", 1.0)}
 
 class DivergenceError(RuntimeError):
     pass
-
-
-@dataclass
-class EpochRun:
-    """One epoch in progress: its batch plan and what its steps produced so far."""
-    epoch: int  # 0-based
-    batches: list
-    first: int = 0  # steps done before a mid-epoch resume
-    losses: list = field(default_factory=list)
-    norms: list = field(default_factory=list)
-    skipped: int = 0
-    causes: Counter = field(default_factory=Counter)
-    prior_seconds: float = 0.0  # time spent before a mid-epoch resume
-    t0: float = field(default_factory=time.perf_counter)
-    diverged: str | None = None
-    weights: dict | None = None  # CPU weights at the epoch's end
-
-    def seconds(self) -> float:
-        return self.prior_seconds + time.perf_counter() - self.t0
 
 
 class Trainer:
@@ -135,7 +122,7 @@ class Trainer:
 
     def fit(self) -> None:
         """All remaining epochs; a diverged one restarts from its first state."""
-        ts = self.ts
+        ts = self._log_plan()
         self.logger = TrainLogger(self.log_dir, resume_step=ts.step if self.start_epoch else None,
                                   resume_epoch=self.start_epoch,
                                   tensorboard=self.tcfg["tensorboard"],
@@ -152,6 +139,18 @@ class Trainer:
         finally:
             self.logger.close()
         barrier(self.dist)
+
+    def _log_plan(self) -> TrainState:
+        """An opening line, so a log is never empty until the first epoch ends."""
+        tcfg, dev = self.tcfg, self.dist.device
+        steps = self.train_data.n_images // self.step_batch
+        log.info("training %s on %s (%s): %d epochs x %d steps = %d optimizer steps; batch "
+                 "plan: %d images/step (%d micro-batches of %d, %s sampler) over %d "
+                 "process(es), %d train images", self.variant["name"], dev, device_name(dev),
+                 tcfg["epochs"], steps, steps * tcfg["epochs"], self.step_batch,
+                 tcfg["accum_steps"], tcfg["batch_size"], tcfg["sampler"],
+                 self.dist.world_size, self.train_data.n_images)
+        return self.ts
 
     def _start_epoch(self) -> EpochRun:
         """The epoch's batch plan and generators, or those saved mid-epoch."""

@@ -37,3 +37,13 @@ def validate(ctx: StepContext, data: PairData, batch_size: int,
         log.warning("validation embeddings are not finite: recall reported as NaN")
         return total / max(1, count), math.nan
     return total / max(1, count), mean_r1(img, txt)
+
+
+def validation_images(data: PairData, tcfg: dict) -> int:
+    """Images :func:`validate` scores: whole batches until train.val_max_images is reached."""
+    used, cap = 0, tcfg["val_max_images"]
+    for rows in validation_batches(data, tcfg["batch_size"] * tcfg["accum_steps"]):
+        if cap and used >= cap:
+            break
+        used += len(rows)
+    return used
