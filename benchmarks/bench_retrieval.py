@@ -7,7 +7,9 @@ Every (size, method) runs in a fresh subprocess so its peak RSS (VmHWM, reset af
 embeddings are generated) is its own. The naive reference needs the N x M score matrix
 plus a full argsort (~24 bytes per pair), so it only runs when that estimate fits the
 memory budget; otherwise it is reported as exceeding it instead of risking an OOM. Where
-both run, their per-query ranks must be identical. Writes a markdown table to
+both run, their per-query ranks must be identical. The blocked run also times what
+``evaluate`` adds on top of scoring: the cluster-bootstrap intervals (``bootstrap``
+defaults, 1,000 resamples) and one paired comparison, both from the ranks alone. Writes a markdown table to
 ``benchmarks/results/retrieval.md`` (``--out``).
 """
 
@@ -22,8 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from cliptune.config import DEFAULTS
+from cliptune.evaluation.bootstrap import Ranks, metric_intervals, paired_differences
 from cliptune.evaluation.retrieval_metrics import (
     DEFAULT_KS,
     retrieval_metrics_and_ranks,
@@ -94,13 +99,31 @@ def worker(spec: dict) -> dict:
     peak = _mem_kib("VmHWM")
     if spec.get("ranks_out"):
         torch.save({"i2t": r_i2t, "t2i": r_t2i}, spec["ranks_out"])
-    return {
+    out = {
         "seconds": seconds,
         "peak_rss_gib": peak / 2**20,
         "extra_gib": (peak - rss_before) / 2**20,
         "hwm_reset": hwm_reset,
         "metrics": metrics,
     }
+    if spec["method"] == "blocked":
+        out.update(bootstrap_cost(r_i2t, r_t2i, tii))
+    return out
+
+
+def bootstrap_cost(r_i2t, r_t2i, tii) -> dict:
+    """Seconds for evaluate's intervals and for one paired comparison (aggregate), and
+    the process's peak RSS growth over the scoring peak."""
+    ranks = Ranks.of(r_i2t, r_t2i, tii, np.arange(r_i2t.numel()), np.arange(r_t2i.numel()))
+    settings = DEFAULTS["bootstrap"]
+    before = _mem_kib("VmHWM")
+    t0 = time.perf_counter()
+    metric_intervals(ranks, KS, settings)
+    t1 = time.perf_counter()
+    paired_differences(ranks, ranks, KS, settings)
+    t2 = time.perf_counter()
+    return {"bootstrap_s": t1 - t0, "paired_s": t2 - t1,
+            "bootstrap_extra_gib": (_mem_kib("VmHWM") - before) / 2**20}
 
 
 def run_case(spec: dict, timeout: float) -> dict:
@@ -175,7 +198,7 @@ def main(argv=None) -> int:
             if method == "naive" and naive_gib > args.memory_budget_gb:
                 rows.append(
                     f"| {label} | naive | - | - | ~{naive_gib:.1f} (est.) | - | - | - | - "
-                    f"| exceeds {args.memory_budget_gb:g} GiB budget, not run |"
+                    f"| - | - | exceeds {args.memory_budget_gb:g} GiB budget, not run |"
                 )
                 continue
             spec = {
@@ -189,15 +212,18 @@ def main(argv=None) -> int:
             res = run_case(spec, args.timeout)
             if "error" in res:
                 ok = False
-                rows.append(f"| {label} | {method} | - | - | - | - | - | - | - | {res['error']} |")
+                rows.append(f"| {label} | {method} | - | - | - | - | - | - | - | - | - "
+                            f"| {res['error']} |")
                 continue
             results[method] = res
             m = res["metrics"]
             block = args.block_size if method == "blocked" else "-"
+            boot = (f"{res['bootstrap_s']:.2f} (+{res['bootstrap_extra_gib']:.2f} GiB) "
+                    f"| {res['paired_s']:.2f}") if "bootstrap_s" in res else "- | -"
             rows.append(
                 f"| {label} | {method} | {block} | {res['seconds']:.1f} "
                 f"| {res['peak_rss_gib']:.2f} | {res['extra_gib']:.2f} "
-                f"| {m['i2t_R@1']:.2f} | {m['t2i_R@1']:.2f} | {m['rsum']:.2f} | |"
+                f"| {m['i2t_R@1']:.2f} | {m['t2i_R@1']:.2f} | {m['rsum']:.2f} | {boot} | |"
             )
         if len(results) == 2:
             a = torch.load(WORK / f"naive_{n_img}.pt", weights_only=True)
@@ -229,11 +255,15 @@ def main(argv=None) -> int:
             "the call (the high-water mark is reset after generating the embeddings). "
             f"Naive = full N x M float32 matrix + stable full sort of rows and columns, run "
             f"only if ~{NAIVE_BYTES_PER_PAIR} B/pair fits --memory-budget-gb "
-            f"{args.memory_budget_gb:g}.",
+            f"{args.memory_budget_gb:g}. Bootstrap = what `evaluate` adds after scoring: "
+            f"{DEFAULTS['bootstrap']['resamples']:,}-resample cluster-bootstrap intervals of "
+            "every R@K and rsum from the per-query ranks (in brackets: peak RSS growth over "
+            "the scoring peak); paired = one paired comparison with the baseline (the "
+            "aggregate does one per variant).",
             "",
             "| images x captions | method | block | time (s) | peak RSS (GiB) "
-            "| extra (GiB) | i2t R@1 | t2i R@1 | rsum | notes |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| extra (GiB) | i2t R@1 | t2i R@1 | rsum | bootstrap (s) | paired (s) | notes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             *notes,

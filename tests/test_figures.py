@@ -18,7 +18,6 @@ from cliptune.evaluation.zero_shot import (
     zero_shot_probs,
 )
 from cliptune.reporting import figures
-from cliptune.reporting.ablation import COLUMNS, write_ablation
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 255, size=(6, 16, 16, 3), dtype=np.uint8)
@@ -68,20 +67,6 @@ def test_loss_overlay_skips_untrained(tmp_path):
     figures.plot_loss_overlay({"baseline": hist, "other": hist * 0.9,
                                "untrained": pd.DataFrame()}, tmp_path / "ov.png", "baseline")
     assert_png(tmp_path / "ov.png")
-
-
-def test_ablation_csv_columns_and_chart(tmp_path):
-    files = {}
-    for i, name in enumerate(["baseline", "bn", "untrained"]):
-        m = {f"{d}_R@{k}": 10.0 * i + k for d in ("i2t", "t2i") for k in (1, 5, 10, 50)}
-        files[name] = tmp_path / f"{name}.json"
-        files[name].write_text(json.dumps(m))
-    table = write_ablation(files, "baseline", tmp_path / "a.csv", tmp_path / "a.png",
-                           ks=(1, 5, 10, 50))
-    assert list(pd.read_csv(tmp_path / "a.csv").columns) == COLUMNS
-    # rsum is over the six standard recalls even when eval.ks has more cut-offs.
-    assert table.loc[1, "rsum"] == pytest.approx(2 * (10 + 1 + 10 + 5 + 10 + 10))
-    assert_png(tmp_path / "a.png")
 
 
 def test_prompt_ensemble_is_mean_of_normalised_prompts():

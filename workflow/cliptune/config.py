@@ -167,6 +167,7 @@ def load_config(config: Mapping) -> dict:
     _resolve_selection(cfg)
     names = split_names(cfg["dataset"])
     for name in variants:
+        _check_seeds(config, cfg, name)
         eval_split = resolve_variant(cfg, name)["eval"]["split"]
         if eval_split not in names or eval_split == "train":
             raise ConfigError(
@@ -295,17 +296,7 @@ def variant_names(cfg: Mapping) -> list[str]:
     return names
 
 
-def resolve_variant(cfg: Mapping, name: str) -> dict:
-    """Shared sections deep-merged with the variant's overrides.
-
-    ``untrained`` is the baseline's architecture with zero epochs: the
-    reference row that shows what training bought.
-    """
-    if name == UNTRAINED:
-        resolved = resolve_variant(cfg, cfg["baseline"])
-        resolved["train"]["epochs"] = 0
-        resolved["name"] = UNTRAINED
-        return resolved
+def _merged_variant(cfg: Mapping, name: str) -> dict:
     if name not in cfg["variants"]:
         raise ConfigError(f"unknown variant {name!r}; configured: {sorted(cfg['variants'])}")
     shared = {key: cfg[key] for key in VARIANT_SECTIONS}
@@ -316,6 +307,72 @@ def resolve_variant(cfg: Mapping, name: str) -> dict:
     # Training validates on it, so a different selection split retrains the variant.
     resolved["select_split"] = cfg["dataset"]["selection"]["split"]
     return resolved
+
+
+def resolve_variant(cfg: Mapping, name: str) -> dict:
+    """Shared sections deep-merged with the variant's overrides: its primary run.
+
+    ``untrained`` is the baseline's architecture with zero epochs: the
+    reference row that shows what training bought. ``train.seeds`` is replaced
+    by the run's own ``train.seed`` (the first seed), so adding a replicate seed
+    never changes, and so never reruns, the primary run.
+    """
+    if name == UNTRAINED:
+        resolved = resolve_variant(cfg, cfg["baseline"])
+        resolved["train"]["epochs"] = 0
+        resolved["name"] = UNTRAINED
+        return resolved
+    resolved = _merged_variant(cfg, name)
+    seeds = resolved["train"].pop("seeds", None)
+    if seeds:
+        resolved["train"]["seed"] = seeds[0]
+    return resolved
+
+
+def variant_seeds(cfg: Mapping, name: str) -> list[int]:
+    """Training seeds of a variant, primary first (``untrained`` is never replicated:
+    it is a reference row, not a training result)."""
+    if name == UNTRAINED:
+        return [resolve_variant(cfg, name)["train"]["seed"]]
+    train = _merged_variant(cfg, name)["train"]
+    return list(train["seeds"]) if train.get("seeds") else [train["seed"]]
+
+
+def replicate_run(variant: str, seed: int) -> str:
+    """Run name (and folder below variants/) of a replicate: ``{variant}/seed{seed}``."""
+    return f"{variant}/seed{seed}"
+
+
+def run_names(cfg: Mapping) -> dict[str, list[str]]:
+    """variant -> its runs, primary first: the primary keeps the variant's own paths,
+    every further seed of ``train.seeds`` gets ``{variant}/seed{seed}``."""
+    return {v: [v] + [replicate_run(v, s) for s in variant_seeds(cfg, v)[1:]]
+            for v in variant_names(cfg)}
+
+
+def resolve_run(cfg: Mapping, run: str) -> dict:
+    """The resolved config of one run (a variant name or a ``{variant}/seed{s}`` replicate)."""
+    variant, sep, seed = run.partition("/seed")
+    resolved = resolve_variant(cfg, variant)
+    if sep:
+        if not seed.isdigit() or int(seed) not in variant_seeds(cfg, variant)[1:]:
+            raise ConfigError(f"unknown run {run!r}; {variant}'s train.seeds are "
+                              f"{variant_seeds(cfg, variant)}")
+        resolved["train"]["seed"] = int(seed)
+        resolved["name"] = run
+    return resolved
+
+
+def _check_seeds(raw: Mapping, cfg: Mapping, name: str) -> None:
+    """An explicit train.seed must agree with train.seeds (whose first seed wins)."""
+    seeds = _merged_variant(cfg, name)["train"].get("seeds")
+    own = ((raw["variants"].get(name) or {}).get("train") or {})
+    explicit = own.get("seed", (raw.get("train") or {}).get("seed"))
+    if seeds and explicit is not None and explicit != seeds[0]:
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.seed = {explicit} and train.seeds = "
+            f"{seeds}; with train.seeds the first seed is the primary run, so drop train.seed "
+            f"or list {explicit} first in train.seeds")
 
 
 def canonical_json(obj: Any) -> str:

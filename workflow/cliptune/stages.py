@@ -152,15 +152,23 @@ def evaluate(smk) -> None:
 
     variant = json.loads(smk.params.variant)
     evaluate_variant(variant, Path(smk.input.model), _pairs(smk, "val"),
-                     Path(smk.output.metrics).parent)
+                     Path(smk.output.metrics).parent, json.loads(smk.params.bootstrap))
 
 
 def aggregate(smk) -> None:
     from cliptune.reporting.ablation import write_ablation
 
-    files = dict(zip(smk.params.variants, smk.input.metrics, strict=True))
+    variants = list(smk.params.variants)
+    metrics = dict(zip(variants, smk.input.metrics, strict=True))
+    ranks = dict(zip(variants, smk.input.ranks, strict=True))
+    # run_metrics follows RUNS (variant order, primary first): regroup it per variant.
+    runs = json.loads(smk.params.runs)
+    by_run = dict(zip([r for v in variants for r in runs[v]], smk.input.run_metrics, strict=True))
+    run_files = {v: [Path(by_run[r]) for r in runs[v]] for v in variants}
     ks = smk.params.ks  # eval.ks of the baseline
-    write_ablation(files, smk.params.baseline, Path(smk.output.csv), Path(smk.output.png), ks)
+    write_ablation(metrics, ranks, run_files, smk.params.baseline,
+                   json.loads(smk.params.bootstrap), Path(smk.output.csv), Path(smk.output.png),
+                   Path(smk.output.paired), ks)
 
 
 def figures(smk) -> None:
@@ -172,7 +180,7 @@ def figures(smk) -> None:
         json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
         Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
         Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
-        instances=Path(instances) if instances else None, device=smk.params.device)
+        instances=Path(instances) if instances else None, model=Path(smk.input.model))
 
 
 def loss_overlay(smk) -> None:
@@ -186,6 +194,7 @@ def loss_overlay(smk) -> None:
 
 
 def summary(smk) -> None:
+    from cliptune.reporting.comparison import Comparison
     from cliptune.reporting.summary import write_summary
     from cliptune.reporting.variant_figures import FIGURES
 
@@ -200,7 +209,9 @@ def summary(smk) -> None:
     }
     write_summary(Path(smk.output[0]), variants, smk.params.baseline,
                   json.loads(smk.params.dataset), json.loads(smk.params.report),
-                  Path(smk.input.ablation_png), Path(smk.input.overlay_png))
+                  Path(smk.input.ablation_png), Path(smk.input.overlay_png),
+                  comparison=Comparison.load(Path(smk.input.ablation_csv),
+                                             Path(smk.input.paired), smk.params.baseline))
 
 
 def run(smk, stage: Callable) -> None:

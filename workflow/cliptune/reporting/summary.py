@@ -20,6 +20,12 @@ import pandas as pd
 from cliptune.config import UNTRAINED
 from cliptune.evaluation.retrieval_metrics import DEFAULT_KS
 from cliptune.io_utils import write_text
+from cliptune.reporting.comparison import (
+    Comparison,
+    comparison_observations,
+    comparison_section,
+    margin_note,
+)
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
 ANCHORS = {
@@ -193,11 +199,13 @@ def _rel(path, base_dir: Path) -> str:
 
 def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, out: Path, ablation_png: Path | None = None,
-                  overlay_png: Path | None = None, untrained: str = UNTRAINED) -> str:
+                  overlay_png: Path | None = None, untrained: str = UNTRAINED,
+                  comparison: Comparison | None = None) -> str:
     """Markdown text of the summary.
 
     ``variants[name]`` holds paths: metrics, train_report, history, zero_shot (optional)
-    and figures (name -> png, optional).
+    and figures (name -> png, optional). ``comparison``: the aggregate's intervals and
+    paired differences; without it the summary says that none were computed.
     """
     base_dir = Path(out).parent
     data = {}
@@ -229,7 +237,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
 
     # ---- observations
     lines += ["## Observations", ""]
-    obs = _observations(data, names, baseline, best, rsum, untrained, ks)
+    obs = _observations(data, names, baseline, best, rsum, untrained, ks, comparison)
     lines += [f"- {o}" for o in obs] + [""]
 
     # ---- results table (+ anchors)
@@ -271,6 +279,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
             _table(["model"] + [f"{d} R@{k}" for d in ("i2t", "t2i") for k in anchor_ks], arows),
         ]
     lines.append("")
+    if comparison is not None:
+        lines += comparison_section(comparison)
 
     # ---- zero-shot
     zs_rows = []
@@ -366,7 +376,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _observations(data, names, baseline, best, rsum, untrained, ks) -> list[str]:
+def _observations(data, names, baseline, best, rsum, untrained, ks, comparison) -> list[str]:
     obs = []
     if best is None:
         return ["no variant has metrics yet"]
@@ -375,16 +385,18 @@ def _observations(data, names, baseline, best, rsum, untrained, ks) -> list[str]
             f"{bm.get('i2t_R@1', math.nan):.1f}, text→image R@1 {bm.get('t2i_R@1', math.nan):.1f})")
     if best != baseline and baseline in rsum:
         line += f", {rsum[best] - rsum[baseline]:+.1f} rsum over the baseline `{baseline}`"
+        line += margin_note(comparison, best) if comparison is not None else ""
     obs.append(line + ".")
     if baseline in rsum and untrained in rsum and math.isfinite(rsum[untrained]):
         gain = rsum[baseline] - rsum[untrained]
         obs.append(f"Training moved the baseline from rsum {rsum[untrained]:.1f} (the same "
                    f"architecture untrained) to {rsum[baseline]:.1f} ({gain:+.1f}).")
-    worse = [n for n in names if n not in (baseline, untrained) and baseline in rsum
-             and rsum[n] < rsum[baseline]]
-    if worse:
-        obs.append("Below the baseline: " + ", ".join(
-            f"`{n}` ({rsum[n] - rsum[baseline]:+.1f})" for n in worse) + ".")
+    # Better / worse only where the paired bootstrap interval says so.
+    if comparison is not None:
+        obs += comparison_observations(comparison, skip=(untrained,))
+    else:
+        obs.append("No paired comparison with the baseline was computed, so no difference "
+                   "above is called better or worse.")
     i2t, t2i = bm.get("i2t_R@1"), bm.get("t2i_R@1")
     if i2t is not None and t2i is not None:
         easier = "image→text" if i2t > t2i else "text→image"
@@ -420,7 +432,9 @@ def _observations(data, names, baseline, best, rsum, untrained, ks) -> list[str]
 
 def write_summary(out: Path, variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, ablation_png: Path | None = None,
-                  overlay_png: Path | None = None) -> str:
-    text = build_summary(variants, baseline, dataset, report, out, ablation_png, overlay_png)
+                  overlay_png: Path | None = None,
+                  comparison: Comparison | None = None) -> str:
+    text = build_summary(variants, baseline, dataset, report, out, ablation_png, overlay_png,
+                         comparison=comparison)
     write_text(out, text)
     return text
