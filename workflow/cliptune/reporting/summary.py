@@ -25,6 +25,7 @@ from cliptune.reporting.comparison import (
     comparison_observations,
     comparison_section,
     margin_note,
+    training_gain_note,
 )
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
@@ -389,8 +390,9 @@ def _observations(data, names, baseline, best, rsum, untrained, ks, comparison) 
     obs.append(line + ".")
     if baseline in rsum and untrained in rsum and math.isfinite(rsum[untrained]):
         gain = rsum[baseline] - rsum[untrained]
+        note = training_gain_note(comparison, untrained) if comparison is not None else ""
         obs.append(f"Training moved the baseline from rsum {rsum[untrained]:.1f} (the same "
-                   f"architecture untrained) to {rsum[baseline]:.1f} ({gain:+.1f}).")
+                   f"architecture untrained) to {rsum[baseline]:.1f} ({gain:+.1f}{note}).")
     # Better / worse only where the paired bootstrap interval says so.
     if comparison is not None:
         obs += comparison_observations(comparison, skip=(untrained,))
