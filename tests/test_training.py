@@ -287,3 +287,17 @@ def test_batch_larger_than_data_is_a_clear_error(pairs, tmp_path):
     v = variant(train={"batch_size": 16, "accum_steps": 4})
     with pytest.raises(ValueError, match="batch_size x accum_steps = 64"):
         train(v, pairs, tmp_path)
+
+
+def test_log_opens_with_device_steps_and_batch_plan(pairs, tmp_path, caplog):
+    v = variant(model={"freeze_backbone": True}, train={"batch_size": 4, "accum_steps": 2})
+    with caplog.at_level("INFO", logger="cliptune.training.trainer"):
+        train(v, pairs, tmp_path, write_outputs=False)
+    first = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("training"))
+    # 32 train images / (4 x 2) = 4 optimizer steps per epoch, 1 epoch.
+    assert "on cpu" in first and "1 epochs x 4 steps = 4 optimizer steps" in first
+    assert "8 images/step (2 micro-batches of 4" in first and "over 1 process(es)" in first
+    # Written before the first epoch's summary line.
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.index(first) < next(i for i, m in enumerate(messages)
+                                        if m.startswith("epoch 1:"))

@@ -1,5 +1,5 @@
 # Optuna search for one variant; its own target, not part of `rule all`:
-#   snakemake --cores 8 --resources gpu=1 results/{DS}/hpo/{variant}/best_overlay.yaml
+#   snakemake results/{DS}/hpo/{variant}/best_overlay.yaml --cores 8 --resources gpu=1
 HPO_DIR = f"{RESULTS}/hpo/{{variant}}"
 
 

@@ -22,6 +22,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from cliptune.runtime import progress
+
 __all__ = ["UnsafeArchiveError", "safe_extract"]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -139,7 +141,9 @@ def safe_extract(
             plan = _plan_zip(zf, target, archive)
             target.mkdir(parents=True, exist_ok=True)
             marker.unlink(missing_ok=True)  # a stale marker must not outlive a crash below
-            for info, dest, is_dir in plan:
+            # train2014.zip: 82k files, 13 GB; show how far extraction has got.
+            for info, dest, is_dir in progress(plan, desc=f"extract {archive.name}",
+                                               unit="file"):
                 if is_dir:
                     dest.mkdir(parents=True, exist_ok=True)
                 else:
@@ -150,7 +154,8 @@ def safe_extract(
             plan = _plan_tar(tf, target, archive)
             target.mkdir(parents=True, exist_ok=True)
             marker.unlink(missing_ok=True)
-            for member, dest, is_dir in plan:
+            for member, dest, is_dir in progress(plan, desc=f"extract {archive.name}",
+                                                 unit="file"):
                 if is_dir:
                     dest.mkdir(parents=True, exist_ok=True)
                 else:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from cliptune.config import DEFAULTS
+from cliptune.runtime import progress
 
 __all__ = [
     "DEFAULT_KS",
@@ -275,6 +276,13 @@ def _straddling_topk_set(sims: torch.Tensor, thr: torch.Tensor, k: int) -> torch
     return keep.nonzero()[:, 1].view(n_rows, k)
 
 
+def _blocks(n: int, block_size: int, desc: str):
+    """Block starts, with a progress bar when ranking takes more than a few blocks (the
+    25k-caption COCO 5k test set ranks in 25 blocks of 1024 on each side)."""
+    starts = range(0, n, block_size)
+    return progress(starts, desc=desc, unit="block", disable=len(starts) < 8)
+
+
 def _i2t_pass(
     img: torch.Tensor,
     txt: torch.Tensor,
@@ -295,7 +303,7 @@ def _i2t_pass(
     kk = min(kmax, n_txt)
     ranks = torch.empty(n_img, dtype=torch.long)
     rel = torch.empty((n_img, kk), dtype=torch.bool) if kk > 0 else None
-    for i0 in range(0, n_img, block_size):
+    for i0 in _blocks(n_img, block_size, "rank captions per image"):
         i1 = min(i0 + block_size, n_img)
         sims = score(img[i0:i1])  # [B, M]
         pos = order[offsets[i0] : offsets[i1]]
@@ -323,7 +331,7 @@ def _t2i_pass(
     idx = idx_cpu.to(img.device)
     score = _Scorer(img)
     ranks = torch.empty(n_txt, dtype=torch.long)
-    for m0 in range(0, n_txt, block_size):
+    for m0 in _blocks(n_txt, block_size, "rank images per caption"):
         m1 = min(m0 + block_size, n_txt)
         sims = score(txt[m0:m1])  # [B, N]
         own = idx[m0:m1]

@@ -242,6 +242,12 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
     hn = tcfg["hard_negatives"]
     negatives = None
     epoch = start_epoch
+    # An opening line, so a log is never empty until the first epoch ends.
+    log.info("training %s on %s (%s): %d epochs x %d steps = %d optimizer steps; batch plan: "
+             "%d images/step (%d micro-batches of %d, %s sampler) over %d process(es), "
+             "%d train images", variant["name"], device, device_name(device), tcfg["epochs"],
+             steps_per_epoch, total_steps, batch_size * accum, accum, batch_size,
+             tcfg["sampler"], dist_ctx.world_size, train_data.n_images)
     while epoch < tcfg["epochs"] and not prog["stopped"]:
         good = _snapshot(model, optimizer, scheduler, scaler)
         if tcfg["loss"] == "hard_negative" and (
