@@ -156,6 +156,21 @@ def test_selection_on_the_reported_split_is_said_in_bold(tmp_path):
     assert "**Selection and reporting used the same images (split `val`)" in first
 
 
+def test_selection_paragraph_without_trained_runs_or_records(tmp_path):
+    root = tmp_path / "results" / "d" / "variants"
+    out = tmp_path / "results" / "summary.md"
+    only = {"untrained": make_variant(root, "untrained", 1.0, [])}
+    text = build_summary(only, "untrained", {"name": "d", "source": "coco"}, REPORT, out)
+    assert "No variant was trained, so no model was selected; Recall@K is on split `val` " \
+           "(300 images)." in text.split("\n\n")[1]
+    old = make_variant(root, "old", 5.0, [3.0, 2.0])
+    report = json.loads(old["train_report"].read_text())
+    del report["selected_on"]
+    old["train_report"].write_text(json.dumps(report))
+    text = build_summary({"old": old}, "old", {"name": "d", "source": "coco"}, REPORT, out)
+    assert "not recorded in every train report; rerun training" in text.split("\n\n")[1]
+
+
 def test_best_epoch_follows_train_monitor():
     h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3, 2, 1.0],
                       "val_loss": [3, 2.5, 2.0], "val_recall": [10.0, 30.0, 20.0],

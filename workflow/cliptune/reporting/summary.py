@@ -149,18 +149,23 @@ def monitor_of(report: Mapping) -> str:
 
 def selection_paragraph(data: Mapping[str, Mapping]) -> str:
     """Where the model was selected and where it is reported; bold when those coincide."""
+    trained = [d["report"] for d in data.values() if d["report"].get("epochs_run")]
     selected = {(r["selected_on"]["split"], r["selected_on"]["images"])
-                for d in data.values() if (r := d["report"]).get("selected_on")
-                and r.get("epochs_run")}
+                for r in trained if r.get("selected_on")}
     reported = {(m["reported_on"]["split"], m["reported_on"]["images"])
                 for d in data.values() if (m := d["metrics"]).get("reported_on")}
-    if not selected or not reported:
-        return ("Where models were selected is not recorded in these runs' train reports; "
-                "rerun training to record it.")
-    sel = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(selected))
+    if not reported:
+        return "Which split recall was measured on is not recorded; rerun `evaluate`."
     rep = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(reported))
-    text = (f"Models were selected (the saved epoch by `train.monitor`, early stopping, the HPO "
-            f"objective) on split {sel}; Recall@K is reported on split {rep}.")
+    if not trained:
+        return f"No variant was trained, so no model was selected; Recall@K is on split {rep}."
+    if any(not r.get("selected_on") for r in trained):
+        return (f"Recall@K is reported on split {rep}. Where models were selected is not "
+                "recorded in every train report; rerun training to record it.")
+    sel = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(selected))
+    text = (f"Models were selected (the saved epoch by `train.monitor` and early stopping; "
+            f"the HPO objective uses the same split) on split {sel}; Recall@K is reported on "
+            f"split {rep}.")
     shared = {s for s, _ in selected} & {s for s, _ in reported}
     if shared:
         return text + (f" **Selection and reporting used the same images (split "
