@@ -134,6 +134,8 @@ def test_observations_call_a_difference_only_when_the_interval_does(runs, exclud
         assert "not distinguishable from the baseline at this size" in observations
     # untrained is the reference row: in the table, not among the verdict observations.
     assert "`untrained` (" not in observations
+    # ...but what training bought carries its (sign-flipped) paired interval.
+    assert "(paired 95% interval [+130.0, +150.0]: a real gain))." in observations
 
 
 def test_anchors_beside_results_only_when_comparable(runs):

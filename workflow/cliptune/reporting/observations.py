@@ -11,7 +11,11 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from cliptune.reporting.comparison import comparison_observations, margin_note
+from cliptune.reporting.comparison import (
+    comparison_observations,
+    margin_note,
+    training_gain_note,
+)
 
 # Relative val-loss change in the last epoch under which a run counts as converged.
 PLATEAU = 0.01
@@ -115,8 +119,9 @@ def observations(data, names, baseline, best, rsum, untrained, ks, comparison) -
     obs.append(line + ".")
     if baseline in rsum and untrained in rsum and math.isfinite(rsum[untrained]):
         gain = rsum[baseline] - rsum[untrained]
+        note = training_gain_note(comparison, untrained) if comparison is not None else ""
         obs.append(f"Training moved the baseline from rsum {rsum[untrained]:.1f} (the same "
-                   f"architecture untrained) to {rsum[baseline]:.1f} ({gain:+.1f}).")
+                   f"architecture untrained) to {rsum[baseline]:.1f} ({gain:+.1f}{note}).")
     # Better / worse only where the paired bootstrap interval says so.
     if comparison is not None:
         obs += comparison_observations(comparison, skip=(untrained,))
