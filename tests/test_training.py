@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import numpy as np
 import pandas as pd
@@ -201,9 +202,21 @@ def test_repeated_divergence_fails_naming_cause_and_epoch(pairs, tmp_path, monke
 
     _nan_for(10**6, monkeypatch)
     v = variant(train={"max_nonfinite_steps": 1, "divergence": {"max_restarts": 2}})
-    with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave up "
-                                              r"after 2 restarts"):
-        train(v, pairs, tmp_path)
+
+    def caller_handler(signum, frame):  # what the process had before training
+        raise AssertionError("never called")
+
+    previous = {s: signal.signal(s, caller_handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave "
+                                                  r"up after 2 restarts"):
+            train(v, pairs, tmp_path)
+        # The preemption guard is gone: an HPO process running its next trial (or anything
+        # else) gets its own SIGTERM/SIGUSR1 handling back.
+        assert all(signal.getsignal(s) is caller_handler for s in previous)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     assert not (tmp_path / "ckpt" / "state.pt").exists()  # never a NaN checkpoint
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
