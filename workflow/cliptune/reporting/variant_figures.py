@@ -156,7 +156,26 @@ def build_variant_figures(
                                f"variant: {name}")
 
     # zero-shot classification with prompt ensembling
-    zs = report["zero_shot"]
+    result = _zero_shot_figure(name, report["zero_shot"], dataset, art, temperature, encode,
+                               instances, sample, paths["zero_shot"])
+    write_zero_shot_json(zero_shot_json, result)
+
+    # similarity heatmap of a sample of images and their first captions
+    n_heat = min(report["heatmap_size"], art.n_images)
+    heat = np.sort(rng.choice(art.n_images, size=n_heat, replace=False))
+    caps = art.first_caption[heat]
+    sims = (art.image[heat] @ art.text[caps].T).numpy()
+    figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
+                                    paths["similarity_heatmap"], f"variant: {name}")
+    log.info("%s: figures written to %s; zero-shot %s", name, out_dir, result["accuracy"])
+    return result
+
+
+def _zero_shot_figure(name: str, zs: Mapping, dataset: Mapping, art: EvalArtifacts,
+                      temperature: float, encode: Callable[[list[str]], torch.Tensor],
+                      instances: Path | None, sample: np.ndarray, png: Path) -> dict:
+    """Zero-shot classification with prompt ensembling: the figure of ``sample`` and the
+    results (accuracy over COCO's 80 categories or the demo's ground truth)."""
     coco = coco_instance_labels(instances, art.image_id) if instances else None
     classes = list(zs["classes"] or (coco[0] if coco else _default_classes(dataset)))
     class_emb = class_embeddings(encode, classes, zs["templates"])
@@ -179,20 +198,10 @@ def build_variant_figures(
         subtitle = (f"over {acc['n_images']} images and {result['accuracy_over']}: top-1 "
                     f"{acc['top1_accuracy']:.1f}% (chance {acc['chance_top1_accuracy']:.1f}%), top-5 {acc.get('top5_accuracy', 0):.1f}%, "
                     f"mAP {acc['mAP']:.1f}%")
-    figures.plot_zero_shot(_Images(art, sample), classes, probs[sample], paths["zero_shot"],
+    figures.plot_zero_shot(_Images(art, sample), classes, probs[sample], png,
                            f"variant: {name}",
                            labels=None if labels is None else labels[sample],
                            top=zs["top_classes"], subtitle=subtitle)
-    write_zero_shot_json(zero_shot_json, result)
-
-    # similarity heatmap of a sample of images and their first captions
-    n_heat = min(report["heatmap_size"], art.n_images)
-    heat = np.sort(rng.choice(art.n_images, size=n_heat, replace=False))
-    caps = art.first_caption[heat]
-    sims = (art.image[heat] @ art.text[caps].T).numpy()
-    figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
-                                    paths["similarity_heatmap"], f"variant: {name}")
-    log.info("%s: figures written to %s; zero-shot %s", name, out_dir, result["accuracy"])
     return result
 
 
