@@ -100,7 +100,9 @@ def test_zero_shot_probs_and_accuracy():
 
 
 def test_demo_labels_match_the_generated_captions():
-    from cliptune.data.demo_data import describe_scene, image_id_for, image_rng, sample_scene
+    from cliptune.data.demo_captions import describe_scene
+    from cliptune.data.demo_data import image_id_for, image_rng
+    from cliptune.data.demo_scenes import sample_scene
 
     rng = image_rng(0, "val", 3)
     scene = sample_scene(rng, 3)

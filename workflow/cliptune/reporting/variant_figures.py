@@ -198,7 +198,7 @@ def build_variant_figures(
 
 def _default_classes(dataset: Mapping) -> list[str]:
     if dataset["source"] == "demo":
-        from cliptune.data.demo_data import SHAPES
+        from cliptune.data.demo_scenes import SHAPES
 
         return list(SHAPES)
     return list(COCO_CATEGORIES)
