@@ -33,12 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cliptune.config import DEFAULTS
 from cliptune.data.demo_captions import describe_scene
-from cliptune.data.demo_scenes import POSITIONS, SceneSpec, render_scene, sample_scene
+from cliptune.data.demo_scenes import DEMO, POSITIONS, SceneSpec, render_scene, sample_scene
 from cliptune.io_utils import atomic_path
-
-DEMO = DEFAULTS["dataset"]["demo"]  # dataset.demo defaults: generator, CLI and scenes
 
 # --------------------------------------------------------------------------- dataset
 
