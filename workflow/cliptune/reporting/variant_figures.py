@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from cliptune.config import DEFAULTS
 from cliptune.data.image_cache import open_cache
 from cliptune.evaluation.evaluate import variant_text_encoder
 from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
@@ -114,8 +115,8 @@ def _labels(source: str, dataset: Mapping, image_ids: np.ndarray, classes: list[
                 out[:, j] = mat[:, col[c]]
         return out
     if source == "demo":
-        demo = dataset.get("demo", {})
-        return demo_labels(image_ids, classes, demo.get("seed", 0), demo.get("max_shapes", 3))
+        demo = {**DEFAULTS["dataset"]["demo"], **dataset.get("demo", {})}  # partial: defaults
+        return demo_labels(image_ids, classes, demo["seed"], demo["max_shapes"])
     return None
 
 
