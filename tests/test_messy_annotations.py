@@ -247,3 +247,16 @@ def test_data_report_shows_every_repair():
     assert "given fresh ids: 3 (e.g. 11)" in md and "merged: 1 (e.g. b.jpg)" in md
     assert "empty or whitespace-only captions excluded: 2" in md
     assert "listed twice" not in md  # a repair that did not happen is not mentioned
+
+
+def test_folder_images_sharing_a_caption_file_are_named(tmp_path):
+    for name in ("train/a.jpg", "train/a.png", "train/b.jpg", "val/c.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).with_suffix(".txt").write_text("a caption\n")
+    ds = load_config({"dataset": {"name": "f", "source": "folder", "root": str(tmp_path),
+                                  "selection": NO_HOLDOUT}, "variants": VARIANTS})["dataset"]
+    with pytest.raises(fmt.DatasetFormatError, match="train/a.jpg and train/a.png"):
+        cap.read_split(cap.split_spec(ds, "train"))
+    (tmp_path / "train/a.png").unlink()
+    assert len(cap.read_split(cap.split_spec(ds, "train")).captions) == 2

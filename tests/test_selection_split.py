@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -187,3 +188,25 @@ def test_data_report_names_the_holdout(tmp_path):
                           "images_in_two_splits": {}})
     assert "6 train images (seed 0) are held out of this split and select the model" in md
     assert "6 train images (seed 0) select the model here" in md
+
+
+def job_inputs(proc, rule: str) -> list[str]:
+    """Input lines of every planned job of ``rule`` in a dry run's output."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout + proc.stderr)
+    return [re.search(r"input: (.*)", b).group(1) for b in blocks
+            if re.match(rf"(?:local)?rule {rule}:", b.strip()) and "input:" in b]
+
+
+def test_train_and_hpo_read_the_selection_split_and_evaluate_the_reported_one(tmp_path, repo):
+    from test_workflow import TINY, snakemake, write_config
+
+    write_config(tmp_path, TINY)
+    base = "results/tiny/variants/baseline"
+    proc = snakemake(tmp_path, repo, "-n", f"{base}/metrics.json",
+                     "results/tiny/hpo/baseline/best_overlay.yaml")
+    for rule in ("train", "hpo"):
+        (inputs,) = job_inputs(proc, rule)
+        assert "captions/select.parquet" in inputs and "images/select_32.npy" in inputs
+        assert "captions/val.parquet" not in inputs and "val_32" not in inputs
+    (inputs,) = job_inputs(proc, "evaluate")
+    assert "captions/val.parquet" in inputs and "select" not in inputs

@@ -94,6 +94,50 @@ def test_summary_has_table_observations_and_relative_figures(runs):
     assert "](demo/variants/bn_head/figures/text_to_image.png)" in text
 
 
+def write_comparison(tmp: Path, excludes_zero: bool):
+    """ablation.csv and paired_vs_baseline.csv as aggregate writes them (the parts read)."""
+    from cliptune.reporting.comparison import Comparison
+
+    table = pd.DataFrame({"variant": ["baseline", "bn_head", "untrained"],
+                          "rsum": [150.0, 160.0, 10.0], "rsum_lo": [140.0, 150.0, 5.0],
+                          "rsum_hi": [160.0, 170.0, 15.0], "n_seeds": [1, 3, 1],
+                          "rsum_seed_mean": [150.0, 158.0, 10.0],
+                          "rsum_seed_std": [float("nan"), 4.0, float("nan")]})
+    lo = 2.0 if excludes_zero else -3.0
+    paired = pd.DataFrame([{"variant": v, "baseline": "baseline", "metric": m, "diff": d,
+                            "lo": lo if v == "bn_head" else -150.0,
+                            "hi": 18.0 if v == "bn_head" else -130.0,
+                            "excludes_zero": excludes_zero if v == "bn_head" else True,
+                            "confidence": 0.95, "resamples": 1000}
+                           for v, d in (("bn_head", 10.0), ("untrained", -140.0))
+                           for m in ("rsum", "i2t_R@1", "t2i_R@1")])
+    table.to_csv(tmp / "ablation.csv", index=False)
+    paired.to_csv(tmp / "paired.csv", index=False)
+    return Comparison.load(tmp / "ablation.csv", tmp / "paired.csv", "baseline")
+
+
+@pytest.mark.parametrize("excludes_zero", [True, False])
+def test_observations_call_a_difference_only_when_the_interval_does(runs, excludes_zero):
+    tmp, variants = runs
+    comp = write_comparison(tmp, excludes_zero)
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+                         tmp / "results" / "summary.md", comparison=comp)
+    assert "## Compared with the baseline" in text
+    assert "| bn_head | 160.0 [150.0, 170.0] | 158.0 ± 4.0 (3 seeds) |" in text
+    assert "Training randomness (rsum over seeds, mean ± std): `bn_head`" in text
+    observations = text.split("## Observations")[1].split("## Results")[0]
+    if excludes_zero:
+        assert "paired 95% interval [+2.0, +18.0]: better than the baseline)" in observations
+        assert "Better than the baseline (paired rsum interval excludes zero): `bn_head`" in text
+    else:
+        assert "better than the baseline" not in observations.lower()
+        assert "not distinguishable from the baseline at this size" in observations
+    # untrained is the reference row: in the table, not among the verdict observations.
+    assert "`untrained` (" not in observations
+    # ...but what training bought carries its (sign-flipped) paired interval.
+    assert "(paired 95% interval [+130.0, +150.0]: a real gain))." in observations
+
+
 def test_anchors_beside_results_only_when_comparable(runs):
     tmp, variants = runs
     out = tmp / "results" / "summary.md"
@@ -110,6 +154,21 @@ def test_selection_on_the_reported_split_is_said_in_bold(tmp_path):
                          tmp_path / "results" / "summary.md")
     first = text.split("\n\n")[1]
     assert "**Selection and reporting used the same images (split `val`)" in first
+
+
+def test_selection_paragraph_without_trained_runs_or_records(tmp_path):
+    root = tmp_path / "results" / "d" / "variants"
+    out = tmp_path / "results" / "summary.md"
+    only = {"untrained": make_variant(root, "untrained", 1.0, [])}
+    text = build_summary(only, "untrained", {"name": "d", "source": "coco"}, REPORT, out)
+    assert "No variant was trained, so no model was selected; Recall@K is on split `val` " \
+           "(300 images)." in text.split("\n\n")[1]
+    old = make_variant(root, "old", 5.0, [3.0, 2.0])
+    report = json.loads(old["train_report"].read_text())
+    del report["selected_on"]
+    old["train_report"].write_text(json.dumps(report))
+    text = build_summary({"old": old}, "old", {"name": "d", "source": "coco"}, REPORT, out)
+    assert "not recorded in every train report; rerun training" in text.split("\n\n")[1]
 
 
 def test_best_epoch_follows_train_monitor():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import numpy as np
 import pandas as pd
@@ -201,9 +202,21 @@ def test_repeated_divergence_fails_naming_cause_and_epoch(pairs, tmp_path, monke
 
     _nan_for(10**6, monkeypatch)
     v = variant(train={"max_nonfinite_steps": 1, "divergence": {"max_restarts": 2}})
-    with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave up "
-                                              r"after 2 restarts"):
-        train(v, pairs, tmp_path)
+
+    def caller_handler(signum, frame):  # what the process had before training
+        raise AssertionError("never called")
+
+    previous = {s: signal.signal(s, caller_handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave "
+                                                  r"up after 2 restarts"):
+            train(v, pairs, tmp_path)
+        # The preemption guard is gone: an HPO process running its next trial (or anything
+        # else) gets its own SIGTERM/SIGUSR1 handling back.
+        assert all(signal.getsignal(s) is caller_handler for s in previous)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     assert not (tmp_path / "ckpt" / "state.pt").exists()  # never a NaN checkpoint
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -283,7 +296,38 @@ def test_train_report_lists_resnet_parameter_groups(pairs, tmp_path):
     assert sum(g["parameters"] for g in groups.values()) == report["trainable_parameters"]
 
 
+def test_state_with_another_optimizer_layout_is_not_resumed(pairs, tmp_path, caplog):
+    """A resume state whose optimiser groups differ from today's (e.g. written before the
+    groups were named by role) starts fresh instead of failing inside torch."""
+    v = variant(model={"freeze_backbone": True}, train={"batch_size": 16})
+    train(v, pairs, tmp_path, write_outputs=False)
+    path = tmp_path / "ckpt" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group.pop("name")
+    torch.save(state, path)
+    with caplog.at_level("WARNING"):  # same config: only the layout differs
+        result = train(v, pairs, tmp_path, write_outputs=False)
+    assert "optimiser layout" in caplog.text and len(result["history"]) == 1
+    restored = torch.load(path, weights_only=True)["optimizer"]["param_groups"]
+    assert all("name" in g for g in restored)  # trained afresh, saved in today's layout
+
+
 def test_batch_larger_than_data_is_a_clear_error(pairs, tmp_path):
     v = variant(train={"batch_size": 16, "accum_steps": 4})
     with pytest.raises(ValueError, match="batch_size x accum_steps = 64"):
         train(v, pairs, tmp_path)
+
+
+def test_log_opens_with_device_steps_and_batch_plan(pairs, tmp_path, caplog):
+    v = variant(model={"freeze_backbone": True}, train={"batch_size": 4, "accum_steps": 2})
+    with caplog.at_level("INFO", logger="cliptune.training.trainer"):
+        train(v, pairs, tmp_path, write_outputs=False)
+    first = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("training"))
+    # 32 train images / (4 x 2) = 4 optimizer steps per epoch, 1 epoch.
+    assert "on cpu" in first and "1 epochs x 4 steps = 4 optimizer steps" in first
+    assert "8 images/step (2 micro-batches of 4" in first and "over 1 process(es)" in first
+    # Written before the first epoch's summary line.
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.index(first) < next(i for i, m in enumerate(messages)
+                                        if m.startswith("epoch 1:"))

@@ -74,8 +74,17 @@ def test_outputs_of_every_stage(finished_run):
     assert list(caps.columns) == ["image_id", "caption_id", "caption", "file_name", "split"]
     assert caps["image_id"].is_monotonic_increasing and len(caps) == 40 * 5
     table = pd.read_csv(w / "results/ablation.csv")
-    assert list(table.columns) == ["variant", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
-                                   "t2i_R@5", "t2i_R@10", "rsum"]
+    assert list(table.columns[:8]) == ["variant", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
+                                       "t2i_R@5", "t2i_R@10", "rsum"]
+    assert ((table["rsum_lo"] <= table["rsum"]) & (table["rsum"] <= table["rsum_hi"])).all()
+    paired = pd.read_csv(w / "results/paired_vs_baseline.csv")
+    assert set(paired["variant"]) == {"bn_head", "untrained"}
+    # The summary shows the intervals and words its verdicts by the paired interval.
+    summary = (w / "results/summary.md").read_text()
+    assert "## Compared with the baseline" in summary and "95% bootstrap interval" in summary
+    verdicts = ("better than the baseline", "worse than the baseline",
+                "not distinguishable from the baseline at this size")
+    assert any(v in summary.split("## Compared with the baseline")[1] for v in verdicts)
     assert list(table["variant"]) == ["baseline", "bn_head", "untrained"]
     assert ((table.iloc[:, 1:7] >= 0) & (table.iloc[:, 1:7] <= 100)).all().all()
     assert (w / "results/ablation_bar.png").stat().st_size > 10_000
@@ -83,6 +92,9 @@ def test_outputs_of_every_stage(finished_run):
         vdir = w / "results/tiny/variants" / variant
         metrics = json.loads((vdir / "metrics.json").read_text())
         assert metrics["n_images"] == 40 and metrics["n_texts"] == 200
+        lo, hi = metrics["bootstrap"]["intervals"]["rsum"]
+        assert lo <= metrics["rsum"] <= hi and metrics["bootstrap"]["resamples"] == 1000
+        assert (vdir / "ranks.safetensors").is_file()
         report = json.loads((vdir / "train_report.json").read_text())
         assert report["config"]["name"] == variant
         hist = pd.read_csv(vdir / "history.csv")

@@ -29,11 +29,8 @@ from cliptune.config import (
     SELECT_IMAGES,
     SELECT_SPLIT,
     SOURCE_SPLITS,
-    is_section,
-    leaf_default,
-    load_schema,
-    subschema,
 )
+from cliptune.config_schema import is_section, leaf_default, load_schema, subschema
 
 README = Path(__file__).resolve().parents[1] / "config" / "README.md"
 TABLE = re.compile(r"(<!-- config-table: ([^>]*?) -->\n)(.*?)(<!-- /config-table -->)", re.S)

@@ -1,4 +1,6 @@
-"""Configuration: defaults, JSON-Schema validation and per-variant resolution.
+"""Configuration: loading, per-source dataset defaults and per-variant resolution.
+
+Defaults and validation live in cliptune.config_schema (read from the schema).
 
 A variant is a small override deep-merged over the shared sections. The
 resolved variant is what training and evaluation see, and its canonical JSON
@@ -8,73 +10,29 @@ resolved variant is what training and evaluation see, and its canonical JSON
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import re
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import yaml
-
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+# Re-exported: callers import the schema machinery and DEFAULTS from cliptune.config.
+from cliptune.config_schema import (  # noqa: F401
+    DEFAULTS,
+    SCHEMA_PATH,
+    ConfigError,
+    is_section,
+    leaf_default,
+    load_schema,
+    schema_defaults,
+    subschema,
+    validate,
+)
 
 # Sections a variant may override; everything else is shared by all variants.
 VARIANT_SECTIONS = ("text_encoder", "model", "train", "eval", "image_size")
 UNTRAINED = "untrained"
-
-
-def _path_str(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
-
-
-@cache
-def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
-def subschema(schema: dict, node: dict) -> dict:
-    ref = node.get("$ref")
-    if ref and ref.startswith("#/$defs/"):
-        return schema["$defs"][ref.split("/")[-1]]
-    return node
-
-
-def is_section(schema: dict, node: dict) -> bool:
-    """A mapping with named keys (recursed into); anything else is a leaf with one default."""
-    node = subschema(schema, node)
-    return node.get("type") == "object" and "properties" in node
-
-
-def leaf_default(schema: dict, node: dict, where: str) -> Any:
-    """A leaf's ``default:``, given beside a ``$ref`` or in the definition it points to."""
-    for candidate in (node, subschema(schema, node)):
-        if "default" in candidate:
-            return copy.deepcopy(candidate["default"])
-    raise RuntimeError(
-        f"{SCHEMA_PATH.name}: {where} has no 'default:'; every key the schema does not list "
-        "under 'required' needs one (the schema is the only place defaults live)"
-    )
-
-
-def schema_defaults(schema: dict, node: dict | None = None, path: tuple = ()) -> dict:
-    """Nested defaults of every non-required key, read from the schema's ``default:`` fields."""
-    node = subschema(schema, schema if node is None else node)
-    required = set(node.get("required", ()))
-    out: dict[str, Any] = {}
-    for key, sub in node["properties"].items():
-        if is_section(schema, sub):
-            out[key] = schema_defaults(schema, sub, (*path, key))
-        elif key not in required:
-            out[key] = leaf_default(schema, sub, _path_str((*path, key)))
-    return out
-
-
-# Every default lives in the schema; this is the view the code merges configs over.
-DEFAULTS: dict[str, Any] = schema_defaults(load_schema())
 
 
 # cliptune split -> source split label, when dataset.splits is not given.
@@ -97,10 +55,6 @@ COCO_DOWNLOAD_ROOT = "resources/coco2014"
 DEMO_ROOT = "resources/{name}"
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message names the key and the fix."""
-
-
 def deep_merge(base: Mapping, override: Mapping | None) -> dict:
     """Return base updated recursively by override (override wins, lists replaced)."""
     out = copy.deepcopy(dict(base))
@@ -110,42 +64,6 @@ def deep_merge(base: Mapping, override: Mapping | None) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _explain(error: jsonschema.ValidationError, schema: dict) -> str:
-    """Turn a jsonschema error into one line that names the key and what is allowed."""
-    where = _path_str(error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(subschema(schema, error.schema).get("properties", {}))
-        extra = re.findall(r"'([^']+)'", error.message.split("(")[-1])
-        hints = []
-        for key in extra:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        prefix = f"{where}." if error.absolute_path else ""
-        return (
-            f"unknown key {prefix}{', '.join(hints)}; allowed keys here: {', '.join(allowed)}"
-        )
-    if error.validator == "enum":
-        return f"{where} = {error.instance!r} is not allowed; use one of {error.validator_value}"
-    if error.validator == "type":
-        return f"{where} = {error.instance!r} has the wrong type; expected {error.validator_value}"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
-    if error.validator == "oneOf" and error.context:
-        best = jsonschema.exceptions.best_match(error.context)
-        return _explain(best, schema)
-    return f"{where}: {error.message}"
-
-
-def validate(config: Mapping) -> None:
-    """Raise ConfigError describing the first (most relevant) schema violation."""
-    schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        best = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(f"config error: {_explain(best, schema)}")
 
 
 def load_config(config: Mapping) -> dict:
@@ -167,6 +85,7 @@ def load_config(config: Mapping) -> dict:
     _resolve_selection(cfg)
     names = split_names(cfg["dataset"])
     for name in variants:
+        _check_seeds(config, cfg, name)
         eval_split = resolve_variant(cfg, name)["eval"]["split"]
         if eval_split not in names or eval_split == "train":
             raise ConfigError(
@@ -295,17 +214,7 @@ def variant_names(cfg: Mapping) -> list[str]:
     return names
 
 
-def resolve_variant(cfg: Mapping, name: str) -> dict:
-    """Shared sections deep-merged with the variant's overrides.
-
-    ``untrained`` is the baseline's architecture with zero epochs: the
-    reference row that shows what training bought.
-    """
-    if name == UNTRAINED:
-        resolved = resolve_variant(cfg, cfg["baseline"])
-        resolved["train"]["epochs"] = 0
-        resolved["name"] = UNTRAINED
-        return resolved
+def _merged_variant(cfg: Mapping, name: str) -> dict:
     if name not in cfg["variants"]:
         raise ConfigError(f"unknown variant {name!r}; configured: {sorted(cfg['variants'])}")
     shared = {key: cfg[key] for key in VARIANT_SECTIONS}
@@ -316,6 +225,72 @@ def resolve_variant(cfg: Mapping, name: str) -> dict:
     # Training validates on it, so a different selection split retrains the variant.
     resolved["select_split"] = cfg["dataset"]["selection"]["split"]
     return resolved
+
+
+def resolve_variant(cfg: Mapping, name: str) -> dict:
+    """Shared sections deep-merged with the variant's overrides: its primary run.
+
+    ``untrained`` is the baseline's architecture with zero epochs: the
+    reference row that shows what training bought. ``train.seeds`` is replaced
+    by the run's own ``train.seed`` (the first seed), so adding a replicate seed
+    never changes, and so never reruns, the primary run.
+    """
+    if name == UNTRAINED:
+        resolved = resolve_variant(cfg, cfg["baseline"])
+        resolved["train"]["epochs"] = 0
+        resolved["name"] = UNTRAINED
+        return resolved
+    resolved = _merged_variant(cfg, name)
+    seeds = resolved["train"].pop("seeds", None)
+    if seeds:
+        resolved["train"]["seed"] = seeds[0]
+    return resolved
+
+
+def variant_seeds(cfg: Mapping, name: str) -> list[int]:
+    """Training seeds of a variant, primary first (``untrained`` is never replicated:
+    it is a reference row, not a training result)."""
+    if name == UNTRAINED:
+        return [resolve_variant(cfg, name)["train"]["seed"]]
+    train = _merged_variant(cfg, name)["train"]
+    return list(train["seeds"]) if train.get("seeds") else [train["seed"]]
+
+
+def replicate_run(variant: str, seed: int) -> str:
+    """Run name (and folder below variants/) of a replicate: ``{variant}/seed{seed}``."""
+    return f"{variant}/seed{seed}"
+
+
+def run_names(cfg: Mapping) -> dict[str, list[str]]:
+    """variant -> its runs, primary first: the primary keeps the variant's own paths,
+    every further seed of ``train.seeds`` gets ``{variant}/seed{seed}``."""
+    return {v: [v] + [replicate_run(v, s) for s in variant_seeds(cfg, v)[1:]]
+            for v in variant_names(cfg)}
+
+
+def resolve_run(cfg: Mapping, run: str) -> dict:
+    """The resolved config of one run (a variant name or a ``{variant}/seed{s}`` replicate)."""
+    variant, sep, seed = run.partition("/seed")
+    resolved = resolve_variant(cfg, variant)
+    if sep:
+        if not seed.isdigit() or int(seed) not in variant_seeds(cfg, variant)[1:]:
+            raise ConfigError(f"unknown run {run!r}; {variant}'s train.seeds are "
+                              f"{variant_seeds(cfg, variant)}")
+        resolved["train"]["seed"] = int(seed)
+        resolved["name"] = run
+    return resolved
+
+
+def _check_seeds(raw: Mapping, cfg: Mapping, name: str) -> None:
+    """An explicit train.seed must agree with train.seeds (whose first seed wins)."""
+    seeds = _merged_variant(cfg, name)["train"].get("seeds")
+    own = ((raw["variants"].get(name) or {}).get("train") or {})
+    explicit = own.get("seed", (raw.get("train") or {}).get("seed"))
+    if seeds and explicit is not None and explicit != seeds[0]:
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.seed = {explicit} and train.seeds = "
+            f"{seeds}; with train.seeds the first seed is the primary run, so drop train.seed "
+            f"or list {explicit} first in train.seeds")
 
 
 def canonical_json(obj: Any) -> str:

@@ -23,6 +23,7 @@ import pandas as pd
 from cliptune.config import SELECT_SPLIT, carves_selection
 from cliptune.data.caption_tidy import tidy_captions
 from cliptune.data.dataset_formats import DatasetFormatError, clean_caption, read_source
+from cliptune.data.selection import carve_selection
 from cliptune.io_utils import write_json, write_parquet
 from cliptune.runtime import setup_logging
 
@@ -168,36 +169,6 @@ def split_spec(dataset: dict, split: str) -> dict:
         spec["selection"] = {"images": sel["images"], "seed": sel["seed"],
                              "keep": "holdout" if split == SELECT_SPLIT else "rest"}
     return spec
-
-
-def selection_holdout(file_names: pd.Series, n: int, seed: int) -> set[str]:
-    """The ``n`` train images (by file name) that select the model instead of training it.
-
-    A seeded sample of the sorted names: it depends only on the source's train
-    images and the seed, never on file order, subsets or the other splits.
-    """
-    names = sorted(set(file_names.astype(str)))
-    if n >= len(names):
-        raise DatasetFormatError(
-            f"dataset.selection.images = {n} but the train split has only {len(names)} images "
-            f"with captions; lower dataset.selection.images (e.g. to {max(1, len(names) // 10)}) "
-            "or set dataset.selection.split to a split of its own"
-        )
-    rng = np.random.default_rng([seed, zlib.crc32(SELECT_SPLIT.encode())])
-    return {names[i] for i in rng.choice(len(names), size=n, replace=False)}
-
-
-def carve_selection(read: SplitRead, selection: dict) -> SplitRead:
-    """Keep the selection holdout (split ``select``) or everything else (split ``train``)."""
-    held = selection_holdout(read.captions["file_name"], selection["images"], selection["seed"])
-    in_held = read.captions["file_name"].astype(str).isin(held)
-    keep = in_held if selection["keep"] == "holdout" else ~in_held
-    if selection["keep"] == "rest":
-        return read._replace(captions=read.captions[keep].reset_index(drop=True))
-    # Images without a caption cannot select anything (train lists them), and the repairs
-    # were made to the whole source train split (train's record counts them once).
-    return read._replace(captions=read.captions[keep].reset_index(drop=True), no_caption=[],
-                         cleaning={})
 
 
 def subset_images(file_names: pd.Series, n: int | None, mode: str, seed: int,

@@ -16,7 +16,9 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from cliptune.config import DEFAULTS
 from cliptune.data.image_cache import open_cache
+from cliptune.evaluation.evaluate import variant_text_encoder
 from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
 from cliptune.evaluation.zero_shot import (
     COCO_CATEGORIES,
@@ -27,6 +29,7 @@ from cliptune.evaluation.zero_shot import (
     zero_shot_accuracy,
     zero_shot_probs,
 )
+from cliptune.models.towers import reads_text_cache
 from cliptune.reporting import figures
 
 log = logging.getLogger(__name__)
@@ -91,15 +94,10 @@ class _Captions:
         return self.art.ground_truth_caption(i)
 
 
-def text_encoder_fn(text_encoder: Mapping, device: str = "cpu") -> Callable[[list[str]], torch.Tensor]:
-    """The variant's frozen text tower as ``encode(list[str]) -> [n, D]``."""
-    from cliptune.models.text_encoder import TextEncoder, encode_texts
-    from cliptune.runtime import pick_device
-
-    enc = TextEncoder(text_encoder["model"], text_encoder["pooling"], text_encoder["max_length"])
-    dev = pick_device(device)
-    return lambda texts: encode_texts(enc, texts, batch_size=text_encoder["batch_size"],
-                                      device=dev, show_progress=False)
+def figures_gpus(variant: Mapping) -> int:
+    """GPUs the figures job asks for: one when it runs the variant's own text tower on
+    the variant's (non-CPU) device, as evaluate does; none for the frozen encoder."""
+    return int(not reads_text_cache(variant) and variant["train"]["device"] != "cpu")
 
 
 def figure_paths(out_dir: Path) -> dict[str, Path]:
@@ -117,8 +115,8 @@ def _labels(source: str, dataset: Mapping, image_ids: np.ndarray, classes: list[
                 out[:, j] = mat[:, col[c]]
         return out
     if source == "demo":
-        demo = dataset.get("demo", {})
-        return demo_labels(image_ids, classes, demo.get("seed", 0), demo.get("max_shapes", 3))
+        demo = {**DEFAULTS["dataset"]["demo"], **dataset.get("demo", {})}  # partial: defaults
+        return demo_labels(image_ids, classes, demo["seed"], demo["max_shapes"])
     return None
 
 
@@ -159,7 +157,26 @@ def build_variant_figures(
                                f"variant: {name}")
 
     # zero-shot classification with prompt ensembling
-    zs = report["zero_shot"]
+    result = _zero_shot_figure(name, report["zero_shot"], dataset, art, temperature, encode,
+                               instances, sample, paths["zero_shot"])
+    write_zero_shot_json(zero_shot_json, result)
+
+    # similarity heatmap of a sample of images and their first captions
+    n_heat = min(report["heatmap_size"], art.n_images)
+    heat = np.sort(rng.choice(art.n_images, size=n_heat, replace=False))
+    caps = art.first_caption[heat]
+    sims = (art.image[heat] @ art.text[caps].T).numpy()
+    figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
+                                    paths["similarity_heatmap"], f"variant: {name}")
+    log.info("%s: figures written to %s; zero-shot %s", name, out_dir, result["accuracy"])
+    return result
+
+
+def _zero_shot_figure(name: str, zs: Mapping, dataset: Mapping, art: EvalArtifacts,
+                      temperature: float, encode: Callable[[list[str]], torch.Tensor],
+                      instances: Path | None, sample: np.ndarray, png: Path) -> dict:
+    """Zero-shot classification with prompt ensembling: the figure of ``sample`` and the
+    results (accuracy over COCO's 80 categories or the demo's ground truth)."""
     coco = coco_instance_labels(instances, art.image_id) if instances else None
     classes = list(zs["classes"] or (coco[0] if coco else _default_classes(dataset)))
     class_emb = class_embeddings(encode, classes, zs["templates"])
@@ -182,26 +199,16 @@ def build_variant_figures(
         subtitle = (f"over {acc['n_images']} images and {result['accuracy_over']}: top-1 "
                     f"{acc['top1_accuracy']:.1f}% (chance {acc['chance_top1_accuracy']:.1f}%), top-5 {acc.get('top5_accuracy', 0):.1f}%, "
                     f"mAP {acc['mAP']:.1f}%")
-    figures.plot_zero_shot(_Images(art, sample), classes, probs[sample], paths["zero_shot"],
+    figures.plot_zero_shot(_Images(art, sample), classes, probs[sample], png,
                            f"variant: {name}",
                            labels=None if labels is None else labels[sample],
                            top=zs["top_classes"], subtitle=subtitle)
-    write_zero_shot_json(zero_shot_json, result)
-
-    # similarity heatmap of a sample of images and their first captions
-    n_heat = min(report["heatmap_size"], art.n_images)
-    heat = np.sort(rng.choice(art.n_images, size=n_heat, replace=False))
-    caps = art.first_caption[heat]
-    sims = (art.image[heat] @ art.text[caps].T).numpy()
-    figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
-                                    paths["similarity_heatmap"], f"variant: {name}")
-    log.info("%s: figures written to %s; zero-shot %s", name, out_dir, result["accuracy"])
     return result
 
 
 def _default_classes(dataset: Mapping) -> list[str]:
     if dataset["source"] == "demo":
-        from cliptune.data.demo_data import SHAPES
+        from cliptune.data.demo_scenes import SHAPES
 
         return list(SHAPES)
     return list(COCO_CATEGORIES)
@@ -210,14 +217,19 @@ def _default_classes(dataset: Mapping) -> list[str]:
 def run_variant_figures(variant: Mapping, report: Mapping, dataset: Mapping, embeddings: Path,
                         metrics_json: Path, captions_parquet: Path, image_array: Path,
                         image_index: Path, out_dir: Path, zero_shot_json: Path,
-                        instances: Path | None = None, encode=None,
-                        device: str | None = None) -> dict:
+                        instances: Path | None = None, model: Path | None = None,
+                        encode: Callable[[list[str]], torch.Tensor] | None = None) -> dict:
     """Load a variant's saved evaluation artifacts and draw its figures.
 
-    ``device`` encodes the zero-shot prompts (default: the variant's train.device)."""
+    Queries and zero-shot prompts are encoded by the text tower evaluate used
+    (cliptune.evaluation.evaluate.variant_text_encoder, from the trained ``model``), or by
+    ``encode`` when given (tests)."""
     art = EvalArtifacts(embeddings, captions_parquet, image_array, image_index)
     temperature = float(json.loads(Path(metrics_json).read_text())["temperature"])
     if encode is None:
-        encode = text_encoder_fn(variant["text_encoder"], device or variant["train"]["device"])
+        if model is None:
+            raise ValueError("run_variant_figures needs the variant's model.safetensors "
+                             "(model=...) to encode text with its own tower")
+        encode = variant_text_encoder(dict(variant), Path(model), art.text.shape[1])
     return build_variant_figures(variant, report, dataset, art, temperature, out_dir,
                                  zero_shot_json, encode, instances)

@@ -21,6 +21,7 @@ import yaml
 from cliptune.config import canonical_json, deep_merge, short_hash
 from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, save_figure, write_text
+from cliptune.runtime import progress
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,14 @@ def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
     log.info("study %s in %s: %d finished trials, running %d more", name, storage_path,
              len(done), remaining)
     if remaining:
-        study.optimize(objective, n_trials=remaining)
+        # One bar over the whole search (a resumed study starts at its finished trials).
+        bar = progress(total=hpo["trials"], initial=len(done), desc=f"hpo {name}",
+                       unit="trial")
+        try:
+            study.optimize(objective, n_trials=remaining,
+                           callbacks=[lambda _study, _trial: bar.update(1)])
+        finally:
+            bar.close()
     shutil.rmtree(work, ignore_errors=True)
     return write_results(study, variant["name"], variant_override, metric, out_dir)
 

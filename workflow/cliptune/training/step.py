@@ -1,10 +1,12 @@
 """One optimisation step: batch preparation, augmentation, and gradient accumulation
 with cached features (open_clip's ``accum_freq``), so the negatives of every
-micro-batch span the whole accumulated batch.
+micro-batch span the whole accumulated batch; then the optimiser step, skipped
+when the loss or the gradient norm is NaN/Inf.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,3 +120,25 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None) -> t
         if loss is None or not torch.isfinite(loss_j):
             loss = loss_j.detach()
     return loss
+
+
+def apply_gradients(model, optimizer, scaler, loss: torch.Tensor, grad_clip: float | None,
+                    ) -> tuple[float | None, str | None]:
+    """Clip and take the optimiser step unless the loss or the gradient norm is NaN/Inf.
+
+    Returns (gradient norm or None for a bad loss, the cause of a skipped step:
+    ``"loss"``, ``"gradients"`` or None). A skipped step leaves the weights as they were."""
+    if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return None, "loss"
+    scaler.unscale_(optimizer)
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
+    cause = None
+    if math.isfinite(norm):
+        scaler.step(optimizer)
+    else:
+        cause = "gradients"
+        optimizer.zero_grad(set_to_none=True)
+    scaler.update()  # also after a bad norm: an fp16 overflow lowers the loss scale
+    model.clamp_()
+    return norm, cause
