@@ -21,6 +21,8 @@ from toy_overlay import (
     BATCH_SIZE,
     EPOCHS,
     IMAGE_SIZE,
+    TRAIN_IMAGES,
+    VAL_IMAGES,
     changed_paths,
     touchable,
     toy_overlay,
@@ -28,6 +30,8 @@ from toy_overlay import (
 )
 
 from cliptune.config import load_config, resolve_variant, variant_names
+from cliptune.data.captions import check_sources
+from cliptune.data.dataset_formats import read_karpathy
 from cliptune.models.weights import needed_weights
 
 pytestmark = pytest.mark.slow
@@ -48,6 +52,21 @@ def shipped(path: Path) -> dict:
 
 def test_both_reference_configs_are_covered():
     assert {"config.yaml", "demo.yaml"} <= {p.name for p in SHIPPED}
+
+
+@pytest.mark.parametrize("source", ["coco", "karpathy_coco", "flickr30k"])
+def test_stand_in_sources_have_the_real_layout(source, toy_sources, tiny_clip_dir):
+    cfg = shipped(REPO / "config" / "config.yaml")
+    cfg["dataset"] = {"name": "stand_in", "source": source}
+    ds = load_config(toy_overlay(cfg, toy_sources, tiny_clip_dir))["dataset"]
+    check_sources(ds)  # the workflow's own start-up check: names any missing file
+    if source == "coco":
+        assert (Path(ds["root"]) / "annotations" / "instances_val2014.json").is_file()
+        return
+    table = read_karpathy(Path(ds["annotations"])).captions
+    assert set(table["split"]) == {"train", "restval", "val", "test"}
+    assert table["file_name"].nunique() == TRAIN_IMAGES + VAL_IMAGES
+    assert all((Path(ds["root"]) / name).is_file() for name in table["file_name"].unique())
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)

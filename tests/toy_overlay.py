@@ -161,9 +161,9 @@ def _toy_dataset(ds: dict, sources: Mapping[str, Path]) -> None:
             "tests/toy_overlay.write_toy_sources that layout")
     ds["root"] = str(sources[source])
     ds["download"] = False
-    if "annotations" in ds:  # else the source's default file name under root
-        name = {"karpathy_coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
-        ds["annotations"] = str(sources[source] / name[source])
+    karpathy = {"karpathy_coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
+    if "annotations" in ds and source in karpathy:  # else the default name under root
+        ds["annotations"] = str(sources[source] / karpathy[source])
 
 
 def _toy_sections(section: dict, clip_dir: Path, backbone: str) -> None:
