@@ -30,6 +30,7 @@ from cliptune.models.image_tower import ClipHead
 from cliptune.runtime import (
     autocast_dtype,
     device_name,
+    hardware_info,
     pick_device,
     progress,
     seed_everything,
@@ -48,13 +49,23 @@ from cliptune.training.losses import batch_loss
 from cliptune.training.optim import build_optimizer, warmup_steps
 from cliptune.training.preemption import CheckpointTimer, PreemptedError, SignalGuard
 from cliptune.training.schedule import warmup_cosine
-from cliptune.training.step import StepContext, accumulated_backward, embed, prepare
+from cliptune.training.step import (
+    StepContext,
+    accumulated_backward,
+    embed,
+    in_batch_accuracy,
+    prepare,
+)
 from cliptune.training.train_log import TrainLogger
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "images_per_s",
-                   "skipped_steps", "seconds", "val_recall", "grad_norm", "restarts"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_acc_i2t", "train_acc_t2i",
+                   "val_acc_i2t", "val_acc_t2i", "lr", "temperature", "images_per_s",
+                   "skipped_steps", "seconds", "val_recall", "grad_norm", "grad_norm_min",
+                   "grad_norm_max", "restarts"]
+# steps.csv, one row per optimiser step (the per-step training loss and learning rate).
+STEP_COLUMNS = ["step", "epoch", "loss", "lr", "acc_i2t", "acc_t2i", "grad_norm", "skipped"]
 # train.monitor -> (history column, +1 when higher is better)
 MONITORS = {"val_loss": ("val_loss", -1.0), "val_recall": ("val_recall", 1.0)}
 
@@ -65,26 +76,32 @@ class DivergenceError(RuntimeError):
 
 @torch.no_grad()
 def validate(ctx: StepContext, data: PairData, batch_size: int,
-             max_images: int | None = None) -> tuple[float, float]:
-    """Validation loss (the training loss without mined negatives) and recall: the mean
-    of image->text and text->image R@1 over the first caption of each image."""
+             max_images: int | None = None) -> dict[str, float]:
+    """Validation loss (the training loss without mined negatives), in-batch top-1
+    accuracy both ways (the notebook's "Val Acc", batches of the training size) and
+    recall: the mean of image->text and text->image R@1 over the first caption of
+    each image against the whole split."""
     ctx.model.eval()
     total, count, images, texts = 0.0, 0, [], []
+    correct = torch.zeros(2)
     for rows in validation_batches(data, batch_size):
         if max_images and count >= max_images:
             break
         img, txt = embed(ctx, *prepare(ctx, data, rows, *data.fetch(rows), train=False))
         total += float(batch_loss(ctx.tcfg, img, txt, ctx.model.scale())) * len(rows)
+        correct += in_batch_accuracy(img, txt).cpu() * len(rows)
         count += len(rows)
         images.append(img)
         texts.append(txt)
     img, txt = torch.cat(images), torch.cat(texts)
+    accuracy = (100.0 * correct / max(1, count)).tolist()
     hits = 0
     for start in range(0, len(img), 4096):  # blocked: 40k x 40k would not fit
         target = torch.arange(start, min(start + 4096, len(img)), device=img.device)
         hits += int((((img[start:start + 4096] @ txt.T).argmax(1)) == target).sum())
         hits += int((((txt[start:start + 4096] @ img.T).argmax(1)) == target).sum())
-    return total / max(1, count), 100.0 * hits / (2 * len(img))
+    return {"val_loss": total / max(1, count), "val_acc_i2t": accuracy[0],
+            "val_acc_t2i": accuracy[1], "val_recall": 100.0 * hits / (2 * len(img))}
 
 
 def _snapshot(model, optimizer, scheduler, scaler) -> dict:
@@ -162,6 +179,8 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
     dist_ctx = dist_ctx or DistContext.single(pick_device(tcfg["device"]))
     device = dist_ctx.device
     amp_dtype = autocast_dtype(tcfg["precision"], device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the report's peak is this run's
     embed_dim = train_data.text.shape[1]
     model = build_model(variant, embed_dim).to(device)
     if isinstance(model, ClipHead) and tcfg["channels_last"]:
@@ -196,7 +215,8 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
             "score": -math.inf}
     start_epoch, partial = 0, None
     # Training progress beyond the model: divergence restarts, early stopping.
-    prog = {"step": 0, "restarts": 0, "bad_epochs": 0, "stopped": False}
+    # step_log: one STEP_COLUMNS row per optimiser step (written as steps.csv).
+    prog = {"step": 0, "restarts": 0, "bad_epochs": 0, "stopped": False, "step_log": []}
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state.get("config_hash") == config_hash:
@@ -240,7 +260,7 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
                                     tcfg["batch_size"])
         model.train()
         t0 = time.perf_counter()
-        losses, norms, skipped, causes = [], [], 0, Counter()
+        losses, norms, accs, skipped, causes = [], [], [], 0, Counter()
         # Augmentation draws depend on (seed, epoch) only: a resumed epoch repeats them.
         ctx.image_gen = torch.Generator().manual_seed(tcfg["seed"] * 100_003 + epoch)
         ctx.caption_rng = np.random.default_rng([tcfg["seed"], epoch, 7])
@@ -251,6 +271,7 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
             # Mid-epoch resume: the saved plan (data order) and generators, minus the steps done.
             batches, first = list(partial["plan"].numpy()), partial["step"]
             losses, norms, skipped = list(partial["losses"]), list(partial["norms"]), partial["skipped"]
+            accs = list(partial.get("accs", []))
             ctx.image_gen.set_state(partial["image_gen"])
             ctx.caption_rng.bit_generator.state = partial["caption_rng"]
             prior_seconds, partial = partial["seconds"], None
@@ -271,7 +292,8 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
                      for i in range(0, len(local), local_batch)]
             mined = negatives.lookup(rows) if negatives is not None else None
             optimizer.zero_grad(set_to_none=True)
-            loss = accumulated_backward(ctx, micro, scaler, mined)
+            loss, acc = accumulated_backward(ctx, micro, scaler, mined)
+            lr_used = optimizer.param_groups[0]["lr"]
             sync_gradients(model, dist_ctx)
             norm = None
             if not torch.isfinite(loss):
@@ -296,9 +318,12 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
                     scaler.update()
                     losses.append(loss.item())
                     norms.append(norm)
+                    accs.append(acc.tolist())
                 model.clamp_()
             scheduler.step()
             prog["step"] += 1
+            prog["step_log"].append([prog["step"], epoch + 1, loss.item(), lr_used,
+                                     *(100.0 * acc).tolist(), norm, int(norm is None)])
             logger.step({"step": prog["step"], "epoch": epoch + 1, "loss": loss.item(),
                          "lr": optimizer.param_groups[0]["lr"],
                          "temperature": float(1.0 / model.scale().detach()), "grad_norm": norm,
@@ -317,6 +342,7 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
                                 best, config_hash, prog, partial={
                                     "step": step + 1, "plan": torch.from_numpy(np.stack(batches)),
                                     "losses": losses, "norms": norms, "skipped": skipped,
+                                    "accs": accs,
                                     "image_gen": ctx.image_gen.get_state(),
                                     "caption_rng": ctx.caption_rng.bit_generator.state,
                                     "seconds": prior_seconds + time.perf_counter() - t0})
@@ -353,12 +379,17 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
         seconds = prior_seconds + time.perf_counter() - t0
         train_seconds += time.perf_counter() - t0
         train_images += (len(batches) - first) * batch_size * accum
-        val_loss, val_recall = validate(ctx, val_data, batch_size * accum,
-                                        tcfg["val_max_images"])
+        val = validate(ctx, val_data, batch_size * accum, tcfg["val_max_images"])
+        val_loss, val_recall = val["val_loss"], val["val_recall"]
+        train_acc = (100.0 * np.mean(accs, axis=0)).tolist() if accs else [math.nan] * 2
         row = {
             "epoch": epoch + 1,
             "train_loss": sum(losses) / len(losses) if losses else math.nan,
             "val_loss": val_loss,
+            "train_acc_i2t": train_acc[0],
+            "train_acc_t2i": train_acc[1],
+            "val_acc_i2t": val["val_acc_i2t"],
+            "val_acc_t2i": val["val_acc_t2i"],
             "lr": optimizer.param_groups[0]["lr"],
             "temperature": float(1.0 / model.scale().detach()),
             "images_per_s": len(batches) * batch_size * accum / seconds,
@@ -366,13 +397,16 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
             "seconds": seconds,
             "val_recall": val_recall,
             "grad_norm": sum(norms) / len(norms) if norms else math.nan,
+            "grad_norm_min": min(norms) if norms else math.nan,
+            "grad_norm_max": max(norms) if norms else math.nan,
             "restarts": prog["restarts"],
         }
         history.append(row)
         logger.epoch(row, HISTORY_COLUMNS, prog["step"])
-        log.info("epoch %d: train %.4f val %.4f R@1 %.1f T %.4f %.0f img/s", row["epoch"],
-                 row["train_loss"], val_loss, val_recall, row["temperature"],
-                 row["images_per_s"])
+        log.info("epoch %d: loss train %.4f val %.4f, in-batch acc i2t/t2i train %.1f/%.1f "
+                 "val %.1f/%.1f, R@1 %.1f, T %.4f, %.0f img/s", row["epoch"], row["train_loss"],
+                 val_loss, *train_acc, val["val_acc_i2t"], val["val_acc_t2i"], val_recall,
+                 row["temperature"], row["images_per_s"])
         score = sign * row[column]
         if score > best["score"] + tcfg["min_delta"]:
             best = {"val_loss": val_loss, "epoch": epoch + 1, "state": current, "score": score}
@@ -396,8 +430,8 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
     if not write_outputs:
         return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                 "best_score": best["score"], "history": history}
-    _write_outputs(variant, model, best, history, out_dir, device, train_seconds, train_images,
-                   train_data, val_data)
+    _write_outputs(variant, model, best, history, prog["step_log"], out_dir, device,
+                   train_seconds, train_images, train_data, val_data)
     return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
             "best_score": best["score"], "history": history}
 
@@ -443,7 +477,7 @@ def _save_state(path, model, optimizer, scheduler, scaler, epoch, history, best,
         save_file(state["model"], str(tmp), metadata={"epoch": str(epoch)})
 
 
-def _write_outputs(variant, model, best, history, out_dir, device, seconds, images,
+def _write_outputs(variant, model, best, history, step_log, out_dir, device, seconds, images,
                    train_data, val_data) -> None:
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(best["state"], str(tmp), metadata={"variant": variant["name"],
@@ -451,12 +485,15 @@ def _write_outputs(variant, model, best, history, out_dir, device, seconds, imag
     hist = pd.DataFrame(history, columns=HISTORY_COLUMNS)
     with atomic_path(out_dir / "history.csv") as tmp:
         hist.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "steps.csv") as tmp:
+        pd.DataFrame(step_log, columns=STEP_COLUMNS).to_csv(tmp, index=False)
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     write_json(out_dir / "train_report.json", {
         "variant": variant["name"],
         "config": variant,
         "device": device_name(device),
+        "hardware": hardware_info(device),
         "torch": torch.__version__,
         "train_images": train_data.n_images,
         "train_captions": len(train_data.captions),
