@@ -189,8 +189,10 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
 
     # ---- results table (+ anchors)
     lines += ["## Results", ""]
+    kmax = ks[-1]
+    rank_cols = [f"{d}_{m}@{kmax}" for m in ("mAP", "NDCG") for d in ("i2t", "t2i")]
     header = ["variant"] + [f"i2t R@{k}" for k in ks] + [f"t2i R@{k}" for k in ks] + [
-        "rsum", "i2t medr", "t2i medr", "i2t MRR", f"i2t mAP@{ks[-1]}"]
+        "rsum", "i2t medr", "t2i medr", "i2t MRR"] + [c.replace("_", " ") for c in rank_cols]
     rows = []
     for n in names:
         m = data[n]["metrics"]
@@ -199,13 +201,14 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
         rows.append([f"{n}{mark}"] + [_fmt(m.get(f"i2t_R@{k}")) for k in ks]
                     + [_fmt(m.get(f"t2i_R@{k}")) for k in ks]
                     + [_fmt(rsum[n]), _fmt(m.get("i2t_medr")), _fmt(m.get("t2i_medr")),
-                       _fmt(m.get("i2t_mrr"), 3), _fmt(m.get(f"i2t_mAP@{ks[-1]}"))])
+                       _fmt(m.get("i2t_mrr"), 3)] + [_fmt(m.get(c)) for c in rank_cols])
     comparable = bool(report.get("anchors_comparable")) and dataset.get("source") == "coco"
     anchor_ks = [k for k in ks if all(f"i2t_R@{k}" in v for v in ANCHORS.values())]
     if comparable:
         for a, vals in ANCHORS.items():
             rows.append([f"*{a}, published*"] + [_fmt(vals.get(f"i2t_R@{k}")) for k in ks]
-                        + [_fmt(vals.get(f"t2i_R@{k}")) for k in ks] + ["–"] * 5)
+                        + [_fmt(vals.get(f"t2i_R@{k}")) for k in ks]
+                        + ["–"] * (4 + len(rank_cols)))
     lines += [_table(header, rows), ""]
     if comparable:
         lines.append(f"Published anchors are from open_clip's benchmark on the {ANCHOR_SPLIT}.")
@@ -273,8 +276,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
         hrows.append([
             n, mo.get("backbone", "–"), mo.get("pooling", "–"),
             (mo.get("head") or {}).get("norm", "–"), t.get("batch_size", "–"),
-            f"{t['lr']:g}" if "lr" in t else "–", t.get("optimizer", "AdamW"),
-            t.get("weight_decay", "–"),
+            f"{t['lr']:g}" if "lr" in t else "–", _optimizer(t), t.get("weight_decay", "–"),
+            _warmup(t), t.get("grad_clip", "–"),
             f"{data[n]['report'].get('epochs_run', '–')}/{t.get('epochs', '–')}",
             f"{t.get('temperature', '–')}" + (" (learned)" if t.get("learnable_temperature")
                                               else " (fixed)"),
@@ -282,7 +285,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
             config_overrides(cfg, ref_cfg) if n != baseline else "(reference)",
         ])
     lines += [_table(["variant", "backbone", "pooling", "head norm", "batch", "lr", "optimizer",
-                      "weight decay", "epochs run/set", "init. temperature", "sampler",
+                      "weight decay", "warmup", "grad clip", "epochs run/set", "init. temperature", "sampler",
                       "precision", "differs from baseline"], hrows), ""]
     text_enc = ref_cfg.get("text_encoder", {})
     if text_enc:
@@ -295,12 +298,14 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     trows = []
     for n in names:
         r = data[n]["report"]
-        trows.append([n, r.get("device", "–"), r.get("torch", "–"), _duration(r.get("wall_seconds")),
+        trows.append([n, _hardware(r), _peak_memory(r), r.get("torch", "–"),
+                      _duration(r.get("wall_seconds")),
                       _fmt(r.get("images_per_s"), 0), f"{r.get('trainable_parameters', 0):,}"
                       f" / {r.get('parameters', 0):,}",
                       f"{r.get('train_images', 0):,} / {r.get('train_captions', 0):,}"])
     total = sum(float(data[n]["report"].get("wall_seconds") or 0) for n in names)
-    lines += [_table(["variant", "device", "torch", "training wall time", "images/s",
+    lines += [_table(["variant", "hardware", "peak GPU memory", "torch", "training wall time",
+                      "images/s",
                       "trainable / all parameters", "train images / captions"], trows), "",
               f"Total training time over all variants: {_duration(total)}.", ""]
 
@@ -317,6 +322,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
             specific += (f" The temperature of `{shown_conv}` went from "
                          f"{conv['temperature_start']:.4f} to {conv['temperature_end']:.4f}.")
     lines += ["## The contrastive loss in plain words", "", CONTRASTIVE.format(specific=specific)]
+    lines += stability_section(data, names)
+    lines += LLM_REFLECTION
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -378,3 +385,76 @@ def write_summary(out: Path, variants: Mapping[str, Mapping], baseline: str, dat
     text = build_summary(variants, baseline, dataset, report, out, ablation_png, overlay_png)
     write_text(out, text)
     return text
+
+
+def _optimizer(train: Mapping) -> str:
+    name = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}.get(train.get("optimizer"), "–")
+    return f"{name} (momentum {train.get('momentum')})" if name == "SGD" else name
+
+
+def _warmup(train: Mapping) -> str:
+    if train.get("warmup_steps") is not None:
+        return f"{train['warmup_steps']} steps"
+    frac = train.get("warmup_fraction")
+    return f"{100 * frac:g}% of steps" if frac is not None else "–"
+
+
+def _hardware(report: Mapping) -> str:
+    """GPU name (x count) on CUDA, CPU model and threads otherwise (train_report.hardware)."""
+    hw = report.get("hardware") or {}
+    if hw.get("kind") == "cuda":
+        count = f" x{hw['gpu_count']}" if hw.get("gpu_count", 1) > 1 else ""
+        return f"{hw['gpu']}{count} ({hw['gpu_memory_gb']:.0f} GB)"
+    if hw.get("cpu"):
+        return f"CPU {hw['cpu']}, {hw['torch_threads']} threads of {hw['cpu_cores']} cores"
+    return report.get("device", "–")
+
+
+def _peak_memory(report: Mapping) -> str:
+    peak = (report.get("hardware") or {}).get("peak_gpu_memory_gb")
+    return f"{peak:.2f} GB" if peak is not None else "– (CPU)"
+
+
+def _stability_row(name: str, hist: pd.DataFrame) -> list:
+    skipped = int(hist["skipped_steps"].sum()) if "skipped_steps" in hist else 0
+    restarts = int(hist["restarts"].max()) if "restarts" in hist else 0
+    lo = hist["grad_norm_min"] if "grad_norm_min" in hist else hist.get("grad_norm")
+    hi = hist["grad_norm_max"] if "grad_norm_max" in hist else hist.get("grad_norm")
+    norms = "–" if lo is None or lo.isna().all() else f"{lo.min():.3g} – {hi.max():.3g}"
+    last = hist.iloc[-1]
+    acc = [_fmt(last.get(c)) for c in ("train_acc_i2t", "train_acc_t2i", "val_acc_i2t",
+                                        "val_acc_t2i")]
+    return [name, skipped, restarts, norms, _fmt(last["train_loss"], 3),
+            _fmt(last["val_loss"], 3), *acc]
+
+
+def stability_section(data: Mapping[str, Mapping], names: Sequence[str]) -> list[str]:
+    """Lab 2.6 "observations on stability": per trained variant, from history.csv, the
+    non-finite steps skipped, divergence restarts, the range of pre-clipping gradient
+    norms, and the final losses and in-batch accuracies."""
+    rows = [_stability_row(n, data[n]["history"]) for n in names if not data[n]["history"].empty]
+    if not rows:
+        return []
+    calm = all(r[1] == 0 and r[2] == 0 for r in rows)
+    verdict = ("No run skipped a non-finite step or restarted after divergence."
+               if calm else "Some runs needed the guards: see skipped steps and restarts.")
+    return ["", "## Training stability and convergence", "",
+            "Skipped steps had a NaN/Inf loss or gradient; a restart reloads the epoch's start "
+            "with a lower learning rate (`train.divergence`). Gradient norms are measured "
+            "before clipping at `train.grad_clip`. Accuracy is the in-batch top-1 (%) of the "
+            f"last epoch, image→text / text→image. {verdict}", "",
+            _table(["variant", "skipped steps", "restarts", "grad-norm range", "final train loss",
+                    "final val loss", "train acc i2t", "train acc t2i", "val acc i2t",
+                    "val acc t2i"], rows), ""]
+
+
+LLM_REFLECTION = [
+    "", "## Reflection on LLM usage", "",
+    "*To be written by the authors (lab handout 2.6): which prompts were most useful, how the "
+    "generated code and text were validated (tests, reruns, comparison with the handout), and "
+    "where the LLM was wrong.*", "",
+    "- Most useful prompts: _…_",
+    "- How outputs were validated: _…_",
+    "- Link to the conversation: [conversation link](TODO: paste the shared conversation URL)",
+    "",
+]
