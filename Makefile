@@ -12,6 +12,9 @@ export PYTHONPATH := $(CURDIR)/workflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 .PHONY: venv demo test test-slurm lint bench clean-demo config-docs
 
 $(BIN)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "make: '$(PY)' not found. Install Python >= 3.11 (e.g. apt install python3.11 python3.11-venv) and run: make PY=python3.11"; exit 1; }
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "make: cliptune needs Python >= 3.11, '$(PY)' is $$($(PY) -V 2>&1). Install python3.11 (or newer) and run: make PY=python3.11"; exit 1; }
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { echo "make: '$(PY) -m venv' is unavailable. Install it (Debian/Ubuntu: apt install python3-venv, or python3.X-venv for your version) and rerun make"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)

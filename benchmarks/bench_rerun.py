@@ -31,6 +31,8 @@ from bench_common import REPO, WORK, command_line, header, load_average, write_r
 sys.path.insert(0, str(REPO / "tests"))
 from test_workflow import TINY, planned_jobs, snakemake, write_config  # noqa: E402
 
+from cliptune.config import UNTRAINED  # noqa: E402
+
 CONFIG = copy.deepcopy(TINY)
 CONFIG["variants"]["frozen"] = {"model": {"freeze_backbone": True}}
 
@@ -49,7 +51,7 @@ def change(path: str, value):
 DATA_RULES = {"demo_dataset", "captions", "image_cache", "text_embeddings", "backbone_features",
               "data_report", "samples"}
 TRAINED = ["baseline", "bn_head", "frozen"]
-ALL = [*TRAINED, "untrained"]
+ALL = [*TRAINED, UNTRAINED]
 
 # (description, config, variants whose jobs must rerun, train jobs expected)
 CASES = [

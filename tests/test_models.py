@@ -3,6 +3,7 @@ fine-tuning on the tiny random CLIP, zero-shot, from-scratch dual encoder, augme
 
 from __future__ import annotations
 
+import json
 import urllib.error
 
 import numpy as np
@@ -43,11 +44,18 @@ def _pretrained(clip_dir) -> dict[str, torch.Tensor]:
 
 def test_lora_on_text_tower_leaves_base_weights_unchanged(tiny_clip_dir, pairs, tmp_path):
     from cliptune.evaluation.evaluate import evaluate_variant
+    from cliptune.models.factory import build_model
 
     v = clip_variant(tiny_clip_dir, clip={"lora": {"text": True, "r": 4, "alpha": 8}},
                      )
-    v["train"]["head_lr"] = 5e-2
+    v["train"]["lr"] = 5e-2
     _train(v, pairs, tmp_path)
+    # Adapters adapt a pretrained tower: they train at train.lr (head_lr is for new heads).
+    report = json.loads((tmp_path / "out" / "train_report.json").read_text())
+    n_lora = sum(p.numel() for n, p in build_model(v, 16).named_parameters() if "lora_" in n)
+    assert sorted(report["param_groups"], key=lambda g: g["name"]) == [
+        {"name": "lora", "parameters": n_lora, "lr": 5e-2, "weight_decay": 0.05},
+        {"name": "temperature", "parameters": 1, "lr": 5e-2, "weight_decay": 0.0}]
     trained = load_file(str(tmp_path / "out" / "model.safetensors"))
     base = _pretrained(tiny_clip_dir)
     lora = [k for k in trained if "lora_" in k]
@@ -85,8 +93,23 @@ def test_lora_vision_tower_and_bad_targets(tiny_clip_dir):
 
 
 def test_full_finetune_with_locked_text(tiny_clip_dir, pairs, tmp_path):
+    from cliptune.models.factory import build_model
+    from cliptune.training.optim import build_optimizer
+
     v = clip_variant(tiny_clip_dir, clip={"lock_text": True, "lock_image": False})
-    _train(v, pairs, tmp_path, write_outputs=False)
+    _train(v, pairs, tmp_path)
+    report = json.loads((tmp_path / "out" / "train_report.json").read_text())
+    groups = {g.pop("name"): g for g in report["param_groups"]}
+    lr = v["train"]["lr"]
+    assert {n: (g["lr"], g["weight_decay"]) for n, g in groups.items()} == {
+        "vision_tower": (lr, 0.05), "vision_tower.no_decay": (lr, 0.0), "temperature": (lr, 0.0)}
+    model = build_model(v, 16)
+    vision = sum(p.numel() for n, p in model.named_parameters()
+                 if n.startswith(("clip.vision_model.", "clip.visual_projection.")))
+    assert groups["vision_tower"]["parameters"] + groups["vision_tower.no_decay"]["parameters"] == vision
+    # CLIP has no freshly initialised module: a head_lr would apply to nothing.
+    with pytest.raises(ValueError, match="head_lr = 0.001 applies to no trainable parameter"):
+        build_optimizer(model, {**v["train"], "head_lr": 1e-3})
     state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)["model"]
     base = _pretrained(tiny_clip_dir)
     text = [k for k in base if k.startswith(("clip.text_model", "clip.text_projection"))]

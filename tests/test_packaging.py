@@ -20,7 +20,9 @@ def test_environment_matches_pyproject(repo):
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     env_reqs = {_norm(r) for r in pip_section if not r.startswith("-e")}
     assert env_reqs == {_norm(r) for r in project["dependencies"]}
-    assert "-e ." in pip_section  # the cliptune package itself
+    # No `-e .` or other path entries: under --sdm conda the file is copied into
+    # .snakemake/conda/, where `.` is not the project; jobs import from workflow/.
+    assert not [r for r in pip_section if r.startswith(("-e", ".", "/"))]
     py = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert project["requires-python"].lstrip(">=") <= py.split("=")[-1]
 
@@ -29,3 +31,15 @@ def test_torch_pin_admits_the_local_wheels(repo):
     deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
     torch_req = next(d for d in deps if d.startswith("torch>") or d.startswith("torch="))
     assert "<=2.14.1" in torch_req
+
+
+def test_license_file_matches_the_declared_license(repo):
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (repo / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_optuna_bound_admits_the_journal_backend(repo):
+    # training/hpo.py imports optuna.storages.journal.JournalFileBackend (optuna 4.0+).
+    deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "optuna>=4.0" in deps

@@ -31,6 +31,8 @@ def make_data(kind: str, n_img: int = 24, dim: int = 8, seed: int = 0):
 
     ``quantised``: small-integer embeddings, so every dot product is exact in float32 and
     float64 and exact ties are everywhere; ``duplicated`` adds identical rows on top;
+    ``duplicated_continuous``: unit-norm float embeddings with identical rows (copied
+    captions and images, as in COCO), where float32 matmul rounding could split ties;
     ``tied``: all-zero embeddings, every score equal (pure tie-break test).
     """
     g = torch.Generator().manual_seed(seed)
@@ -39,27 +41,35 @@ def make_data(kind: str, n_img: int = 24, dim: int = 8, seed: int = 0):
     tii = tii[torch.randperm(tii.numel(), generator=g)]
     img = torch.randn(n_img, dim, generator=g)
     txt = img[tii] + 0.9 * torch.randn(tii.numel(), dim, generator=g)
-    if kind == "continuous":
+    if kind in ("continuous", "duplicated_continuous"):
         img = torch.nn.functional.normalize(img, dim=1)
         txt = torch.nn.functional.normalize(txt, dim=1)
     elif kind in ("quantised", "duplicated"):
         img, txt = img.round().clamp(-2, 2), txt.round().clamp(-2, 2)
-        if kind == "duplicated":
-            m = txt.shape[0]
-            src = torch.randint(0, m, (m // 3,), generator=g)
-            dst = torch.randint(0, m, (m // 3,), generator=g)
-            txt[dst] = txt[src]
-            img[1::4] = img[0::4][: img[1::4].shape[0]]
     elif kind == "tied":
         img, txt = torch.zeros_like(img), torch.zeros_like(txt)
     else:
         raise AssertionError(kind)
+    if kind.startswith("duplicated"):
+        m = txt.shape[0]
+        src = torch.randint(0, m, (m // 3,), generator=g)
+        dst = torch.randint(0, m, (m // 3,), generator=g)
+        txt[dst] = txt[src]
+        img[1::4] = img[0::4][: img[1::4].shape[0]]
     return img, txt, tii
 
 
+def exact_scores(img, txt) -> np.ndarray:
+    """float64 scores, each a function of its two vectors only (no BLAS): products of
+    float32 values are exact in float64 and every pair is summed by the same reduction,
+    so identical vectors tie exactly."""
+    a, b = img.double().numpy(), txt.double().numpy()
+    return (a[:, None, :] * b[None, :, :]).sum(axis=-1)
+
+
 def brute_force(img, txt, tii, ks):
-    """Independent reference: float64 full matrix, stable argsort of -score, plain loops."""
-    sims = (img.double() @ txt.double().T).numpy()
+    """Independent reference: exact scores, stable argsort of -score, plain loops."""
+    sims = exact_scores(img, txt)
     tii = tii.tolist()
     n_img, n_txt = sims.shape
     r_i2t, r_t2i = [], []
@@ -120,6 +130,28 @@ def test_matches_brute_force(kind):
             assert got[key] == pytest.approx(val, rel=1e-12, abs=1e-12), (key, block_size)
     got2, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks, block_size=5)
     assert got2 == got and torch.equal(r_i2t, ref_i2t) and torch.equal(r_t2i, ref_t2i)
+
+
+@pytest.mark.parametrize(("n_img", "dim"), [(50, 64), (10, 512)])
+def test_duplicated_continuous_embeddings_do_not_depend_on_block_size(n_img, dim):
+    """Identical caption/image vectors tie exactly for every block shape, although float32
+    matmul rounds identical columns differently when they fall in a tail tile."""
+    img, txt, tii = make_data("duplicated_continuous", n_img=n_img, dim=dim)
+    ks = (*KS, 50)
+    ref, ref_i2t, ref_t2i, _ = brute_force(img, txt, tii, ks)
+    # The data are tie-sensitive: reversing the candidate order changes the metrics.
+    rev = brute_force(img.flip(0), txt.flip(0), (img.shape[0] - 1 - tii).flip(0), ks)[0]
+    assert rev != ref
+    sims = exact_scores(img, txt)
+    top_txt = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    top_img = np.argsort(-sims.T, axis=1, kind="stable")[:, :10]
+    for block_size in (1, 2, 3, 5, 7, 1000):
+        got, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks, block_size=block_size)
+        assert torch.equal(r_i2t, ref_i2t) and torch.equal(r_t2i, ref_t2i), block_size
+        for key, val in ref.items():
+            assert got[key] == pytest.approx(val, rel=1e-12, abs=1e-12), (key, block_size)
+        assert np.array_equal(topk_texts(img, txt, 10, block_size=block_size)[1].numpy(), top_txt)
+        assert np.array_equal(topk_images(txt, img, 10, block_size=block_size)[1].numpy(), top_img)
 
 
 def test_all_tied_follows_index_order():

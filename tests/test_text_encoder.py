@@ -51,7 +51,8 @@ def test_offline_hub_id_names_the_fix(tmp_path, monkeypatch):
     with pytest.raises(EncoderUnavailableError) as err:
         TextEncoder("openai/clip-vit-base-patch32")
     msg = str(err.value)
-    assert "HF_HOME" in msg and "offline-minilm" in msg and "local directory" in msg
+    assert "offline-minilm" in msg and "local directory" in msg and "`weights` rule" in msg
+    assert "hf download openai/clip-vit-base-patch32 --cache-dir resources/weights/hf" in msg
 
 
 def test_missing_local_dir_is_a_clear_error(tmp_path):

@@ -144,6 +144,35 @@ def test_accumulation_gives_the_full_batch_gradient(pairs):
     assert not torch.allclose(model.image.head[0].weight.grad, full["image.head.0.weight"])
 
 
+def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(pairs):
+    """The no-grad feature pass must not move BN running stats: with accum_steps = 2 they
+    end exactly where one train-mode forward per micro-batch puts them."""
+    import copy
+
+    from cliptune.models.factory import build_model
+    from cliptune.training.step import StepContext, accumulated_backward, prepare
+
+    v = variant(model={"head": {"norm": "batchnorm"}, "freeze_backbone": False})
+    torch.manual_seed(0)
+    model = build_model(v, 16).train()
+    reference = copy.deepcopy(model)
+    ctx = StepContext(model, v["train"], torch.device("cpu"), None)
+    rows = np.arange(8)
+    images, text = pairs[0].fetch(rows)
+    micro = [prepare(ctx, pairs[0], rows[c], images[c], text[c], train=False)
+             for c in (slice(0, 4), slice(4, 8))]
+    accumulated_backward(ctx, micro, torch.amp.GradScaler("cpu", enabled=False))
+    with torch.no_grad():
+        for x, _, _ in micro:
+            reference.embed_images(x)
+    got, want = model.state_dict(), reference.state_dict()
+    stats = [k for k in got if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert any(k.startswith("image.head") for k in stats) and any("trunk" in k for k in stats)
+    for key in stats:
+        assert torch.allclose(got[key].float(), want[key].float(), atol=1e-6), key
+    assert int(got["image.trunk.1.num_batches_tracked"]) == 2
+
+
 def _nan_for(calls: int, monkeypatch):
     import cliptune.training.step as ts
 
@@ -236,6 +265,26 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     # steps.csv (an output) keeps every optimiser step across the resume, exactly once.
     out_steps = pd.read_csv(tmp_path / "b" / "out" / "steps.csv")
     assert out_steps["step"].tolist() == [1, 2, 3, 4] and out_steps["epoch"].tolist() == [1, 1, 2, 2]
+
+
+def test_train_report_lists_resnet_parameter_groups(pairs, tmp_path):
+    """Pretrained trunk stages train at train.lr, the new pool/head and temperature at
+    head_lr; biases, norms and the temperature without weight decay."""
+    from cliptune.models.factory import build_model
+
+    v = variant(model={"trainable_stages": 1}, train={"head_lr": 3e-3, "weight_decay": 0.05})
+    train(v, pairs, tmp_path)
+    report = json.loads((tmp_path / "out" / "train_report.json").read_text())
+    groups = {g["name"]: g for g in report["param_groups"]}
+    lr = v["train"]["lr"]
+    assert {n: (g["lr"], g["weight_decay"]) for n, g in groups.items()} == {
+        "trunk": (lr, 0.05), "trunk.no_decay": (lr, 0.0), "head": (3e-3, 0.05),
+        "head.no_decay": (3e-3, 0.0), "temperature": (3e-3, 0.0)}
+    model = build_model(v, 16)
+    layer4 = sum(p.numel() for n, p in model.named_parameters() if n.startswith("image.trunk.7."))
+    assert groups["trunk"]["parameters"] + groups["trunk.no_decay"]["parameters"] == layer4
+    assert groups["temperature"]["parameters"] == 1
+    assert sum(g["parameters"] for g in groups.values()) == report["trainable_parameters"]
 
 
 def test_batch_larger_than_data_is_a_clear_error(pairs, tmp_path):

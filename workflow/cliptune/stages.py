@@ -12,9 +12,17 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from cliptune.gpus import assign_gpus
 from cliptune.runtime import set_threads, setup_logging
 
 log = logging.getLogger("cliptune.stage")
+
+
+def weights(smk) -> None:
+    from cliptune.models.weights import fetch_weights
+
+    marker = Path(smk.output[0])  # {root}/hf/<repo>.json or {root}/torchvision/<file>.json
+    fetch_weights(json.loads(smk.params.spec), marker, marker.parents[1])
 
 
 def demo_dataset(smk) -> None:
@@ -164,7 +172,7 @@ def figures(smk) -> None:
         json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
         Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
         Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
-        instances=Path(instances) if instances else None)
+        instances=Path(instances) if instances else None, device=smk.params.device)
 
 
 def loss_overlay(smk) -> None:
@@ -201,6 +209,14 @@ def run(smk, stage: Callable) -> None:
     setup_logging(str(smk.log[0]) if smk.log else None)
     set_threads(smk.threads)
     try:
+        # Before torch starts CUDA: the job sees only the GPUs its `gpu` resource got.
+        assign_gpus(int(getattr(smk.resources, "gpu", 0) or 0))
+        if stage is not weights:
+            # Models load only what the weights rule fetched, never from the network
+            # (compute nodes are often offline). Set before transformers is imported.
+            from cliptune.models.weights import use_local_weights
+
+            use_local_weights()
         stage(smk)
     except Exception:
         log.exception("stage %s failed", stage.__name__)

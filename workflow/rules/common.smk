@@ -6,6 +6,10 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from cliptune.cli_config import typed_cli_overrides
 from cliptune.data.captions import annotation_file, check_sources
+from cliptune.gpus import GpuRequestError, gpu_request, local_gpu_limit
+from cliptune.job_resources import grow
+from cliptune.models.weights import WEIGHTS_DIR, encoder_markers, needed_weights, weight_key
+from cliptune.models.weights import marker_path as weights_marker
 from cliptune.config import (
     ConfigError,
     canonical_json,
@@ -27,6 +31,19 @@ ROOT = CFG["dataset"]["root"]
 SPLITS = CFG["dataset"]["splits"]
 VARIANTS = variant_names(CFG)
 RESOLVED = {name: resolve_variant(CFG, name) for name in VARIANTS}
+# GPUs each variant's train job asks for ({"gpu": total, "gres": per node}); a request
+# above a local --resources gpu=N limit is refused here instead of silently shrunk.
+try:
+    TRAIN_GPUS = {
+        name: gpu_request(name, v["train"], local_gpu_limit(workflow.global_resources))
+        for name, v in RESOLVED.items()
+    }
+except GpuRequestError as exc:
+    raise WorkflowError(str(exc)) from None
+# Pretrained weights, fetched once on the submit host (weights.smk). Per checkpoint
+# key: its spec; per variant: the markers its model-loading jobs wait for.
+WEIGHT_SPECS = {weight_key(s): s for v in RESOLVED.values() for s in needed_weights(v)}
+VARIANT_WEIGHTS = {n: [weights_marker(s) for s in needed_weights(v)] for n, v in RESOLVED.items()}
 # Encoder cache key -> encoder settings, for every encoder some variant uses.
 ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
 

@@ -21,8 +21,13 @@ if CFG["dataset"]["source"] == "demo":
         params:
             root=lambda w, output: str(Path(output[0]).parents[1]),
             demo=canonical_json(CFG["dataset"]["demo"]),
+        resources:
+            mem_mb=4000,
+            runtime=30,
         log:
             f"{LOGS}/demo_dataset.log",
+        benchmark:
+            f"{LOGS}/demo_dataset.benchmark.tsv",
         conda:
             ENV
         script:
@@ -57,8 +62,13 @@ if DATASET["download"]:
         params:
             spec=lambda w: canonical_json(COCO_SPECS[w.archive]),
             hint=placement_hint(ROOT, COCO_ARCHIVES, COCO_SPECS),
+        resources:
+            mem_mb=2000,
+            runtime=600,
         log:
             f"{LOGS}/download/{{archive}}.log",
+        benchmark:
+            f"{LOGS}/download/{{archive}}.benchmark.tsv",
         conda:
             ENV
         script:
@@ -73,8 +83,13 @@ if DATASET["download"]:
             str(marker_path(ROOT, "{archive}")),
         wildcard_constraints:
             archive="|".join(re.escape(a) for a in COCO_ARCHIVES),
+        resources:
+            mem_mb=4000,
+            runtime=240,
         log:
             f"{LOGS}/download/{{archive}}.extract.log",
+        benchmark:
+            f"{LOGS}/download/{{archive}}.extract.benchmark.tsv",
         conda:
             ENV
         script:
@@ -89,8 +104,13 @@ rule captions:
         source=f"{RESULTS}/captions/{{split}}.source.json",
     params:
         spec=lambda w: canonical_json(split_spec(DATASET, w.split)),
+    resources:
+        mem_mb=8000,
+        runtime=30,
     log:
         f"{LOGS}/captions/{{split}}.log",
+    benchmark:
+        f"{LOGS}/captions/{{split}}.benchmark.tsv",
     conda:
         ENV
     script:
@@ -107,8 +127,13 @@ rule image_cache:
         root=ROOT,
         max_bad_fraction=CFG["dataset"]["max_bad_image_fraction"],
     threads: CFG["image_cache"]["workers"]
+    resources:
+        mem_mb=16000,
+        runtime=240,
     log:
         f"{LOGS}/image_cache/{{split}}_{{size}}.log",
+    benchmark:
+        f"{LOGS}/image_cache/{{split}}_{{size}}.benchmark.tsv",
     conda:
         ENV
     script:
@@ -129,8 +154,13 @@ rule data_report:
         splits=list(SPLITS),
         dataset=DS,
         size=REPORT_SIZE,
+    resources:
+        mem_mb=8000,
+        runtime=30,
     log:
         f"{LOGS}/data_report.log",
+    benchmark:
+        f"{LOGS}/data_report.benchmark.tsv",
     conda:
         ENV
     script:
@@ -148,8 +178,13 @@ rule samples:
         n=DATASET["samples"]["count"],
         seed=DATASET["samples"]["seed"],
         title=f"{DS}: random train image-caption pairs ({REPORT_SIZE} px cache)",
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         f"{LOGS}/samples.log",
+    benchmark:
+        f"{LOGS}/samples.benchmark.tsv",
     conda:
         ENV
     script:

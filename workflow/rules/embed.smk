@@ -1,6 +1,8 @@
 rule text_embeddings:
     input:
         captions=f"{RESULTS}/captions/{{split}}.parquet",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: encoder_markers(ENCODERS[w.encoder]["model"]),
     output:
         f"{RESULTS}/text/{{encoder}}/{{split}}.safetensors",
     params:
@@ -8,9 +10,13 @@ rule text_embeddings:
         device="auto",
     threads: 2
     resources:
+        mem_mb=32000,
+        runtime=120,
         gpu=1,
     log:
         f"{LOGS}/text/{{encoder}}/{{split}}.log",
+    benchmark:
+        f"{LOGS}/text/{{encoder}}/{{split}}.benchmark.tsv",
     conda:
         ENV
     script:

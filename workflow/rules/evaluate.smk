@@ -2,6 +2,8 @@ rule evaluate:
     input:
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
         model=f"{VARIANT_DIR}/model.safetensors",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         metrics=f"{VARIANT_DIR}/metrics.json",
         recall=f"{VARIANT_DIR}/recall.csv",
@@ -10,9 +12,13 @@ rule evaluate:
         variant=variant_json,
     threads: 8
     resources:
+        mem_mb=grow(32000),
+        runtime=grow(120),
         gpu=1,
     log:
         f"{LOGS}/evaluate/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/evaluate/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:
@@ -33,6 +39,8 @@ rule figures:
         unpack(lambda w: instances_input(CFG, RESOLVED[w.variant]["eval"]["split"])),
         embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
         metrics=f"{VARIANT_DIR}/metrics.json",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         text_to_image=report(
             f"{FIGURE_DIR}/text_to_image.png",
@@ -72,9 +80,17 @@ rule figures:
                 "demo": {k: CFG["dataset"]["demo"][k] for k in ("seed", "max_shapes")},
             }
         ),
+        # A few hundred prompts: encoded on the CPU, so this local rule needs no GPU
+        # (under SLURM it runs on the submit host, which usually has none).
+        device="cpu",
     threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=30,
     log:
         f"{LOGS}/figures/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/figures/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:

@@ -7,10 +7,12 @@ import re
 from cliptune.data.feature_keys import feature_key, feature_paths, feature_spec
 
 FEATURES = {}
-for _variant in RESOLVED.values():
+FEATURE_WEIGHTS = {}  # feature key -> weight markers (the trunk's torchvision file)
+for _name, _variant in RESOLVED.items():
     _spec = feature_spec(_variant)
     if _spec is not None:
         FEATURES[feature_key(_spec)] = _spec
+        FEATURE_WEIGHTS[feature_key(_spec)] = VARIANT_WEIGHTS[_name]
 
 
 # Feature cache files of one split for a variant ({} when it trains on pixels).
@@ -23,6 +25,8 @@ rule backbone_features:
     input:
         array=f"{RESULTS}/images/{{split}}_{{size}}.npy",
         index=f"{RESULTS}/images/{{split}}_{{size}}.index.parquet",
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: FEATURE_WEIGHTS[w.fkey],
     output:
         array=f"{RESULTS}/features/{{fkey}}/{{split}}_{{size}}.npy",
         meta=f"{RESULTS}/features/{{fkey}}/{{split}}_{{size}}.json",
@@ -34,9 +38,13 @@ rule backbone_features:
         device="auto",
     threads: 2
     resources:
+        mem_mb=32000,
+        runtime=120,
         gpu=1,
     log:
         f"{LOGS}/features/{{fkey}}/{{split}}_{{size}}.log",
+    benchmark:
+        f"{LOGS}/features/{{fkey}}/{{split}}_{{size}}.benchmark.tsv",
     conda:
         ENV
     script:

@@ -7,6 +7,8 @@ rule hpo:
     input:
         unpack(lambda w: pair_inputs(w.variant, "train", "train")),
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         overlay=f"{HPO_DIR}/best_overlay.yaml",
         trials=f"{HPO_DIR}/trials.csv",
@@ -20,9 +22,13 @@ rule hpo:
         storage=f"{HPO_DIR}/study.journal",
     threads: 8
     resources:
+        mem_mb=grow(64000),
+        runtime=grow(1440),
         gpu=1,
     log:
         f"{LOGS}/hpo/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/hpo/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:

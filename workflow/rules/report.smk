@@ -27,8 +27,13 @@ rule aggregate:
         variants=VARIANTS,
         baseline=CFG["baseline"],
         ks=RESOLVED[CFG["baseline"]]["eval"]["ks"],
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{LOGS}/aggregate.benchmark.tsv",
     conda:
         ENV
     script:
@@ -48,8 +53,13 @@ rule loss_overlay:
     params:
         variants=VARIANTS,
         baseline=CFG["baseline"],
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         f"{LOGS}/loss_overlay.log",
+    benchmark:
+        f"{LOGS}/loss_overlay.benchmark.tsv",
     conda:
         ENV
     script:
@@ -81,8 +91,13 @@ rule summary:
         baseline=CFG["baseline"],
         report=canonical_json(CFG["report"]),
         dataset=canonical_json({"name": DS, "source": CFG["dataset"]["source"]}),
+    resources:
+        mem_mb=4000,
+        runtime=15,
     log:
         f"{LOGS}/summary.log",
+    benchmark:
+        f"{LOGS}/summary.benchmark.tsv",
     conda:
         ENV
     script:

@@ -5,6 +5,8 @@ rule train:
         # Cached trunk features, only for fully frozen, un-augmented variants (features.smk).
         unpack(lambda w: feature_inputs(w.variant, "train", "train")),
         unpack(lambda w: feature_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
+        weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         model=f"{VARIANT_DIR}/model.safetensors",
         history=f"{VARIANT_DIR}/history.csv",
@@ -22,11 +24,18 @@ rule train:
         state=f"{RESULTS}/checkpoints/{{variant}}/state.pt",
     threads: 8
     resources:
-        # One GPU per torchrun worker (train.devices); under SLURM also the node count.
-        gpu=lambda w: RESOLVED[w.variant]["train"]["devices"],
+        mem_mb=grow(64000),
+        runtime=grow(720),
+        # One GPU per torchrun worker: gpu = devices x nodes (SLURM: --gpus, a job total);
+        # multi-node runs ask per node instead (gres gpu:devices -> --gres) with gpu 0.
+        # A CPU variant (train.device: cpu) asks for none. See cliptune.gpus.gpu_request.
+        gpu=lambda w: TRAIN_GPUS[w.variant]["gpu"],
+        gres=lambda w: TRAIN_GPUS[w.variant]["gres"],
         nodes=lambda w: RESOLVED[w.variant]["train"]["nodes"],
     log:
         f"{LOGS}/train/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/train/{{variant}}.benchmark.tsv",
     conda:
         ENV
     script:

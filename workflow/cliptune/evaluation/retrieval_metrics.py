@@ -27,15 +27,19 @@ Definitions follow CLIP_benchmark / LAVIS:
 score, equal scores by ascending candidate index (the order of a stable argsort of
 ``-score``). The rank of a positive is 1 + the number of candidates ahead of it in that order.
 Without such a rule, quantised or duplicated embeddings (identical captions occur in COCO)
-would make the metrics depend on the sorting kernel.
+would make the metrics depend on the sorting kernel. The rule also needs identical vectors
+to get bit-identical scores, which a float32 matmul does not promise (tail tiles use other
+kernels, and which columns land there depends on the block's shape). So every distinct
+candidate vector is scored once and its score copied to its duplicates: ties between
+duplicated captions or images, and hence every metric, are the same for any ``block_size``.
 
 **Memory**: the N x M similarity matrix is never materialised. Queries are processed in
 blocks of ``block_size`` rows; a block's float32 similarities (block x candidates) are
 reduced to ranks by *counting* the candidates ahead of the positive (an in-place
 sign(score - positive) pass, no sort) and to the exact top-K by a ``topk`` whose tie
 choices are repaired with the rule above. Peak extra memory is about one block,
-``block_size * max(N, M) * 4`` bytes (two to three times that for rows where exact ties
-straddle the K-th place), independent of N x M. Inputs in other dtypes are upcast to
+``block_size * max(N, M) * 4`` bytes (twice that when candidates are duplicated, two to
+three times for rows where exact ties straddle the K-th place), independent of N x M. Inputs in other dtypes are upcast to
 float32; on CUDA everything runs on the device and only ranks come back to the CPU.
 """
 
@@ -169,6 +173,31 @@ def _resolve_device(device, default: torch.Tensor) -> torch.device:
 # ---------------------------------------------------------------------------------------
 
 
+def _distinct_rows(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(distinct rows, inverse)`` with ``emb == distinct[inverse]``; inverse is None
+    when every row is distinct (no copy, no gather)."""
+    uniq, inverse = torch.unique(emb, dim=0, return_inverse=True)
+    if uniq.shape[0] == emb.shape[0]:
+        return emb, None
+    return uniq, inverse
+
+
+class _Scorer:
+    """Scores query blocks against all candidates so that identical candidate vectors get
+    bit-identical scores whatever the block shape: each distinct vector is one matmul
+    column, and its score is copied to its duplicates (exact by construction)."""
+
+    def __init__(self, candidates: torch.Tensor):
+        distinct, self.inverse = _distinct_rows(candidates)
+        self.cand_t = distinct.T
+
+    def __call__(self, queries: torch.Tensor) -> torch.Tensor:
+        sims = queries @ self.cand_t
+        if self.inverse is None:
+            return sims
+        return sims.index_select(1, self.inverse)
+
+
 # Below this magnitude a positive's score could differ from a competitor by a subnormal
 # amount, which flush-to-zero arithmetic would turn into a false tie; such rows are counted
 # with plain comparisons instead of the subtraction trick.
@@ -265,13 +294,13 @@ def _i2t_pass(
     offsets = [0, *torch.cumsum(torch.bincount(idx_cpu, minlength=n_img), 0).tolist()]
     order = order_cpu.to(dev)
     idx = idx_cpu.to(dev)
-    txt_t = txt.T
+    score = _Scorer(txt)
     kk = min(kmax, n_txt)
     ranks = torch.empty(n_img, dtype=torch.long)
     rel = torch.empty((n_img, kk), dtype=torch.bool) if kk > 0 else None
     for i0 in range(0, n_img, block_size):
         i1 = min(i0 + block_size, n_img)
-        sims = img[i0:i1] @ txt_t  # [B, M]
+        sims = score(img[i0:i1])  # [B, M]
         pos = order[offsets[i0] : offsets[i1]]
         row = idx[pos] - i0
         pscore = sims[row, pos]
@@ -295,11 +324,11 @@ def _t2i_pass(
 ) -> torch.Tensor:
     n_txt = txt.shape[0]
     idx = idx_cpu.to(img.device)
-    img_t = img.T
+    score = _Scorer(img)
     ranks = torch.empty(n_txt, dtype=torch.long)
     for m0 in range(0, n_txt, block_size):
         m1 = min(m0 + block_size, n_txt)
-        sims = txt[m0:m1] @ img_t  # [B, N]
+        sims = score(txt[m0:m1])  # [B, N]
         own = idx[m0:m1]
         pscore = sims.gather(1, own[:, None]).squeeze(1)
         ranks[m0:m1] = (_count_ahead_(sims, pscore, own) + 1).cpu()
@@ -311,12 +340,12 @@ def _blocked_topk(
     queries: torch.Tensor, candidates: torch.Tensor, k: int, block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     k = min(k, candidates.shape[0])
-    cand_t = candidates.T
+    score = _Scorer(candidates)
     scores = torch.empty((queries.shape[0], k), dtype=torch.float32)
     indices = torch.empty((queries.shape[0], k), dtype=torch.long)
     for q0 in range(0, queries.shape[0], block_size):
         q1 = min(q0 + block_size, queries.shape[0])
-        s, i = _exact_topk(queries[q0:q1] @ cand_t, k)
+        s, i = _exact_topk(score(queries[q0:q1]), k)
         scores[q0:q1], indices[q0:q1] = s.cpu(), i.cpu()
     return scores, indices
 

@@ -5,7 +5,7 @@ text transformer built from config, random init) with the same interface.
 Interface shared with models.ClipHead (what train.py and evaluate.py use):
 ``embed_images(x01)``, ``encode_images(uint8 NHWC)``, ``embed_texts(list[str])``,
 ``encode_texts(list[str])``, ``text_from_cache``, ``scale()``, ``clamp_()``,
-``is_new_parameter(name)``.
+``param_role(name)``, ``NEW_ROLES``.
 """
 
 from __future__ import annotations
@@ -94,6 +94,11 @@ def _build_from_scratch(dcfg: Mapping, tokenizer_path: str, image_size: int):
 class HFClip(nn.Module):
     """CLIPModel behind the cliptune model interface."""
 
+    # Nothing is a freshly initialised add-on: LoRA adapters adapt a pretrained tower and,
+    # like the towers and CLIP's learned temperature, train at train.lr; a from-scratch
+    # dual encoder has no pretrained part to set a second rate against.
+    NEW_ROLES: tuple[str, ...] = ()
+
     def __init__(self, variant: Mapping):
         super().__init__()
         mcfg, tcfg = variant["model"], variant["train"]
@@ -146,9 +151,14 @@ class HFClip(nn.Module):
     def clamp_(self) -> None:
         self.clip.logit_scale.clamp_(max=self.max_log_scale)
 
-    def is_new_parameter(self, name: str) -> bool:
-        """LoRA adapters and the temperature are new; the pretrained towers are not."""
-        return "lora_" in name or name.endswith("logit_scale")
+    def param_role(self, name: str) -> str:
+        """Optimiser group: ``lora`` adapters, ``text_tower``, ``vision_tower`` (each with
+        its projection) or ``temperature``."""
+        if name.endswith("logit_scale"):
+            return "temperature"
+        if "lora_" in name:
+            return "lora"
+        return "text_tower" if name.startswith("clip.text_") else "vision_tower"
 
     def embed_images(self, x01: torch.Tensor) -> torch.Tensor:
         if x01.shape[-1] != self.input_size or x01.shape[-2] != self.input_size:

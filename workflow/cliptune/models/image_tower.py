@@ -238,6 +238,8 @@ class ClipHead(nn.Module):
     """
 
     text_from_cache = True
+    # Freshly initialised parts, trained at train.head_lr when set (the trunk is pretrained).
+    NEW_ROLES = ("head", "temperature")
 
     def __init__(self, model_cfg: Mapping, train_cfg: Mapping, embed_dim: int, image_size: int):
         super().__init__()
@@ -255,9 +257,12 @@ class ClipHead(nn.Module):
     def clamp_(self) -> None:
         self.logit_scale.clamp_(max=self.max_log_scale)
 
-    def is_new_parameter(self, name: str) -> bool:
-        """Freshly initialised (pool, head, temperature): trained with ``train.head_lr``."""
-        return not name.startswith("image.trunk.")
+    def param_role(self, name: str) -> str:
+        """Optimiser group of a parameter: the pretrained ``trunk``, the new ``head``
+        (pool + projection) or the ``temperature``."""
+        if name == "logit_scale":
+            return "temperature"
+        return "trunk" if name.startswith("image.trunk.") else "head"
 
     def embed_images(self, x01: torch.Tensor) -> torch.Tensor:
         return self.image(self.image.normalize(x01))

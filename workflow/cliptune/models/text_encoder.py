@@ -48,13 +48,15 @@ def _fix_message(model: str, exc: Exception) -> str:
             "Fix: point text_encoder.model at a directory written by save_pretrained "
             "(config.json, tokenizer files and weights)."
         )
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME", "~/.cache/huggingface")
     return (
-        f"cannot load text encoder {model!r}: it is not in the local Hugging Face cache "
-        f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub is "
-        f"unreachable ({type(exc).__name__}). Fix one of: run "
-        f"`huggingface-cli download {model}` on a machine with internet and copy the cache "
-        "to HF_HOME here; set text_encoder.model to a local directory saved with "
-        "save_pretrained; or use text_encoder.model: offline-minilm (the offline demo encoder)."
+        f"cannot load text encoder {model!r}: it is not in the Hugging Face cache {cache} and "
+        f"the hub is not used here ({type(exc).__name__}). Fix one of: let the workflow's "
+        "`weights` rule fetch it (it runs on the submit host; see docs/cluster.md); run "
+        f"`hf download {model} --cache-dir resources/weights/hf` on a machine with internet "
+        "and copy resources/weights/ here; set text_encoder.model to a local directory saved "
+        "with save_pretrained; or use text_encoder.model: offline-minilm (the offline demo "
+        "encoder)."
     )
 
 

@@ -210,11 +210,14 @@ def _default_classes(dataset: Mapping) -> list[str]:
 def run_variant_figures(variant: Mapping, report: Mapping, dataset: Mapping, embeddings: Path,
                         metrics_json: Path, captions_parquet: Path, image_array: Path,
                         image_index: Path, out_dir: Path, zero_shot_json: Path,
-                        instances: Path | None = None, encode=None) -> dict:
-    """Load a variant's saved evaluation artifacts and draw its figures."""
+                        instances: Path | None = None, encode=None,
+                        device: str | None = None) -> dict:
+    """Load a variant's saved evaluation artifacts and draw its figures.
+
+    ``device`` encodes the zero-shot prompts (default: the variant's train.device)."""
     art = EvalArtifacts(embeddings, captions_parquet, image_array, image_index)
     temperature = float(json.loads(Path(metrics_json).read_text())["temperature"])
     if encode is None:
-        encode = text_encoder_fn(variant["text_encoder"], variant["train"]["device"])
+        encode = text_encoder_fn(variant["text_encoder"], device or variant["train"]["device"])
     return build_variant_figures(variant, report, dataset, art, temperature, out_dir,
                                  zero_shot_json, encode, instances)

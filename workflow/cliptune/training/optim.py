@@ -16,7 +16,9 @@ def build_optimizer(model: torch.nn.Module, tcfg: Mapping) -> torch.optim.Optimi
     """``train.optimizer``: adamw (decoupled decay, the lab's), adam (decay as an L2
     penalty) or sgd with ``train.momentum``. Biases, norms and the temperature get no
     weight decay in every case (cliptune.training.schedule.param_groups)."""
-    groups = param_groups(model, tcfg["weight_decay"], tcfg["lr"], tcfg["head_lr"])
+    # A zero-epoch variant (zero-shot row) trains nothing: head_lr has no role to play.
+    head_lr = tcfg["head_lr"] if tcfg["epochs"] > 0 else None
+    groups = param_groups(model, tcfg["weight_decay"], tcfg["lr"], head_lr)
     name = tcfg["optimizer"]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=tcfg["lr"])
@@ -25,6 +27,14 @@ def build_optimizer(model: torch.nn.Module, tcfg: Mapping) -> torch.optim.Optimi
     if name == "sgd":
         return torch.optim.SGD(groups, lr=tcfg["lr"], momentum=tcfg["momentum"])
     raise ValueError(f"train.optimizer = {name!r} is not supported; use adamw, adam or sgd")
+
+
+def describe_param_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """What train_report.json lists: each group's name, size, configured (peak) learning
+    rate and weight decay."""
+    return [{"name": g["name"], "parameters": sum(p.numel() for p in g["params"]),
+             "lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"]}
+            for g in optimizer.param_groups]
 
 
 def warmup_steps(tcfg: Mapping, total_steps: int) -> int:

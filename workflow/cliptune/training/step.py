@@ -5,11 +5,13 @@ micro-batch span the whole accumulated batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from cliptune.data.augment import augment_captions, augment_images
 from cliptune.data.pairs import PairData
@@ -81,6 +83,24 @@ def in_batch_accuracy(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
                         (sims.argmax(0) == target).float().mean()])
 
 
+@contextmanager
+def running_stats_unchanged(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in training mode still normalise with batch statistics, but their
+    running statistics are put back afterwards: the no-grad feature pass of gradient
+    accumulation must not count a micro-batch that the live pass counts again."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.training and m.track_running_stats]
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+             for m in bns]
+    try:
+        yield
+    finally:
+        for m, (mean, var, count) in zip(bns, saved, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
 def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward the loss of the whole accumulated batch; returns it (detached) and the
@@ -97,7 +117,7 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
         loss = batch_loss(tcfg, img, txt, model.scale(), mined)
         scaler.scale(loss).backward()
         return loss.detach(), in_batch_accuracy(img, txt)
-    with torch.no_grad():
+    with torch.no_grad(), running_stats_unchanged(model):
         cached = [embed(ctx, *m) for m in micro]
     loss = None
     for j, m in enumerate(micro):

@@ -46,7 +46,7 @@ from cliptune.training.distributed import (
 )
 from cliptune.training.hard_negatives import build_index
 from cliptune.training.losses import batch_loss
-from cliptune.training.optim import build_optimizer, warmup_steps
+from cliptune.training.optim import build_optimizer, describe_param_groups, warmup_steps
 from cliptune.training.preemption import CheckpointTimer, PreemptedError, SignalGuard
 from cliptune.training.schedule import warmup_cosine
 from cliptune.training.step import (
@@ -431,7 +431,8 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
         return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                 "best_score": best["score"], "history": history}
     _write_outputs(variant, model, best, history, prog["step_log"], out_dir, device,
-                   train_seconds, train_images, train_data, val_data)
+                   train_seconds, train_images, train_data, val_data,
+                   describe_param_groups(optimizer))
     return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
             "best_score": best["score"], "history": history}
 
@@ -478,7 +479,7 @@ def _save_state(path, model, optimizer, scheduler, scaler, epoch, history, best,
 
 
 def _write_outputs(variant, model, best, history, step_log, out_dir, device, seconds, images,
-                   train_data, val_data) -> None:
+                   train_data, val_data, param_groups) -> None:
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(best["state"], str(tmp), metadata={"variant": variant["name"],
                                                       "config_hash": short_hash(variant)})
@@ -505,4 +506,5 @@ def _write_outputs(variant, model, best, history, step_log, out_dir, device, sec
         "images_per_s": images / seconds if seconds else None,
         "parameters": n_params,
         "trainable_parameters": n_trainable,
+        "param_groups": param_groups,  # name, parameters, lr, weight_decay of each
     })
