@@ -108,6 +108,22 @@ def test_freezing_keeps_frozen_batchnorm_statistics():
         ImageEncoder(deep_merge(cfg, {"freeze_backbone": True}), 16, 32)
 
 
+def test_trunk_bn_eval_keeps_every_trunk_statistic_while_the_trunk_trains():
+    from cliptune.models.image_tower import ImageEncoder
+
+    cfg = deep_merge(tiny_variant()["model"], {"trunk_bn_eval": True})
+    enc = ImageEncoder(cfg, 16, 32).train()
+    bns = [m for m in enc.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert all(m.weight.requires_grad for m in bns)  # affine weights still train
+    before = [m.running_mean.clone() for m in bns]
+    enc(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))
+    assert bns[0].weight.grad is not None
+    plain = ImageEncoder(deep_merge(cfg, {"trunk_bn_eval": False}), 16, 32).train()
+    assert all(m.training for m in plain.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_accumulation_gives_the_full_batch_gradient(pairs):
     from cliptune.models.factory import build_model
     from cliptune.training.step import StepContext, accumulated_backward, prepare
