@@ -44,11 +44,11 @@ rule all:
 
 # Plots and reports take seconds: on a cluster (--profile profiles/slurm) they run
 # on the submitting node instead of waiting in the queue. Downloads: data.smk.
+# Not `figures`: it may run a variant's own text tower on a GPU (resources gpu).
 localrules:
     all,
     aggregate,
     loss_overlay,
     summary,
-    figures,
     samples,
     data_report,

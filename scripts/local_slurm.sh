@@ -165,15 +165,20 @@ CONF
 fi
 cd "$RUN_DIR"
 log "running snakemake --profile profiles/slurm in $RUN_DIR"
-# Overrides for a 2-core test node: squeue status polling (no slurmdbd), fast
-# polls, small memory/CPU requests.
+# Overrides for a small test node: squeue status polling (no slurmdbd), fast
+# polls, small memory/CPU requests. Every rule sets its own mem_mb/runtime (sized
+# for COCO), so each is lowered here by name; GPU counts stay the rules' own.
+SMALL=()
+for rule in demo_dataset captions image_cache data_report samples text_embeddings \
+    backbone_features train evaluate figures aggregate loss_overlay summary hpo weights; do
+  SMALL+=("$rule:mem_mb=1000" "$rule:runtime=20")
+done
 "$PYTHON" -m snakemake -s "$REPO/Snakefile" --directory "$RUN_DIR" \
   --configfile "$RUN_DIR/config.yaml" --profile "$REPO/profiles/slurm" \
   --slurm-status-command squeue --slurm-init-seconds-before-status-checks 3 \
-  --latency-wait 5 --retries 0 --jobs 4 --max-threads 1 --slurm-keep-successful-logs \
-  --default-resources mem_mb=1500 runtime=20 \
-  --set-resources train:mem_mb=3000 train:cpus_per_gpu=1 evaluate:cpus_per_gpu=1 \
-    evaluate:mem_mb=2000 text_embeddings:cpus_per_gpu=1 backbone_features:cpus_per_gpu=1 \
-    image_cache:mem_mb=1500
+  --latency-wait 5 --retries "${RETRIES:-0}" --jobs 4 --max-threads 1 \
+  --slurm-keep-successful-logs \
+  --set-resources "${SMALL[@]}" train:cpus_per_gpu=1 evaluate:cpus_per_gpu=1 \
+    text_embeddings:cpus_per_gpu=1 backbone_features:cpus_per_gpu=1
 ls "$RUN_DIR"/.snakemake/slurm_logs >/dev/null 2>&1 || { log "no SLURM job logs: nothing was submitted"; exit 1; }
 log "workflow finished through SLURM; job logs in $RUN_DIR/.snakemake/slurm_logs"

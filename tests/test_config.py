@@ -12,7 +12,9 @@ from cliptune.config import (
     canonical_json,
     encoder_key,
     load_config,
+    resolve_run,
     resolve_variant,
+    run_names,
     variant_names,
 )
 
@@ -149,3 +151,54 @@ def test_demo_is_a_miniature_of_the_lab(demo):
     assert set(variant_names(cfg)) == {"baseline", "bn", "attn", "bn_attn", "frozen_trunk",
                                        "untrained"}
     assert resolve_variant(cfg, "frozen_trunk")["model"]["freeze_backbone"] is True
+
+
+def test_one_seed_is_the_default_and_keeps_single_run_names(demo):
+    cfg = load_config(demo)
+    assert run_names(cfg) == {v: [v] for v in variant_names(cfg)}
+    assert "seeds" not in resolve_variant(cfg, "baseline")["train"]
+    assert cfg["bootstrap"] == {"resamples": 1000, "confidence": 0.95, "seed": 0}
+
+
+def test_seeds_make_one_run_per_seed_and_leave_the_primary_unchanged(demo):
+    single = resolve_variant(load_config(demo), "bn_head")
+    demo["variants"]["bn_head"]["train"] = {"seeds": [0, 3, 1]}
+    cfg = load_config(demo)
+    runs = run_names(cfg)
+    assert runs["bn_head"] == ["bn_head", "bn_head/seed3", "bn_head/seed1"]
+    assert runs["baseline"] == ["baseline"] and runs["untrained"] == ["untrained"]
+    # Adding seeds never changes (so never reruns) the primary run's resolved config.
+    assert canonical_json(resolve_run(cfg, "bn_head")) == canonical_json(single)
+    replicate = resolve_run(cfg, "bn_head/seed3")
+    assert replicate["train"]["seed"] == 3 and replicate["name"] == "bn_head/seed3"
+    assert {k: v for k, v in replicate["train"].items() if k != "seed"} == {
+        k: v for k, v in single["train"].items() if k != "seed"}
+    with pytest.raises(ConfigError, match="unknown run 'bn_head/seed7'"):
+        resolve_run(cfg, "bn_head/seed7")
+
+
+def test_seed_conflicting_with_seeds_is_an_error(demo):
+    demo["train"]["seed"] = 5
+    demo["train"]["seeds"] = [0, 1]
+    msg = _error(demo)
+    assert "train.seed = 5" in msg and "list 5 first in train.seeds" in msg
+    demo["train"]["seeds"] = [5, 1]
+    assert run_names(load_config(demo))["baseline"] == ["baseline", "baseline/seed1"]
+
+
+@pytest.mark.parametrize("bad", [{"seeds": [0, 0]}, {"seeds": []}, {"seeds": [-1]}])
+def test_bad_seed_lists_are_rejected(demo, bad):
+    demo["train"].update(bad)
+    assert "train.seeds" in _error(demo)
+
+
+@pytest.mark.parametrize("key, value", [("confidence", 1.0), ("confidence", 0.4),
+                                        ("resamples", 10), ("size", 3)])
+def test_bad_bootstrap_settings_are_rejected(demo, key, value):
+    demo["bootstrap"] = {key: value}
+    assert "bootstrap" in _error(demo)
+
+
+def test_bootstrap_is_shared_not_per_variant(demo):
+    demo["variants"]["bn_head"]["bootstrap"] = {"resamples": 500}
+    assert "'bootstrap'" in _error(demo)

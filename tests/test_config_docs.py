@@ -7,10 +7,8 @@ import importlib.util
 
 import pytest
 
-from cliptune.config import (
-    DEFAULTS,
-    SOURCE_SPLITS,
-    deep_merge,
+from cliptune.config import DEFAULTS, SOURCE_SPLITS, deep_merge
+from cliptune.config_schema import (
     is_section,
     load_schema,
     schema_defaults,

@@ -33,6 +33,8 @@ from cliptune.data.download import COCO2014_FILES, DownloadError
 from cliptune.data.image_cache import TooManyBadImagesError, _decode, build_image_cache, load_rgb
 
 VARIANTS = {"baseline": {}}
+# Format tests read whole source splits (tests/test_selection_split.py covers the holdout).
+WHOLE = {"split": "val"}
 UNICODE = "Ein Café am Fluss, 東京の夜 🚲"
 
 # --------------------------------------------------------------------------- image fixtures
@@ -261,7 +263,8 @@ def user_json(path: Path) -> Path:
 
 def test_user_json(tmp_path):
     ann = user_json(tmp_path / "data.json")
-    ds = load_config({"dataset": {"name": "u", "source": "json", "annotations": str(ann)},
+    ds = load_config({"dataset": {"name": "u", "source": "json", "annotations": str(ann),
+                                  "selection": WHOLE},
                       "variants": VARIANTS})["dataset"]
     assert ds["root"] == str(tmp_path)  # image paths are relative to the JSON's folder
     train, no_cap, _, cleaning = cap.read_split(cap.split_spec(ds, "train"))
@@ -295,7 +298,8 @@ def folder_dataset(root: Path) -> Path:
 
 def test_folder_with_sidecar_captions(tmp_path):
     root = folder_dataset(tmp_path / "ds")
-    ds = load_config({"dataset": {"name": "d", "source": "folder", "root": str(root)},
+    ds = load_config({"dataset": {"name": "d", "source": "folder", "root": str(root),
+                                  "selection": WHOLE},
                       "variants": VARIANTS})["dataset"]
     train, no_cap, notes, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert no_cap == ["train/rgb.jpg"]
@@ -318,7 +322,8 @@ def test_table_formats(tmp_path, suffix):
     })
     path = tmp_path / f"t{suffix}"
     df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
-    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path)},
+    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path),
+                                  "selection": WHOLE},
                       "variants": VARIANTS})["dataset"]
     train, no_cap, _, _ = cap.read_split(cap.split_spec(ds, "train"))
     assert sorted(train["caption"]) == sorted(["one", UNICODE, "bee"])
@@ -331,6 +336,7 @@ def test_table_named_columns_and_missing_column(tmp_path):
     pd.DataFrame({"pic": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
                   "words": ["w1", "w2", "w3", "w4"]}).to_csv(path, index=False)
     raw = {"dataset": {"name": "t", "source": "table", "annotations": str(path),
+                       "selection": WHOLE,
                        "holdout": {"val": 1, "test": 1}}, "variants": VARIANTS}
     ds = load_config(raw)["dataset"]
     with pytest.raises(fmt.DatasetFormatError, match="dataset.columns.image"):
@@ -368,6 +374,7 @@ def test_subset_first_and_seeded_random():
 def test_subset_applies_before_caching_and_is_recorded(tmp_path):
     root = folder_dataset(tmp_path / "ds")
     ds = load_config({"dataset": {"name": "d", "source": "folder", "root": str(root),
+                                  "selection": WHOLE,
                                   "subset": {"images": {"train": 3}, "mode": "first"}},
                       "variants": VARIANTS})["dataset"]
     spec = cap.split_spec(ds, "train")
@@ -486,11 +493,13 @@ def test_download_rules_fetch_verify_extract(zip_server, tmp_path, repo):
     work = tmp_path / "work"
     work.mkdir()
     write_config(work, {"dataset": {"name": "dl", "source": "coco", "download": True,
-                                    "root": "coco", "download_files": files},
+                                    "root": "coco", "download_files": files,
+                                    "selection": {"images": 1}},
                         "variants": VARIANTS})
     snakemake(work, repo, "results/dl/captions/train.parquet")
     caps = pd.read_parquet(work / "results/dl/captions/train.parquet")
-    assert caps["image_id"].nunique() == 6 and (work / "coco/train2014").is_dir()
+    # 6 train2014 images, one held out to select the model.
+    assert caps["image_id"].nunique() == 5 and (work / "coco/train2014").is_dir()
     assert (work / "coco/.train2014.zip.complete").is_file()
     assert not (work / "coco/archives/train2014.zip").exists()  # temp() unless keep_archives
     assert not (work / "coco/.val2014.zip.complete").exists()  # only what was asked for
@@ -503,7 +512,7 @@ def test_folder_dataset_through_captions_cache_and_report(tmp_path, repo):
 
     folder_dataset(tmp_path / "mydata")
     write_config(tmp_path, {
-        "dataset": {"name": "mine", "source": "folder", "root": "mydata",
+        "dataset": {"name": "mine", "source": "folder", "root": "mydata", "selection": WHOLE,
                     "max_bad_image_fraction": 0.5, "samples": {"count": 4}},
         "image_size": 16, "image_cache": {"workers": 1}, "variants": VARIANTS})
     snakemake(tmp_path, repo, "results/mine/data_report.json", "results/mine/samples.png")

@@ -18,7 +18,6 @@ from cliptune.evaluation.zero_shot import (
     zero_shot_probs,
 )
 from cliptune.reporting import figures
-from cliptune.reporting.ablation import COLUMNS, write_ablation
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 255, size=(6, 16, 16, 3), dtype=np.uint8)
@@ -70,20 +69,6 @@ def test_loss_overlay_skips_untrained(tmp_path):
     assert_png(tmp_path / "ov.png")
 
 
-def test_ablation_csv_columns_and_chart(tmp_path):
-    files = {}
-    for i, name in enumerate(["baseline", "bn", "untrained"]):
-        m = {f"{d}_R@{k}": 10.0 * i + k for d in ("i2t", "t2i") for k in (1, 5, 10, 50)}
-        files[name] = tmp_path / f"{name}.json"
-        files[name].write_text(json.dumps(m))
-    table = write_ablation(files, "baseline", tmp_path / "a.csv", tmp_path / "a.png",
-                           ks=(1, 5, 10, 50))
-    assert list(pd.read_csv(tmp_path / "a.csv").columns) == COLUMNS
-    # rsum is over the six standard recalls even when eval.ks has more cut-offs.
-    assert table.loc[1, "rsum"] == pytest.approx(2 * (10 + 1 + 10 + 5 + 10 + 10))
-    assert_png(tmp_path / "a.png")
-
-
 def test_prompt_ensemble_is_mean_of_normalised_prompts():
     table = {"a {}.": torch.tensor([1.0, 0.0]), "the {}!": torch.tensor([0.0, 2.0])}
 
@@ -115,7 +100,9 @@ def test_zero_shot_probs_and_accuracy():
 
 
 def test_demo_labels_match_the_generated_captions():
-    from cliptune.data.demo_data import describe_scene, image_id_for, image_rng, sample_scene
+    from cliptune.data.demo_captions import describe_scene
+    from cliptune.data.demo_data import image_id_for, image_rng
+    from cliptune.data.demo_scenes import sample_scene
 
     rng = image_rng(0, "val", 3)
     scene = sample_scene(rng, 3)

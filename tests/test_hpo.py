@@ -46,6 +46,24 @@ def test_two_trials_write_overlay_and_plots_then_resume(pairs, tmp_path):
     assert again["trials"] == 3
 
 
+def test_trial_value_is_the_saved_epochs_not_the_best_of_all_epochs():
+    import optuna
+
+    from cliptune.training.hpo import saved_epoch_value
+
+    history = [{"epoch": 1, "val_loss": 2.0, "val_recall": 10.0},
+               {"epoch": 2, "val_loss": 1.5, "val_recall": 30.0},
+               {"epoch": 3, "val_loss": 1.0, "val_recall": 20.0}]
+    # train.monitor = val_loss saved epoch 3; its recall is 20, not the 30 of epoch 2.
+    assert saved_epoch_value({"history": history, "best_epoch": 3}, "val_recall") == 20.0
+    assert saved_epoch_value({"history": history, "best_epoch": 2}, "val_loss") == 1.5
+    history[1]["val_recall"] = float("nan")
+    with pytest.raises(optuna.TrialPruned, match="saved epoch 2"):
+        saved_epoch_value({"history": history, "best_epoch": 2}, "val_recall")
+    with pytest.raises(optuna.TrialPruned):  # nothing saved (no epoch improved)
+        saved_epoch_value({"history": history, "best_epoch": 0}, "val_loss")
+
+
 def test_hpo_rule_is_its_own_target(tmp_path, repo):
     from test_workflow import TINY, planned_jobs, snakemake, write_config
 

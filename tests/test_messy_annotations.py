@@ -23,6 +23,8 @@ from cliptune.data.text_cache import load_text_cache
 from cliptune.reporting.data_report import render_markdown, split_report
 
 VARIANTS = {"baseline": {}}
+# These tests read whole source splits; the selection holdout is tested elsewhere.
+NO_HOLDOUT = {"split": "val"}
 
 
 def coco_file(root: Path, images: list, annotations: list, folder="train2014") -> Path:
@@ -34,7 +36,8 @@ def coco_file(root: Path, images: list, annotations: list, folder="train2014") -
 
 
 def coco_spec(root: Path) -> dict:
-    ds = load_config({"dataset": {"name": "m", "source": "coco", "root": str(root)},
+    ds = load_config({"dataset": {"name": "m", "source": "coco", "root": str(root),
+                                  "selection": NO_HOLDOUT},
                       "variants": VARIANTS})["dataset"]
     return cap.split_spec(ds, "train")
 
@@ -182,7 +185,8 @@ def test_user_json_image_in_two_splits_and_non_string_caption(tmp_path):
     path.write_text(json.dumps({"splits": {
         "train": [{"image_path": "a.jpg", "caption": "x"}],
         "val": [{"image_path": "a.jpg", "caption": "y"}]}}))
-    ds = load_config({"dataset": {"name": "u", "source": "json", "annotations": str(path)},
+    ds = load_config({"dataset": {"name": "u", "source": "json", "annotations": str(path),
+                                  "selection": NO_HOLDOUT},
                       "variants": VARIANTS})["dataset"]
     with pytest.raises(fmt.DatasetFormatError, match="a.jpg in train, val"):
         cap.read_split(cap.split_spec(ds, "val"))
@@ -195,14 +199,16 @@ def test_table_image_in_two_splits_and_numeric_captions(tmp_path):
     path = tmp_path / "t.csv"
     pd.DataFrame({"image": ["a.jpg", "a.jpg", "b.jpg"], "caption": ["x", "y", " "],
                   "split": ["train", "val", "train"]}).to_csv(path, index=False)
-    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path)},
+    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path),
+                                  "selection": NO_HOLDOUT},
                       "variants": VARIANTS})["dataset"]
     with pytest.raises(fmt.DatasetFormatError, match="a.jpg in train, val"):
         cap.read_split(cap.split_spec(ds, "train"))
     path = tmp_path / "t.parquet"
     pd.DataFrame({"image": ["a.jpg", "b.jpg"], "caption": [1.5, 2.0],
                   "split": ["train", "train"]}).to_parquet(path)
-    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path)},
+    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path),
+                                  "selection": NO_HOLDOUT},
                       "variants": VARIANTS})["dataset"]
     with pytest.raises(fmt.DatasetFormatError, match=r"row 0 \('caption'\) is float 1.5"):
         cap.read_split(cap.split_spec(ds, "train"))
@@ -213,7 +219,8 @@ def test_table_repeated_image_rows_are_several_captions_and_blank_ones_are_dropp
     pd.DataFrame({"image": ["a.jpg", "a.jpg", "b.jpg", "c.jpg"],
                   "caption": ["x", "x", "\t", "z"],
                   "split": ["train"] * 4}).to_csv(path, index=False)
-    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path)},
+    ds = load_config({"dataset": {"name": "t", "source": "table", "annotations": str(path),
+                                  "selection": NO_HOLDOUT},
                       "variants": VARIANTS})["dataset"]
     train, no_cap, _, cleaning = cap.read_split(cap.split_spec(ds, "train"))
     # Two rows of one image are two captions (a verbatim repeat is counted by the report).
@@ -240,3 +247,16 @@ def test_data_report_shows_every_repair():
     assert "given fresh ids: 3 (e.g. 11)" in md and "merged: 1 (e.g. b.jpg)" in md
     assert "empty or whitespace-only captions excluded: 2" in md
     assert "listed twice" not in md  # a repair that did not happen is not mentioned
+
+
+def test_folder_images_sharing_a_caption_file_are_named(tmp_path):
+    for name in ("train/a.jpg", "train/a.png", "train/b.jpg", "val/c.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).with_suffix(".txt").write_text("a caption\n")
+    ds = load_config({"dataset": {"name": "f", "source": "folder", "root": str(tmp_path),
+                                  "selection": NO_HOLDOUT}, "variants": VARIANTS})["dataset"]
+    with pytest.raises(fmt.DatasetFormatError, match="train/a.jpg and train/a.png"):
+        cap.read_split(cap.split_spec(ds, "train"))
+    (tmp_path / "train/a.png").unlink()
+    assert len(cap.read_split(cap.split_spec(ds, "train")).captions) == 2

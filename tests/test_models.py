@@ -13,7 +13,7 @@ import torchvision
 from safetensors.torch import load_file
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune.config import deep_merge
+from cliptune.config import DEFAULTS, deep_merge
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_lora_on_text_tower_leaves_base_weights_unchanged(tiny_clip_dir, pairs, 
         assert torch.equal(trained[name], value), key
     # Evaluation embeds captions with the adapted tower (not the frozen cache).
     metrics = evaluate_variant(v, tmp_path / "out" / "model.safetensors", pairs[1],
-                               tmp_path / "eval", show_progress=False)
+                               tmp_path / "eval", DEFAULTS["bootstrap"], show_progress=False)
     emb = load_file(str(tmp_path / "eval" / "embeddings.safetensors"))
     assert emb["text"].shape == pairs[1].text.shape and not torch.allclose(emb["text"], pairs[1].text)
     assert 0 <= metrics["i2t_R@1"] <= 100
@@ -145,15 +145,21 @@ def test_zero_shot_row_is_pretrained_clip_over_the_cache(tiny_clip_dir, pairs, t
     assert torch.allclose(texts, ref_text.detach(), atol=1e-5)
 
 
+def dual_variant(embed_dim: int = 16) -> dict:
+    v = tiny_variant(epochs=1, batch_size=8, lr=1e-3, tensorboard=False)
+    v["text_encoder"] = {"model": "offline-minilm", "pooling": "auto", "max_length": 32,
+                         "batch_size": 64}
+    v["model"] = deep_merge(v["model"], {"kind": "dual_encoder", "dual_encoder": {
+        "tokenizer": None, "embed_dim": embed_dim,  # None: text_encoder.model's vocabulary
+        "vision": {"patch_size": 8, "width": 32, "depth": 1, "heads": 2},
+        "text": {"width": 32, "depth": 1, "heads": 2, "max_length": 16}}})
+    return v
+
+
 def test_dual_encoder_from_scratch_trains(pairs, tmp_path):
     from cliptune.models.factory import build_model
 
-    v = tiny_variant(epochs=1, batch_size=8, lr=1e-3, tensorboard=False)
-    v["text_encoder"] = {"model": "offline-minilm", "pooling": "auto", "max_length": 32}
-    v["model"] = deep_merge(v["model"], {"kind": "dual_encoder", "dual_encoder": {
-        "tokenizer": None, "embed_dim": 16,  # None: text_encoder.model's vocabulary
-        "vision": {"patch_size": 8, "width": 32, "depth": 1, "heads": 2},
-        "text": {"width": 32, "depth": 1, "heads": 2, "max_length": 16}}})
+    v = dual_variant()
     model = build_model(v, 16)
     assert not model.text_from_cache and all(p.requires_grad for p in model.parameters())
     result = _train(v, pairs, tmp_path, write_outputs=False)
@@ -338,3 +344,91 @@ def test_missing_efficientnet_weights_package_names_the_fix(monkeypatch):
                                                       r"-model.*weights: null"):
         build_trunk("efficientnet_lite0", "imagenet")
     assert len(build_trunk("efficientnet_lite0", None)) == 1
+
+
+def _saved_model(v, path, lora_scale: float = 0.0):
+    """A variant's model saved as model.safetensors; LoRA B (peft starts it at zero) drawn
+    non-zero so the adapters change the text tower."""
+    from safetensors.torch import save_file
+
+    from cliptune.models.factory import build_model
+
+    torch.manual_seed(0)
+    model = build_model(v, 16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, lora_scale)
+    save_file({k: t.contiguous() for k, t in model.state_dict().items()}, str(path))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["lora_text", "dual_encoder"])
+def test_figures_encode_text_with_the_tower_evaluate_used(kind, tiny_clip_dir, pairs,
+                                                          tmp_path):
+    """The figure code's embedding of a string is evaluate's embedding of it: the trained
+    LoRA text tower / the dual encoder's own (24-d, unlike the 16-d cache) tower."""
+    from cliptune.evaluation.evaluate import evaluate_variant, variant_text_encoder
+    from cliptune.models.towers import reads_text_cache
+    from cliptune.reporting.variant_figures import figures_gpus, run_variant_figures
+
+    if kind == "lora_text":
+        v = clip_variant(tiny_clip_dir, clip={"lora": {"text": True, "r": 4, "alpha": 8}})
+    else:
+        v = dual_variant(embed_dim=24)
+    v["eval"]["batch_size"] = 16
+    weights = tmp_path / "model.safetensors"
+    model = _saved_model(v, weights, lora_scale=0.5)
+    assert not reads_text_cache(v) and not model.text_from_cache
+    evaluate_variant(v, weights, pairs[1], tmp_path / "eval", DEFAULTS["bootstrap"],
+                     show_progress=False)
+    evaluated = load_file(str(tmp_path / "eval" / "embeddings.safetensors"))["text"]
+    captions = pairs[1].captions["caption"].tolist()
+    encode = variant_text_encoder(v, weights, pairs[1].text.shape[1])
+    assert torch.equal(encode(captions), evaluated)
+    assert torch.allclose(encode([captions[3]])[0], evaluated[3], atol=1e-6)
+    if kind == "lora_text":  # the adapters matter: without them the tower embeds otherwise
+        plain = clip_variant(tiny_clip_dir, clip={"lora": {"text": True, "r": 4, "alpha": 8}})
+        _saved_model(plain, tmp_path / "plain.safetensors")
+        without = variant_text_encoder(plain, tmp_path / "plain.safetensors", 16)([captions[3]])
+        assert not torch.allclose(without[0], evaluated[3], atol=1e-3)
+    # The figures job end to end from the trained model (the frozen 384-d encoder used to
+    # fail here with "embedding dims differ" for the dual encoder).
+    from tiny_pairs import write_split
+
+    split = write_split(tmp_path / "data", "val", 8, seed=2)
+    (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 0.07}))
+    report = {"seed": 0, "queries": ["a red circle"], "top_k": 2, "n_images": 2,
+              "heatmap_size": 3, "zero_shot": {"classes": ["circle", "square"],
+                                               "templates": ["a photo of a {}."],
+                                               "top_classes": 2}}
+    result = run_variant_figures(
+        v, report, {"source": "coco"}, tmp_path / "eval" / "embeddings.safetensors",
+        tmp_path / "metrics.json", split["val_captions"], split["val_array"],
+        split["val_index"], tmp_path / "figures", tmp_path / "zero_shot.json", model=weights)
+    assert result["classes"] == ["circle", "square"] and (tmp_path / "figures").is_dir()
+    # Its own tower runs where evaluate ran it: a GPU unless the variant is a CPU one.
+    assert figures_gpus(deep_merge(v, {"train": {"device": "auto"}})) == 1
+    assert figures_gpus(v) == 0  # train.device: cpu
+
+
+def test_towers_decide_text_cache_from_config(tiny_clip_dir):
+    """cliptune.models.towers (what the rules ask) agrees with the built models."""
+    from cliptune.models.factory import build_model
+    from cliptune.models.towers import reads_text_cache, text_tower_trains
+    from cliptune.reporting.variant_figures import figures_gpus
+
+    cases = [tiny_variant(), clip_variant(tiny_clip_dir, text_model=str(tiny_clip_dir)),
+             clip_variant(tiny_clip_dir, text_model=str(tiny_clip_dir),
+                          clip={"lock_text": False}),
+             clip_variant(tiny_clip_dir, text_model=str(tiny_clip_dir),
+                          clip={"lora": {"vision": True}}),
+             clip_variant(tiny_clip_dir, clip={"lora": {"text": True}}), dual_variant()]
+    expected = [True, True, False, True, False, False]
+    for v, cached in zip(cases, expected, strict=True):
+        model = build_model(v, 16)
+        trains = any(p.requires_grad for n, p in model.named_parameters()
+                     if n.startswith(("clip.text_model.", "clip.text_projection.")))
+        assert reads_text_cache(v) == model.text_from_cache == cached
+        assert text_tower_trains(v) == trains
+        assert figures_gpus(v) == int(not cached and v["train"]["device"] != "cpu")

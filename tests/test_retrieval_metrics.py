@@ -132,8 +132,13 @@ def test_matches_brute_force(kind):
     assert got2 == got and torch.equal(r_i2t, ref_i2t) and torch.equal(r_t2i, ref_t2i)
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize(("n_img", "dim"), [(50, 64), (10, 512)])
-def test_duplicated_continuous_embeddings_do_not_depend_on_block_size(n_img, dim):
+def test_duplicated_continuous_embeddings_do_not_depend_on_block_size(n_img, dim, device):
     """Identical caption/image vectors tie exactly for every block shape, although float32
     matmul rounds identical columns differently when they fall in a tail tile."""
     img, txt, tii = make_data("duplicated_continuous", n_img=n_img, dim=dim)
@@ -146,12 +151,15 @@ def test_duplicated_continuous_embeddings_do_not_depend_on_block_size(n_img, dim
     top_txt = np.argsort(-sims, axis=1, kind="stable")[:, :10]
     top_img = np.argsort(-sims.T, axis=1, kind="stable")[:, :10]
     for block_size in (1, 2, 3, 5, 7, 1000):
-        got, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks, block_size=block_size)
+        got, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks,
+                                                        block_size=block_size, device=device)
         assert torch.equal(r_i2t, ref_i2t) and torch.equal(r_t2i, ref_t2i), block_size
         for key, val in ref.items():
             assert got[key] == pytest.approx(val, rel=1e-12, abs=1e-12), (key, block_size)
-        assert np.array_equal(topk_texts(img, txt, 10, block_size=block_size)[1].numpy(), top_txt)
-        assert np.array_equal(topk_images(txt, img, 10, block_size=block_size)[1].numpy(), top_img)
+        top = topk_texts(img, txt, 10, block_size=block_size, device=device)[1]
+        assert np.array_equal(top.numpy(), top_txt)
+        top = topk_images(txt, img, 10, block_size=block_size, device=device)[1]
+        assert np.array_equal(top.numpy(), top_img)
 
 
 def test_all_tied_follows_index_order():
@@ -347,3 +355,19 @@ def test_invalid_topk_and_rank_inputs_raise():
         i2t_ranks(IMG, TXT, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="block_size"):
         t2i_ranks(IMG, TXT, TII, block_size=2.5)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "quantised", "tied"])
+def test_training_mean_r1_equals_the_metrics_on_paired_rows(kind):
+    """Training's validation recall (cliptune.retrieval.mean_r1) is the metrics' R@1 for
+    one caption per image, ties included, and the argmax definition it replaced."""
+    from cliptune.retrieval import mean_r1
+
+    img, txt, _ = make_data(kind, n_img=30)
+    txt = txt[:30]  # row i of each side is a pair
+    own = torch.arange(30)
+    m = retrieval_metrics(img, txt, own, ks=(1,))
+    got = mean_r1(img, txt, block_size=7)
+    assert got == pytest.approx((m["i2t_R@1"] + m["t2i_R@1"]) / 2)
+    argmax = ((img @ txt.T).argmax(1) == own).sum() + ((txt @ img.T).argmax(1) == own).sum()
+    assert got == pytest.approx(100.0 * int(argmax) / 60)

@@ -16,12 +16,14 @@ REPORT = {"anchors_comparable": False}
 
 
 def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
-                 batch_size: int = 32, norm: str = "none") -> dict:
+                 batch_size: int = 32, norm: str = "none", select: str = "select",
+                 monitor: str = "val_loss", val_recalls: list[float] | None = None) -> dict:
     d = root / name
     d.mkdir(parents=True)
     m = {f"{dr}_R@{k}": min(100.0, recall * k ** 0.5) for dr in ("i2t", "t2i") for k in (1, 5, 10)}
     m |= {"i2t_medr": 3.0, "t2i_medr": 4.0, "i2t_mrr": 0.4, "i2t_mAP@10": 20.0,
-          "n_images": 300, "n_texts": 1500, "split": "val", "temperature": 0.05}
+          "n_images": 300, "n_texts": 1500, "split": "val", "temperature": 0.05,
+          "reported_on": {"split": "val", "images": 300}}
     (d / "metrics.json").write_text(json.dumps(m))
     cfg = {"name": name, "image_size": 64,
            "model": {"backbone": "resnet18", "pooling": "avg", "head": {"norm": norm}},
@@ -33,10 +35,12 @@ def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
         "config": cfg, "device": "cpu (x86_64, 2 cores)", "torch": "2.x",
         "epochs_run": len(val_losses), "wall_seconds": 125.0 * len(val_losses),
         "images_per_s": 40.0 + recall, "parameters": 1000, "trainable_parameters": 900,
-        "train_images": 2000, "train_captions": 10000}))
+        "train_images": 2000, "train_captions": 10000,
+        "selected_on": {"split": select, "images": 120, "monitor": monitor}}))
     n = len(val_losses)
     pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [v - 0.3 for v in val_losses],
                   "val_loss": val_losses, "lr": [1e-3] * n,
+                  "val_recall": val_recalls or [10.0 * (i + 1) for i in range(n)],
                   "temperature": [0.07 - 0.002 * i for i in range(n)]}
                  ).to_csv(d / "history.csv", index=False)
     (d / "zero_shot.json").write_text(json.dumps({"accuracy": {
@@ -70,7 +74,13 @@ def test_summary_has_table_observations_and_relative_figures(runs):
     assert f"{rsum_bn:.1f}" in text
     # observations computed from the runs
     assert "Best variant by rsum: **bn_head**" in text
-    assert "validation loss bottomed out at epoch 3" in text  # bn_head overfits
+    assert "validation loss (val_loss, which picks the saved epoch) bottomed out at epoch 3" \
+        in text  # bn_head overfits
+    # where selection happened, in the first paragraph, apart from the reported split
+    first = text.split("\n\n")[1]
+    assert "selected (the saved epoch by `train.monitor`" in first
+    assert "split `select` (120 images)" in first and "reported on split `val` (300" in first
+    assert "share no image" in first and "**" not in first
     assert "`baseline`: converged" in text  # 2.2 -> 2.19 is under 1%
     assert "Overfitting gap" in text and "largest for" in text
     assert "Training moved the baseline from rsum" in text
@@ -84,6 +94,50 @@ def test_summary_has_table_observations_and_relative_figures(runs):
     assert "](demo/variants/bn_head/figures/text_to_image.png)" in text
 
 
+def write_comparison(tmp: Path, excludes_zero: bool):
+    """ablation.csv and paired_vs_baseline.csv as aggregate writes them (the parts read)."""
+    from cliptune.reporting.comparison import Comparison
+
+    table = pd.DataFrame({"variant": ["baseline", "bn_head", "untrained"],
+                          "rsum": [150.0, 160.0, 10.0], "rsum_lo": [140.0, 150.0, 5.0],
+                          "rsum_hi": [160.0, 170.0, 15.0], "n_seeds": [1, 3, 1],
+                          "rsum_seed_mean": [150.0, 158.0, 10.0],
+                          "rsum_seed_std": [float("nan"), 4.0, float("nan")]})
+    lo = 2.0 if excludes_zero else -3.0
+    paired = pd.DataFrame([{"variant": v, "baseline": "baseline", "metric": m, "diff": d,
+                            "lo": lo if v == "bn_head" else -150.0,
+                            "hi": 18.0 if v == "bn_head" else -130.0,
+                            "excludes_zero": excludes_zero if v == "bn_head" else True,
+                            "confidence": 0.95, "resamples": 1000}
+                           for v, d in (("bn_head", 10.0), ("untrained", -140.0))
+                           for m in ("rsum", "i2t_R@1", "t2i_R@1")])
+    table.to_csv(tmp / "ablation.csv", index=False)
+    paired.to_csv(tmp / "paired.csv", index=False)
+    return Comparison.load(tmp / "ablation.csv", tmp / "paired.csv", "baseline")
+
+
+@pytest.mark.parametrize("excludes_zero", [True, False])
+def test_observations_call_a_difference_only_when_the_interval_does(runs, excludes_zero):
+    tmp, variants = runs
+    comp = write_comparison(tmp, excludes_zero)
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+                         tmp / "results" / "summary.md", comparison=comp)
+    assert "## Compared with the baseline" in text
+    assert "| bn_head | 160.0 [150.0, 170.0] | 158.0 ± 4.0 (3 seeds) |" in text
+    assert "Training randomness (rsum over seeds, mean ± std): `bn_head`" in text
+    observations = text.split("## Observations")[1].split("## Results")[0]
+    if excludes_zero:
+        assert "paired 95% interval [+2.0, +18.0]: better than the baseline)" in observations
+        assert "Better than the baseline (paired rsum interval excludes zero): `bn_head`" in text
+    else:
+        assert "better than the baseline" not in observations.lower()
+        assert "not distinguishable from the baseline at this size" in observations
+    # untrained is the reference row: in the table, not among the verdict observations.
+    assert "`untrained` (" not in observations
+    # ...but what training bought carries its (sign-flipped) paired interval.
+    assert "(paired 95% interval [+130.0, +150.0]: a real gain))." in observations
+
+
 def test_anchors_beside_results_only_when_comparable(runs):
     tmp, variants = runs
     out = tmp / "results" / "summary.md"
@@ -91,6 +145,41 @@ def test_anchors_beside_results_only_when_comparable(runs):
                          {"anchors_comparable": True}, out)
     assert "| *CLIP ViT-B/32 (OpenAI), zero-shot, published* | 50.1 |" in text
     assert "not 5,000" in text  # the synthetic split has 300 images: warned
+
+
+def test_selection_on_the_reported_split_is_said_in_bold(tmp_path):
+    root = tmp_path / "results" / "d" / "variants"
+    variants = {"baseline": make_variant(root, "baseline", 20.0, [3.0, 2.5], select="val")}
+    text = build_summary(variants, "baseline", {"name": "d", "source": "coco"}, REPORT,
+                         tmp_path / "results" / "summary.md")
+    first = text.split("\n\n")[1]
+    assert "**Selection and reporting used the same images (split `val`)" in first
+
+
+def test_selection_paragraph_without_trained_runs_or_records(tmp_path):
+    root = tmp_path / "results" / "d" / "variants"
+    out = tmp_path / "results" / "summary.md"
+    only = {"untrained": make_variant(root, "untrained", 1.0, [])}
+    text = build_summary(only, "untrained", {"name": "d", "source": "coco"}, REPORT, out)
+    assert "No variant was trained, so no model was selected; Recall@K is on split `val` " \
+           "(300 images)." in text.split("\n\n")[1]
+    old = make_variant(root, "old", 5.0, [3.0, 2.0])
+    report = json.loads(old["train_report"].read_text())
+    del report["selected_on"]
+    old["train_report"].write_text(json.dumps(report))
+    text = build_summary({"old": old}, "old", {"name": "d", "source": "coco"}, REPORT, out)
+    assert "not recorded in every train report; rerun training" in text.split("\n\n")[1]
+
+
+def test_best_epoch_follows_train_monitor():
+    h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3, 2, 1.0],
+                      "val_loss": [3, 2.5, 2.0], "val_recall": [10.0, 30.0, 20.0],
+                      "temperature": [0.07] * 3})
+    assert convergence(h, "val_loss")["best_epoch"] == 3
+    c = convergence(h, "val_recall")
+    assert c["best_epoch"] == 2 and c["best_value"] == 30.0
+    assert c["state"].startswith("validation recall (val_recall, which picks the saved "
+                                 "epoch) peaked at epoch 2 and fell 33.3%")
 
 
 def test_convergence_states():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import numpy as np
 import pandas as pd
@@ -221,9 +222,21 @@ def test_repeated_divergence_fails_naming_cause_and_epoch(pairs, tmp_path, monke
 
     _nan_for(10**6, monkeypatch)
     v = variant(train={"max_nonfinite_steps": 1, "divergence": {"max_restarts": 2}})
-    with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave up "
-                                              r"after 2 restarts"):
-        train(v, pairs, tmp_path)
+
+    def caller_handler(signum, frame):  # what the process had before training
+        raise AssertionError("never called")
+
+    previous = {s: signal.signal(s, caller_handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave "
+                                                  r"up after 2 restarts"):
+            train(v, pairs, tmp_path)
+        # The preemption guard is gone: an HPO process running its next trial (or anything
+        # else) gets its own SIGTERM/SIGUSR1 handling back.
+        assert all(signal.getsignal(s) is caller_handler for s in previous)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     assert not (tmp_path / "ckpt" / "state.pt").exists()  # never a NaN checkpoint
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -247,6 +260,7 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     v = variant(model={"freeze_backbone": True},
                 train={"epochs": 2, "augment": {"enabled": True}, "tensorboard": True,
                        "log_every_steps": 1, "batch_size": 16})
+    v["select_split"] = "select"  # what config.resolve_variant adds
     straight = train(v, pairs, tmp_path / "a", write_outputs=False)
 
     real, calls = tr.validate, {"n": 0}
@@ -281,6 +295,8 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     # steps.csv (an output) keeps every optimiser step across the resume, exactly once.
     out_steps = pd.read_csv(tmp_path / "b" / "out" / "steps.csv")
     assert out_steps["step"].tolist() == [1, 2, 3, 4] and out_steps["epoch"].tolist() == [1, 1, 2, 2]
+    assert report["selected_on"] == {"split": "select", "images": pairs[1].n_images,
+                                     "monitor": "val_loss"}
 
 
 def test_train_report_lists_resnet_parameter_groups(pairs, tmp_path):
@@ -359,3 +375,17 @@ def test_hardware_info_on_cuda_reports_gpu_and_peak_memory(monkeypatch):
     hw = hardware_info(torch.device("cuda", 0))
     assert hw == {"kind": "cuda", "gpu": "NVIDIA H200", "gpu_count": 1,
                   "gpu_memory_gb": 140.0, "peak_gpu_memory_gb": 3.0}
+
+
+def test_log_opens_with_device_steps_and_batch_plan(pairs, tmp_path, caplog):
+    v = variant(model={"freeze_backbone": True}, train={"batch_size": 4, "accum_steps": 2})
+    with caplog.at_level("INFO", logger="cliptune.training.trainer"):
+        train(v, pairs, tmp_path, write_outputs=False)
+    first = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("training"))
+    # 32 train images / (4 x 2) = 4 optimizer steps per epoch, 1 epoch.
+    assert "on cpu" in first and "1 epochs x 4 steps = 4 optimizer steps" in first
+    assert "8 images/step (2 micro-batches of 4" in first and "over 1 process(es)" in first
+    # Written before the first epoch's summary line.
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.index(first) < next(i for i, m in enumerate(messages)
+                                        if m.startswith("epoch 1:"))

@@ -74,8 +74,17 @@ def test_outputs_of_every_stage(finished_run):
     assert list(caps.columns) == ["image_id", "caption_id", "caption", "file_name", "split"]
     assert caps["image_id"].is_monotonic_increasing and len(caps) == 40 * 5
     table = pd.read_csv(w / "results/ablation.csv")
-    assert list(table.columns) == ["variant", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
-                                   "t2i_R@5", "t2i_R@10", "rsum"]
+    assert list(table.columns[:8]) == ["variant", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
+                                       "t2i_R@5", "t2i_R@10", "rsum"]
+    assert ((table["rsum_lo"] <= table["rsum"]) & (table["rsum"] <= table["rsum_hi"])).all()
+    paired = pd.read_csv(w / "results/paired_vs_baseline.csv")
+    assert set(paired["variant"]) == {"bn_head", "untrained"}
+    # The summary shows the intervals and words its verdicts by the paired interval.
+    summary = (w / "results/summary.md").read_text()
+    assert "## Compared with the baseline" in summary and "95% bootstrap interval" in summary
+    verdicts = ("better than the baseline", "worse than the baseline",
+                "not distinguishable from the baseline at this size")
+    assert any(v in summary.split("## Compared with the baseline")[1] for v in verdicts)
     assert list(table["variant"]) == ["baseline", "bn_head", "untrained"]
     assert ((table.iloc[:, 1:7] >= 0) & (table.iloc[:, 1:7] <= 100)).all().all()
     assert (w / "results/ablation_bar.png").stat().st_size > 10_000
@@ -83,11 +92,27 @@ def test_outputs_of_every_stage(finished_run):
         vdir = w / "results/tiny/variants" / variant
         metrics = json.loads((vdir / "metrics.json").read_text())
         assert metrics["n_images"] == 40 and metrics["n_texts"] == 200
+        lo, hi = metrics["bootstrap"]["intervals"]["rsum"]
+        assert lo <= metrics["rsum"] <= hi and metrics["bootstrap"]["resamples"] == 1000
+        assert (vdir / "ranks.safetensors").is_file()
         report = json.loads((vdir / "train_report.json").read_text())
         assert report["config"]["name"] == variant
         hist = pd.read_csv(vdir / "history.csv")
         assert len(hist) == (0 if variant == "untrained" else 2)
         assert (vdir / "loss_curves.png").is_file()
+    # Selection on the `select` holdout of train (6 = 96 x 5000/82783), reporting on val.
+    select = pd.read_parquet(w / "results/tiny/captions/select.parquet")
+    train = pd.read_parquet(w / "results/tiny/captions/train.parquet")
+    assert select["image_id"].nunique() == 6 and train["image_id"].nunique() == 90
+    assert not set(select["file_name"]) & (set(train["file_name"]) | set(caps["file_name"]))
+    for variant in ("baseline", "bn_head"):
+        vdir = w / "results/tiny/variants" / variant
+        assert json.loads((vdir / "train_report.json").read_text())["selected_on"] == {
+            "split": "select", "images": 6, "monitor": "val_loss"}
+        assert json.loads((vdir / "metrics.json").read_text())["reported_on"] == {
+            "split": "val", "images": 40}
+    first = (w / "results/summary.md").read_text().split("\n\n")[1]
+    assert "on split `select` (6 images); Recall@K is reported on split `val` (40" in first
     # Training state for resume lives outside the declared outputs.
     assert (w / "results/tiny/checkpoints/baseline/state.pt").is_file()
 
@@ -145,7 +170,7 @@ def test_encoder_change_reruns_the_text_cache_and_its_readers(finished_run, repo
     write_config(finished_run, cfg)
     try:
         jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
-        assert jobs["text_embeddings"] == 2
+        assert jobs["text_embeddings"] == 3  # train, the select holdout, val
         assert jobs["train"] == 3 and jobs["evaluate"] == 3
         # Nothing upstream of the text cache reruns.
         assert not {"demo_dataset", "captions", "image_cache", "data_report",

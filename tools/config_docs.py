@@ -23,14 +23,14 @@ from pathlib import Path
 
 from cliptune.config import (
     COCO_DOWNLOAD_ROOT,
+    COCO_TRAIN_IMAGES,
     DEMO_ROOT,
     KARPATHY_FILES,
+    SELECT_IMAGES,
+    SELECT_SPLIT,
     SOURCE_SPLITS,
-    is_section,
-    leaf_default,
-    load_schema,
-    subschema,
 )
+from cliptune.config_schema import is_section, leaf_default, load_schema, subschema
 
 README = Path(__file__).resolve().parents[1] / "config" / "README.md"
 TABLE = re.compile(r"(<!-- config-table: ([^>]*?) -->\n)(.*?)(<!-- /config-table -->)", re.S)
@@ -54,6 +54,13 @@ DYNAMIC = {
     "dataset.annotations": lambda: "; ".join(
         f"{source}: `{{root}}/{name}`" for source, name in KARPATHY_FILES.items()),
     "dataset.splits": _splits_default,
+    "dataset.selection.split": lambda: (
+        f"`val` with a `test` split (karpathy_coco/flickr30k), else `{SELECT_SPLIT}` (a "
+        "holdout of train)"),
+    "dataset.selection.images": lambda: (
+        f"`{SELECT_IMAGES}`; demo: `dataset.demo.train_images` × {SELECT_IMAGES}/"
+        f"{COCO_TRAIN_IMAGES:,} (at least 2)"),
+    "eval.split": lambda: "`test` with a `test` split (karpathy_coco/flickr30k), else `val`",
 }
 
 

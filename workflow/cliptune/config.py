@@ -1,4 +1,6 @@
-"""Configuration: defaults, JSON-Schema validation and per-variant resolution.
+"""Configuration: loading, per-source dataset defaults and per-variant resolution.
+
+Defaults and validation live in cliptune.config_schema (read from the schema).
 
 A variant is a small override deep-merged over the shared sections. The
 resolved variant is what training and evaluation see, and its canonical JSON
@@ -8,73 +10,29 @@ resolved variant is what training and evaluation see, and its canonical JSON
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import re
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import yaml
-
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+# Re-exported: callers import the schema machinery and DEFAULTS from cliptune.config.
+from cliptune.config_schema import (  # noqa: F401
+    DEFAULTS,
+    SCHEMA_PATH,
+    ConfigError,
+    is_section,
+    leaf_default,
+    load_schema,
+    schema_defaults,
+    subschema,
+    validate,
+)
 
 # Sections a variant may override; everything else is shared by all variants.
 VARIANT_SECTIONS = ("text_encoder", "model", "train", "eval", "image_size")
 UNTRAINED = "untrained"
-
-
-def _path_str(path) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
-
-
-@cache
-def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
-def subschema(schema: dict, node: dict) -> dict:
-    ref = node.get("$ref")
-    if ref and ref.startswith("#/$defs/"):
-        return schema["$defs"][ref.split("/")[-1]]
-    return node
-
-
-def is_section(schema: dict, node: dict) -> bool:
-    """A mapping with named keys (recursed into); anything else is a leaf with one default."""
-    node = subschema(schema, node)
-    return node.get("type") == "object" and "properties" in node
-
-
-def leaf_default(schema: dict, node: dict, where: str) -> Any:
-    """A leaf's ``default:``, given beside a ``$ref`` or in the definition it points to."""
-    for candidate in (node, subschema(schema, node)):
-        if "default" in candidate:
-            return copy.deepcopy(candidate["default"])
-    raise RuntimeError(
-        f"{SCHEMA_PATH.name}: {where} has no 'default:'; every key the schema does not list "
-        "under 'required' needs one (the schema is the only place defaults live)"
-    )
-
-
-def schema_defaults(schema: dict, node: dict | None = None, path: tuple = ()) -> dict:
-    """Nested defaults of every non-required key, read from the schema's ``default:`` fields."""
-    node = subschema(schema, schema if node is None else node)
-    required = set(node.get("required", ()))
-    out: dict[str, Any] = {}
-    for key, sub in node["properties"].items():
-        if is_section(schema, sub):
-            out[key] = schema_defaults(schema, sub, (*path, key))
-        elif key not in required:
-            out[key] = leaf_default(schema, sub, _path_str((*path, key)))
-    return out
-
-
-# Every default lives in the schema; this is the view the code merges configs over.
-DEFAULTS: dict[str, Any] = schema_defaults(load_schema())
 
 
 # cliptune split -> source split label, when dataset.splits is not given.
@@ -88,12 +46,13 @@ SOURCE_SPLITS: dict[str, dict[str, str]] = {
     "table": {"train": "train", "val": "val"},
 }
 KARPATHY_FILES = {"karpathy_coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
+# Model selection (dataset.selection): without a test split, a seeded holdout of train
+# images named SELECT_SPLIT selects the model and val is reported.
+SELECT_SPLIT = "select"
+SELECT_IMAGES = 5000
+COCO_TRAIN_IMAGES = 82783  # train2014: the demo's holdout keeps COCO's fraction
 COCO_DOWNLOAD_ROOT = "resources/coco2014"
 DEMO_ROOT = "resources/{name}"
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message names the key and the fix."""
 
 
 def deep_merge(base: Mapping, override: Mapping | None) -> dict:
@@ -105,42 +64,6 @@ def deep_merge(base: Mapping, override: Mapping | None) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _explain(error: jsonschema.ValidationError, schema: dict) -> str:
-    """Turn a jsonschema error into one line that names the key and what is allowed."""
-    where = _path_str(error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(subschema(schema, error.schema).get("properties", {}))
-        extra = re.findall(r"'([^']+)'", error.message.split("(")[-1])
-        hints = []
-        for key in extra:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        prefix = f"{where}." if error.absolute_path else ""
-        return (
-            f"unknown key {prefix}{', '.join(hints)}; allowed keys here: {', '.join(allowed)}"
-        )
-    if error.validator == "enum":
-        return f"{where} = {error.instance!r} is not allowed; use one of {error.validator_value}"
-    if error.validator == "type":
-        return f"{where} = {error.instance!r} has the wrong type; expected {error.validator_value}"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
-    if error.validator == "oneOf" and error.context:
-        best = jsonschema.exceptions.best_match(error.context)
-        return _explain(best, schema)
-    return f"{where}: {error.message}"
-
-
-def validate(config: Mapping) -> None:
-    """Raise ConfigError describing the first (most relevant) schema violation."""
-    schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        best = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(f"config error: {_explain(best, schema)}")
 
 
 def load_config(config: Mapping) -> dict:
@@ -157,17 +80,62 @@ def load_config(config: Mapping) -> dict:
             f"config error: baseline = {cfg['baseline']!r} is not a variant; "
             f"use one of {sorted(variants)}"
         )
-    for name in variants:
-        resolved = resolve_variant(cfg, name)
-        eval_split = resolved["eval"]["split"]
-        if eval_split not in cfg["dataset"]["splits"]:
-            raise ConfigError(
-                f"config error: variants.{name}.eval.split = {eval_split!r} is not a dataset "
-                f"split; use one of {sorted(cfg['dataset']['splits'])}"
-            )
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
+    _resolve_selection(cfg)
+    names = split_names(cfg["dataset"])
+    for name in variants:
+        _check_seeds(config, cfg, name)
+        eval_split = resolve_variant(cfg, name)["eval"]["split"]
+        if eval_split not in names or eval_split == "train":
+            raise ConfigError(
+                f"config error: variants.{name}.eval.split = {eval_split!r} is not a split "
+                f"to report on; use one of {sorted(set(names) - {'train'})}"
+            )
     return cfg
+
+
+def carves_selection(ds: Mapping) -> bool:
+    """True when the selection split is a holdout carved out of train by the captions stage."""
+    return ds["selection"]["split"] == SELECT_SPLIT and SELECT_SPLIT not in ds["splits"]
+
+
+def split_names(ds: Mapping) -> list[str]:
+    """Every cliptune split the captions stage writes: dataset.splits plus the holdout."""
+    return list(ds["splits"]) + ([SELECT_SPLIT] if carves_selection(ds) else [])
+
+
+def _resolve_selection(cfg: dict) -> None:
+    """Per-source defaults of the selection split, its holdout size and the reported split.
+
+    With a test split (Karpathy COCO, Flickr30k) select on val and report on test;
+    without one (official COCO 2014, demo, user data with train/val) select on a
+    seeded holdout of train images and report on val.
+    """
+    ds = cfg["dataset"]
+    has_test = "test" in ds["splits"]
+    sel = ds["selection"]
+    sel["split"] = sel["split"] or ("val" if has_test else SELECT_SPLIT)
+    cfg["eval"]["split"] = cfg["eval"]["split"] or ("test" if has_test else "val")
+    if sel["split"] == "train" or sel["split"] not in split_names(ds):
+        raise ConfigError(
+            f"config error: dataset.selection.split = {sel['split']!r} is not a split to select "
+            f"on; use one of {sorted(set(split_names(ds)) - {'train'})} or {SELECT_SPLIT!r} (a "
+            "holdout of train images)"
+        )
+    if not carves_selection(ds):
+        sel["images"] = None  # no holdout: a count would only cause spurious reruns
+        return
+    if sel["images"] is None:
+        sel["images"] = SELECT_IMAGES
+        if ds["source"] == "demo":
+            share = ds["demo"]["train_images"] * SELECT_IMAGES / COCO_TRAIN_IMAGES
+            sel["images"] = max(2, round(share))
+    if ds["source"] == "demo" and sel["images"] >= ds["demo"]["train_images"] - 1:
+        raise ConfigError(
+            f"config error: dataset.selection.images = {sel['images']} leaves no demo train "
+            f"images (dataset.demo.train_images = {ds['demo']['train_images']}); lower it"
+        )
 
 
 def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
@@ -231,7 +199,7 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
         ds["annotations"] = str(Path(ds["root"]) / KARPATHY_FILES[source])
     images = ds["subset"]["images"]
     if isinstance(images, Mapping):
-        unknown = sorted(set(images) - set(ds["splits"]))
+        unknown = sorted(set(images) - set(ds["splits"]) - {SELECT_SPLIT})
         if unknown:
             raise ConfigError(
                 f"config error: dataset.subset.images names split(s) {unknown} that are not "
@@ -246,23 +214,83 @@ def variant_names(cfg: Mapping) -> list[str]:
     return names
 
 
+def _merged_variant(cfg: Mapping, name: str) -> dict:
+    if name not in cfg["variants"]:
+        raise ConfigError(f"unknown variant {name!r}; configured: {sorted(cfg['variants'])}")
+    shared = {key: cfg[key] for key in VARIANT_SECTIONS}
+    resolved = deep_merge(shared, cfg["variants"][name] or {})
+    if resolved["eval"]["split"] is None:  # a variant's explicit null: the per-source default
+        resolved["eval"]["split"] = cfg["eval"]["split"]
+    resolved["name"] = name
+    # Training validates on it, so a different selection split retrains the variant.
+    resolved["select_split"] = cfg["dataset"]["selection"]["split"]
+    return resolved
+
+
 def resolve_variant(cfg: Mapping, name: str) -> dict:
-    """Shared sections deep-merged with the variant's overrides.
+    """Shared sections deep-merged with the variant's overrides: its primary run.
 
     ``untrained`` is the baseline's architecture with zero epochs: the
-    reference row that shows what training bought.
+    reference row that shows what training bought. ``train.seeds`` is replaced
+    by the run's own ``train.seed`` (the first seed), so adding a replicate seed
+    never changes, and so never reruns, the primary run.
     """
     if name == UNTRAINED:
         resolved = resolve_variant(cfg, cfg["baseline"])
         resolved["train"]["epochs"] = 0
         resolved["name"] = UNTRAINED
         return resolved
-    if name not in cfg["variants"]:
-        raise ConfigError(f"unknown variant {name!r}; configured: {sorted(cfg['variants'])}")
-    shared = {key: cfg[key] for key in VARIANT_SECTIONS}
-    resolved = deep_merge(shared, cfg["variants"][name] or {})
-    resolved["name"] = name
+    resolved = _merged_variant(cfg, name)
+    seeds = resolved["train"].pop("seeds", None)
+    if seeds:
+        resolved["train"]["seed"] = seeds[0]
     return resolved
+
+
+def variant_seeds(cfg: Mapping, name: str) -> list[int]:
+    """Training seeds of a variant, primary first (``untrained`` is never replicated:
+    it is a reference row, not a training result)."""
+    if name == UNTRAINED:
+        return [resolve_variant(cfg, name)["train"]["seed"]]
+    train = _merged_variant(cfg, name)["train"]
+    return list(train["seeds"]) if train.get("seeds") else [train["seed"]]
+
+
+def replicate_run(variant: str, seed: int) -> str:
+    """Run name (and folder below variants/) of a replicate: ``{variant}/seed{seed}``."""
+    return f"{variant}/seed{seed}"
+
+
+def run_names(cfg: Mapping) -> dict[str, list[str]]:
+    """variant -> its runs, primary first: the primary keeps the variant's own paths,
+    every further seed of ``train.seeds`` gets ``{variant}/seed{seed}``."""
+    return {v: [v] + [replicate_run(v, s) for s in variant_seeds(cfg, v)[1:]]
+            for v in variant_names(cfg)}
+
+
+def resolve_run(cfg: Mapping, run: str) -> dict:
+    """The resolved config of one run (a variant name or a ``{variant}/seed{s}`` replicate)."""
+    variant, sep, seed = run.partition("/seed")
+    resolved = resolve_variant(cfg, variant)
+    if sep:
+        if not seed.isdigit() or int(seed) not in variant_seeds(cfg, variant)[1:]:
+            raise ConfigError(f"unknown run {run!r}; {variant}'s train.seeds are "
+                              f"{variant_seeds(cfg, variant)}")
+        resolved["train"]["seed"] = int(seed)
+        resolved["name"] = run
+    return resolved
+
+
+def _check_seeds(raw: Mapping, cfg: Mapping, name: str) -> None:
+    """An explicit train.seed must agree with train.seeds (whose first seed wins)."""
+    seeds = _merged_variant(cfg, name)["train"].get("seeds")
+    own = ((raw["variants"].get(name) or {}).get("train") or {})
+    explicit = own.get("seed", (raw.get("train") or {}).get("seed"))
+    if seeds and explicit is not None and explicit != seeds[0]:
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.seed = {explicit} and train.seeds = "
+            f"{seeds}; with train.seeds the first seed is the primary run, so drop train.seed "
+            f"or list {explicit} first in train.seeds")
 
 
 def canonical_json(obj: Any) -> str:

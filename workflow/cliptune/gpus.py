@@ -137,6 +137,8 @@ def assign_gpus(count: int, env: MutableMapping[str, str] | None = None, *,
     """
     env = os.environ if env is None else env
     if "SLURM_JOB_ID" in env:
+        log.info("SLURM job %s: CUDA_VISIBLE_DEVICES=%s (assigned by SLURM)", env["SLURM_JOB_ID"],
+                 env.get("CUDA_VISIBLE_DEVICES", "<unset>"))
         return None
     if count <= 0:
         env["CUDA_VISIBLE_DEVICES"] = ""

@@ -88,21 +88,14 @@ def text_embeddings(smk) -> None:
 
 
 def _pairs(smk, prefix: str):
-    from cliptune.data.pairs import PairData
+    """One split from the rule's named inputs (trunk features when the rule has them)."""
+    from cliptune.data.feature_cache import load_split
 
-    return PairData.load(Path(smk.input[f"{prefix}_captions"]), Path(smk.input[f"{prefix}_text"]),
-                         Path(smk.input[f"{prefix}_array"]), Path(smk.input[f"{prefix}_index"]))
+    return load_split(_named_inputs(smk), prefix)
 
 
-def _train_pairs(smk, prefix: str):
-    """Pairs for training; cached trunk features replace pixels when the rule got them."""
-    pairs = _pairs(smk, prefix)
-    features = getattr(smk.input, f"{prefix}_features", None)
-    if features is None:
-        return pairs
-    from cliptune.data.feature_cache import with_features
-
-    return with_features(pairs, Path(features), Path(smk.input[f"{prefix}_features_meta"]))
+def _named_inputs(smk) -> dict[str, str]:
+    return {k: str(smk.input[k]) for k in smk.input.keys()}  # noqa: SIM118 (Namedlist)
 
 
 def backbone_features(smk) -> None:
@@ -124,15 +117,14 @@ def train(smk) -> None:
     if world_size(variant["train"]) > 1:  # train.devices/nodes: torchrun workers
         devices, nodes = variant["train"]["devices"], variant["train"]["nodes"]
         state = Path(smk.params.state)
-        inputs = {k: str(smk.input[k]) for k in smk.input.keys()}  # noqa: SIM118 (Namedlist)
-        spec = {"variant": variant, "inputs": inputs, "out_dir": str(out_dir),
+        spec = {"variant": variant, "inputs": _named_inputs(smk), "out_dir": str(out_dir),
                 "state": str(state), "log": str(smk.log[0]) if smk.log else None,
                 "threads": max(1, smk.threads // devices)}
         launch(spec, state.with_name("launch.json"), devices, nodes)
     else:
         # Per-step / per-epoch CSV and TensorBoard logs: logs/{DS}/train/{variant}/ (not outputs).
         log_dir = Path(str(smk.log[0])).with_suffix("") if smk.log else None
-        train_variant(variant, _train_pairs(smk, "train"), _train_pairs(smk, "val"), out_dir,
+        train_variant(variant, _pairs(smk, "train"), _pairs(smk, "val"), out_dir,
                       Path(smk.params.state), log_dir=log_dir)
     # Drawn here, not in the trainer: training never imports reporting.
     plot_loss_curves(pd.read_csv(smk.output.history), Path(smk.output.curves),
@@ -152,15 +144,23 @@ def evaluate(smk) -> None:
 
     variant = json.loads(smk.params.variant)
     evaluate_variant(variant, Path(smk.input.model), _pairs(smk, "val"),
-                     Path(smk.output.metrics).parent)
+                     Path(smk.output.metrics).parent, json.loads(smk.params.bootstrap))
 
 
 def aggregate(smk) -> None:
     from cliptune.reporting.ablation import write_ablation
 
-    files = dict(zip(smk.params.variants, smk.input.metrics, strict=True))
+    variants = list(smk.params.variants)
+    metrics = dict(zip(variants, smk.input.metrics, strict=True))
+    ranks = dict(zip(variants, smk.input.ranks, strict=True))
+    # run_metrics follows RUNS (variant order, primary first): regroup it per variant.
+    runs = json.loads(smk.params.runs)
+    by_run = dict(zip([r for v in variants for r in runs[v]], smk.input.run_metrics, strict=True))
+    run_files = {v: [Path(by_run[r]) for r in runs[v]] for v in variants}
     ks = smk.params.ks  # eval.ks of the baseline
-    write_ablation(files, smk.params.baseline, Path(smk.output.csv), Path(smk.output.png), ks)
+    write_ablation(metrics, ranks, run_files, smk.params.baseline,
+                   json.loads(smk.params.bootstrap), Path(smk.output.csv), Path(smk.output.png),
+                   Path(smk.output.paired), ks)
 
 
 def figures(smk) -> None:
@@ -172,7 +172,7 @@ def figures(smk) -> None:
         json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
         Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
         Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
-        instances=Path(instances) if instances else None, device=smk.params.device)
+        instances=Path(instances) if instances else None, model=Path(smk.input.model))
 
 
 def loss_overlay(smk) -> None:
@@ -186,6 +186,7 @@ def loss_overlay(smk) -> None:
 
 
 def summary(smk) -> None:
+    from cliptune.reporting.comparison import Comparison
     from cliptune.reporting.summary import write_summary
     from cliptune.reporting.variant_figures import FIGURES
 
@@ -200,7 +201,9 @@ def summary(smk) -> None:
     }
     write_summary(Path(smk.output[0]), variants, smk.params.baseline,
                   json.loads(smk.params.dataset), json.loads(smk.params.report),
-                  Path(smk.input.ablation_png), Path(smk.input.overlay_png))
+                  Path(smk.input.ablation_png), Path(smk.input.overlay_png),
+                  comparison=Comparison.load(Path(smk.input.ablation_csv),
+                                             Path(smk.input.paired), smk.params.baseline))
 
 
 def run(smk, stage: Callable) -> None:

@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from cliptune.config import (
     canonical_json,
     encoder_key,
     load_config,
-    resolve_variant,
+    resolve_run,
+    run_names,
+    split_names,
     variant_names,
 )
 
@@ -28,9 +31,17 @@ except ConfigError as exc:
 ENV = "../../environment.yml"
 DS = CFG["dataset"]["name"]
 ROOT = CFG["dataset"]["root"]
-SPLITS = CFG["dataset"]["splits"]
+# dataset.splits plus the `select` holdout of train when selection needs one.
+SPLITS = split_names(CFG["dataset"])
+# Train-time validation, best epoch, early stopping and HPO use it; evaluate never does.
+SELECT = CFG["dataset"]["selection"]["split"]
 VARIANTS = variant_names(CFG)
-RESOLVED = {name: resolve_variant(CFG, name) for name in VARIANTS}
+# variant -> its training runs, primary first: replicate seeds of train.seeds run as
+# "{variant}/seed{s}" (their own folder below the variant's); the {variant} wildcard of
+# train/evaluate matches both, so every run is its own cached job.
+RUNS = run_names(CFG)
+ALL_RUNS = [run for runs in RUNS.values() for run in runs]
+RESOLVED = {run: resolve_run(CFG, run) for run in ALL_RUNS}
 # GPUs each variant's train job asks for ({"gpu": total, "gres": per node}); a request
 # above a local --resources gpu=N limit is refused here instead of silently shrunk.
 try:
@@ -52,6 +63,7 @@ LOGS = f"logs/{DS}"
 VARIANT_DIR = os.path.join(RESULTS, "variants", "{variant}")
 ABLATION_CSV = "results/ablation.csv"
 ABLATION_PNG = "results/ablation_bar.png"
+PAIRED_CSV = "results/paired_vs_baseline.csv"
 
 # Name every missing dataset file before any job runs (downloaded files excepted).
 try:
@@ -62,7 +74,7 @@ except FileNotFoundError as exc:
 
 wildcard_constraints:
     split="|".join(SPLITS),
-    variant="|".join(VARIANTS),
+    variant="|".join(re.escape(run) for run in ALL_RUNS),
     encoder="|".join(ENCODERS),
     size=r"\d+",
 

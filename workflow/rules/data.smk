@@ -16,7 +16,7 @@ if CFG["dataset"]["source"] == "demo":
             expand(
                 "{root}/annotations/captions_{folder}.json",
                 root=ROOT,
-                folder=sorted(set(SPLITS.values())),
+                folder=sorted(set(CFG["dataset"]["splits"].values())),
             ),
         params:
             root=lambda w, output: str(Path(output[0]).parents[1]),

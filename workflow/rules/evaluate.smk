@@ -8,8 +8,10 @@ rule evaluate:
         metrics=f"{VARIANT_DIR}/metrics.json",
         recall=f"{VARIANT_DIR}/recall.csv",
         embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
+        ranks=f"{VARIANT_DIR}/ranks.safetensors",
     params:
         variant=variant_json,
+        bootstrap=canonical_json(CFG["bootstrap"]),
     threads: 8
     resources:
         mem_mb=grow(32000),
@@ -27,7 +29,7 @@ rule evaluate:
 
 
 from cliptune.evaluation.zero_shot import instances_input
-from cliptune.reporting.variant_figures import FIGURES as VARIANT_FIGURES
+from cliptune.reporting.variant_figures import FIGURES as VARIANT_FIGURES, figures_gpus
 
 FIGURE_DIR = os.path.join(VARIANT_DIR, "figures")
 
@@ -39,6 +41,9 @@ rule figures:
         unpack(lambda w: instances_input(CFG, RESOLVED[w.variant]["eval"]["split"])),
         embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
         metrics=f"{VARIANT_DIR}/metrics.json",
+        # Queries and prompts go through the text tower evaluate used: the trained one
+        # (LoRA, unlocked or from-scratch towers) or the frozen text encoder.
+        model=f"{VARIANT_DIR}/model.safetensors",
         # Pretrained weights this job loads, fetched on the submit host (weights.smk).
         weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
@@ -80,13 +85,13 @@ rule figures:
                 "demo": {k: CFG["dataset"]["demo"][k] for k in ("seed", "max_shapes")},
             }
         ),
-        # A few hundred prompts: encoded on the CPU, so this local rule needs no GPU
-        # (under SLURM it runs on the submit host, which usually has none).
-        device="cpu",
     threads: 2
     resources:
         mem_mb=16000,
         runtime=30,
+        # The frozen encoder runs its few hundred prompts on the CPU; a variant's own
+        # tower runs where evaluate ran it (cliptune.reporting.variant_figures.figures_gpus).
+        gpu=lambda w: figures_gpus(RESOLVED[w.variant]),
     log:
         f"{LOGS}/figures/{{variant}}.log",
     benchmark:

@@ -1,12 +1,16 @@
 # Optuna search for one variant; its own target, not part of `rule all`:
-#   snakemake --cores 8 --resources gpu=1 results/{DS}/hpo/{variant}/best_overlay.yaml
+#   snakemake results/{DS}/hpo/{variant}/best_overlay.yaml --cores 8 --resources gpu=1
 HPO_DIR = f"{RESULTS}/hpo/{{variant}}"
 
 
 rule hpo:
+    # Configured variants only: a {variant}/seed{s} replicate run has no overrides to search.
+    wildcard_constraints:
+        variant="|".join(re.escape(v) for v in VARIANTS),
     input:
         unpack(lambda w: pair_inputs(w.variant, "train", "train")),
-        unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # Trials are scored on the selection split, never on the reported eval.split.
+        unpack(lambda w: pair_inputs(w.variant, SELECT, "val")),
         # Pretrained weights this job loads, fetched on the submit host (weights.smk).
         weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:

@@ -10,6 +10,9 @@ report: "../report/workflow.rst"
 rule aggregate:
     input:
         metrics=expand(f"{VARIANT_DIR}/metrics.json", variant=VARIANTS),
+        ranks=expand(f"{VARIANT_DIR}/ranks.safetensors", variant=VARIANTS),
+        # Every run of every variant (primary first): mean and std over train.seeds.
+        run_metrics=expand(f"{VARIANT_DIR}/metrics.json", variant=ALL_RUNS),
     output:
         csv=report(
             ABLATION_CSV,
@@ -23,10 +26,18 @@ rule aggregate:
             category="1. Overview",
             labels={"figure": "Recall@K per variant"},
         ),
+        paired=report(
+            PAIRED_CSV,
+            caption="../report/paired_csv.rst",
+            category="1. Overview",
+            labels={"figure": "paired comparison with the baseline"},
+        ),
     params:
         variants=VARIANTS,
+        runs=canonical_json(RUNS),
         baseline=CFG["baseline"],
         ks=RESOLVED[CFG["baseline"]]["eval"]["ks"],
+        bootstrap=canonical_json(CFG["bootstrap"]),
     resources:
         mem_mb=4000,
         runtime=15,
@@ -78,6 +89,9 @@ rule summary:
             figure=VARIANT_FIGURES,
         ),
         ablation_png=ABLATION_PNG,
+        # Intervals, seed spread and paired differences, exactly as the table holds them.
+        ablation_csv=ABLATION_CSV,
+        paired=PAIRED_CSV,
         overlay_png=LOSS_OVERLAY_PNG,
     output:
         report(

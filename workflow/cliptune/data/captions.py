@@ -20,8 +20,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from cliptune.config import SELECT_SPLIT, carves_selection
 from cliptune.data.caption_tidy import tidy_captions
 from cliptune.data.dataset_formats import DatasetFormatError, clean_caption, read_source
+from cliptune.data.selection import carve_selection
 from cliptune.io_utils import write_json, write_parquet
 from cliptune.runtime import setup_logging
 
@@ -121,13 +123,18 @@ def build_captions(root: Path, folder: str, split: str, output: Path) -> pd.Data
 # --------------------------------------------------------------------------- any source
 
 
+def source_split(dataset: dict, split: str) -> str:
+    """The ``dataset.splits`` entry a split reads: the selection holdout reads train's."""
+    return "train" if split == SELECT_SPLIT and carves_selection(dataset) else split
+
+
 def split_labels(dataset: dict, split: str) -> list[str]:
     """Source split labels that make up cliptune split ``split``.
 
     Karpathy's ``restval`` (the 30k COCO val2014 images outside val/test)
     joins whichever split reads ``train`` when ``use_restval`` is on.
     """
-    label = dataset["splits"][split]
+    label = dataset["splits"][source_split(dataset, split)]
     labels = [label]
     if dataset["source"] == "karpathy_coco" and label == "train" and dataset["use_restval"]:
         labels.append("restval")
@@ -156,6 +163,11 @@ def split_spec(dataset: dict, split: str) -> dict:
         spec["use_restval"] = dataset["use_restval"]
     if dataset["source"] == "table":
         spec["columns"] = dataset["columns"]
+    if source_split(dataset, split) == "train" and carves_selection(dataset):
+        # train and select both read the source's train images and split them the same way.
+        sel = dataset["selection"]
+        spec["selection"] = {"images": sel["images"], "seed": sel["seed"],
+                             "keep": "holdout" if split == SELECT_SPLIT else "rest"}
     return spec
 
 
@@ -211,7 +223,8 @@ def read_split(spec: dict) -> SplitRead:
     if tidied.no_caption:
         log.warning("%s: %d images have no caption and are left out", where,
                     len(tidied.no_caption))
-    return SplitRead(tidied.captions, tidied.no_caption, notes, tidied.record())
+    read = SplitRead(tidied.captions, tidied.no_caption, notes, tidied.record())
+    return carve_selection(read, spec["selection"]) if "selection" in spec else read
 
 
 def build_split_captions(spec: dict, output: Path, source_json: Path | None = None
@@ -243,6 +256,7 @@ def build_split_captions(spec: dict, output: Path, source_json: Path | None = No
             "images": int(df["image_id"].nunique()),
             "captions": len(df),
             "images_without_captions": no_caption,
+            "selection_holdout": spec.get("selection"),
             "cleaning": cleaning,
             "notes": notes,
         }
@@ -258,7 +272,8 @@ def captions_inputs(dataset: dict, split: str) -> list[str]:
     """Files the captions rule of ``split`` reads (plus extraction markers when downloading)."""
     from cliptune.data.coco_download import ANNOTATIONS_ZIP, marker_path, needed_archives
 
-    label, source, root = dataset["splits"][split], dataset["source"], dataset["root"]
+    label = dataset["splits"][source_split(dataset, split)]
+    source, root = dataset["source"], dataset["root"]
     if dataset.get("download"):
         names = needed_archives(dataset)
         if source == "coco":  # this split's images and the shared annotations zip

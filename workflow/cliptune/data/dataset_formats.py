@@ -234,6 +234,7 @@ def read_folder(root: Path, labels: Iterable[str]) -> SourceTable:
             raise DatasetFormatError(f"missing split folder {folder}/ (dataset.source: folder)")
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        _check_one_image_per_sidecar(images, root)
         stems = {p.with_suffix("") for p in images}
         for txt in files:
             if txt.suffix.lower() == ".txt" and txt.with_suffix("") not in stems:
@@ -253,6 +254,20 @@ def read_folder(root: Path, labels: Iterable[str]) -> SourceTable:
     for note in notes[:20]:
         log.warning(note)
     return SourceTable(_frame(rows), no_caption, notes)
+
+
+def _check_one_image_per_sidecar(images: list[Path], root: Path) -> None:
+    """``a.jpg`` and ``a.png`` would both read ``a.txt``: two images, one set of captions."""
+    by_stem: dict[Path, list[str]] = {}
+    for img in images:
+        by_stem.setdefault(img.with_suffix(""), []).append(img.relative_to(root).as_posix())
+    clash = [names for names in by_stem.values() if len(names) > 1]
+    if clash:
+        shown = "; ".join(" and ".join(names) for names in clash[:5])
+        raise DatasetFormatError(
+            f"{len(clash)} image name(s) differ only in the extension and would share one "
+            f"caption file ({shown}); rename one of each (the sidecar is <image stem>.txt)"
+        )
 
 
 # --------------------------------------------------------------------------- CSV / Parquet

@@ -8,6 +8,7 @@ and all their captions, never one caption per image.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,12 @@ import torch
 from safetensors.torch import save_file
 
 from cliptune.data.pairs import PairData
-from cliptune.evaluation.retrieval_metrics import retrieval_metrics
+from cliptune.evaluation.bootstrap import Ranks, metric_intervals, save_ranks
+from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
 from cliptune.io_utils import atomic_path, write_json
 from cliptune.models.factory import load_variant_model
+from cliptune.models.text_encoder import frozen_encoder_fn
+from cliptune.models.towers import reads_text_cache
 from cliptune.runtime import autocast_dtype, pick_device, progress
 
 log = logging.getLogger(__name__)
@@ -40,17 +44,45 @@ def embed_images(model, data: PairData, batch_size: int, device, amp_dtype,
 
 
 @torch.inference_mode()
-def embed_texts(model, data: PairData, batch_size: int, device, amp_dtype) -> torch.Tensor:
-    """The cached caption embeddings, or the model's own (trained) text tower."""
-    if getattr(model, "text_from_cache", True):
-        return data.text.float()
+def encode_with_tower(model, texts: list[str], batch_size: int, device,
+                      amp_dtype) -> torch.Tensor:
+    """``texts`` through the variant's own text tower (LoRA / unlocked CLIP, dual encoder)
+    at evaluation precision: float32 [n, D] on the CPU. The one path both evaluation and
+    the figures (variant_text_encoder) take, so their embeddings agree."""
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None):
-        return model.encode_texts(data.captions["caption"].tolist(), batch_size).float()
+        return model.encode_texts(list(texts), batch_size).float().cpu()
+
+
+def embed_texts(model, data: PairData, batch_size: int, device, amp_dtype) -> torch.Tensor:
+    """The cached caption embeddings, or the model's own (trained) text tower."""
+    if model.text_from_cache:
+        return data.text.float()
+    return encode_with_tower(model, data.captions["caption"].tolist(), batch_size, device,
+                             amp_dtype)
+
+
+def variant_text_encoder(variant: dict, weights: Path, embed_dim: int,
+                         ) -> Callable[[list[str]], torch.Tensor]:
+    """``encode(list[str]) -> [n, D]`` with the text tower evaluate used for this variant:
+    the frozen text encoder that built the text cache when the model reads it (run on the
+    CPU: a few hundred prompts), else the trained model's own tower, loaded from
+    ``weights`` on the variant's device and precision exactly as evaluate_variant does."""
+    if reads_text_cache(variant):
+        return frozen_encoder_fn(variant["text_encoder"], torch.device("cpu"))
+    device = pick_device(variant["train"]["device"])
+    amp_dtype = autocast_dtype(variant["train"]["precision"], device)
+    model = load_variant_model(variant, weights, embed_dim, device)
+    batch_size = variant["eval"]["batch_size"]
+    return lambda texts: encode_with_tower(model, texts, batch_size, device, amp_dtype)
 
 
 def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path,
-                     show_progress: bool = True) -> dict:
+                     bootstrap: Mapping, show_progress: bool = True) -> dict:
+    """metrics.json (with bootstrap intervals), recall.csv, embeddings and per-query ranks.
+
+    ``bootstrap``: the config's ``bootstrap`` section (resamples, confidence, seed).
+    """
     out_dir = Path(out_dir)
     ecfg = variant["eval"]
     device = pick_device(variant["train"]["device"])
@@ -60,11 +92,18 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
     text_emb = embed_texts(model, data, ecfg["batch_size"], device, amp_dtype)
     # caption m -> position of its image in image_emb (image_rows is sorted and unique).
     text_image = torch.from_numpy(np.searchsorted(data.image_rows, data.caption_image_row))
-    metrics = retrieval_metrics(image_emb, text_emb, text_image, ks=tuple(ecfg["ks"]),
-                                block_size=ecfg["block_size"], device=device)
+    metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(
+        image_emb, text_emb, text_image, ks=tuple(ecfg["ks"]), block_size=ecfg["block_size"],
+        device=device)
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics.update({"variant": variant["name"], "split": ecfg["split"],
+                    "reported_on": {"split": ecfg["split"], "images": data.n_images},
                     "temperature": float(1.0 / model.scale().detach())})
+    # Per-query ranks: bootstrap intervals and paired comparisons come from these alone.
+    caption_ids = data.captions["caption_id"].to_numpy(np.int64, copy=True)
+    ranks = Ranks.of(r_i2t, r_t2i, text_image, data.image_ids, caption_ids)
+    save_ranks(out_dir / "ranks.safetensors", ranks)
+    metrics["bootstrap"] = metric_intervals(ranks, ecfg["ks"], bootstrap)
     write_json(out_dir / "metrics.json", metrics)
     rows = [{"direction": d, "K": k, "recall": metrics[f"{d}_R@{k}"]}
             for d in ("i2t", "t2i") for k in ecfg["ks"]]
@@ -76,7 +115,7 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
             "image": image_emb.contiguous(),
             "text": text_emb.contiguous(),
             "image_id": torch.from_numpy(data.image_ids.copy()),
-            "caption_id": torch.from_numpy(data.captions["caption_id"].to_numpy(np.int64, copy=True)),
+            "caption_id": torch.from_numpy(caption_ids),
             "text_image_index": text_image.contiguous(),
         }, str(tmp))
     log.info("%s: i2t R@1 %.2f  t2i R@1 %.2f  rsum %.1f", variant["name"], metrics["i2t_R@1"],

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD, to_unit_float
+from cliptune.models.image_tower import PixelNormalize, to_unit_float
 from cliptune.models.text_encoder import EncoderUnavailableError, _fix_message, resolve_model_path
+from cliptune.models.towers import lora_towers, reads_text_cache, text_tower_trains
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def apply_lora(clip: nn.Module, lora: Mapping) -> list[str]:
     """Inject LoRA adapters into the chosen towers; every base weight is frozen."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    towers = [t for t in ("text", "vision") if lora.get(t)]
+    towers = lora_towers(lora)
     if not towers:
         return []
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
@@ -124,21 +125,14 @@ class HFClip(nn.Module):
                 self.clip.text_projection.requires_grad_(False)
         self.clip.logit_scale.requires_grad_(tcfg["learnable_temperature"])
         self.max_log_scale = math.log(tcfg["max_logit_scale"])
-        text_trained = any(p.requires_grad for n, p in self.clip.named_parameters()
-                           if n.startswith(("text_model.", "text_projection.")))
-        # A frozen pretrained text tower gives exactly what the text cache holds when the
-        # cache was built from the same checkpoint: reuse it (no tokenizing per step).
-        same_model = (self.kind == "clip"
-                      and variant["text_encoder"]["model"] == mcfg["clip"]["model"]
-                      and variant["text_encoder"]["pooling"] in ("auto", "clip"))
-        self.text_from_cache = not text_trained and same_model
-        self.text_trained = text_trained
+        # Decided from the config (cliptune.models.towers), as the workflow rules do.
+        self.text_trained = text_tower_trains(variant)
+        self.text_from_cache = reads_text_cache(variant)
         tcfg_text = self.clip.config.text_config
         self.max_length = min(variant["text_encoder"]["max_length"],
                               tcfg_text.max_position_embeddings)
         self.input_size = self.clip.config.vision_config.image_size
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.pixel_norm = PixelNormalize()
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -164,17 +158,17 @@ class HFClip(nn.Module):
         if x01.shape[-1] != self.input_size or x01.shape[-2] != self.input_size:
             x01 = F.interpolate(x01, size=(self.input_size, self.input_size), mode="bicubic",
                                 align_corners=False, antialias=True).clamp_(0, 1)
-        pixels = (x01 - self.mean) / self.std
+        pixels = self.pixel_norm(x01)
         pooled = self.clip.vision_model(pixel_values=pixels).pooler_output
         return F.normalize(self.clip.visual_projection(pooled).float(), dim=-1)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed_images(to_unit_float(images, self.mean.device))
+        return self.embed_images(to_unit_float(images, self.pixel_norm.mean.device))
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         batch = self.tokenizer(list(texts), padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt")
-        batch = {k: v.to(self.mean.device) for k, v in batch.items()
+        batch = {k: v.to(self.pixel_norm.mean.device) for k, v in batch.items()
                  if k in ("input_ids", "attention_mask")}
         pooled = self.clip.text_model(**batch).pooler_output
         return F.normalize(self.clip.text_projection(pooled).float(), dim=-1)

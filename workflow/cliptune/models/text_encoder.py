@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,14 @@ class TextEncoder(torch.nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(out.float(), dim=-1)
+
+
+def frozen_encoder_fn(text_encoder: Mapping, device) -> Callable[[list[str]], torch.Tensor]:
+    """The frozen ``text_encoder`` that builds the text cache, as ``encode(list[str]) ->
+    [n, D]`` float32 on the CPU (same function and batch size as the cache)."""
+    enc = TextEncoder(text_encoder["model"], text_encoder["pooling"], text_encoder["max_length"])
+    return lambda texts: encode_texts(enc, list(texts), batch_size=text_encoder["batch_size"],
+                                      device=device, show_progress=False)
 
 
 @torch.inference_mode()

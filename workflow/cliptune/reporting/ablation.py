@@ -1,8 +1,12 @@
-"""Aggregate per-variant metrics into the ablation table and bar chart.
+"""Aggregate per-variant metrics into the ablation table, the paired comparison and the chart.
 
-``results/ablation.csv`` always has the standard columns (R@1/5/10 both ways and
-rsum over those six, the usual "rsum" of the retrieval literature), whatever
-extra cut-offs ``eval.ks`` asks for; the chart shows the configured cut-offs.
+``results/ablation.csv`` always starts with the standard columns (R@1/5/10 both ways and
+rsum over those six, the usual "rsum" of the retrieval literature), whatever extra
+cut-offs ``eval.ks`` asks for; after them come, per metric, the bootstrap interval of the
+primary run (``_lo``/``_hi``), the mean and standard deviation over the ``train.seeds``
+runs (``_seed_mean``/``_seed_std``) and the paired rsum difference to the baseline.
+``results/paired_vs_baseline.csv`` holds the paired difference of every metric. The
+chart shows the configured cut-offs with both kinds of error bar.
 """
 
 from __future__ import annotations
@@ -10,19 +14,29 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from cliptune.evaluation.bootstrap import (
+    load_ranks,
+    paired_differences,
+    percentile_interval,
+    resample_counts,
+    resampled_metrics,
+)
 from cliptune.evaluation.retrieval_metrics import DEFAULT_KS, RSUM_KS
-from cliptune.io_utils import atomic_path, save_figure
+from cliptune.io_utils import atomic_path
+from cliptune.reporting.ablation_chart import plot_ablation
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("i2t", "t2i")
-COLUMNS = ["variant"] + [f"{d}_R@{k}" for d in DIRECTIONS for k in RSUM_KS] + ["rsum"]
-DIRECTION_NAMES = {"i2t": "image → text", "t2i": "text → image"}
+METRICS = [f"{d}_R@{k}" for d in DIRECTIONS for k in RSUM_KS] + ["rsum"]
+COLUMNS = ["variant", *METRICS]
+PAIRED_COLUMNS = ["variant", "baseline", "metric", "diff", "lo", "hi", "excludes_zero",
+                  "confidence", "resamples"]
 
 
 def ablation_table(metric_files: dict[str, Path]) -> pd.DataFrame:
@@ -39,73 +53,120 @@ def ablation_table(metric_files: dict[str, Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _metric_matrix(metric_files: dict[str, Path], ks) -> tuple[list[str], np.ndarray]:
-    """variants and recall values [variant, direction, k] (NaN where not computed)."""
-    names, values = [], []
+def _metric_names(ks: Sequence[int]) -> list[str]:
+    """R@K of both directions for the table's and the chart's cut-offs, then rsum (RSUM_KS)."""
+    ks = sorted(set(RSUM_KS) | set(ks))
+    return [f"{d}_R@{k}" for d in DIRECTIONS for k in ks] + ["rsum"]
+
+
+def interval_frame(ranks_files: Mapping[str, Path], settings: Mapping, ks=DEFAULT_KS) -> pd.DataFrame:
+    """Bootstrap interval of every R@K (table and chart cut-offs) and of rsum over RSUM_KS:
+    one row per variant, columns ``{metric}_lo`` / ``{metric}_hi``."""
+    all_ks = sorted(set(RSUM_KS) | set(ks))
+    rows, counts_by_size = [], {}
+    for variant, path in ranks_files.items():
+        ranks = load_ranks(path)
+        n = ranks.n_images  # resamples depend only on (N, B, seed): draw them once
+        if n not in counts_by_size:
+            counts_by_size[n] = resample_counts(n, settings["resamples"], settings["seed"])
+        counts = counts_by_size[n]
+        stats = resampled_metrics(ranks, all_ks, counts, rsum_ks=RSUM_KS)
+        row = {"variant": variant}
+        for name, samples in stats.items():
+            row[f"{name}_lo"], row[f"{name}_hi"] = percentile_interval(
+                samples, settings["confidence"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def seed_frame(run_files: Mapping[str, Sequence[Path]], ks=DEFAULT_KS) -> pd.DataFrame:
+    """Per variant: ``n_seeds`` and the mean / sample std over its runs of every metric
+    (std is NaN for a single run: one seed says nothing about training randomness)."""
+    names = _metric_names(ks)
+    rows = []
+    for variant, paths in run_files.items():
+        values = []
+        for path in paths:
+            m = json.loads(Path(path).read_text())
+            v = {n: float(m.get(n, math.nan)) for n in names[:-1]}
+            v["rsum"] = sum(v[c] for c in METRICS[:-1])
+            values.append(v)
+        frame = pd.DataFrame(values, columns=names)
+        row = {"variant": variant, "n_seeds": len(values)}
+        for n in names:
+            row[f"{n}_seed_mean"] = float(frame[n].mean())
+            row[f"{n}_seed_std"] = float(frame[n].std(ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def paired_frame(ranks_files: Mapping[str, Path], baseline: str, settings: Mapping,
+                 ks=DEFAULT_KS) -> pd.DataFrame:
+    """Paired bootstrap difference (variant − baseline, same resamples) of every metric,
+    one row per (variant, metric) for each variant other than the baseline."""
+    if baseline not in ranks_files:
+        raise ValueError(f"baseline {baseline!r} has no ranks; variants: {sorted(ranks_files)}")
+    all_ks = sorted(set(RSUM_KS) | set(ks))
+    base = load_ranks(ranks_files[baseline])
+    rows = []
+    for variant, path in ranks_files.items():
+        if variant == baseline:
+            continue
+        diffs = paired_differences(load_ranks(path), base, all_ks, settings,
+                                   names=(variant, baseline), rsum_ks=RSUM_KS)
+        for metric, d in diffs["differences"].items():
+            rows.append({"variant": variant, "baseline": baseline, "metric": metric, **d,
+                         "confidence": diffs["confidence"], "resamples": diffs["resamples"]})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def _values(metric_files: Mapping[str, Path], ks) -> pd.DataFrame:
+    """Recall of each variant's primary run at the table's and the chart's cut-offs."""
+    names = _metric_names(ks)[:-1]
+    rows = []
     for variant, path in metric_files.items():
         m = json.loads(Path(path).read_text())
-        names.append(variant)
-        values.append([[float(m.get(f"{d}_R@{k}", math.nan)) for k in ks] for d in DIRECTIONS])
-    return names, np.asarray(values, dtype=float)
+        rows.append({"variant": variant, **{n: float(m.get(n, math.nan)) for n in names}})
+    return pd.DataFrame(rows).set_index("variant")
 
 
-def plot_ablation(metric_files: dict[str, Path], baseline: str, path: Path, ks=DEFAULT_KS) -> None:
-    """Grouped bars: one panel per direction, one group per K, one bar per variant; each
-    bar is labelled with its recall, and non-baseline bars with the change vs baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ks = tuple(sorted(set(ks)))
-    names, vals = _metric_matrix(metric_files, ks)
-    n_var = len(names)
-    base = vals[names.index(baseline)] if baseline in names else None
-    width = 0.84 / max(1, n_var)
-    x = np.arange(len(ks))
-    fig_w = min(20.0, max(9.0, 0.5 * n_var * len(ks) + 2.5))
-    fig, axes = plt.subplots(2, 1, figsize=(fig_w, 9.5), sharey=True)
-    cmap = plt.get_cmap("tab10")
-    top = np.nanmax(vals) if np.isfinite(vals).any() else 1.0
-    for d, ax in enumerate(axes):
-        for i, name in enumerate(names):
-            is_base = name == baseline
-            bars = ax.bar(x + (i - (n_var - 1) / 2) * width, vals[i, d], width * 0.95,
-                          color=cmap(i % 10), edgecolor="black" if is_base else "none",
-                          linewidth=1.4, label=f"{name} (baseline)" if is_base and name != "baseline" else name)
-            for j, bar in enumerate(bars):
-                v = vals[i, d, j]
-                if not np.isfinite(v):
-                    continue
-                if base is None or is_base:
-                    text, colour = f"{v:.1f}", "black"
-                else:
-                    delta = v - base[d, j]
-                    text = f"{v:.1f} ({delta:+.1f})"
-                    colour = "#1a7f37" if delta > 0 else ("#cf222e" if delta < 0 else "black")
-                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, v), xytext=(0, 3),
-                            textcoords="offset points", ha="center", va="bottom",
-                            rotation=90, fontsize=8, color=colour)
-        ax.set_xticks(x, [f"R@{k}" for k in ks], fontsize=11)
-        ax.set_title(DIRECTION_NAMES[DIRECTIONS[d]], fontsize=12, loc="left")
-        ax.set_ylabel("recall (%)")
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-    axes[0].set_ylim(0, min(100.0, top * 1.3 + 8) if top > 0 else 1.0)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(n_var, 6), fontsize=10,
-               frameon=False, bbox_to_anchor=(0.5, 0.0))
-    ref = f"in brackets: change vs {baseline}, points" if base is not None else ""
-    fig.suptitle(f"Retrieval Recall@K per variant ({ref})" if ref else
-                 "Retrieval Recall@K per variant", fontsize=13)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    save_figure(fig, path)
+def _rsum_columns(paired: pd.DataFrame, variants: Sequence[str]) -> pd.DataFrame:
+    """The paired rsum difference per variant (NaN for the baseline itself)."""
+    rsum = paired[paired["metric"] == "rsum"].set_index("variant")
+    out = pd.DataFrame(index=pd.Index(variants, name="variant"))
+    for col in ("diff", "lo", "hi", "excludes_zero"):
+        out[f"rsum_{col}" if col == "diff" else f"rsum_diff_{col}"] = rsum[col]
+    return out
 
 
-def write_ablation(metric_files: dict[str, Path], baseline: str, csv_out: Path,
-                   png_out: Path, ks=DEFAULT_KS) -> pd.DataFrame:
-    table = ablation_table(metric_files)
+def extended_table(table: pd.DataFrame, ci: pd.DataFrame, seeds: pd.DataFrame,
+                   paired: pd.DataFrame) -> pd.DataFrame:
+    """The first eight columns unchanged, then intervals, seed statistics, paired rsum."""
+    variants = list(table["variant"])
+    ci_cols = [f"{m}_{b}" for m in METRICS for b in ("lo", "hi")]
+    seed_cols = ["n_seeds"] + [f"{m}_seed_{s}" for m in METRICS for s in ("mean", "std")]
+    extra = pd.concat([ci[ci_cols], seeds[seed_cols], _rsum_columns(paired, variants)],
+                      axis=1).reindex(variants)
+    return pd.concat([table.set_index("variant"), extra], axis=1).reset_index()
+
+
+def write_ablation(metric_files: Mapping[str, Path], ranks_files: Mapping[str, Path],
+                   run_files: Mapping[str, Sequence[Path]], baseline: str,
+                   settings: Mapping, csv_out: Path, png_out: Path, paired_out: Path,
+                   ks=DEFAULT_KS) -> pd.DataFrame:
+    """ablation.csv, paired_vs_baseline.csv and the chart, from metrics and ranks files.
+
+    ``run_files``: variant -> metrics.json of every run (primary first); ``settings``:
+    the config's ``bootstrap`` section.
+    """
+    ci = interval_frame(ranks_files, settings, ks)
+    seeds = seed_frame(run_files, ks)
+    paired = paired_frame(ranks_files, baseline, settings, ks)
+    table = extended_table(ablation_table(dict(metric_files)), ci, seeds, paired)
     with atomic_path(csv_out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    plot_ablation(metric_files, baseline, png_out, ks)
+    with atomic_path(paired_out) as tmp:
+        paired.to_csv(tmp, index=False, float_format="%.4f")
+    plot_ablation(_values(metric_files, ks), ci, seeds, paired, baseline, png_out, ks,
+                  settings["confidence"])
     return table

@@ -70,6 +70,7 @@ def split_report(captions: pd.DataFrame, index: pd.DataFrame, source: dict) -> d
         "empty_caption_images": (empty_names + empty["file_name"].astype(str).tolist())[
             :MAX_LISTED],
         "cleaning": cleaning,
+        "selection_holdout": source.get("selection_holdout"),
         "duplicate_captions_within_image": int(within.sum()),
         "captions_shared_by_several_images": int(len(shared)),
         "most_shared_captions": [{"caption": t, "images": int(n)}
@@ -159,6 +160,12 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- source splits: {', '.join(map(str, s['source_splits'] or []))}"
                      + (f" (restval {'used' if s['use_restval'] else 'not used'})"
                         if "use_restval" in s else ""))
+        hold = s.get("selection_holdout")
+        if hold:
+            lines.append(f"- selection holdout (dataset.selection): {hold['images']} train images "
+                         f"(seed {hold['seed']}) "
+                         + ("select the model here" if hold["keep"] == "holdout" else
+                            "are held out of this split and select the model"))
         sub = s.get("subset") or {}
         if sub.get("images") is not None:
             lines.append(f"- subset: {sub['images_kept']} of {s['images_in_source']} images "

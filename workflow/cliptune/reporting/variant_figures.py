@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from cliptune.data.image_cache import open_cache
+from cliptune.evaluation.evaluate import variant_text_encoder
 from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
 from cliptune.evaluation.zero_shot import (
     COCO_CATEGORIES,
@@ -27,6 +28,7 @@ from cliptune.evaluation.zero_shot import (
     zero_shot_accuracy,
     zero_shot_probs,
 )
+from cliptune.models.towers import reads_text_cache
 from cliptune.reporting import figures
 
 log = logging.getLogger(__name__)
@@ -91,15 +93,10 @@ class _Captions:
         return self.art.ground_truth_caption(i)
 
 
-def text_encoder_fn(text_encoder: Mapping, device: str = "cpu") -> Callable[[list[str]], torch.Tensor]:
-    """The variant's frozen text tower as ``encode(list[str]) -> [n, D]``."""
-    from cliptune.models.text_encoder import TextEncoder, encode_texts
-    from cliptune.runtime import pick_device
-
-    enc = TextEncoder(text_encoder["model"], text_encoder["pooling"], text_encoder["max_length"])
-    dev = pick_device(device)
-    return lambda texts: encode_texts(enc, texts, batch_size=text_encoder["batch_size"],
-                                      device=dev, show_progress=False)
+def figures_gpus(variant: Mapping) -> int:
+    """GPUs the figures job asks for: one when it runs the variant's own text tower on
+    the variant's (non-CPU) device, as evaluate does; none for the frozen encoder."""
+    return int(not reads_text_cache(variant) and variant["train"]["device"] != "cpu")
 
 
 def figure_paths(out_dir: Path) -> dict[str, Path]:
@@ -201,7 +198,7 @@ def build_variant_figures(
 
 def _default_classes(dataset: Mapping) -> list[str]:
     if dataset["source"] == "demo":
-        from cliptune.data.demo_data import SHAPES
+        from cliptune.data.demo_scenes import SHAPES
 
         return list(SHAPES)
     return list(COCO_CATEGORIES)
@@ -210,14 +207,19 @@ def _default_classes(dataset: Mapping) -> list[str]:
 def run_variant_figures(variant: Mapping, report: Mapping, dataset: Mapping, embeddings: Path,
                         metrics_json: Path, captions_parquet: Path, image_array: Path,
                         image_index: Path, out_dir: Path, zero_shot_json: Path,
-                        instances: Path | None = None, encode=None,
-                        device: str | None = None) -> dict:
+                        instances: Path | None = None, model: Path | None = None,
+                        encode: Callable[[list[str]], torch.Tensor] | None = None) -> dict:
     """Load a variant's saved evaluation artifacts and draw its figures.
 
-    ``device`` encodes the zero-shot prompts (default: the variant's train.device)."""
+    Queries and zero-shot prompts are encoded by the text tower evaluate used
+    (cliptune.evaluation.evaluate.variant_text_encoder, from the trained ``model``), or by
+    ``encode`` when given (tests)."""
     art = EvalArtifacts(embeddings, captions_parquet, image_array, image_index)
     temperature = float(json.loads(Path(metrics_json).read_text())["temperature"])
     if encode is None:
-        encode = text_encoder_fn(variant["text_encoder"], device or variant["train"]["device"])
+        if model is None:
+            raise ValueError("run_variant_figures needs the variant's model.safetensors "
+                             "(model=...) to encode text with its own tower")
+        encode = variant_text_encoder(dict(variant), Path(model), art.text.shape[1])
     return build_variant_figures(variant, report, dataset, art, temperature, out_dir,
                                  zero_shot_json, encode, instances)

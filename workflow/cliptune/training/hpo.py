@@ -21,6 +21,7 @@ import yaml
 from cliptune.config import canonical_json, deep_merge, short_hash
 from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, save_figure, write_text
+from cliptune.runtime import progress
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,22 @@ def suggest(trial, space: Mapping) -> dict:
     if "batch_size" in space:
         out["batch_size"] = trial.suggest_categorical("batch_size", list(space["batch_size"]))
     return out
+
+
+def saved_epoch_value(result: Mapping, metric: str) -> float:
+    """``metric`` of the epoch train_variant saved (chosen by train.monitor).
+
+    Not the best value over all epochs: that epoch's weights may not be the
+    ones a trial's settings would ship, and the maximum over epochs of a noisy
+    metric flatters every trial.
+    """
+    import optuna
+
+    saved = [row for row in result["history"] if row["epoch"] == result["best_epoch"]]
+    if not saved or not math.isfinite(saved[0][metric]):
+        raise optuna.TrialPruned(f"no finite {metric} at the saved epoch "
+                                 f"{result['best_epoch']}")
+    return float(saved[0][metric])
 
 
 def open_study(storage_path: Path, name: str, direction: str, seed: int):
@@ -90,18 +107,21 @@ def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
             raise optuna.TrialPruned(str(exc)) from exc
         finally:
             shutil.rmtree(trial_dir, ignore_errors=True)
-        history = result["history"]
-        values = [row[metric] for row in history if math.isfinite(row[metric])]
-        if not values:
-            raise optuna.TrialPruned("no finite validation metric")
-        return max(values) if direction == "maximize" else min(values)
+        return saved_epoch_value(result, metric)
 
     done = [t for t in study.trials if t.state.is_finished()]
     remaining = max(0, hpo["trials"] - len(done))
     log.info("study %s in %s: %d finished trials, running %d more", name, storage_path,
              len(done), remaining)
     if remaining:
-        study.optimize(objective, n_trials=remaining)
+        # One bar over the whole search (a resumed study starts at its finished trials).
+        bar = progress(total=hpo["trials"], initial=len(done), desc=f"hpo {name}",
+                       unit="trial")
+        try:
+            study.optimize(objective, n_trials=remaining,
+                           callbacks=[lambda _study, _trial: bar.update(1)])
+        finally:
+            bar.close()
     shutil.rmtree(work, ignore_errors=True)
     return write_results(study, variant["name"], variant_override, metric, out_dir)
 

@@ -1,10 +1,12 @@
 """One optimisation step: batch preparation, augmentation, and gradient accumulation
 with cached features (open_clip's ``accum_freq``), so the negatives of every
-micro-batch span the whole accumulated batch.
+micro-batch span the whole accumulated batch; then the optimiser step, skipped
+when the loss or the gradient norm is NaN/Inf.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,17 +74,6 @@ def embed(ctx: StepContext, x: torch.Tensor, text, features: bool = False,
     return img.float(), txt.float()
 
 
-@torch.no_grad()
-def in_batch_accuracy(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-    """The notebook's batch accuracy: the fraction of images whose most similar caption in
-    the batch is their own (image->text), and of captions whose most similar image is
-    theirs (text->image). Returns [i2t, t2i]."""
-    sims = img.float() @ txt.float().T
-    target = torch.arange(len(sims), device=sims.device)
-    return torch.stack([(sims.argmax(1) == target).float().mean(),
-                        (sims.argmax(0) == target).float().mean()])
-
-
 @contextmanager
 def running_stats_unchanged(model: nn.Module) -> Iterator[None]:
     """BatchNorm layers in training mode still normalise with batch statistics, but their
@@ -99,6 +90,17 @@ def running_stats_unchanged(model: nn.Module) -> Iterator[None]:
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(count)
+
+
+@torch.no_grad()
+def in_batch_accuracy(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    """The notebook's batch accuracy: the fraction of images whose most similar caption in
+    the batch is their own (image->text), and of captions whose most similar image is
+    theirs (text->image). Returns [i2t, t2i]."""
+    sims = img.float() @ txt.float().T
+    target = torch.arange(len(sims), device=sims.device)
+    return torch.stack([(sims.argmax(1) == target).float().mean(),
+                        (sims.argmax(0) == target).float().mean()])
 
 
 def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
@@ -132,3 +134,25 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
             loss = loss_j.detach()
     acc = in_batch_accuracy(torch.cat([c[0] for c in cached]), torch.cat([c[1] for c in cached]))
     return loss, acc
+
+
+def apply_gradients(model, optimizer, scaler, loss: torch.Tensor, grad_clip: float | None,
+                    ) -> tuple[float | None, str | None]:
+    """Clip and take the optimiser step unless the loss or the gradient norm is NaN/Inf.
+
+    Returns (gradient norm or None for a bad loss, the cause of a skipped step:
+    ``"loss"``, ``"gradients"`` or None). A skipped step leaves the weights as they were."""
+    if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return None, "loss"
+    scaler.unscale_(optimizer)
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
+    cause = None
+    if math.isfinite(norm):
+        scaler.step(optimizer)
+    else:
+        cause = "gradients"
+        optimizer.zero_grad(set_to_none=True)
+    scaler.update()  # also after a bad norm: an fp16 overflow lowers the loss scale
+    model.clamp_()
+    return norm, cause
