@@ -73,9 +73,10 @@ def clip_benchmark_metrics(img, txt, tii, batch_size: int, ks=KS) -> dict:
     positives[torch.arange(len(scores)), tii] = True
     out = {}
     for k in ks:
-        out[f"t2i_R@{k}"] = 100.0 * _hits_at_k(scores, positives, k, batch_size).float().mean().item()
+        # Mean in float64 (CLIP_benchmark: float32), so equal hit sets give equal numbers.
+        out[f"t2i_R@{k}"] = 100.0 * _hits_at_k(scores, positives, k, batch_size).double().mean().item()
         out[f"i2t_R@{k}"] = 100.0 * _hits_at_k(scores.T, positives.T, k, batch_size
-                                               ).float().mean().item()
+                                               ).double().mean().item()
     out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
     return out
 

@@ -319,6 +319,23 @@ def test_train_report_lists_resnet_parameter_groups(pairs, tmp_path):
     assert sum(g["parameters"] for g in groups.values()) == report["trainable_parameters"]
 
 
+def test_state_with_another_optimizer_layout_is_not_resumed(pairs, tmp_path, caplog):
+    """A resume state whose optimiser groups differ from today's (e.g. written before the
+    groups were named by role) starts fresh instead of failing inside torch."""
+    v = variant(model={"freeze_backbone": True}, train={"batch_size": 16})
+    train(v, pairs, tmp_path, write_outputs=False)
+    path = tmp_path / "ckpt" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group.pop("name")
+    torch.save(state, path)
+    with caplog.at_level("WARNING"):  # same config: only the layout differs
+        result = train(v, pairs, tmp_path, write_outputs=False)
+    assert "optimiser layout" in caplog.text and len(result["history"]) == 1
+    restored = torch.load(path, weights_only=True)["optimizer"]["param_groups"]
+    assert all("name" in g for g in restored)  # trained afresh, saved in today's layout
+
+
 def test_batch_larger_than_data_is_a_clear_error(pairs, tmp_path):
     v = variant(train={"batch_size": 16, "accum_steps": 4})
     with pytest.raises(ValueError, match="batch_size x accum_steps = 64"):

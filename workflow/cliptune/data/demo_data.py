@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cliptune.config import DEFAULTS
 from cliptune.data.demo_captions import describe_scene
-from cliptune.data.demo_scenes import POSITIONS, SceneSpec, render_scene, sample_scene
+from cliptune.data.demo_scenes import DEMO, POSITIONS, SceneSpec, render_scene, sample_scene
 from cliptune.io_utils import atomic_path
 
 # --------------------------------------------------------------------------- dataset
@@ -60,7 +59,8 @@ def coco_file_name(split: str, image_id: int) -> str:
     return f"COCO_{split}2014_{image_id:012d}.jpg"
 
 
-def scene_for_image(split: str, index: int, seed: int = 0, max_shapes: int = 3) -> SceneSpec:
+def scene_for_image(split: str, index: int, seed: int = DEMO["seed"],
+                    max_shapes: int = DEMO["max_shapes"]) -> SceneSpec:
     """Recreate the ground-truth scene of image ``index`` of ``split`` (for tests/analysis)."""
     return sample_scene(image_rng(seed, split, index), max_shapes)
 
@@ -134,7 +134,6 @@ def _build_split(
     }
 
 
-DEMO = DEFAULTS["dataset"]["demo"]  # dataset.demo defaults, shared by the CLI below
 
 
 def generate_demo_dataset(

@@ -12,6 +12,10 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from cliptune.config import DEFAULTS
+
+DEMO = DEFAULTS["dataset"]["demo"]  # dataset.demo: default scene size and shape count
+
 # --------------------------------------------------------------------------- vocabulary
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -89,7 +93,7 @@ def pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def sample_scene(rng: np.random.Generator, max_shapes: int = 3) -> SceneSpec:
+def sample_scene(rng: np.random.Generator, max_shapes: int = DEMO["max_shapes"]) -> SceneSpec:
     """Draw a random scene; one shape per grid cell so objects never overlap."""
     if not 1 <= max_shapes <= len(POSITIONS):
         raise ValueError(f"max_shapes must be in 1..{len(POSITIONS)}, got {max_shapes}")
@@ -170,7 +174,7 @@ def _draw_shape_mask(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_scene(scene: SceneSpec, image_size: int = 96) -> Image.Image:
+def render_scene(scene: SceneSpec, image_size: int = DEMO["image_size"]) -> Image.Image:
     """Rasterise a scene to an RGB image of ``image_size`` x ``image_size``.
 
     Drawn at 2x and box-downsampled: cheap anti-aliasing that stays deterministic.

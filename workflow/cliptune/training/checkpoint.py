@@ -139,7 +139,11 @@ def load_state(path: Path, ts: TrainState, config_hash: str) -> tuple[bool, dict
 
     Returns (restored, the mid-epoch ``partial`` or None)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("config_hash") != config_hash:
+    # The optimiser's named groups (schedule.param_groups) must match too: a state written
+    # before groups were named by role cannot be loaded into today's layout.
+    saved_groups = [g.get("name") for g in state["optimizer"]["param_groups"]]
+    if (state.get("config_hash") != config_hash
+            or saved_groups != [g["name"] for g in ts.optimizer.param_groups]):
         return False, None
     ts.model.load_state_dict(state["model"])
     ts.optimizer.load_state_dict(state["optimizer"])

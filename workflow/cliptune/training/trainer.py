@@ -111,8 +111,8 @@ class Trainer:
             return
         restored, self.partial = load_state(self.state_path, self.ts, self.config_hash)
         if not restored:
-            log.warning("ignoring %s: it was written for a different configuration",
-                        self.state_path)
+            log.warning("ignoring %s: it was written for a different configuration (or "
+                        "optimiser layout)", self.state_path)
             return
         self.start_epoch = self.ts.epoch
         log.info("resuming %s from %s at epoch %d step %d (%d of %d epochs complete)",
