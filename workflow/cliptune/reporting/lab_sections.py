@@ -80,7 +80,7 @@ def stability_section(data: Mapping[str, Mapping], names: Sequence[str]) -> list
             f"last epoch, image→text / text→image. {verdict}", "",
             _table(["variant", "skipped steps", "restarts", "grad-norm range", "final train loss",
                     "final val loss", "train acc i2t", "train acc t2i", "val acc i2t",
-                    "val acc t2i"], rows), ""]
+                    "val acc t2i"], rows)]
 
 
 LLM_REFLECTION = [
