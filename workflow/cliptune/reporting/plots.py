@@ -22,7 +22,8 @@ def plot_loss_curves(history: pd.DataFrame, path: Path, title: str) -> None:
     else:
         ax = axes[0]
         ax.plot(history["epoch"], history["train_loss"], marker="o", label="train")
-        ax.plot(history["epoch"], history["val_loss"], marker="s", label="validation")
+        val = history.dropna(subset=["val_loss"])  # train.eval_every skips epochs
+        ax.plot(val["epoch"], val["val_loss"], marker="s", label="validation")
         ax.set(xlabel="epoch", ylabel="InfoNCE loss", title="loss")
         ax.legend()
         axes[1].plot(history["epoch"], history["lr"], marker="o", color="tab:green")

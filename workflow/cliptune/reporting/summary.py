@@ -26,6 +26,7 @@ from cliptune.reporting.comparison import (
     comparison_section,
     margin_note,
 )
+from cliptune.reporting.pretrained_table import pretrained_section
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
 ANCHORS = {
@@ -102,13 +103,17 @@ def convergence(hist: pd.DataFrame, monitor: str = "val_loss") -> dict:
     relative change of validation loss and the final overfitting gap of one run."""
     if hist.empty:
         return {"epochs": 0}
+    epochs = len(hist)
+    # train.eval_every > 1 leaves epochs without validation (NaN): judge the validated ones.
+    hist = hist[hist["val_loss"].notna()] if hist["val_loss"].notna().any() else hist
     column, sign, words = MONITOR_COLUMNS[monitor]
     watched = hist[column].to_numpy(float)
     val, train = hist["val_loss"].to_numpy(float), hist["train_loss"].to_numpy(float)
     # The first best epoch, as the trainer keeps it (it replaces only on strict improvement).
     best = int(np.where(np.isfinite(watched), sign * watched, -np.inf).argmax())
     out = {
-        "epochs": len(hist),
+        "epochs": epochs,
+        "validations": len(hist),
         "monitor": monitor,
         "best_epoch": int(hist["epoch"].iloc[best]),
         "best_value": float(watched[best]),
@@ -117,6 +122,7 @@ def convergence(hist: pd.DataFrame, monitor: str = "val_loss") -> dict:
         "final_train": float(train[-1]),
         "gap": float(val[-1] - train[-1]),
         "first_val": float(val[0]),
+        # Between the last two validations (train.eval_every epochs apart).
         "last_change": float((val[-1] - val[-2]) / abs(val[-2])) if len(val) > 1 else math.nan,
         "temperature_start": float(hist["temperature"].iloc[0]),
         "temperature_end": float(hist["temperature"].iloc[-1]),
@@ -248,7 +254,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     # ---- results table (+ anchors)
     lines += ["## Results", ""]
     header = ["variant"] + [f"i2t R@{k}" for k in ks] + [f"t2i R@{k}" for k in ks] + [
-        "rsum", "i2t medr", "t2i medr", "i2t MRR", f"i2t mAP@{ks[-1]}"]
+        "rsum", "i2t medr", "t2i medr", "i2t MRR", "t2i MRR"] + [
+        f"{d} {m}@{ks[-1]}" for d in ("i2t", "t2i") for m in ("mAP", "NDCG")]
     rows = []
     for n in names:
         m = data[n]["metrics"]
@@ -257,13 +264,15 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
         rows.append([f"{n}{mark}"] + [_fmt(m.get(f"i2t_R@{k}")) for k in ks]
                     + [_fmt(m.get(f"t2i_R@{k}")) for k in ks]
                     + [_fmt(rsum[n]), _fmt(m.get("i2t_medr")), _fmt(m.get("t2i_medr")),
-                       _fmt(m.get("i2t_mrr"), 3), _fmt(m.get(f"i2t_mAP@{ks[-1]}"))])
+                       _fmt(m.get("i2t_mrr"), 3), _fmt(m.get("t2i_mrr"), 3)]
+                    + [_fmt(m.get(f"{d}_{x}@{ks[-1]}")) for d in ("i2t", "t2i")
+                       for x in ("mAP", "NDCG")])
     comparable = bool(report.get("anchors_comparable")) and dataset.get("source") == "coco"
     anchor_ks = [k for k in ks if all(f"i2t_R@{k}" in v for v in ANCHORS.values())]
     if comparable:
         for a, vals in ANCHORS.items():
             rows.append([f"*{a}, published*"] + [_fmt(vals.get(f"i2t_R@{k}")) for k in ks]
-                        + [_fmt(vals.get(f"t2i_R@{k}")) for k in ks] + ["–"] * 5)
+                        + [_fmt(vals.get(f"t2i_R@{k}")) for k in ks] + ["–"] * 9)
     lines += [_table(header, rows), ""]
     if comparable:
         lines.append(f"Published anchors are from open_clip's benchmark on the {ANCHOR_SPLIT}.")
@@ -286,6 +295,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     lines.append("")
     if comparison is not None:
         lines += comparison_section(comparison)
+    lines += pretrained_section({n: d["metrics"] for n, d in data.items()},
+                                {n: d["report"] for n, d in data.items()}, ks)
 
     # ---- zero-shot
     zs_rows = []
