@@ -102,6 +102,9 @@ def brute_force(img, txt, tii, ks):
     for k in ks:
         out[f"i2t_mAP@{k}"] = 100 * sum(ap[k]) / n_img
         out[f"i2t_NDCG@{k}"] = 100 * sum(ndcg[k]) / n_img
+        # text->image: one relevant image (IDCG = 1, AP normalised by min(K, 1) = 1).
+        out[f"t2i_mAP@{k}"] = 100 * sum(1 / r for r in r_t2i if r <= k) / n_txt
+        out[f"t2i_NDCG@{k}"] = 100 * sum(1 / math.log2(r + 1) for r in r_t2i if r <= k) / n_txt
     out["n_images"], out["n_texts"] = n_img, n_txt
     return out, torch.tensor(r_i2t), torch.tensor(r_t2i), sims
 
@@ -271,6 +274,10 @@ def test_hand_computed_two_images_four_captions():
     assert got["i2t_mAP@1"] == 100
     assert got["i2t_mAP@5"] == pytest.approx(100 * (1 + 2 / 3) / 2)
     assert got["i2t_NDCG@5"] == pytest.approx(100 * 1.5 / (1 + 1 / math.log2(3)))
+    # text->image ranks 1, 2, 2, 1: AP@1 counts only the rank-1 captions.
+    assert got["t2i_mAP@1"] == 50 and got["t2i_mAP@5"] == 75
+    assert got["t2i_NDCG@1"] == 50
+    assert got["t2i_NDCG@5"] == pytest.approx(100 * (2 + 2 / math.log2(3)) / 4)
     assert (got["n_images"], got["n_texts"]) == (2, 4)
 
 

@@ -19,6 +19,9 @@ Definitions follow CLIP_benchmark / LAVIS:
     ranking, i.e. min(K, R) hits at positions 1..min(K, R).
 
   Both are averaged over images and reported in percent like the recalls.
+* text->image has exactly one relevant image per caption, so with its rank r the same
+  definitions reduce to ``t2i_mAP@K`` = 1/r and ``t2i_NDCG@K`` = 1/log2(r + 1) when
+  r <= K, else 0 (averaged over captions, in percent).
 
 **Ties** are resolved exactly and deterministically: candidates are ordered by descending
 score, equal scores by ascending candidate index (the order of a stable argsort of
@@ -458,6 +461,19 @@ def _map_ndcg(rel: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...]) -> di
     return out
 
 
+def _t2i_map_ndcg(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+    """mAP@K and NDCG@K (percent) of text->image, where each caption has one relevant
+    image: AP@K = 1/r and NDCG@K = 1/log2(r + 1) for a rank r <= K, else 0."""
+    r = ranks.to(torch.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = r <= k
+        out[f"t2i_mAP@{k}"] = 100.0 * float(torch.where(hit, 1.0 / r, 0.0).mean())
+        out[f"t2i_NDCG@{k}"] = 100.0 * float(torch.where(hit, 1.0 / torch.log2(r + 1.0),
+                                                         0.0).mean())
+    return out
+
+
 def retrieval_metrics(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
@@ -481,7 +497,7 @@ def retrieval_metrics(
         device: where to compute (default: ``image_emb.device``).
 
     Returns keys ``i2t_R@K``, ``t2i_R@K``, ``rsum``, ``{i2t,t2i}_{medr,meanr,mrr}``,
-    ``i2t_mAP@K``, ``i2t_NDCG@K`` (recalls, mAP and NDCG in percent; mrr in [0, 1]),
+    ``{i2t,t2i}_mAP@K``, ``{i2t,t2i}_NDCG@K`` (recalls, mAP and NDCG in percent; mrr in [0, 1]),
     ``n_images``, ``n_texts``.
 
     Raises:
@@ -531,6 +547,7 @@ def summarize(
     out.update(_rank_summary("t2i", r_t2i, ks))
     out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
     out.update(_map_ndcg(i2t_rel, n_relevant, ks))
+    out.update(_t2i_map_ndcg(r_t2i, ks))
     out["n_images"] = int(r_i2t.numel())
     out["n_texts"] = int(r_t2i.numel())
     return out

@@ -239,6 +239,11 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
     timer = CheckpointTimer(tcfg.get("checkpoint_every_steps", 0),
                             tcfg.get("checkpoint_every_minutes", 0))
     guard = SignalGuard().__enter__()
+    if tcfg["caption_augment"]["variations"] and model.text_from_cache:
+        raise ValueError(
+            f"{variant['name']}: train.caption_augment.variations is set but this variant's "
+            "captions come from the frozen text cache, which never sees the words; set it to "
+            "0, or train the text tower (model.clip.lock_text: false or LoRA on text)")
     hn = tcfg["hard_negatives"]
     negatives = None
     epoch = start_epoch
@@ -252,8 +257,10 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
         good = _snapshot(model, optimizer, scheduler, scaler)
         if tcfg["loss"] == "hard_negative" and (
                 negatives is None or (epoch - start_epoch) % hn["refresh_epochs"] == 0):
+            # Random negatives depend on (seed, epoch) only: a resumed run redraws the same.
             negatives = build_index(model, train_data, hn["k"], device, amp_dtype,
-                                    tcfg["batch_size"])
+                                    tcfg["batch_size"], hn["strategy"],
+                                    torch.Generator().manual_seed(tcfg["seed"] * 7919 + epoch))
         model.train()
         t0 = time.perf_counter()
         losses, norms, skipped, causes = [], [], 0, Counter()
@@ -369,8 +376,12 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
         seconds = prior_seconds + time.perf_counter() - t0
         train_seconds += time.perf_counter() - t0
         train_images += (len(batches) - first) * batch_size * accum
-        val_loss, val_recall = validate(ctx, val_data, batch_size * accum,
-                                        tcfg["val_max_images"])
+        # train.eval_every: validate every N epochs and always after the last one; the
+        # epochs between select nothing and count nothing towards patience.
+        validating = (epoch + 1) % tcfg["eval_every"] == 0 or epoch + 1 == tcfg["epochs"]
+        val_loss, val_recall = (validate(ctx, val_data, batch_size * accum,
+                                         tcfg["val_max_images"]) if validating
+                                else (math.nan, math.nan))
         row = {
             "epoch": epoch + 1,
             "train_loss": sum(losses) / len(losses) if losses else math.nan,
@@ -390,15 +401,16 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
                  row["train_loss"], val_loss, val_recall, row["temperature"],
                  row["images_per_s"])
         score = sign * row[column]
-        if score > best["score"] + tcfg["min_delta"]:
+        if validating and score > best["score"] + tcfg["min_delta"]:
             best = {"val_loss": val_loss, "epoch": epoch + 1, "state": current, "score": score}
             prog["bad_epochs"] = 0
-        else:
+        elif validating:
             prog["bad_epochs"] += 1
-        if tcfg["patience"] and prog["bad_epochs"] >= tcfg["patience"]:
+        if validating and tcfg["patience"] and prog["bad_epochs"] >= tcfg["patience"]:
             prog["stopped"] = True
-            log.info("early stopping after epoch %d: %s did not improve for %d epochs (best "
-                     "epoch %d)", epoch + 1, tcfg["monitor"], prog["bad_epochs"], best["epoch"])
+            log.info("early stopping after epoch %d: %s did not improve for %d validations "
+                     "(best epoch %d)", epoch + 1, tcfg["monitor"], prog["bad_epochs"],
+                     best["epoch"])
         last_epoch = epoch + 1 == tcfg["epochs"] or prog["stopped"]
         if (last_epoch or (epoch + 1) % tcfg["checkpoint_every_epochs"] == 0) and dist_ctx.is_main:
             _save_state(state_path, model, optimizer, scheduler, scaler, epoch + 1, history,
