@@ -161,20 +161,20 @@ def test_one_seed_is_the_default_and_keeps_single_run_names(demo):
 
 
 def test_seeds_make_one_run_per_seed_and_leave_the_primary_unchanged(demo):
-    single = resolve_variant(load_config(demo), "bn_head")
-    demo["variants"]["bn_head"]["train"] = {"seeds": [0, 3, 1]}
+    single = resolve_variant(load_config(demo), "bn")
+    demo["variants"]["bn"]["train"] = {"seeds": [0, 3, 1]}
     cfg = load_config(demo)
     runs = run_names(cfg)
-    assert runs["bn_head"] == ["bn_head", "bn_head/seed3", "bn_head/seed1"]
+    assert runs["bn"] == ["bn", "bn/seed3", "bn/seed1"]
     assert runs["baseline"] == ["baseline"] and runs["untrained"] == ["untrained"]
     # Adding seeds never changes (so never reruns) the primary run's resolved config.
-    assert canonical_json(resolve_run(cfg, "bn_head")) == canonical_json(single)
-    replicate = resolve_run(cfg, "bn_head/seed3")
-    assert replicate["train"]["seed"] == 3 and replicate["name"] == "bn_head/seed3"
+    assert canonical_json(resolve_run(cfg, "bn")) == canonical_json(single)
+    replicate = resolve_run(cfg, "bn/seed3")
+    assert replicate["train"]["seed"] == 3 and replicate["name"] == "bn/seed3"
     assert {k: v for k, v in replicate["train"].items() if k != "seed"} == {
         k: v for k, v in single["train"].items() if k != "seed"}
-    with pytest.raises(ConfigError, match="unknown run 'bn_head/seed7'"):
-        resolve_run(cfg, "bn_head/seed7")
+    with pytest.raises(ConfigError, match="unknown run 'bn/seed7'"):
+        resolve_run(cfg, "bn/seed7")
 
 
 def test_seed_conflicting_with_seeds_is_an_error(demo):
@@ -200,5 +200,5 @@ def test_bad_bootstrap_settings_are_rejected(demo, key, value):
 
 
 def test_bootstrap_is_shared_not_per_variant(demo):
-    demo["variants"]["bn_head"]["bootstrap"] = {"resamples": 500}
+    demo["variants"]["bn"]["bootstrap"] = {"resamples": 500}
     assert "'bootstrap'" in _error(demo)
