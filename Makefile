@@ -53,6 +53,8 @@ bench: venv
 	$(BIN)/python benchmarks/bench_train_epoch.py
 	$(BIN)/python benchmarks/bench_rerun.py
 	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_batch_loader.py
+	$(BIN)/python benchmarks/bench_grad_sync.py
 
 print-venv:
 	@echo $(VENV)

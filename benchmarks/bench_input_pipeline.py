@@ -9,11 +9,11 @@ then delivers training batches (float, CLIP-normalised, NCHW, ``--size`` px) two
 * reference (the course notebooks): an ImageFolder-like Dataset that opens each JPEG
   with PIL every epoch, Resize + CenterCrop + ToTensor + Normalize, through a
   torch DataLoader with ``--threads`` worker processes;
-* cliptune: the image cache (decoded once, shorter side resized to size*8/7 for crop
-  room, uint8 NHWC memmap), PairData.fetch (one fancy-index read per batch) through
-  BatchLoader (prefetch thread, settings from the rule's threads) with a batched
-  random crop + flip on uint8 and the uint8 -> float normalisation in that thread:
-  more work per image than the reference, which does no augmentation.
+* cliptune: the image cache (decoded once at the training size, uint8 NHWC memmap),
+  PairData.fetch (one fancy-index read per batch) through BatchLoader (prefetch
+  thread, settings from the rule's threads), then the uint8 -> float normalisation
+  (PixelNormalize) as training does with its default ``train.augment.enabled: false``
+  (with augmentation on, ``augment_images`` adds its warp on the training device).
 
 Both run in this process on the same files; the one-time cache build is reported too.
 """
@@ -81,34 +81,21 @@ def reference_epoch(files, size, batch_size, workers, seed) -> tuple[float, int]
 
 
 def cliptune_epoch(data, size, batch_size, threads, seed, prefetch=True) -> tuple[float, int]:
-    from cliptune.data.batch_loader import (
-        BatchLoader,
-        loader_settings,
-        normalize_nhwc,
-        random_crop_flip,
-    )
+    """What training does by default (train.augment off): BatchLoader fetches the next
+    planned batch from the memmap in a background thread; the consumer turns uint8 NHWC
+    into normalised float NCHW with PixelNormalize, the model's own first op."""
+    from cliptune.data.batch_loader import BatchLoader, loader_settings
     from cliptune.data.pairs import plan_epoch
-    from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD
+    from cliptune.models.image_tower import PixelNormalize
 
-    cpu = torch.device("cpu")
-    g = torch.Generator().manual_seed(seed)
-
-    settings = loader_settings(threads, cpu)
-    # Reused output buffers: a batch is handed out while `prefetch` more are being filled.
-    ring = [torch.empty(batch_size, size, size, 3) for _ in range(settings.prefetch + 2)]
-    step = iter(range(10**9))
-
-    def fetch(rows):  # what a CPU training job gets; on a GPU crop+normalise run there
-        images, _text = data.fetch(rows)
-        buf = ring[next(step) % len(ring)]
-        return normalize_nhwc(random_crop_flip(images, size, generator=g), CLIP_MEAN, CLIP_STD,
-                              out=buf)
-
+    norm = PixelNormalize()
+    settings = loader_settings(threads, torch.device("cpu"))
     n, t0 = 0, time.perf_counter()
     plan = plan_epoch(data, batch_size, "one_caption_per_image", seed, 0)
-    loader = (BatchLoader.from_settings(fetch, plan, settings) if prefetch
-              else BatchLoader(fetch, plan, workers=0, prefetch=0))
-    for x in loader:
+    loader = (BatchLoader.from_settings(data.fetch, plan, settings) if prefetch
+              else BatchLoader(data.fetch, plan, workers=0, prefetch=0))
+    for images, _text in loader:
+        x = norm.from_uint8(images)
         assert x.dtype == torch.float32 and x.shape[1:] == (3, size, size)
         n += x.shape[0]
     return time.perf_counter() - t0, n
@@ -149,7 +136,7 @@ def main(argv=None) -> int:
     print(f"{len(names)} JPEGs ready in {time.perf_counter() - t0:.1f}s", flush=True)
     files = [str(root / "jpeg" / f) for f in names]
     jpeg_kib = np.mean([os.path.getsize(f) for f in files]) / 1024
-    cache_size = round(args.size * 8 / 7)  # 256 for 224: room for random crops
+    cache_size = args.size  # the image cache is built at the training resolution
     data, build_s, cache_bytes = build_cache(root, names, cache_size, args.threads)
 
     # Interleave the methods so background load hits all of them alike.
@@ -180,8 +167,8 @@ def main(argv=None) -> int:
         "|---|---|---|---|",
         f"| reference: PIL Dataset + DataLoader({args.threads} workers) | decode JPEG, "
         f"Resize, CenterCrop, ToTensor, Normalize | {rate['reference']:.0f} | 1.0x |",
-        f"| cliptune cache, no prefetch | fetch from memmap, random crop + flip (uint8), "
-        f"normalise | {rate['cliptune_noprefetch']:.0f} | "
+        f"| cliptune cache, no prefetch | fetch from memmap, uint8 -> float normalise "
+        f"(PixelNormalize) | {rate['cliptune_noprefetch']:.0f} | "
         f"{rate['cliptune_noprefetch'] / rate['reference']:.1f}x |",
         f"| **cliptune cache + BatchLoader** | same, next batch fetched in a background thread "
         f"| **{rate['cliptune']:.0f}** | **{speedup:.1f}x** |",

@@ -32,7 +32,8 @@ from bench_common import command_line, header, load_average, write_result
 
 
 def demo_captions(n: int, seed: int = 0) -> list[str]:
-    from cliptune.data.demo_data import describe_scene, sample_scene
+    from cliptune.data.demo_captions import describe_scene
+    from cliptune.data.demo_scenes import sample_scene
 
     rng = np.random.default_rng(seed)
     out: list[str] = []

@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cliptune.data.batch_loader import (
-    BatchLoader,
-    loader_settings,
-    normalize_nhwc,
-    random_crop_flip,
-)
+from cliptune.data.batch_loader import BatchLoader, loader_settings
 
 
 def _plan(n_batches=9, batch=4):
@@ -118,43 +113,3 @@ def test_pairdata_fetch_through_the_loader_matches_direct_fetch():
         ref_img, ref_txt = data.fetch(rows)
         assert img.dtype == torch.uint8 and torch.equal(img, ref_img)
         assert torch.equal(txt, ref_txt)
-
-
-def test_random_crop_flip_takes_real_crops():
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (16, 10, 12, 3), dtype=torch.uint8)
-    out = random_crop_flip(images, 8, generator=g)
-    assert out.shape == (16, 8, 8, 3) and out.dtype == torch.uint8
-    flips = 0
-    for img, crop in zip(images, out, strict=True):
-        found = False
-        for top in range(3):
-            for left in range(5):
-                window = img[top:top + 8, left:left + 8]
-                if torch.equal(window, crop):
-                    found = True
-                elif torch.equal(window.flip(1), crop):
-                    found, flips = True, flips + 1
-        assert found
-    assert 0 < flips < 16
-    again = random_crop_flip(images, 8, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(out, again)
-    with pytest.raises(ValueError, match="larger than the cached images"):
-        random_crop_flip(images, 11)
-
-
-def test_normalize_nhwc_matches_the_reference_arithmetic():
-    from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD
-
-    images = torch.randint(0, 256, (3, 5, 6, 3), dtype=torch.uint8)
-    out = normalize_nhwc(images, CLIP_MEAN, CLIP_STD)
-    ref = (images.permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-           ) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    assert out.shape == (3, 3, 5, 6) and out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    buf = torch.empty(3, 5, 6, 3)
-    again = normalize_nhwc(images, CLIP_MEAN, CLIP_STD, out=buf)
-    assert again.data_ptr() == buf.data_ptr()
-    torch.testing.assert_close(again, ref, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="does not fit"):
-        normalize_nhwc(images, CLIP_MEAN, CLIP_STD, out=torch.empty(2, 5, 6, 3))

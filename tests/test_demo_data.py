@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cliptune.data import demo_captions, demo_scenes
 from cliptune.data import demo_data as dd
 
 SMALL = {"train_images": 20, "val_images": 10, "image_size": 64}
@@ -115,7 +116,7 @@ def test_cli_defaults_are_the_config_defaults():
 
 
 def _nearest_colour(rgb) -> str:
-    return min(dd.COLOURS, key=lambda c: np.linalg.norm(np.subtract(dd.COLOURS[c], rgb)))
+    return min(demo_scenes.COLOURS, key=lambda c: np.linalg.norm(np.subtract(demo_scenes.COLOURS[c], rgb)))
 
 
 def _cell_centre(cell: int, size: int) -> tuple[int, int]:
@@ -123,13 +124,13 @@ def _cell_centre(cell: int, size: int) -> tuple[int, int]:
     return int((col + 0.5) * size / 3), int((row + 0.5) * size / 3)
 
 
-@pytest.mark.parametrize("colour", list(dd.COLOURS))
+@pytest.mark.parametrize("colour", list(demo_scenes.COLOURS))
 def test_rendered_colour_and_position(colour):
-    bg = next(b for b, ok in dd._ALLOWED_COLOURS.items() if colour in ok)
+    bg = next(b for b, ok in demo_scenes._ALLOWED_COLOURS.items() if colour in ok)
     for cell in range(9):
-        shape = dd.ShapeSpec("square", colour, "large", "solid", cell)
-        px = np.asarray(dd.render_scene(dd.SceneSpec(bg, (shape,)), 48)).astype(int)
-        bg_dist = np.linalg.norm(px - dd.BACKGROUNDS[bg], axis=-1)
+        shape = demo_scenes.ShapeSpec("square", colour, "large", "solid", cell)
+        px = np.asarray(demo_scenes.render_scene(demo_scenes.SceneSpec(bg, (shape,)), 48)).astype(int)
+        bg_dist = np.linalg.norm(px - demo_scenes.BACKGROUNDS[bg], axis=-1)
         ys, xs = np.nonzero(bg_dist > 60)
         # The shape's pixels are the requested colour and sit in the requested cell.
         assert 3 * int(ys.mean() * 3 // 48) + int(xs.mean() * 3 // 48) == cell
@@ -137,22 +138,22 @@ def test_rendered_colour_and_position(colour):
         assert _nearest_colour(px[cy - 2 : cy + 3, cx - 2 : cx + 3].mean((0, 1))) == colour
 
 
-@pytest.mark.parametrize("texture", dd.TEXTURES)
+@pytest.mark.parametrize("texture", demo_scenes.TEXTURES)
 def test_red_shape_pixels_are_red(texture):
-    scene = dd.SceneSpec("grey", (dd.ShapeSpec("circle", "red", "large", texture, 4),))
-    px = np.asarray(dd.render_scene(scene, 64)).astype(int)
+    scene = demo_scenes.SceneSpec("grey", (demo_scenes.ShapeSpec("circle", "red", "large", texture, 4),))
+    px = np.asarray(demo_scenes.render_scene(scene, 64)).astype(int)
     yy, xx = np.mgrid[0:64, 0:64]
     inside = (yy - 32) ** 2 + (xx - 32) ** 2 <= 7**2  # circle radius is ~9.6 px
     r, g, b = (px[..., i][inside] for i in range(3))
     assert (r > g + 60).mean() > 0.95 and (r > b + 60).mean() > 0.95
     outside = (yy - 32) ** 2 + (xx - 32) ** 2 >= 12**2
-    assert np.abs(px[outside] - dd.BACKGROUNDS["grey"]).max() <= 4
+    assert np.abs(px[outside] - demo_scenes.BACKGROUNDS["grey"]).max() <= 4
 
 
 def test_textures_differ():
     def render(texture):
-        shape = dd.ShapeSpec("square", "blue", "large", texture, 4)
-        return np.asarray(dd.render_scene(dd.SceneSpec("sand", (shape,)), 64)).astype(int)
+        shape = demo_scenes.ShapeSpec("square", "blue", "large", texture, 4)
+        return np.asarray(demo_scenes.render_scene(demo_scenes.SceneSpec("sand", (shape,)), 64)).astype(int)
 
     solid, striped, dotted = render("solid"), render("striped"), render("dotted")
     patch = np.s_[26:38, 26:38]
@@ -163,14 +164,14 @@ def test_textures_differ():
     assert np.abs(striped[patch] - dotted[patch]).mean() > 10
 
 
-_COLOUR_RE = re.compile(r"\b(" + "|".join(w for ws in dd._COLOUR_WORDS.values() for w in ws) + r")\b")
+_COLOUR_RE = re.compile(r"\b(" + "|".join(w for ws in demo_captions._COLOUR_WORDS.values() for w in ws) + r")\b")
 _SHAPE_RE = re.compile(
-    r"\b(" + "|".join(sorted((w for ws in dd._SHAPE_WORDS.values() for w in ws), key=len,
+    r"\b(" + "|".join(sorted((w for ws in demo_captions._SHAPE_WORDS.values() for w in ws), key=len,
                              reverse=True)) + r")\b"  # fmt: skip
 )
-_BG_RE = re.compile("|".join(sorted((w for ws in dd._BACKGROUND_WORDS.values() for w in ws),
+_BG_RE = re.compile("|".join(sorted((w for ws in demo_captions._BACKGROUND_WORDS.values() for w in ws),
                                     key=len, reverse=True)))  # fmt: skip
-_WORD_TO = {w: k for k, ws in {**dd._COLOUR_WORDS, **dd._SHAPE_WORDS}.items() for w in ws}
+_WORD_TO = {w: k for k, ws in {**demo_captions._COLOUR_WORDS, **demo_captions._SHAPE_WORDS}.items() for w in ws}
 
 
 def test_captions_match_scene(small_dataset):
@@ -186,7 +187,7 @@ def test_captions_match_scene(small_dataset):
         mentioned_c, mentioned_s = set(), set()
         for cap in caps[img["id"]]:
             bg_words = _BG_RE.findall(cap)
-            assert all(w in dd._BACKGROUND_WORDS[scene.background] for w in bg_words), cap
+            assert all(w in demo_captions._BACKGROUND_WORDS[scene.background] for w in bg_words), cap
             body = _BG_RE.sub("", cap)
             c = {_WORD_TO[w] for w in _COLOUR_RE.findall(body)}
             s = {_WORD_TO[w] for w in _SHAPE_RE.findall(body)}
@@ -208,16 +209,16 @@ def test_captions_match_scene(small_dataset):
 
 
 def test_colours_contrast_with_background():
-    for bg, allowed in dd._ALLOWED_COLOURS.items():
+    for bg, allowed in demo_scenes._ALLOWED_COLOURS.items():
         assert len(allowed) >= 6
         for c in allowed:
-            assert np.linalg.norm(np.subtract(dd.COLOURS[c], dd.BACKGROUNDS[bg])) >= 100
+            assert np.linalg.norm(np.subtract(demo_scenes.COLOURS[c], demo_scenes.BACKGROUNDS[bg])) >= 100
 
 
 def test_describe_scene_distinct_for_many_captions():
     rng = np.random.default_rng(0)
-    scene = dd.sample_scene(rng, 3)
-    caps = dd.describe_scene(scene, rng, 12)
+    scene = demo_scenes.sample_scene(rng, 3)
+    caps = demo_captions.describe_scene(scene, rng, 12)
     assert len(set(caps)) == 12
 
 
@@ -232,10 +233,10 @@ def test_diversity(tmp_path):
     scenes = [dd.scene_for_image("train", i, seed=0) for i in range(200)]
     assert len({key(s) for s in scenes}) > 190
     assert {len(s.shapes) for s in scenes} == {1, 2, 3}
-    assert {s.background for s in scenes} == set(dd.BACKGROUNDS)
+    assert {s.background for s in scenes} == set(demo_scenes.BACKGROUNDS)
     shapes = list(itertools.chain.from_iterable(s.shapes for s in scenes))
-    assert {s.shape for s in shapes} == set(dd.SHAPES)
-    assert {s.texture for s in shapes} == set(dd.TEXTURES)
+    assert {s.shape for s in shapes} == set(demo_scenes.SHAPES)
+    assert {s.texture for s in shapes} == set(demo_scenes.TEXTURES)
     assert {s.cell for s in shapes} == set(range(9))
 
     dd.generate_demo_dataset(tmp_path, train_images=200, val_images=0, image_size=32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import numpy as np
 import pandas as pd
@@ -111,6 +112,22 @@ def test_freezing_keeps_frozen_batchnorm_statistics():
         ImageEncoder(deep_merge(cfg, {"freeze_backbone": True}), 16, 32)
 
 
+def test_trunk_bn_eval_keeps_every_trunk_statistic_while_the_trunk_trains():
+    from cliptune.models.image_tower import ImageEncoder
+
+    cfg = deep_merge(tiny_variant()["model"], {"trunk_bn_eval": True})
+    enc = ImageEncoder(cfg, 16, 32).train()
+    bns = [m for m in enc.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert all(m.weight.requires_grad for m in bns)  # affine weights still train
+    before = [m.running_mean.clone() for m in bns]
+    enc(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))
+    assert bns[0].weight.grad is not None
+    plain = ImageEncoder(deep_merge(cfg, {"trunk_bn_eval": False}), 16, 32).train()
+    assert all(m.training for m in plain.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_accumulation_gives_the_full_batch_gradient(pairs):
     from cliptune.models.factory import build_model
     from cliptune.training.step import StepContext, accumulated_backward, prepare
@@ -127,12 +144,16 @@ def test_accumulation_gives_the_full_batch_gradient(pairs):
         model.zero_grad()
         micro = [prepare(ctx, pairs[0], rows[c], images[c], text[c], train=False)
                  for c in chunks]
-        loss = accumulated_backward(ctx, micro, scaler)
+        loss, accuracy = accumulated_backward(ctx, micro, scaler)
+        grads.accuracy = accuracy
         return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     full_loss, full = grads([slice(0, 8)])
+    full_accuracy = grads.accuracy
     acc_loss, acc = grads([slice(0, 4), slice(4, 8)])
     assert torch.isclose(full_loss, acc_loss, atol=1e-5)
+    # in-batch accuracy is over the whole accumulated batch, both ways
+    assert torch.equal(full_accuracy, grads.accuracy) and full_accuracy.shape == (2,)
     assert full.keys() == acc.keys() and "logit_scale" in full
     for name in full:
         assert torch.allclose(full[name], acc[name], atol=1e-5, rtol=1e-4), name
@@ -204,9 +225,21 @@ def test_repeated_divergence_fails_naming_cause_and_epoch(pairs, tmp_path, monke
 
     _nan_for(10**6, monkeypatch)
     v = variant(train={"max_nonfinite_steps": 1, "divergence": {"max_restarts": 2}})
-    with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave up "
-                                              r"after 2 restarts"):
-        train(v, pairs, tmp_path)
+
+    def caller_handler(signum, frame):  # what the process had before training
+        raise AssertionError("never called")
+
+    previous = {s: signal.signal(s, caller_handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with pytest.raises(DivergenceError, match=r"epoch 1 \(2 steps with NaN/Inf loss; gave "
+                                                  r"up after 2 restarts"):
+            train(v, pairs, tmp_path)
+        # The preemption guard is gone: an HPO process running its next trial (or anything
+        # else) gets its own SIGTERM/SIGUSR1 handling back.
+        assert all(signal.getsignal(s) is caller_handler for s in previous)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     assert not (tmp_path / "ckpt" / "state.pt").exists()  # never a NaN checkpoint
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
@@ -284,6 +317,9 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
     report = json.loads((tmp_path / "b" / "out" / "train_report.json").read_text())
     assert report["epochs_run"] == 2
+    # steps.csv (an output) keeps every optimiser step across the resume, exactly once.
+    out_steps = pd.read_csv(tmp_path / "b" / "out" / "steps.csv")
+    assert out_steps["step"].tolist() == [1, 2, 3, 4] and out_steps["epoch"].tolist() == [1, 1, 2, 2]
     assert report["selected_on"] == {"split": "select", "images": pairs[1].n_images,
                                      "monitor": "val_loss"}
 
@@ -308,10 +344,79 @@ def test_train_report_lists_resnet_parameter_groups(pairs, tmp_path):
     assert sum(g["parameters"] for g in groups.values()) == report["trainable_parameters"]
 
 
+def test_state_with_another_optimizer_layout_is_not_resumed(pairs, tmp_path, caplog):
+    """A resume state whose optimiser groups differ from today's (e.g. written before the
+    groups were named by role) starts fresh instead of failing inside torch."""
+    v = variant(model={"freeze_backbone": True}, train={"batch_size": 16})
+    train(v, pairs, tmp_path, write_outputs=False)
+    path = tmp_path / "ckpt" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group.pop("name")
+    torch.save(state, path)
+    with caplog.at_level("WARNING"):  # same config: only the layout differs
+        result = train(v, pairs, tmp_path, write_outputs=False)
+    assert "optimiser layout" in caplog.text and len(result["history"]) == 1
+    restored = torch.load(path, weights_only=True)["optimizer"]["param_groups"]
+    assert all("name" in g for g in restored)  # trained afresh, saved in today's layout
+
+
 def test_batch_larger_than_data_is_a_clear_error(pairs, tmp_path):
     v = variant(train={"batch_size": 16, "accum_steps": 4})
     with pytest.raises(ValueError, match="batch_size x accum_steps = 64"):
         train(v, pairs, tmp_path)
+
+
+def test_in_batch_accuracy_both_ways():
+    from cliptune.training.step import in_batch_accuracy
+
+    img = torch.eye(3)
+    txt = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.9, 0.0, 0.1]])
+    # every image's best caption is its own (image 2: 0.1 beats 0), but caption 2's best
+    # image is image 0 (0.9 > 0.1): image->text 3/3, text->image 2/3
+    assert in_batch_accuracy(img, txt).tolist() == pytest.approx([1.0, 2 / 3])
+
+
+def test_history_steps_and_report_carry_accuracy_and_hardware(pairs, tmp_path):
+    v = variant(model={"freeze_backbone": True},
+                train={"epochs": 2, "batch_size": 8, "warmup_steps": 3, "lr": 1e-3,
+                       "tensorboard": True})
+    train(v, pairs, tmp_path, log_dir=tmp_path / "logs")
+    hist = pd.read_csv(tmp_path / "out" / "history.csv")
+    acc_cols = ["train_acc_i2t", "train_acc_t2i", "val_acc_i2t", "val_acc_t2i"]
+    assert set(acc_cols) <= set(hist.columns) and len(hist) == 2
+    assert ((hist[acc_cols] >= 0) & (hist[acc_cols] <= 100)).all().all()
+    assert (hist["grad_norm_min"] <= hist["grad_norm"]).all()
+    assert (hist["grad_norm"] <= hist["grad_norm_max"]).all()
+    steps = pd.read_csv(tmp_path / "out" / "steps.csv")
+    assert steps["step"].tolist() == list(range(1, 9))  # 32 images / 8 = 4 steps x 2 epochs
+    # the learning rate each step used: linear warmup over 3 steps, then cosine decay
+    assert steps["lr"].iloc[:3].tolist() == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert steps["lr"].iloc[3] == pytest.approx(1e-3) and steps["lr"].iloc[4] < 1e-3
+    train_acc = steps.groupby("epoch")[["acc_i2t", "acc_t2i"]].mean()
+    assert train_acc.to_numpy() == pytest.approx(hist[acc_cols[:2]].to_numpy())
+    report = json.loads((tmp_path / "out" / "train_report.json").read_text())
+    hw = report["hardware"]
+    assert hw["kind"] == "cpu" and hw["cpu"] and hw["torch_threads"] >= 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "logs" / "tensorboard"))
+    events.Reload()
+    assert {f"epoch/{c}" for c in acc_cols} <= set(events.Tags()["scalars"])
+
+
+def test_hardware_info_on_cuda_reports_gpu_and_peak_memory(monkeypatch):
+    from cliptune.runtime import hardware_info
+
+    class Props:
+        name, total_memory = "NVIDIA H200", 140 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**30)
+    hw = hardware_info(torch.device("cuda", 0))
+    assert hw == {"kind": "cuda", "gpu": "NVIDIA H200", "gpu_count": 1,
+                  "gpu_memory_gb": 140.0, "peak_gpu_memory_gb": 3.0}
 
 
 def test_log_opens_with_device_steps_and_batch_plan(pairs, tmp_path, caplog):

@@ -88,21 +88,14 @@ def text_embeddings(smk) -> None:
 
 
 def _pairs(smk, prefix: str):
-    from cliptune.data.pairs import PairData
+    """One split from the rule's named inputs (trunk features when the rule has them)."""
+    from cliptune.data.feature_cache import load_split
 
-    return PairData.load(Path(smk.input[f"{prefix}_captions"]), Path(smk.input[f"{prefix}_text"]),
-                         Path(smk.input[f"{prefix}_array"]), Path(smk.input[f"{prefix}_index"]))
+    return load_split(_named_inputs(smk), prefix)
 
 
-def _train_pairs(smk, prefix: str):
-    """Pairs for training; cached trunk features replace pixels when the rule got them."""
-    pairs = _pairs(smk, prefix)
-    features = getattr(smk.input, f"{prefix}_features", None)
-    if features is None:
-        return pairs
-    from cliptune.data.feature_cache import with_features
-
-    return with_features(pairs, Path(features), Path(smk.input[f"{prefix}_features_meta"]))
+def _named_inputs(smk) -> dict[str, str]:
+    return {k: str(smk.input[k]) for k in smk.input.keys()}  # noqa: SIM118 (Namedlist)
 
 
 def backbone_features(smk) -> None:
@@ -124,19 +117,18 @@ def train(smk) -> None:
     if world_size(variant["train"]) > 1:  # train.devices/nodes: torchrun workers
         devices, nodes = variant["train"]["devices"], variant["train"]["nodes"]
         state = Path(smk.params.state)
-        inputs = {k: str(smk.input[k]) for k in smk.input.keys()}  # noqa: SIM118 (Namedlist)
-        spec = {"variant": variant, "inputs": inputs, "out_dir": str(out_dir),
+        spec = {"variant": variant, "inputs": _named_inputs(smk), "out_dir": str(out_dir),
                 "state": str(state), "log": str(smk.log[0]) if smk.log else None,
                 "threads": max(1, smk.threads // devices)}
         launch(spec, state.with_name("launch.json"), devices, nodes)
     else:
         # Per-step / per-epoch CSV and TensorBoard logs: logs/{DS}/train/{variant}/ (not outputs).
         log_dir = Path(str(smk.log[0])).with_suffix("") if smk.log else None
-        train_variant(variant, _train_pairs(smk, "train"), _train_pairs(smk, "val"), out_dir,
+        train_variant(variant, _pairs(smk, "train"), _pairs(smk, "val"), out_dir,
                       Path(smk.params.state), log_dir=log_dir)
     # Drawn here, not in the trainer: training never imports reporting.
     plot_loss_curves(pd.read_csv(smk.output.history), Path(smk.output.curves),
-                     title=variant["name"])
+                     title=variant["name"], steps=pd.read_csv(smk.output.steps))
 
 
 def hpo(smk) -> None:

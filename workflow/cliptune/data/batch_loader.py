@@ -1,4 +1,4 @@
-"""Prefetching batch iterator over planned index batches, and batched uint8 augmentation.
+"""Prefetching batch iterator over planned index batches.
 
 A torch DataLoader calls ``__getitem__`` once per sample in Python and collates
 afterwards; with the image cache a whole batch is one fancy-index read of a
@@ -7,6 +7,12 @@ copy). ``BatchLoader`` runs ``fetch(rows)`` for the next few planned batches
 in background threads (NumPy copies and torch ops release the GIL), pins the
 result when training on CUDA, and yields batches in plan order. Worker errors
 are re-raised in the consumer; closing or abandoning the iterator stops them.
+
+Kept over ``torch.utils.data.DataLoader`` by measurement
+(benchmarks/results/batch_loader.md: same memmap, same plan, same prefetch and
+pinning): a DataLoader with worker processes pickles every batch through shared
+memory and, rebuilt per epoch as the plan changes, restarts its workers; it was
+about half as fast, and with persistent workers no faster than these threads.
 """
 
 from __future__ import annotations
@@ -151,55 +157,3 @@ class BatchLoader:
         for t in self._threads:
             t.join()
         self._threads = []
-
-
-def random_crop_flip(images: torch.Tensor, size: int, generator: torch.Generator | None = None,
-                     flip: bool = True) -> torch.Tensor:
-    """Random ``size``×``size`` crop (and horizontal flip) of every image of a uint8 NHWC batch.
-
-    Two batched gathers, no per-sample Python, on whatever device ``images``
-    lives: whole rows first (contiguous copies), then each image's columns as
-    byte offsets within its rows. The cache is stored a little larger than the
-    training size so crops have room.
-    """
-    if images.ndim != 4:
-        raise ValueError(f"expected an N×H×W×C batch, got shape {tuple(images.shape)}")
-    n, h, w, c = images.shape
-    if size > min(h, w):
-        raise ValueError(f"crop size {size} is larger than the cached images ({h}×{w}); "
-                         "build the image cache at least at the training size")
-    dev = images.device
-    top = torch.randint(0, h - size + 1, (n,), generator=generator)
-    left = torch.randint(0, w - size + 1, (n,), generator=generator)
-    ar = torch.arange(size)
-    rows = images[torch.arange(n, device=dev)[:, None], (top[:, None] + ar).to(dev)]
-    pix = left[:, None] + ar  # n × size source columns
-    if flip:
-        flipped = torch.rand(n, generator=generator) < 0.5
-        pix = torch.where(flipped[:, None], pix.flip(1), pix)
-    byte = (pix[:, :, None] * c + torch.arange(c)).reshape(n, 1, size * c).to(dev)
-    out = torch.gather(rows.reshape(n, size, w * c), 2, byte.expand(n, size, size * c))
-    return out.view(n, size, size, c)
-
-
-def normalize_nhwc(images: torch.Tensor, mean, std, device=None,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 NHWC -> float ``(x / 255 - mean) / std`` as an NCHW channels_last view.
-
-    Stays in NHWC with the per-channel constants tiled along each image row, so
-    the fused multiply-add runs over long contiguous rows. ``out`` (a reused
-    float NHWC buffer) avoids faulting in fresh pages for every batch, which on
-    a CPU costs more than the arithmetic.
-    """
-    x = images.to(device or images.device, non_blocking=True)
-    n, h, w, c = x.shape
-    if out is None:
-        out = torch.empty((n, h, w, c), dtype=torch.float32, device=x.device)
-    elif out.shape != x.shape or not out.is_contiguous():
-        raise ValueError(f"out buffer {tuple(out.shape)} does not fit batch {tuple(x.shape)}")
-    std_t = torch.as_tensor(std, dtype=out.dtype, device=out.device)
-    scale = (1.0 / (255.0 * std_t)).repeat(w)
-    shift = (-torch.as_tensor(mean, dtype=out.dtype, device=out.device) / std_t).repeat(w)
-    rows = out.copy_(x).view(n, h, w * c)
-    torch.addcmul(shift, rows, scale, out=rows)
-    return out.permute(0, 3, 1, 2)

@@ -16,6 +16,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import http.client
 import logging
@@ -168,14 +169,36 @@ def _fetch_once(
         offset = 0
     if size is not None and offset == size:
         return  # already complete; verification decides whether it is good
+    response = _open(url, part, offset, timeout)
+    if response is None:
+        return
+    with response:
+        mode, offset = _write_mode(response, part, offset, url)
+        length_hdr = response.headers.get("Content-Length")
+        length = int(length_hdr) if length_hdr and length_hdr.isdigit() else None
+        total = offset + length if length is not None else size
+        if size is not None and total is not None and total != size:
+            log.warning("server reports %d bytes for %s, expected %d", total, url, size)
+        bar = _progress_bar(total, offset, desc, progress)
+        try:
+            received = _stream(response, part, mode, chunk_size, bar)
+        finally:
+            bar.close()
+        # http.client returns b"" instead of raising when the peer closes early.
+        if length is not None and received < length:
+            raise _Retryable(f"connection closed after {received} of {length} bytes")
 
+
+def _open(url: str, part: Path, offset: int, timeout: float):
+    """The response of a (Range) request from ``offset``, or None when a 416 says the
+    ``.part`` is already complete."""
     # identity encoding: byte offsets in Range must refer to the stored file.
     headers = {"User-Agent": "cliptune-download/1", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         err.close()
         if err.code == 416 and offset:
@@ -185,52 +208,43 @@ def _fetch_once(
             if m and int(m.group(1)) != offset:
                 part.unlink(missing_ok=True)
                 raise _Retryable(f"HTTP 416 with total {m.group(1)} != local {offset}") from err
-            return
+            return None
         if err.code >= 500 or err.code in (408, 429):
             raise _Retryable(f"HTTP {err.code} {err.reason}") from err
         raise DownloadError(f"HTTP {err.code} {err.reason} for {url}") from err
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         raise _Retryable(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from err
 
-    with response:
-        mode = "wb"
-        if offset and response.status == 206:
-            m = _CONTENT_RANGE.match(response.headers.get("Content-Range", "") or "")
-            if not m or int(m.group(1)) != offset:
-                # A range we did not ask for; appending it would corrupt the file.
-                part.unlink(missing_ok=True)
-                raise _Retryable(f"unexpected Content-Range {m and m.group(0)!r}")
-            mode = "ab"
-        elif offset:
-            log.info("server ignored the Range request for %s; restarting from zero", url)
-            offset = 0
 
-        length_hdr = response.headers.get("Content-Length")
-        length = int(length_hdr) if length_hdr and length_hdr.isdigit() else None
-        total = offset + length if length is not None else size
-        if size is not None and total is not None and total != size:
-            log.warning("server reports %d bytes for %s, expected %d", total, url, size)
+def _write_mode(response, part: Path, offset: int, url: str) -> tuple[str, int]:
+    """("ab", offset) when the server honoured the Range request, else ("wb", 0)."""
+    if offset and response.status == 206:
+        m = _CONTENT_RANGE.match(response.headers.get("Content-Range", "") or "")
+        if not m or int(m.group(1)) != offset:
+            # A range we did not ask for; appending it would corrupt the file.
+            part.unlink(missing_ok=True)
+            raise _Retryable(f"unexpected Content-Range {m and m.group(0)!r}")
+        return "ab", offset
+    if offset:
+        log.info("server ignored the Range request for %s; restarting from zero", url)
+    return "wb", 0
 
-        received = 0
-        bar = _progress_bar(total, offset, desc, progress)
-        try:
-            with open(part, mode) as f:
-                while True:
-                    try:
-                        chunk = response.read(chunk_size)
-                    except (http.client.HTTPException, OSError) as err:
-                        # Bytes already written stay in .part so the retry resumes.
-                        raise _Retryable(f"{type(err).__name__}: {err}") from err
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-        finally:
-            bar.close()
-        # http.client returns b"" instead of raising when the peer closes early.
-        if length is not None and received < length:
-            raise _Retryable(f"connection closed after {received} of {length} bytes")
+
+def _stream(response, part: Path, mode: str, chunk_size: int, bar) -> int:
+    """Copy the body into ``part``; returns the bytes received."""
+    received = 0
+    with open(part, mode) as f:
+        while True:
+            try:
+                chunk = response.read(chunk_size)
+            except (http.client.HTTPException, OSError) as err:
+                # Bytes already written stay in .part so the retry resumes.
+                raise _Retryable(f"{type(err).__name__}: {err}") from err
+            if not chunk:
+                return received
+            f.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
 
 
 def download(
@@ -258,54 +272,12 @@ def download(
     part = _part_path(dest)
     if not (sha256 or md5):
         log.warning("no checksum given for %s: %s will be unverified", url, dest)
-
-    if dest.exists():
-        try:
-            verify_file(dest, sha256=sha256, md5=md5, size=size)
-        except DownloadError as err:
-            # A file under the final name that fails verification must not be used.
-            log.warning("existing %s failed verification (%s); downloading again", dest, err)
-            dest.unlink()
-        else:
-            log.info("%s already present and verified", dest)
-            return dest
-
+    if _already_there(dest, sha256=sha256, md5=md5, size=size):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    attempt = 0
-    while True:
-        try:
-            _fetch_once(
-                url,
-                part,
-                size=size,
-                timeout=timeout,
-                chunk_size=chunk_size,
-                progress=progress,
-                desc=dest.name,
-            )
-            break
-        except _Retryable as err:
-            if attempt >= retries:
-                kept = part.stat().st_size if part.exists() else 0
-                raise DownloadError(
-                    f"could not download {url} after {attempt + 1} attempt(s): {err}. "
-                    + (f"{kept} bytes are kept in {part}; re-run to resume. " if kept else "")
-                    + f"If this machine is offline or the host is unreachable, fetch the "
-                    f"file elsewhere and place it manually at {dest.resolve()} "
-                    f"(it is verified before use)."
-                ) from err
-            delay = min(backoff * 2**attempt, _MAX_BACKOFF)
-            log.warning(
-                "download of %s failed (%s); retry %d/%d in %.1fs",
-                url,
-                err,
-                attempt + 1,
-                retries,
-                delay,
-            )
-            time.sleep(delay)
-            attempt += 1
-
+    fetch = functools.partial(_fetch_once, url, part, size=size, timeout=timeout,
+                              chunk_size=chunk_size, progress=progress, desc=dest.name)
+    _with_retries(fetch, url, part, dest, retries, backoff)
     try:
         verify_file(part, sha256=sha256, md5=md5, size=size)
     except DownloadError as err:
@@ -320,6 +292,47 @@ def download(
     os.replace(part, dest)
     log.info("downloaded %s -> %s", url, dest)
     return dest
+
+
+def _already_there(dest: Path, **checks) -> bool:
+    """True when ``dest`` exists and verifies; a file that fails is deleted."""
+    if not dest.exists():
+        return False
+    try:
+        verify_file(dest, **checks)
+    except DownloadError as err:
+        # A file under the final name that fails verification must not be used.
+        log.warning("existing %s failed verification (%s); downloading again", dest, err)
+        dest.unlink()
+        return False
+    log.info("%s already present and verified", dest)
+    return True
+
+
+def _with_retries(fetch, url: str, part: Path, dest: Path, retries: int,
+                  backoff: float) -> None:
+    """Call ``fetch`` until it completes, sleeping with exponential backoff after each
+    transient failure; after ``retries`` retries, a DownloadError naming the way out."""
+    attempt = 0
+    while True:
+        try:
+            fetch()
+            return
+        except _Retryable as err:
+            if attempt >= retries:
+                kept = part.stat().st_size if part.exists() else 0
+                raise DownloadError(
+                    f"could not download {url} after {attempt + 1} attempt(s): {err}. "
+                    + (f"{kept} bytes are kept in {part}; re-run to resume. " if kept else "")
+                    + f"If this machine is offline or the host is unreachable, fetch the "
+                    f"file elsewhere and place it manually at {dest.resolve()} "
+                    f"(it is verified before use)."
+                ) from err
+            delay = min(backoff * 2**attempt, _MAX_BACKOFF)
+            log.warning("download of %s failed (%s); retry %d/%d in %.1fs", url, err,
+                        attempt + 1, retries, delay)
+            time.sleep(delay)
+            attempt += 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,12 @@ from cliptune.data.feature_keys import feature_key, feature_spec  # noqa: F401 -
 from cliptune.data.image_cache import open_cache
 from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, write_json
-from cliptune.models.image_tower import TRUNK_CHANNELS, build_trunk, input_stats
+from cliptune.models.image_tower import (
+    TRUNK_CHANNELS,
+    PixelNormalize,
+    build_trunk,
+    input_stats,
+)
 from cliptune.runtime import autocast_dtype, pick_device, progress, seed_everything, setup_logging
 
 log = logging.getLogger(__name__)
@@ -56,13 +61,6 @@ def build_spec_trunk(spec: Mapping) -> torch.nn.Module:
     return build_trunk(spec["backbone"], spec["weights"]).eval()
 
 
-def normalize_uint8(images: torch.Tensor, device, backbone: str) -> torch.Tensor:
-    """Same arithmetic as ImageEncoder.normalize_uint8, so features equal the pixel path's."""
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in input_stats(backbone))
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    return ((x / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
 @torch.inference_mode()
 def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out_array: Path,
                         out_meta: Path, batch_size: int = 128, device: str = "auto",
@@ -74,10 +72,10 @@ def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out
     trunk = build_spec_trunk(spec)
     fingerprint = trunk_fingerprint(trunk)
     trunk = trunk.to(dev, memory_format=torch.channels_last)
+    norm = PixelNormalize(*input_stats(spec["backbone"])).to(dev)
     n, size = pixels.shape[0], pixels.shape[1]
     with torch.autocast(dev.type, enabled=False):
-        probe = trunk(normalize_uint8(torch.zeros(1, size, size, 3, dtype=torch.uint8), dev,
-                                     spec["backbone"]))
+        probe = trunk(norm.from_uint8(torch.zeros(1, size, size, 3, dtype=torch.uint8)))
     shape = (n, probe.shape[1]) if spec["mode"] == "pooled" else (n, *probe.shape[1:])
     dtype = POOLED_DTYPE if spec["mode"] == "pooled" else MAP_DTYPE
     with atomic_path(out_array) as tmp:
@@ -86,7 +84,7 @@ def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out
                               disable=not show_progress, unit="batch"):
             batch = torch.from_numpy(np.array(pixels[start:start + batch_size]))  # writable copy
             with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                feats = trunk(normalize_uint8(batch, dev, spec["backbone"]))
+                feats = trunk(norm.from_uint8(batch))
             if spec["mode"] == "pooled":
                 feats = feats.float().mean(dim=(2, 3))  # == AdaptiveAvgPool2d(1) + Flatten
             out[start:start + len(batch)] = feats.float().cpu().numpy().astype(dtype)
@@ -125,6 +123,19 @@ def with_features(pairs: PairData, array: Path, meta_path: Path) -> FeaturePairD
     values = {f.name: getattr(pairs, f.name) for f in fields(PairData)}
     values["pixels"] = feats
     return FeaturePairData(**values, feature_meta=meta)
+
+
+def load_split(inputs: Mapping[str, str], prefix: str) -> PairData:
+    """PairData of one split from a rule's named inputs: ``{prefix}_captions``, ``_text``,
+    ``_array``, ``_index``; with ``{prefix}_features`` and ``_features_meta`` (fully
+    frozen variants) the cached trunk features replace the pixels. The one loader of the
+    single-process stages and the torchrun entry."""
+    pairs = PairData.load(*(Path(inputs[f"{prefix}_{k}"])
+                            for k in ("captions", "text", "array", "index")))
+    if f"{prefix}_features" not in inputs:
+        return pairs
+    return with_features(pairs, Path(inputs[f"{prefix}_features"]),
+                         Path(inputs[f"{prefix}_features_meta"]))
 
 
 def check_features_match(model: torch.nn.Module, *datasets: PairData) -> None:

@@ -3,7 +3,11 @@
 Archives come from the network, so a member name is untrusted input: absolute paths,
 ``..`` components, drive letters, links and device files could write outside the
 target or plant files that later writes follow. Every member is validated before
-anything is written, so a rejected archive leaves the file system untouched.
+anything is written, so a rejected archive leaves the file system untouched. The
+standard library does not cover this: ``zipfile`` silently rewrites unsafe names
+(drops ``..``, ``/`` and drive letters) instead of refusing them and writes a symlink
+member as a plain file, and ``tarfile``'s ``data`` filter refuses a bad member only
+when it reaches it, after earlier members are written.
 
 Extraction of the COCO zips takes minutes; a completion marker is written only after
 the last member is in place. A missing marker means an interrupted run, and the next
@@ -14,7 +18,6 @@ mtime means the work is done and the call returns at once.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
@@ -22,6 +25,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from cliptune.io_utils import write_json
 from cliptune.runtime import progress
 
 __all__ = ["UnsafeArchiveError", "safe_extract"]
@@ -164,7 +168,5 @@ def safe_extract(
     else:
         raise ValueError(f"{archive} is neither a zip nor a tar archive")
 
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({**stamp, "members": count}, indent=1) + "\n")
-    os.replace(tmp, marker)  # atomic: a crash never leaves a half-written marker
+    write_json(marker, {**stamp, "members": count})  # atomic: never a half-written marker
     return marker

@@ -19,9 +19,9 @@ Definitions follow CLIP_benchmark / LAVIS:
     ranking, i.e. min(K, R) hits at positions 1..min(K, R).
 
   Both are averaged over images and reported in percent like the recalls.
-* text->image has exactly one relevant image per caption, so with its rank r the same
-  definitions reduce to ``t2i_mAP@K`` = 1/r and ``t2i_NDCG@K`` = 1/log2(r + 1) when
-  r <= K, else 0 (averaged over captions, in percent).
+* ``t2i_mAP@K`` / ``t2i_NDCG@K``: the same definitions for text->image, where each
+  caption has exactly one relevant image (R = 1): AP@K = 1/rank and NDCG@K =
+  1/log2(rank + 1) when rank <= K, else 0; averaged over captions, in percent.
 
 **Ties** are resolved exactly and deterministically: candidates are ordered by descending
 score, equal scores by ascending candidate index (the order of a stable argsort of
@@ -45,14 +45,13 @@ float32; on CUDA everything runs on the device and only ranks come back to the C
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 
 from cliptune.config import DEFAULTS
-from cliptune.runtime import progress
+from cliptune.retrieval import blocked_topk, i2t_pass, t2i_pass
 
 __all__ = [
     "DEFAULT_KS",
@@ -170,195 +169,6 @@ def _resolve_device(device, default: torch.Tensor) -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------
-# blocked kernels
-# ---------------------------------------------------------------------------------------
-
-
-def _distinct_rows(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(distinct rows, inverse)`` with ``emb == distinct[inverse]``; inverse is None
-    when every row is distinct (no copy, no gather)."""
-    uniq, inverse = torch.unique(emb, dim=0, return_inverse=True)
-    if uniq.shape[0] == emb.shape[0]:
-        return emb, None
-    return uniq, inverse
-
-
-class _Scorer:
-    """Scores query blocks against all candidates so that identical candidate vectors get
-    bit-identical scores whatever the block shape: each distinct vector is one matmul
-    column, and its score is copied to its duplicates (exact by construction)."""
-
-    def __init__(self, candidates: torch.Tensor):
-        distinct, self.inverse = _distinct_rows(candidates)
-        self.cand_t = distinct.T
-
-    def __call__(self, queries: torch.Tensor) -> torch.Tensor:
-        sims = queries @ self.cand_t
-        if self.inverse is None:
-            return sims
-        return sims.index_select(1, self.inverse)
-
-
-# Below this magnitude a positive's score could differ from a competitor by a subnormal
-# amount, which flush-to-zero arithmetic would turn into a false tie; such rows are counted
-# with plain comparisons instead of the subtraction trick.
-_TINY = 2.0**-100
-
-
-def _count_ahead_(
-    sims: torch.Tensor, pos_score: torch.Tensor, pos_index: torch.Tensor
-) -> torch.Tensor:
-    """Per row: number of candidates ahead of candidate ``pos_index`` (score ``pos_score``)
-    under the order (score desc, index asc). Counting, not sorting: O(M) per row.
-
-    Overwrites ``sims`` (trailing underscore): with s = sign(sims - pos) in place,
-    sum(s) = #greater - #less and sum(|s|) = #greater + #less, so one scratch-free pass
-    yields both the count ahead and the number of ties. Summing +-1/0 in float is exact
-    while the row length is below 2**24 (float64 accumulation beyond).
-    """
-    n_rows, n_cand = sims.shape
-    col = torch.arange(n_cand, device=sims.device)
-    odd = (~torch.isfinite(pos_score) | (pos_score.abs() < _TINY)).nonzero().flatten()
-    if odd.numel():
-        s_odd, p_odd = sims[odd], pos_score[odd, None]
-        eq_odd = s_odd == p_odd
-        ahead_odd = (s_odd > p_odd).sum(dim=1)
-        ahead_odd += (eq_odd & (col[None, :] < pos_index[odd, None])).sum(dim=1)
-        del s_odd, eq_odd
-    acc = torch.float64 if n_cand >= 2**24 else None
-    sign = sims.sub_(pos_score[:, None]).sign_()
-    diff = sign.sum(dim=1, dtype=acc)
-    unequal = sign.abs_().sum(dim=1, dtype=acc)  # sign now holds 1 (unequal) or 0 (tie)
-    ahead = ((diff + unequal) / 2).long()
-    # Rows where other candidates share the positive's score need the index tie-break;
-    # with continuous embeddings that is (almost) never, so only those rows pay for it.
-    tied = (unequal < n_cand - 1).nonzero().flatten()
-    if tied.numel():
-        before = (sign[tied] == 0) & (col[None, :] < pos_index[tied, None])
-        ahead[tied] += before.sum(dim=1)
-    if odd.numel():
-        ahead[odd] = ahead_odd
-    return ahead
-
-
-def _exact_topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of every row under the order (score desc, index asc), k <= sims.shape[1].
-
-    ``torch.topk`` returns the right values but an unspecified choice among equal scores.
-    Its chosen *set* is still right unless a tie straddles the k-th place, which the
-    (k+1)-th value reveals; only such rows take the slow path. The set is then put in
-    canonical order: ascending index, then a stable sort by descending score.
-    """
-    n_cand = sims.shape[1]
-    vals, inds = sims.topk(min(k + 1, n_cand), dim=1, largest=True, sorted=True)
-    idx = inds[:, :k].sort(dim=1).values
-    if k < n_cand:
-        straddle = (vals[:, k] == vals[:, k - 1]).nonzero().flatten()
-        if straddle.numel():
-            idx[straddle] = _straddling_topk_set(sims[straddle], vals[straddle, k - 1], k)
-    scores = sims.gather(1, idx)
-    scores, perm = scores.sort(dim=1, descending=True, stable=True)
-    return scores, idx.gather(1, perm)
-
-
-def _straddling_topk_set(sims: torch.Tensor, thr: torch.Tensor, k: int) -> torch.Tensor:
-    """Ascending indices of the top-k set when ties at the k-th value ``thr`` spill past
-    place k: everything above ``thr``, then the lowest-indexed candidates equal to it."""
-    n_rows, n_cand = sims.shape
-    thr = thr[:, None]
-    above = sims > thr
-    eq = sims == thr
-    need = k - above.sum(dim=1)  # >= 1 places left for the tied candidates
-    col = torch.arange(n_cand, device=sims.device)
-    # Integer key, distinct per column, largest for the lowest tied column.
-    key = torch.where(eq, n_cand - col[None, :], 0)
-    first = key.topk(int(need.max()), dim=1).values
-    cutoff = n_cand - first.gather(1, (need - 1)[:, None]) + 1
-    keep = above | (eq & (col[None, :] < cutoff))
-    # Exactly k kept per row; nonzero() lists them row-major with ascending column.
-    return keep.nonzero()[:, 1].view(n_rows, k)
-
-
-def _blocks(n: int, block_size: int, desc: str):
-    """Block starts, with a progress bar when ranking takes more than a few blocks (the
-    25k-caption COCO 5k test set ranks in 25 blocks of 1024 on each side)."""
-    starts = range(0, n, block_size)
-    return progress(starts, desc=desc, unit="block", disable=len(starts) < 8)
-
-
-def _i2t_pass(
-    img: torch.Tensor,
-    txt: torch.Tensor,
-    idx_cpu: torch.Tensor,
-    block_size: int,
-    kmax: int,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """First-relevant ranks [N] (CPU) and, if kmax > 0, relevance of the exact top-kmax
-    captions [N, min(kmax, M)] (bool, CPU)."""
-    n_img, n_txt = img.shape[0], txt.shape[0]
-    dev = img.device
-    # Captions grouped by image: a block of images owns a contiguous slice of `order`.
-    order_cpu = torch.argsort(idx_cpu, stable=True)
-    offsets = [0, *torch.cumsum(torch.bincount(idx_cpu, minlength=n_img), 0).tolist()]
-    order = order_cpu.to(dev)
-    idx = idx_cpu.to(dev)
-    score = _Scorer(txt)
-    kk = min(kmax, n_txt)
-    ranks = torch.empty(n_img, dtype=torch.long)
-    rel = torch.empty((n_img, kk), dtype=torch.bool) if kk > 0 else None
-    for i0 in _blocks(n_img, block_size, "rank captions per image"):
-        i1 = min(i0 + block_size, n_img)
-        sims = score(img[i0:i1])  # [B, M]
-        pos = order[offsets[i0] : offsets[i1]]
-        row = idx[pos] - i0
-        pscore = sims[row, pos]
-        # Best-placed positive per image = max score, then lowest index; its rank is the
-        # image's rank (every other positive is behind it in the order).
-        best = torch.full((i1 - i0,), -math.inf, device=dev)
-        best = best.scatter_reduce(0, row, pscore, reduce="amax")
-        cand = torch.where(pscore == best[row], pos, n_txt)
-        best_idx = torch.full((i1 - i0,), n_txt, dtype=torch.long, device=dev)
-        best_idx = best_idx.scatter_reduce(0, row, cand, reduce="amin")
-        if rel is not None:  # before the counting below overwrites sims
-            _, top = _exact_topk(sims, kk)
-            rel[i0:i1] = (idx[top] == torch.arange(i0, i1, device=dev)[:, None]).cpu()
-        ranks[i0:i1] = (_count_ahead_(sims, best, best_idx) + 1).cpu()
-        del sims
-    return ranks, rel
-
-
-def _t2i_pass(
-    img: torch.Tensor, txt: torch.Tensor, idx_cpu: torch.Tensor, block_size: int
-) -> torch.Tensor:
-    n_txt = txt.shape[0]
-    idx = idx_cpu.to(img.device)
-    score = _Scorer(img)
-    ranks = torch.empty(n_txt, dtype=torch.long)
-    for m0 in _blocks(n_txt, block_size, "rank images per caption"):
-        m1 = min(m0 + block_size, n_txt)
-        sims = score(txt[m0:m1])  # [B, N]
-        own = idx[m0:m1]
-        pscore = sims.gather(1, own[:, None]).squeeze(1)
-        ranks[m0:m1] = (_count_ahead_(sims, pscore, own) + 1).cpu()
-        del sims
-    return ranks
-
-
-def _blocked_topk(
-    queries: torch.Tensor, candidates: torch.Tensor, k: int, block_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    k = min(k, candidates.shape[0])
-    score = _Scorer(candidates)
-    scores = torch.empty((queries.shape[0], k), dtype=torch.float32)
-    indices = torch.empty((queries.shape[0], k), dtype=torch.long)
-    for q0 in range(0, queries.shape[0], block_size):
-        q1 = min(q0 + block_size, queries.shape[0])
-        s, i = _exact_topk(score(queries[q0:q1]), k)
-        scores[q0:q1], indices[q0:q1] = s.cpu(), i.cpu()
-    return scores, indices
-
-
-# ---------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------
 
@@ -375,7 +185,7 @@ def i2t_ranks(
     idx = _check_index(text_image_index, image_emb.shape[0], text_emb.shape[0])
     block_size = _check_block_size(block_size)
     dev = _resolve_device(device, image_emb)
-    ranks, _ = _i2t_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx, block_size, 0)
+    ranks, _ = i2t_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx, block_size, 0)
     return ranks
 
 
@@ -391,7 +201,7 @@ def t2i_ranks(
     idx = _check_index(text_image_index, image_emb.shape[0], text_emb.shape[0])
     block_size = _check_block_size(block_size)
     dev = _resolve_device(device, image_emb)
-    return _t2i_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx, block_size)
+    return t2i_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx, block_size)
 
 
 def topk_texts(
@@ -410,7 +220,7 @@ def topk_texts(
     k = _check_pos_int("k", k)
     block_size = _check_block_size(block_size)
     dev = _resolve_device(device, image_emb)
-    return _blocked_topk(_prepare(image_emb, dev), _prepare(text_emb, dev), k, block_size)
+    return blocked_topk(_prepare(image_emb, dev), _prepare(text_emb, dev), k, block_size)
 
 
 def topk_images(
@@ -429,7 +239,7 @@ def topk_images(
     k = _check_pos_int("k", k)
     block_size = _check_block_size(block_size)
     dev = _resolve_device(device, text_emb)
-    return _blocked_topk(_prepare(text_emb, dev), _prepare(image_emb, dev), k, block_size)
+    return blocked_topk(_prepare(text_emb, dev), _prepare(image_emb, dev), k, block_size)
 
 
 def _rank_summary(prefix: str, ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
@@ -461,16 +271,15 @@ def _map_ndcg(rel: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...]) -> di
     return out
 
 
-def _t2i_map_ndcg(ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
-    """mAP@K and NDCG@K (percent) of text->image, where each caption has one relevant
-    image: AP@K = 1/r and NDCG@K = 1/log2(r + 1) for a rank r <= K, else 0."""
+def _single_relevant_map_ndcg(prefix: str, ranks: torch.Tensor,
+                              ks: tuple[int, ...]) -> dict[str, float]:
+    """mAP@K and NDCG@K (percent) when every query has one relevant item at ``ranks``."""
     r = ranks.to(torch.float64)
     out: dict[str, float] = {}
     for k in ks:
-        hit = r <= k
-        out[f"t2i_mAP@{k}"] = 100.0 * float(torch.where(hit, 1.0 / r, 0.0).mean())
-        out[f"t2i_NDCG@{k}"] = 100.0 * float(torch.where(hit, 1.0 / torch.log2(r + 1.0),
-                                                         0.0).mean())
+        hit = (r <= k).to(torch.float64)
+        out[f"{prefix}_mAP@{k}"] = 100.0 * float((hit / r).mean())
+        out[f"{prefix}_NDCG@{k}"] = 100.0 * float((hit / torch.log2(r + 1.0)).mean())
     return out
 
 
@@ -497,7 +306,8 @@ def retrieval_metrics(
         device: where to compute (default: ``image_emb.device``).
 
     Returns keys ``i2t_R@K``, ``t2i_R@K``, ``rsum``, ``{i2t,t2i}_{medr,meanr,mrr}``,
-    ``{i2t,t2i}_mAP@K``, ``{i2t,t2i}_NDCG@K`` (recalls, mAP and NDCG in percent; mrr in [0, 1]),
+    ``{i2t,t2i}_mAP@K``, ``{i2t,t2i}_NDCG@K`` (recalls, mAP and NDCG in percent; mrr in
+    [0, 1]),
     ``n_images``, ``n_texts``.
 
     Raises:
@@ -527,8 +337,8 @@ def retrieval_metrics_and_ranks(
     dev = _resolve_device(device, image_emb)
     img, txt = _prepare(image_emb, dev), _prepare(text_emb, dev)
 
-    r_i2t, rel = _i2t_pass(img, txt, idx, block_size, kmax=max(ks))
-    r_t2i = _t2i_pass(img, txt, idx, block_size)
+    r_i2t, rel = i2t_pass(img, txt, idx, block_size, kmax=max(ks))
+    r_t2i = t2i_pass(img, txt, idx, block_size)
     return summarize(r_i2t, r_t2i, rel, torch.bincount(idx, minlength=n_img), ks), r_i2t, r_t2i
 
 
@@ -547,7 +357,7 @@ def summarize(
     out.update(_rank_summary("t2i", r_t2i, ks))
     out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
     out.update(_map_ndcg(i2t_rel, n_relevant, ks))
-    out.update(_t2i_map_ndcg(r_t2i, ks))
+    out.update(_single_relevant_map_ndcg("t2i", r_t2i, ks))
     out["n_images"] = int(r_i2t.numel())
     out["n_texts"] = int(r_t2i.numel())
     return out

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD, to_unit_float
+from cliptune.models.image_tower import PixelNormalize, to_unit_float
 from cliptune.models.text_encoder import EncoderUnavailableError, _fix_message, resolve_model_path
 from cliptune.models.towers import lora_towers, reads_text_cache, text_tower_trains
 
@@ -136,8 +136,7 @@ class HFClip(nn.Module):
         self.max_length = min(variant["text_encoder"]["max_length"],
                               tcfg_text.max_position_embeddings)
         self.input_size = self.clip.config.vision_config.image_size
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.pixel_norm = PixelNormalize()
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -163,17 +162,17 @@ class HFClip(nn.Module):
         if x01.shape[-1] != self.input_size or x01.shape[-2] != self.input_size:
             x01 = F.interpolate(x01, size=(self.input_size, self.input_size), mode="bicubic",
                                 align_corners=False, antialias=True).clamp_(0, 1)
-        pixels = (x01 - self.mean) / self.std
+        pixels = self.pixel_norm(x01)
         pooled = self.clip.vision_model(pixel_values=pixels).pooler_output
         return F.normalize(self.clip.visual_projection(pooled).float(), dim=-1)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embed_images(to_unit_float(images, self.mean.device))
+        return self.embed_images(to_unit_float(images, self.pixel_norm.mean.device))
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         batch = self.tokenizer(list(texts), padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt")
-        batch = {k: v.to(self.mean.device) for k, v in batch.items()
+        batch = {k: v.to(self.pixel_norm.mean.device) for k, v in batch.items()
                  if k in ("input_ids", "attention_mask")}
         pooled = self.clip.text_model(**batch).pooler_output
         return F.normalize(self.clip.text_projection(pooled).float(), dim=-1)

@@ -188,6 +188,27 @@ def build_pool(cfg: Mapping, channels: int, image_size: int) -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+class PixelNormalize(nn.Module):
+    """The one pixel normalisation of every image path: the trunk towers (statistics of
+    ``input_stats``), the HF CLIP tower (CLIP's) and the frozen-trunk feature cache, so
+    cached features equal what the pixel path computes."""
+
+    def __init__(self, mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """float NCHW in [0, 1] -> normalised."""
+        return (x01 - self.mean) / self.std
+
+    def from_uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC (the cache layout) -> normalised float NCHW, channels_last, on the
+        buffers' device."""
+        x = self(to_unit_float(images, self.mean.device))
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, cfg: Mapping, embed_dim: int, image_size: int):
         super().__init__()
@@ -199,15 +220,18 @@ class ImageEncoder(nn.Module):
                                     head["norm"], head["dropout"])
         self.frozen = freeze_trunk(self.trunk, frozen_trunk_modules(cfg, len(self.trunk)))
         self.freeze_bn_stats = bool(cfg.get("freeze_bn_stats", True))
-        mean, std = input_stats(cfg["backbone"])
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.trunk_bn_eval = bool(cfg["trunk_bn_eval"])
+        self.pixel_norm = PixelNormalize(*input_stats(cfg["backbone"]))
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.freeze_bn_stats:
-            # Frozen stages keep their (ImageNet) running statistics: BN in eval mode.
-            for module in self.frozen:
+        # BN in eval mode keeps its (ImageNet) running statistics: in frozen stages
+        # (freeze_bn_stats), or in the whole trunk (trunk_bn_eval; its affine weights
+        # still train), the usual choice when fine-tuning with small batches.
+        eval_bn = list(self.trunk) if self.trunk_bn_eval else (
+            self.frozen if self.freeze_bn_stats else [])
+        if mode:
+            for module in eval_bn:
                 for m in module.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
@@ -215,11 +239,11 @@ class ImageEncoder(nn.Module):
 
     def normalize_uint8(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC (the cache layout) -> normalised float NCHW on the model's device."""
-        return self.normalize(to_unit_float(images, self.mean.device))
+        return self.pixel_norm.from_uint8(images)
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """float NCHW in [0, 1] -> CLIP-normalised, channels_last."""
-        return ((x01 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.pixel_norm(x01).contiguous(memory_format=torch.channels_last)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.pool(self.trunk(pixels))).float(), dim=-1)

@@ -59,7 +59,7 @@ def _difference_cell(diff: dict | None) -> str:
 
 
 def _seed_cell(row: pd.Series) -> str:
-    n = int(row.get("n_seeds", 1))
+    n = int(row["n_seeds"])
     if n < 2:
         return "1 seed"
     return f"{row['rsum_seed_mean']:.1f} ± {row['rsum_seed_std']:.1f} ({n} seeds)"
@@ -123,9 +123,20 @@ def comparison_observations(comp: Comparison, skip: tuple[str, ...] = ()) -> lis
         obs.append("Not distinguishable from the baseline at this size (the paired rsum "
                    "interval contains zero, so the difference may be evaluation noise): "
                    + ", ".join(groups[UNSURE]) + ".")
-    replicated = comp.table[comp.table.get("n_seeds", pd.Series(dtype=float)) > 1]
+    replicated = comp.table[comp.table["n_seeds"] > 1]
     if not replicated.empty:
         obs.append("Training randomness (rsum over seeds, mean ± std): " + ", ".join(
             f"`{v}` {_seed_cell(r)}" for v, r in replicated.iterrows())
             + "; the bootstrap intervals above cover evaluation images only.")
     return obs
+
+
+def training_gain_note(comp: Comparison, untrained: str) -> str:
+    """The paired interval of baseline − untrained (the stored difference, negated)."""
+    d = comp.difference(untrained)
+    if d is None:
+        return ""
+    lo, hi = -d["hi"], -d["lo"]
+    what = ("a real gain" if lo > 0 else "a real loss" if hi < 0
+            else "not distinguishable from no training at this size")
+    return f" (paired {comp.confidence:.0%} interval {_interval(lo, hi, signed=True)}: {what})"

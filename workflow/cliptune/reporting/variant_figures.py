@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from cliptune.config import DEFAULTS
 from cliptune.data.image_cache import open_cache
 from cliptune.evaluation.evaluate import variant_text_encoder
 from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
@@ -114,8 +115,8 @@ def _labels(source: str, dataset: Mapping, image_ids: np.ndarray, classes: list[
                 out[:, j] = mat[:, col[c]]
         return out
     if source == "demo":
-        demo = dataset.get("demo", {})
-        return demo_labels(image_ids, classes, demo.get("seed", 0), demo.get("max_shapes", 3))
+        demo = {**DEFAULTS["dataset"]["demo"], **dataset.get("demo", {})}  # partial: defaults
+        return demo_labels(image_ids, classes, demo["seed"], demo["max_shapes"])
     return None
 
 
@@ -156,7 +157,26 @@ def build_variant_figures(
                                f"variant: {name}")
 
     # zero-shot classification with prompt ensembling
-    zs = report["zero_shot"]
+    result = _zero_shot_figure(name, report["zero_shot"], dataset, art, temperature, encode,
+                               instances, sample, paths["zero_shot"])
+    write_zero_shot_json(zero_shot_json, result)
+
+    # similarity heatmap of a sample of images and their first captions
+    n_heat = min(report["heatmap_size"], art.n_images)
+    heat = np.sort(rng.choice(art.n_images, size=n_heat, replace=False))
+    caps = art.first_caption[heat]
+    sims = (art.image[heat] @ art.text[caps].T).numpy()
+    figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
+                                    paths["similarity_heatmap"], f"variant: {name}")
+    log.info("%s: figures written to %s; zero-shot %s", name, out_dir, result["accuracy"])
+    return result
+
+
+def _zero_shot_figure(name: str, zs: Mapping, dataset: Mapping, art: EvalArtifacts,
+                      temperature: float, encode: Callable[[list[str]], torch.Tensor],
+                      instances: Path | None, sample: np.ndarray, png: Path) -> dict:
+    """Zero-shot classification with prompt ensembling: the figure of ``sample`` and the
+    results (accuracy over COCO's 80 categories or the demo's ground truth)."""
     coco = coco_instance_labels(instances, art.image_id) if instances else None
     classes = list(zs["classes"] or (coco[0] if coco else _default_classes(dataset)))
     class_emb = class_embeddings(encode, classes, zs["templates"])
@@ -179,26 +199,16 @@ def build_variant_figures(
         subtitle = (f"over {acc['n_images']} images and {result['accuracy_over']}: top-1 "
                     f"{acc['top1_accuracy']:.1f}% (chance {acc['chance_top1_accuracy']:.1f}%), top-5 {acc.get('top5_accuracy', 0):.1f}%, "
                     f"mAP {acc['mAP']:.1f}%")
-    figures.plot_zero_shot(_Images(art, sample), classes, probs[sample], paths["zero_shot"],
+    figures.plot_zero_shot(_Images(art, sample), classes, probs[sample], png,
                            f"variant: {name}",
                            labels=None if labels is None else labels[sample],
                            top=zs["top_classes"], subtitle=subtitle)
-    write_zero_shot_json(zero_shot_json, result)
-
-    # similarity heatmap of a sample of images and their first captions
-    n_heat = min(report["heatmap_size"], art.n_images)
-    heat = np.sort(rng.choice(art.n_images, size=n_heat, replace=False))
-    caps = art.first_caption[heat]
-    sims = (art.image[heat] @ art.text[caps].T).numpy()
-    figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
-                                    paths["similarity_heatmap"], f"variant: {name}")
-    log.info("%s: figures written to %s; zero-shot %s", name, out_dir, result["accuracy"])
     return result
 
 
 def _default_classes(dataset: Mapping) -> list[str]:
     if dataset["source"] == "demo":
-        from cliptune.data.demo_data import SHAPES
+        from cliptune.data.demo_scenes import SHAPES
 
         return list(SHAPES)
     return list(COCO_CATEGORIES)

@@ -12,6 +12,21 @@ triplet or hard-negative loss) and ``clip_loss_local`` (open_clip's
 ``local_loss``: each rank scores only its own rows against the global batch,
 B/W x B logits instead of B x B). tests/test_distributed.py checks both against
 one process.
+
+Why gradients are averaged by hand (``sync_gradients``: one flat all-reduce after the
+backward pass) rather than by ``DistributedDataParallel``: DDP only synchronises
+backward passes of its own ``forward``, while the trainer drives the models through
+several entry points (``embed_images``, ``forward_features`` on cached trunk features,
+``embed_texts``, the HF CLIP towers), and gradient accumulation runs one backward per
+micro-batch with the temperature's gradient in the first pass only, which under DDP
+needs ``no_sync()`` on all but the last pass plus ``find_unused_parameters=True``.
+The price was measured (benchmarks/results/grad_sync.md, 2 gloo processes on a shared
+CPU, ResNet-18 tower at 64 px): both give bit-identical gradients; the flat all-reduce
+takes 30% of a step and DDP, by overlapping it with the backward pass, made the step
+17% faster. That saving is DDP's only gain and shrinks as compute grows relative to
+communication (larger images, NCCL on GPUs); routing the entry points through one
+dispatching DDP module is the way to collect it if multi-GPU runs become
+communication-bound.
 """
 
 from __future__ import annotations

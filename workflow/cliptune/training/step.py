@@ -1,10 +1,12 @@
 """One optimisation step: batch preparation, augmentation, and gradient accumulation
 with cached features (open_clip's ``accum_freq``), so the negatives of every
-micro-batch span the whole accumulated batch.
+micro-batch span the whole accumulated batch; then the optimiser step, skipped
+when the loss or the gradient norm is NaN/Inf.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,8 +96,21 @@ def running_stats_unchanged(model: nn.Module) -> Iterator[None]:
             m.num_batches_tracked.copy_(count)
 
 
-def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None) -> torch.Tensor:
-    """Backward the loss of the whole accumulated batch; returns it (detached).
+@torch.no_grad()
+def in_batch_accuracy(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    """The notebook's batch accuracy: the fraction of images whose most similar caption in
+    the batch is their own (image->text), and of captions whose most similar image is
+    theirs (text->image). Returns [i2t, t2i]."""
+    sims = img.float() @ txt.float().T
+    target = torch.arange(len(sims), device=sims.device)
+    return torch.stack([(sims.argmax(1) == target).float().mean(),
+                        (sims.argmax(0) == target).float().mean()])
+
+
+def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward the loss of the whole accumulated batch; returns it (detached) and the
+    in-batch accuracy [i2t, t2i] over the whole accumulated batch.
 
     With one micro-batch this is a plain step. With several, a no-grad pass caches
     every micro-batch's features; then each micro-batch is re-embedded with grad and
@@ -107,7 +122,7 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None) -> t
         img, txt = embed(ctx, *micro[0])
         loss = batch_loss(tcfg, img, txt, model.scale(), mined)
         scaler.scale(loss).backward()
-        return loss.detach()
+        return loss.detach(), in_batch_accuracy(img, txt)
     with torch.no_grad(), running_stats_unchanged(model):
         cached = [embed(ctx, *m) for m in micro]
     loss = None
@@ -121,4 +136,27 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None) -> t
         scaler.scale(loss_j).backward()
         if loss is None or not torch.isfinite(loss_j):
             loss = loss_j.detach()
-    return loss
+    acc = in_batch_accuracy(torch.cat([c[0] for c in cached]), torch.cat([c[1] for c in cached]))
+    return loss, acc
+
+
+def apply_gradients(model, optimizer, scaler, loss: torch.Tensor, grad_clip: float | None,
+                    ) -> tuple[float | None, str | None]:
+    """Clip and take the optimiser step unless the loss or the gradient norm is NaN/Inf.
+
+    Returns (gradient norm or None for a bad loss, the cause of a skipped step:
+    ``"loss"``, ``"gradients"`` or None). A skipped step leaves the weights as they were."""
+    if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return None, "loss"
+    scaler.unscale_(optimizer)
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
+    cause = None
+    if math.isfinite(norm):
+        scaler.step(optimizer)
+    else:
+        cause = "gradients"
+        optimizer.zero_grad(set_to_none=True)
+    scaler.update()  # also after a bad norm: an fp16 overflow lowers the loss scale
+    model.clamp_()
+    return norm, cause

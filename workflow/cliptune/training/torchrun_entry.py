@@ -22,20 +22,6 @@ from cliptune.training.preemption import PreemptedError
 log = logging.getLogger("cliptune.training.torchrun_entry")
 
 
-def load_pairs(inputs: dict, prefix: str):
-    """PairData of one split from the rule's named inputs (as stages._train_pairs)."""
-    from cliptune.data.pairs import PairData
-
-    pairs = PairData.load(Path(inputs[f"{prefix}_captions"]), Path(inputs[f"{prefix}_text"]),
-                          Path(inputs[f"{prefix}_array"]), Path(inputs[f"{prefix}_index"]))
-    if f"{prefix}_features" not in inputs:
-        return pairs
-    from cliptune.data.feature_cache import with_features
-
-    return with_features(pairs, Path(inputs[f"{prefix}_features"]),
-                         Path(inputs[f"{prefix}_features_meta"]))
-
-
 def _setup_logging(log_file: str | None, rank: int) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file and rank == 0:
@@ -55,6 +41,7 @@ def main(argv=None) -> int:
     spec = json.loads(args.spec.read_text())
     _setup_logging(spec.get("log"), int(os.environ.get("RANK", "0")))
 
+    from cliptune.data.feature_cache import load_split
     from cliptune.runtime import set_threads
     from cliptune.training.distributed import init_from_env, shutdown
     from cliptune.training.trainer import train_variant
@@ -65,8 +52,8 @@ def main(argv=None) -> int:
     ctx = init_from_env(variant["train"]["device"])
     try:
         log.info("rank %d of %d on %s", ctx.rank, ctx.world_size, ctx.device)
-        train_variant(variant, load_pairs(spec["inputs"], "train"),
-                      load_pairs(spec["inputs"], "val"), Path(spec["out_dir"]),
+        train_variant(variant, load_split(spec["inputs"], "train"),
+                      load_split(spec["inputs"], "val"), Path(spec["out_dir"]),
                       Path(spec["state"]), show_progress=ctx.is_main, dist_ctx=ctx)
     except PreemptedError as exc:
         log.warning("%s", exc)

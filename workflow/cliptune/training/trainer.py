@@ -1,32 +1,31 @@
-"""Train one variant: image tower against frozen, cached caption embeddings (InfoNCE).
+"""Train one variant and keep its best epoch.
 
-Resumable: a full training state is written atomically each epoch to a path
-that is not a Snakemake output, so a killed or failed job loses at most one
-epoch and the rerun continues from it.
+The loss is ``train.loss`` (InfoNCE, triplet or InfoNCE with mined hard negatives,
+cliptune.training.losses); the best epoch is chosen by ``train.monitor``
+(validation loss or validation R@1), which also drives early stopping. The loop
+is split the way open_clip's trainer is: a :class:`TrainState`
+(cliptune.training.checkpoint) and a :class:`Trainer` whose ``resume``,
+``run_epoch``, ``validate``, ``end_epoch`` and ``finish`` each do one thing.
+
+Resumable: the state is written atomically at the end of every
+``checkpoint_every_epochs`` epochs and, mid-epoch, on SIGTERM/SIGUSR1 or every
+``checkpoint_every_steps``/``_minutes``, so a killed job loses little and the
+rerun continues from it. A diverged epoch (NaN/Inf) is never checkpointed: it is
+restarted from its first state with a lower learning rate.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import random
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from safetensors.torch import save_file
 
-from cliptune.config import short_hash
 from cliptune.data.batch_loader import BatchLoader, loader_settings
-from cliptune.data.feature_cache import check_features_match
-from cliptune.data.pairs import PairData, plan_epoch, validation_batches
-from cliptune.io_utils import atomic_path, write_json
-from cliptune.models.factory import build_model
-from cliptune.models.image_tower import ClipHead
+from cliptune.data.pairs import PairData, plan_epoch
 from cliptune.runtime import (
     autocast_dtype,
     device_name,
@@ -34,27 +33,39 @@ from cliptune.runtime import (
     progress,
     seed_everything,
 )
+from cliptune.training.build import build_state
+from cliptune.training.checkpoint import (
+    Best,
+    EpochRun,
+    TrainState,
+    all_finite,
+    load_state,
+    resume_hash,
+    save_state,
+    state_dict_cpu,
+)
 from cliptune.training.distributed import (
     DistContext,
     all_reduce_sum,
     barrier,
     gather_batch,
-    prepare_model,
     shard_micro,
     sync_gradients,
 )
 from cliptune.training.hard_negatives import build_index
-from cliptune.training.losses import batch_loss
-from cliptune.training.optim import build_optimizer, describe_param_groups, warmup_steps
+from cliptune.training.outputs import HISTORY_COLUMNS, write_train_outputs
 from cliptune.training.preemption import CheckpointTimer, PreemptedError, SignalGuard
-from cliptune.training.schedule import warmup_cosine
-from cliptune.training.step import StepContext, accumulated_backward, embed, prepare
+from cliptune.training.step import (
+    StepContext,
+    accumulated_backward,
+    apply_gradients,
+    prepare,
+)
 from cliptune.training.train_log import TrainLogger
+from cliptune.training.validation import validate
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "images_per_s",
-                   "skipped_steps", "seconds", "val_recall", "grad_norm", "restarts"]
 # train.monitor -> (history column, +1 when higher is better)
 MONITORS = {"val_loss": ("val_loss", -1.0), "val_recall": ("val_recall", 1.0)}
 
@@ -63,442 +74,315 @@ class DivergenceError(RuntimeError):
     pass
 
 
-@torch.no_grad()
-def validate(ctx: StepContext, data: PairData, batch_size: int,
-             max_images: int | None = None) -> tuple[float, float]:
-    """Validation loss (the training loss without mined negatives) and recall: the mean
-    of image->text and text->image R@1 over the first caption of each image."""
-    ctx.model.eval()
-    total, count, images, texts = 0.0, 0, [], []
-    for rows in validation_batches(data, batch_size):
-        if max_images and count >= max_images:
-            break
-        img, txt = embed(ctx, *prepare(ctx, data, rows, *data.fetch(rows), train=False))
-        total += float(batch_loss(ctx.tcfg, img, txt, ctx.model.scale())) * len(rows)
-        count += len(rows)
-        images.append(img)
-        texts.append(txt)
-    img, txt = torch.cat(images), torch.cat(texts)
-    hits = 0
-    for start in range(0, len(img), 4096):  # blocked: 40k x 40k would not fit
-        target = torch.arange(start, min(start + 4096, len(img)), device=img.device)
-        hits += int((((img[start:start + 4096] @ txt.T).argmax(1)) == target).sum())
-        hits += int((((txt[start:start + 4096] @ img.T).argmax(1)) == target).sum())
-    return total / max(1, count), 100.0 * hits / (2 * len(img))
+class Trainer:
+    """Runs the epochs of one variant on one rank (every rank of a torchrun job)."""
 
+    def __init__(self, variant: dict, train_data: PairData, val_data: PairData,
+                 state_path: Path, dist_ctx: DistContext, show_progress: bool,
+                 log_dir: Path | None):
+        self.variant, self.tcfg = variant, variant["train"]
+        self.train_data, self.val_data = train_data, val_data
+        self.state_path, self.dist = Path(state_path), dist_ctx
+        self.show_progress, self.log_dir = show_progress, log_dir
+        self.ts = build_state(variant, train_data, val_data, dist_ctx)
+        if self.tcfg["caption_augment"]["variations"] and self.ts.model.text_from_cache:
+            raise ValueError(
+                f"{variant['name']}: train.caption_augment.variations is set but this "
+                "variant's captions come from the frozen text cache, which never sees the "
+                "words; set it to 0, or train the text tower (model.clip.lock_text: false or "
+                "LoRA on text)")
+        self.config_hash = resume_hash(variant)
+        self.ctx = StepContext(self.ts.model, self.tcfg, dist_ctx.device,
+                               autocast_dtype(self.tcfg["precision"], dist_ctx.device),
+                               gather=gather_batch if dist_ctx.distributed else None)
+        self.partial: dict | None = None  # mid-epoch state to resume from
+        self.start_epoch = 0
+        self.train_seconds, self.train_images = 0.0, 0
+        self.negatives = None  # hard-negative index (train.loss: hard_negative)
+        self.timer = CheckpointTimer(self.tcfg.get("checkpoint_every_steps", 0),
+                                     self.tcfg.get("checkpoint_every_minutes", 0))
+        self.guard = SignalGuard()
 
-def validation_images(data: PairData, tcfg: dict) -> int:
-    """Images :func:`validate` scores: whole batches until train.val_max_images is reached."""
-    used, cap = 0, tcfg["val_max_images"]
-    for rows in validation_batches(data, tcfg["batch_size"] * tcfg["accum_steps"]):
-        if cap and used >= cap:
-            break
-        used += len(rows)
-    return used
+    @property
+    def micro_batch(self) -> int:
+        return self.tcfg["batch_size"]
 
+    @property
+    def step_batch(self) -> int:
+        return self.tcfg["batch_size"] * self.tcfg["accum_steps"]
 
-def _snapshot(model, optimizer, scheduler, scaler) -> dict:
-    """The last good state (CPU copies) that divergence recovery restores."""
-    return {"model": _state_dict_cpu(model), "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+    def resume(self) -> None:
+        """Continue from the state file when it was written for this configuration."""
+        if not self.state_path.exists():
+            return
+        restored, self.partial = load_state(self.state_path, self.ts, self.config_hash)
+        if not restored:
+            log.warning("ignoring %s: it was written for a different configuration (or "
+                        "optimiser layout)", self.state_path)
+            return
+        self.start_epoch = self.ts.epoch
+        log.info("resuming %s from %s at epoch %d step %d (%d of %d epochs complete)",
+                 self.variant["name"], self.state_path, self.ts.epoch + 1,
+                 self.partial["step"] if self.partial else 0, self.ts.epoch,
+                 self.tcfg["epochs"])
 
+    def fit(self) -> None:
+        """All remaining epochs; a diverged one restarts from its first state."""
+        ts = self._log_plan()
+        self.logger = TrainLogger(self.log_dir, resume_step=ts.step if self.start_epoch else None,
+                                  resume_epoch=self.start_epoch,
+                                  tensorboard=self.tcfg["tensorboard"],
+                                  every=self.tcfg["log_every_steps"])
+        try:
+            with self.guard:
+                while ts.epoch < self.tcfg["epochs"] and not ts.stopped:
+                    good = ts.snapshot()
+                    run = self.run_epoch()
+                    if run.diverged is not None:
+                        self._recover(run, good)
+                        continue
+                    self.end_epoch(run, self.validate() if self._validating() else None)
+        finally:
+            self.logger.close()
+        barrier(self.dist)
 
-def _restore(snapshot, model, optimizer, scheduler, scaler, lr_factor: float) -> None:
-    model.load_state_dict(snapshot["model"])
-    optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
-    scheduler.load_state_dict(snapshot["scheduler"])
-    scaler.load_state_dict(snapshot["scaler"])
-    scheduler.base_lrs = [lr * lr_factor for lr in scheduler.base_lrs]
-    for group in optimizer.param_groups:
-        group["lr"] *= lr_factor
+    def _log_plan(self) -> TrainState:
+        """An opening line, so a log is never empty until the first epoch ends."""
+        tcfg, dev = self.tcfg, self.dist.device
+        steps = self.train_data.n_images // self.step_batch
+        log.info("training %s on %s (%s): %d epochs x %d steps = %d optimizer steps; batch "
+                 "plan: %d images/step (%d micro-batches of %d, %s sampler) over %d "
+                 "process(es), %d train images", self.variant["name"], dev, device_name(dev),
+                 tcfg["epochs"], steps, steps * tcfg["epochs"], self.step_batch,
+                 tcfg["accum_steps"], tcfg["batch_size"], tcfg["sampler"],
+                 self.dist.world_size, self.train_data.n_images)
+        return self.ts
 
+    def _start_epoch(self) -> EpochRun:
+        """The epoch's batch plan and generators, or those saved mid-epoch."""
+        tcfg, epoch = self.tcfg, self.ts.epoch
+        if tcfg["loss"] == "hard_negative" and (
+                self.negatives is None
+                or (epoch - self.start_epoch) % tcfg["hard_negatives"]["refresh_epochs"] == 0):
+            # Random negatives depend on (seed, epoch) only: a resumed run redraws the same.
+            hn = tcfg["hard_negatives"]
+            self.negatives = build_index(
+                self.ts.model, self.train_data, hn["k"], self.dist.device, self.ctx.amp_dtype,
+                tcfg["batch_size"], hn["strategy"],
+                torch.Generator().manual_seed(tcfg["seed"] * 7919 + epoch))
+        # Augmentation draws depend on (seed, epoch) only: a resumed epoch repeats them.
+        self.ctx.image_gen = torch.Generator().manual_seed(tcfg["seed"] * 100_003 + epoch)
+        self.ctx.caption_rng = np.random.default_rng([tcfg["seed"], epoch, 7])
+        run = EpochRun(epoch, plan_epoch(self.train_data, self.step_batch, tcfg["sampler"],
+                                         tcfg["seed"], epoch))
+        if self.partial is not None:
+            # Mid-epoch resume: the saved plan (data order) and generators, minus steps done.
+            p, self.partial = self.partial, None
+            run.batches, run.first = list(p["plan"].numpy()), p["step"]
+            run.losses, run.norms, run.skipped = list(p["losses"]), list(p["norms"]), p["skipped"]
+            run.accs = list(p.get("accs", []))
+            self.ctx.image_gen.set_state(p["image_gen"])
+            self.ctx.caption_rng.bit_generator.state = p["caption_rng"]
+            run.prior_seconds = p["seconds"]
+        return run
 
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"numpy_rng": torch.from_numpy(np_state[1].astype(np.int64)),
-             "numpy_rng_pos": int(np_state[2]), "python_rng": repr(random.getstate())}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    return state
+    def run_epoch(self) -> EpochRun:
+        """Train one epoch; stops early (``run.diverged``) after too many NaN/Inf steps."""
+        run = self._start_epoch()
+        data, mb, dist = self.train_data, self.micro_batch, self.dist
+        self.ts.model.train()
+        # Next batches are read from the cache in a background thread while this one trains;
+        # each rank reads only its slice of every global micro-batch.
+        loader = BatchLoader.from_settings(
+            lambda rows: (rows, *data.fetch(shard_micro(rows, mb, dist))),
+            run.batches[run.first:], loader_settings(torch.get_num_threads(), dist.device))
+        bar = progress(loader, desc=f"{self.variant['name']} epoch {run.epoch + 1}/"
+                       f"{self.tcfg['epochs']}", initial=run.first, total=len(run.batches),
+                       disable=not self.show_progress, unit="batch")
+        for step, (rows, images, text) in enumerate(bar, start=run.first):
+            self._train_step(run, rows, images, text)
+            if run.skipped > self.tcfg["max_nonfinite_steps"]:
+                run.diverged = f"{run.skipped} steps with NaN/Inf {run.causes.most_common(1)[0][0]}"
+                break
+            bar.set_postfix(loss=f"{run.losses[-1]:.3f}" if run.losses else "nan")
+            self._maybe_checkpoint(run, step)
+        if hasattr(bar, "close"):
+            bar.close()
+        if run.diverged is None:
+            run.weights = state_dict_cpu(self.ts.model)
+            if not all_finite(run.weights):
+                run.diverged = "NaN/Inf weights"
+        return run
 
+    def _train_step(self, run: EpochRun, rows, images, text) -> None:
+        t_step, ts, local_batch = time.perf_counter(), self.ts, self.micro_batch // self.dist.world_size
+        local = shard_micro(rows, self.micro_batch, self.dist)
+        micro = [prepare(self.ctx, self.train_data, local[i:i + local_batch],
+                         images[i:i + local_batch], text[i:i + local_batch], train=True)
+                 for i in range(0, len(local), local_batch)]
+        mined = self.negatives.lookup(rows) if self.negatives is not None else None
+        ts.optimizer.zero_grad(set_to_none=True)
+        loss, acc = accumulated_backward(self.ctx, micro, ts.scaler, mined)
+        lr_used = ts.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
+        sync_gradients(ts.model, self.dist)
+        norm, cause = apply_gradients(ts.model, ts.optimizer, ts.scaler, loss,
+                                      self.tcfg["grad_clip"])
+        if cause is None:
+            run.losses.append(loss.item())
+            run.norms.append(norm)
+            run.accs.append(acc.tolist())
+        else:
+            run.skipped += 1
+            run.causes[cause] += 1
+            log.warning("epoch %d step %d: non-finite %s (%s), step skipped", run.epoch + 1,
+                        ts.step, cause, loss.item())
+        ts.scheduler.step()
+        ts.step += 1
+        ts.step_log.append([ts.step, run.epoch + 1, loss.item(), lr_used,
+                            *(100.0 * acc).tolist(), norm, int(cause is not None)])
+        self.logger.step({"step": ts.step, "epoch": run.epoch + 1, "loss": loss.item(),
+                          "lr": ts.optimizer.param_groups[0]["lr"],
+                          "temperature": float(1.0 / ts.model.scale().detach()),
+                          "grad_norm": norm,
+                          "images_per_s": len(rows) / max(1e-9, time.perf_counter() - t_step),
+                          "skipped": int(norm is None or not math.isfinite(norm))})
 
-def _set_rng_state(state: dict) -> None:
-    import ast
+    def _maybe_checkpoint(self, run: EpochRun, step: int) -> None:
+        """Mid-epoch state on a signal or when the timer is due; on a signal, then stop."""
+        # One tiny collective a step so that every rank stops/checkpoints together.
+        stop, due = all_reduce_sum([float(self.guard.requested), float(self.timer.step())],
+                                   self.dist)
+        if not (stop or due):
+            return
+        if self.dist.is_main:
+            save_state(self.state_path, self.ts, self.config_hash, partial={
+                "step": step + 1, "plan": torch.from_numpy(np.stack(run.batches)),
+                "losses": run.losses, "norms": run.norms, "skipped": run.skipped,
+                "accs": run.accs,
+                "image_gen": self.ctx.image_gen.get_state(),
+                "caption_rng": self.ctx.caption_rng.bit_generator.state,
+                "seconds": run.seconds()})
+        self.timer.reset()
+        log.info("checkpoint at epoch %d step %d/%d: %s", run.epoch + 1, step + 1,
+                 len(run.batches), self.state_path)
+        if stop:
+            barrier(self.dist)  # no rank exits before rank 0 has written the state
+            raise PreemptedError(
+                f"{self.variant['name']}: stopped by signal at epoch {run.epoch + 1} step "
+                f"{step + 1}; state saved to {self.state_path}, rerun to resume")
 
-    if "numpy_rng" in state:
-        np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32),
-                             state["numpy_rng_pos"], 0, 0.0))
-    if "python_rng" in state:
-        random.setstate(ast.literal_eval(state["python_rng"]))
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    def _recover(self, run: EpochRun, good: dict) -> None:
+        """Never checkpoint a diverged state: back to the epoch's start, lower the LR."""
+        self.ts.restarts += 1
+        div = self.tcfg["divergence"]
+        if self.ts.restarts > div["max_restarts"]:
+            raise DivergenceError(
+                f"{self.variant['name']}: training diverged in epoch {run.epoch + 1} "
+                f"({run.diverged}; gave up after {div['max_restarts']} restarts with the "
+                f"learning rate scaled by {div['lr_factor']} each). Lower train.lr, keep "
+                "grad_clip on, or use precision: bf16/fp32 instead of fp16; no checkpoint "
+                "was written from the diverged state")
+        log.warning("epoch %d diverged (%s): restoring the epoch's start state with "
+                    "learning rate x%s (restart %d of %d)", run.epoch + 1, run.diverged,
+                    div["lr_factor"], self.ts.restarts, div["max_restarts"])
+        self.ts.restore(good, div["lr_factor"])
 
+    def _validating(self) -> bool:
+        """train.eval_every: validate every N epochs and always after the last one."""
+        done = self.ts.epoch + 1
+        return done % self.tcfg["eval_every"] == 0 or done == self.tcfg["epochs"]
 
-def _maybe_compile(model, enabled: bool, device: torch.device) -> None:
-    """torch.compile the towers in place (state_dict keys unchanged); CUDA only, because
-    on the CPU it needs a C++ toolchain and buys little for these models."""
-    if not enabled:
-        return
-    if device.type != "cuda":
-        log.info("train.compile: skipped on %s (CUDA only)", device)
-        return
-    towers = ([model.image] if isinstance(model, ClipHead)
-              else [model.clip.vision_model, model.clip.text_model])
-    for tower in towers:
-        tower.compile()
+    def validate(self) -> dict[str, float]:
+        """Validation loss, in-batch accuracy both ways and mean R@1 of the current model."""
+        return validate(self.ctx, self.val_data, self.step_batch, self.tcfg["val_max_images"])
 
+    def end_epoch(self, run: EpochRun, val: dict[str, float] | None) -> None:
+        """Record the epoch, update the best epoch and early stopping, checkpoint.
+        ``val`` is None for an epoch train.eval_every skips: it selects nothing and does
+        not count towards patience."""
+        ts, tcfg = self.ts, self.tcfg
+        validated = val is not None
+        val = val if validated else dict.fromkeys(
+            ("val_loss", "val_acc_i2t", "val_acc_t2i", "val_recall"), math.nan)
+        seconds = run.seconds()
+        self.train_seconds += time.perf_counter() - run.t0
+        self.train_images += (len(run.batches) - run.first) * self.step_batch
+        row = self._history_row(run, seconds, val)
+        val_loss = val["val_loss"]
+        ts.history.append(row)
+        self.logger.epoch(row, HISTORY_COLUMNS, ts.step)
+        log.info("epoch %d: loss train %.4f val %.4f, in-batch acc i2t/t2i train %.1f/%.1f "
+                 "val %.1f/%.1f, R@1 %.1f, T %.4f, %.0f img/s", row["epoch"], row["train_loss"],
+                 val_loss, row["train_acc_i2t"], row["train_acc_t2i"], val["val_acc_i2t"],
+                 val["val_acc_t2i"], val["val_recall"], row["temperature"], row["images_per_s"])
+        column, sign = MONITORS[tcfg["monitor"]]
+        score = sign * row[column]
+        if validated and score > ts.best.score + tcfg["min_delta"]:
+            ts.best, ts.bad_epochs = Best(val_loss, run.epoch + 1, run.weights, score), 0
+        elif validated:
+            ts.bad_epochs += 1
+        if validated and tcfg["patience"] and ts.bad_epochs >= tcfg["patience"]:
+            ts.stopped = True
+            log.info("early stopping after epoch %d: %s did not improve for %d validations "
+                     "(best epoch %d)", run.epoch + 1, tcfg["monitor"], ts.bad_epochs,
+                     ts.best.epoch)
+        ts.epoch += 1
+        last = ts.epoch == tcfg["epochs"] or ts.stopped
+        if (last or ts.epoch % tcfg["checkpoint_every_epochs"] == 0) and self.dist.is_main:
+            save_state(self.state_path, ts, self.config_hash)
+        self.timer.reset()
 
-def _state_dict_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    def _history_row(self, run: EpochRun, seconds: float, val: dict[str, float]) -> dict:
+        ts = self.ts
+        train_acc = (100.0 * np.mean(run.accs, axis=0)).tolist() if run.accs else [math.nan] * 2
+        return {
+            "epoch": run.epoch + 1,
+            "train_loss": sum(run.losses) / len(run.losses) if run.losses else math.nan,
+            "val_loss": val["val_loss"],
+            "train_acc_i2t": train_acc[0],
+            "train_acc_t2i": train_acc[1],
+            "val_acc_i2t": val["val_acc_i2t"],
+            "val_acc_t2i": val["val_acc_t2i"],
+            "lr": ts.optimizer.param_groups[0]["lr"],
+            "temperature": float(1.0 / ts.model.scale().detach()),
+            "images_per_s": len(run.batches) * self.step_batch / seconds,
+            "skipped_steps": run.skipped,
+            "seconds": seconds,
+            "val_recall": val["val_recall"],
+            "grad_norm": sum(run.norms) / len(run.norms) if run.norms else math.nan,
+            "grad_norm_min": min(run.norms) if run.norms else math.nan,
+            "grad_norm_max": max(run.norms) if run.norms else math.nan,
+            "restarts": ts.restarts,
+        }
 
-
-def _all_finite(state: dict[str, torch.Tensor]) -> bool:
-    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    def finish(self, out_dir: Path, write_outputs: bool) -> dict:
+        """Write model.safetensors (the best epoch), history.csv, train_report.json."""
+        best = self.ts.best
+        if write_outputs:
+            write_train_outputs(self.variant, self.ts, Path(out_dir), self.dist.device,
+                           self.train_seconds, self.train_images, self.train_data,
+                           self.val_data)
+        return {"best_epoch": best.epoch, "best_val_loss": best.val_loss,
+                "best_score": best.score, "history": self.ts.history}
 
 
 def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_dir: Path,
                   state_path: Path, show_progress: bool = True, log_dir: Path | None = None,
                   write_outputs: bool = True, dist_ctx: DistContext | None = None) -> dict:
-    """Train, then write model.safetensors (best by validation loss), history.csv,
-    train_report.json into ``out_dir``.
+    """Train, then write model.safetensors (the best epoch by ``train.monitor``),
+    history.csv and train_report.json into ``out_dir``; returns the best epoch, its
+    validation loss and score, and the history.
 
     ``dist_ctx`` of several ranks (cliptune.training.distributed, under torchrun): each rank
     takes its slice of every global micro-batch, the loss sees the global batch,
     only rank 0 writes. SIGTERM/SIGUSR1 save a mid-epoch state, then raise
     PreemptedError; a rerun resumes at that step (cliptune.training.preemption)."""
-    out_dir = Path(out_dir)
-    tcfg = variant["train"]
-    seed_everything(tcfg["seed"])
-    dist_ctx = dist_ctx or DistContext.single(pick_device(tcfg["device"]))
-    device = dist_ctx.device
-    amp_dtype = autocast_dtype(tcfg["precision"], device)
-    embed_dim = train_data.text.shape[1]
-    model = build_model(variant, embed_dim).to(device)
-    if isinstance(model, ClipHead) and tcfg["channels_last"]:
-        model.image.trunk.to(memory_format=torch.channels_last)
-    check_features_match(model, train_data, val_data)
-    prepare_model(model, dist_ctx)
-    _maybe_compile(model, tcfg["compile"], device)
-    if tcfg["batch_size"] % dist_ctx.world_size:
-        raise ValueError(f"train.batch_size = {tcfg['batch_size']} is the global (micro-)batch "
-                         f"and must be a multiple of the {dist_ctx.world_size} processes "
-                         "(train.devices x train.nodes)")
+    seed_everything(variant["train"]["seed"])
+    dist_ctx = dist_ctx or DistContext.single(pick_device(variant["train"]["device"]))
     if not dist_ctx.is_main:
         write_outputs, log_dir, show_progress = False, None, False
-
-    # batch_size is the micro-batch; accum_steps micro-batches make one optimiser step
-    # whose negatives span all of them.
-    batch_size, accum = tcfg["batch_size"], tcfg["accum_steps"]
-    steps_per_epoch = train_data.n_images // (batch_size * accum)
-    if tcfg["epochs"] > 0 and steps_per_epoch == 0:
-        raise ValueError(
-            f"train.batch_size x accum_steps = {batch_size * accum} is larger than the "
-            f"{train_data.n_images} training images; lower the batch size or accum_steps"
-        )
-    total_steps = steps_per_epoch * tcfg["epochs"]
-    optimizer = build_optimizer(model, tcfg)
-    scheduler = warmup_cosine(optimizer, total_steps, warmup_steps(tcfg, total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    config_hash = resume_hash(variant)
-    history: list[dict] = []
-    best = {"val_loss": math.inf, "epoch": 0, "state": _state_dict_cpu(model),
-            "score": -math.inf}
-    start_epoch, partial = 0, None
-    # Training progress beyond the model: divergence restarts, early stopping.
-    prog = {"step": 0, "restarts": 0, "bad_epochs": 0, "stopped": False}
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("config_hash") == config_hash:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["torch_rng"])
-            history = state["history"]
-            best = {"val_loss": state["best_val_loss"], "epoch": state["best_epoch"],
-                    "state": state["best_model"],
-                    "score": state.get("best_score", -state["best_val_loss"])}
-            start_epoch = state["epoch"]
-            prog.update(state.get("progress", {}))
-            _set_rng_state(state)
-            partial = state.get("partial")
-            log.info("resuming %s from %s at epoch %d step %d (%d of %d epochs complete)",
-                     variant["name"], state_path, start_epoch + 1,
-                     partial["step"] if partial else 0, start_epoch, tcfg["epochs"])
-        else:
-            log.warning("ignoring %s: it was written for a different configuration", state_path)
-
-    train_seconds, train_images = 0.0, 0
-    logger = TrainLogger(log_dir, resume_step=prog["step"] if start_epoch else None,
-                         resume_epoch=start_epoch, tensorboard=tcfg["tensorboard"],
-                         every=tcfg["log_every_steps"])
-    ctx = StepContext(model, tcfg, device, amp_dtype,
-                      gather=gather_batch if dist_ctx.distributed else None)
-    column, sign = MONITORS[tcfg["monitor"]]
-    timer = CheckpointTimer(tcfg.get("checkpoint_every_steps", 0),
-                            tcfg.get("checkpoint_every_minutes", 0))
-    guard = SignalGuard().__enter__()
-    if tcfg["caption_augment"]["variations"] and model.text_from_cache:
-        raise ValueError(
-            f"{variant['name']}: train.caption_augment.variations is set but this variant's "
-            "captions come from the frozen text cache, which never sees the words; set it to "
-            "0, or train the text tower (model.clip.lock_text: false or LoRA on text)")
-    hn = tcfg["hard_negatives"]
-    negatives = None
-    epoch = start_epoch
-    # An opening line, so a log is never empty until the first epoch ends.
-    log.info("training %s on %s (%s): %d epochs x %d steps = %d optimizer steps; batch plan: "
-             "%d images/step (%d micro-batches of %d, %s sampler) over %d process(es), "
-             "%d train images", variant["name"], device, device_name(device), tcfg["epochs"],
-             steps_per_epoch, total_steps, batch_size * accum, accum, batch_size,
-             tcfg["sampler"], dist_ctx.world_size, train_data.n_images)
-    while epoch < tcfg["epochs"] and not prog["stopped"]:
-        good = _snapshot(model, optimizer, scheduler, scaler)
-        if tcfg["loss"] == "hard_negative" and (
-                negatives is None or (epoch - start_epoch) % hn["refresh_epochs"] == 0):
-            # Random negatives depend on (seed, epoch) only: a resumed run redraws the same.
-            negatives = build_index(model, train_data, hn["k"], device, amp_dtype,
-                                    tcfg["batch_size"], hn["strategy"],
-                                    torch.Generator().manual_seed(tcfg["seed"] * 7919 + epoch))
-        model.train()
-        t0 = time.perf_counter()
-        losses, norms, skipped, causes = [], [], 0, Counter()
-        # Augmentation draws depend on (seed, epoch) only: a resumed epoch repeats them.
-        ctx.image_gen = torch.Generator().manual_seed(tcfg["seed"] * 100_003 + epoch)
-        ctx.caption_rng = np.random.default_rng([tcfg["seed"], epoch, 7])
-        batches = plan_epoch(train_data, batch_size * accum, tcfg["sampler"], tcfg["seed"],
-                             epoch)
-        first, prior_seconds = 0, 0.0
-        if partial is not None:
-            # Mid-epoch resume: the saved plan (data order) and generators, minus the steps done.
-            batches, first = list(partial["plan"].numpy()), partial["step"]
-            losses, norms, skipped = list(partial["losses"]), list(partial["norms"]), partial["skipped"]
-            ctx.image_gen.set_state(partial["image_gen"])
-            ctx.caption_rng.bit_generator.state = partial["caption_rng"]
-            prior_seconds, partial = partial["seconds"], None
-        # Each rank reads only its slice of every global micro-batch.
-        local_batch = batch_size // dist_ctx.world_size
-        # Next batches are read from the cache in a background thread while this one trains.
-        loader = BatchLoader.from_settings(
-            lambda rows: (rows, *train_data.fetch(shard_micro(rows, batch_size, dist_ctx))),
-            batches[first:], loader_settings(torch.get_num_threads(), device))
-        bar = progress(loader, desc=f"{variant['name']} epoch {epoch + 1}/{tcfg['epochs']}",
-                       initial=first, total=len(batches), disable=not show_progress, unit="batch")
-        diverged = None
-        for step, (rows, images, text) in enumerate(bar, start=first):
-            t_step = time.perf_counter()
-            local = shard_micro(rows, batch_size, dist_ctx)
-            micro = [prepare(ctx, train_data, local[i:i + local_batch],
-                             images[i:i + local_batch], text[i:i + local_batch], train=True)
-                     for i in range(0, len(local), local_batch)]
-            mined = negatives.lookup(rows) if negatives is not None else None
-            optimizer.zero_grad(set_to_none=True)
-            loss = accumulated_backward(ctx, micro, scaler, mined)
-            sync_gradients(model, dist_ctx)
-            norm = None
-            if not torch.isfinite(loss):
-                skipped += 1
-                causes["loss"] += 1
-                optimizer.zero_grad(set_to_none=True)
-                log.warning("epoch %d step %d: non-finite loss %s, step skipped", epoch + 1,
-                            prog["step"], loss.item())
-            else:
-                scaler.unscale_(optimizer)
-                norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                            tcfg["grad_clip"] or math.inf))
-                if not math.isfinite(norm):
-                    skipped += 1
-                    causes["gradients"] += 1
-                    log.warning("epoch %d step %d: non-finite gradient norm, step skipped",
-                                epoch + 1, prog["step"])
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.update()
-                else:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    losses.append(loss.item())
-                    norms.append(norm)
-                model.clamp_()
-            scheduler.step()
-            prog["step"] += 1
-            logger.step({"step": prog["step"], "epoch": epoch + 1, "loss": loss.item(),
-                         "lr": optimizer.param_groups[0]["lr"],
-                         "temperature": float(1.0 / model.scale().detach()), "grad_norm": norm,
-                         "images_per_s": len(rows) / max(1e-9, time.perf_counter() - t_step),
-                         "skipped": int(norm is None or not math.isfinite(norm))})
-            if skipped > tcfg["max_nonfinite_steps"]:
-                cause = causes.most_common(1)[0][0]
-                diverged = f"{skipped} steps with NaN/Inf {cause}"
-                break
-            bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "nan")
-            # One tiny collective a step so that every rank stops/checkpoints together.
-            stop, due = all_reduce_sum([float(guard.requested), float(timer.step())], dist_ctx)
-            if stop or due:
-                if dist_ctx.is_main:
-                    _save_state(state_path, model, optimizer, scheduler, scaler, epoch, history,
-                                best, config_hash, prog, partial={
-                                    "step": step + 1, "plan": torch.from_numpy(np.stack(batches)),
-                                    "losses": losses, "norms": norms, "skipped": skipped,
-                                    "image_gen": ctx.image_gen.get_state(),
-                                    "caption_rng": ctx.caption_rng.bit_generator.state,
-                                    "seconds": prior_seconds + time.perf_counter() - t0})
-                timer.reset()
-                log.info("checkpoint at epoch %d step %d/%d: %s", epoch + 1, step + 1,
-                         len(batches), state_path)
-                if stop:
-                    barrier(dist_ctx)  # no rank exits before rank 0 has written the state
-                    guard.__exit__()
-                    raise PreemptedError(
-                        f"{variant['name']}: stopped by signal at epoch {epoch + 1} step "
-                        f"{step + 1}; state saved to {state_path}, rerun to resume")
-        if hasattr(bar, "close"):
-            bar.close()
-        current = _state_dict_cpu(model) if diverged is None else None
-        if current is not None and not _all_finite(current):
-            diverged = "NaN/Inf weights"
-        if diverged is not None:
-            # Never checkpoint a diverged state: go back to the epoch's start, lower the LR.
-            prog["restarts"] += 1
-            div = tcfg["divergence"]
-            if prog["restarts"] > div["max_restarts"]:
-                raise DivergenceError(
-                    f"{variant['name']}: training diverged in epoch {epoch + 1} ({diverged}; "
-                    f"gave up after {div['max_restarts']} restarts with the learning rate "
-                    f"scaled by {div['lr_factor']} each). Lower train.lr, keep grad_clip on, "
-                    "or use precision: bf16/fp32 instead of fp16; no checkpoint was written "
-                    "from the diverged state")
-            log.warning("epoch %d diverged (%s): restoring the epoch's start state with "
-                        "learning rate x%s (restart %d of %d)", epoch + 1, diverged,
-                        tcfg["divergence"]["lr_factor"], prog["restarts"], div["max_restarts"])
-            _restore(good, model, optimizer, scheduler, scaler, div["lr_factor"])
-            continue
-        seconds = prior_seconds + time.perf_counter() - t0
-        train_seconds += time.perf_counter() - t0
-        train_images += (len(batches) - first) * batch_size * accum
-        # train.eval_every: validate every N epochs and always after the last one; the
-        # epochs between select nothing and count nothing towards patience.
-        validating = (epoch + 1) % tcfg["eval_every"] == 0 or epoch + 1 == tcfg["epochs"]
-        val_loss, val_recall = (validate(ctx, val_data, batch_size * accum,
-                                         tcfg["val_max_images"]) if validating
-                                else (math.nan, math.nan))
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": sum(losses) / len(losses) if losses else math.nan,
-            "val_loss": val_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "temperature": float(1.0 / model.scale().detach()),
-            "images_per_s": len(batches) * batch_size * accum / seconds,
-            "skipped_steps": skipped,
-            "seconds": seconds,
-            "val_recall": val_recall,
-            "grad_norm": sum(norms) / len(norms) if norms else math.nan,
-            "restarts": prog["restarts"],
-        }
-        history.append(row)
-        logger.epoch(row, HISTORY_COLUMNS, prog["step"])
-        log.info("epoch %d: train %.4f val %.4f R@1 %.1f T %.4f %.0f img/s", row["epoch"],
-                 row["train_loss"], val_loss, val_recall, row["temperature"],
-                 row["images_per_s"])
-        score = sign * row[column]
-        if validating and score > best["score"] + tcfg["min_delta"]:
-            best = {"val_loss": val_loss, "epoch": epoch + 1, "state": current, "score": score}
-            prog["bad_epochs"] = 0
-        elif validating:
-            prog["bad_epochs"] += 1
-        if validating and tcfg["patience"] and prog["bad_epochs"] >= tcfg["patience"]:
-            prog["stopped"] = True
-            log.info("early stopping after epoch %d: %s did not improve for %d validations "
-                     "(best epoch %d)", epoch + 1, tcfg["monitor"], prog["bad_epochs"],
-                     best["epoch"])
-        last_epoch = epoch + 1 == tcfg["epochs"] or prog["stopped"]
-        if (last_epoch or (epoch + 1) % tcfg["checkpoint_every_epochs"] == 0) and dist_ctx.is_main:
-            _save_state(state_path, model, optimizer, scheduler, scaler, epoch + 1, history,
-                        best, config_hash, prog)
-        timer.reset()
-        epoch += 1
-    guard.__exit__()
-    logger.close()
-    barrier(dist_ctx)
-
-    if not write_outputs:
-        return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-                "best_score": best["score"], "history": history}
-    _write_outputs(variant, model, best, history, out_dir, device, train_seconds, train_images,
-                   train_data, val_data, describe_param_groups(optimizer))
-    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-            "best_score": best["score"], "history": history}
-
-
-# Settings that change how training runs, not what it computes: a state written
-# under other values still resumes.
-RUNTIME_KEYS = ("devices", "nodes", "checkpoint_every_steps", "checkpoint_every_minutes",
-                "checkpoint_every_epochs")
-
-
-def resume_hash(variant: dict) -> str:
-    v = copy.deepcopy(variant)
-    for key in RUNTIME_KEYS:
-        v["train"].pop(key, None)
-    return short_hash(v)
-
-
-def _save_state(path, model, optimizer, scheduler, scaler, epoch, history, best, config_hash,
-                prog=None, partial=None):
-    """``epoch`` epochs are complete; ``partial`` (step, batch plan, losses and
-    generators so far) describes the epoch in progress for a mid-epoch state."""
-    state = {
-        "model": _state_dict_cpu(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "epoch": epoch,
-        "history": history,
-        "best_val_loss": best["val_loss"],
-        "best_epoch": best["epoch"],
-        "best_model": best["state"],
-        "best_score": best["score"],
-        "config_hash": config_hash,
-        "progress": dict(prog or {}),
-        "partial": partial,
-        **_rng_state(),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    # The last weights as a plain checkpoint next to the resume state (best is the output).
-    with atomic_path(Path(path).with_name("last.safetensors")) as tmp:
-        save_file(state["model"], str(tmp), metadata={"epoch": str(epoch)})
-
-
-def _write_outputs(variant, model, best, history, out_dir, device, seconds, images,
-                   train_data, val_data, param_groups) -> None:
-    with atomic_path(out_dir / "model.safetensors") as tmp:
-        save_file(best["state"], str(tmp), metadata={"variant": variant["name"],
-                                                      "config_hash": short_hash(variant)})
-    hist = pd.DataFrame(history, columns=HISTORY_COLUMNS)
-    with atomic_path(out_dir / "history.csv") as tmp:
-        hist.to_csv(tmp, index=False)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    write_json(out_dir / "train_report.json", {
-        "variant": variant["name"],
-        "config": variant,
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "train_images": train_data.n_images,
-        "train_captions": len(train_data.captions),
-        "val_images": val_data.n_images,
-        # What chose the saved epoch (train.monitor, early stopping): never the reported split.
-        "selected_on": {"split": variant.get("select_split"),
-                        "images": validation_images(val_data, variant["train"]),
-                        "monitor": variant["train"]["monitor"]},
-        "epochs_run": len(history),
-        "best_epoch": best["epoch"],
-        "best_val_loss": None if math.isinf(best["val_loss"]) else best["val_loss"],
-        "wall_seconds": seconds,
-        "images_per_s": images / seconds if seconds else None,
-        "parameters": n_params,
-        "trainable_parameters": n_trainable,
-        "param_groups": param_groups,  # name, parameters, lr, weight_decay of each
-    })
+    trainer = Trainer(variant, train_data, val_data, state_path, dist_ctx, show_progress,
+                      log_dir)
+    trainer.resume()
+    trainer.fit()
+    return trainer.finish(out_dir, write_outputs)

@@ -1,0 +1,143 @@
+"""Every variant of every shipped config (config/*.yaml) runs through `rule all`.
+
+The configs run as shipped except for what cannot run here, which tests/toy_overlay.py
+replaces (dataset -> generated stand-in, hub ids -> a tiny local CLIP, ImageNet weights
+-> none, small sizes); the first test checks the overlay touched nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from toy_overlay import (
+    BATCH_SIZE,
+    EPOCHS,
+    IMAGE_SIZE,
+    TRAIN_IMAGES,
+    VAL_IMAGES,
+    changed_paths,
+    touchable,
+    toy_overlay,
+    write_toy_sources,
+)
+
+from cliptune.config import load_config, resolve_variant, variant_names
+from cliptune.data.captions import check_sources
+from cliptune.data.dataset_formats import read_karpathy
+from cliptune.models.weights import needed_weights
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "config").glob("*.yaml"))
+FIGURES = ("text_to_image", "image_to_text", "zero_shot", "similarity_heatmap")
+
+
+@pytest.fixture(scope="module")
+def toy_sources(tmp_path_factory) -> dict[str, Path]:
+    return write_toy_sources(tmp_path_factory.mktemp("toy_sources"))
+
+
+def shipped(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_both_reference_configs_are_covered():
+    assert {"config.yaml", "demo.yaml"} <= {p.name for p in SHIPPED}
+
+
+@pytest.mark.parametrize("source", ["coco", "karpathy_coco", "flickr30k"])
+def test_stand_in_sources_have_the_real_layout(source, toy_sources, tiny_clip_dir):
+    cfg = shipped(REPO / "config" / "config.yaml")
+    cfg["dataset"] = {"name": "stand_in", "source": source}
+    ds = load_config(toy_overlay(cfg, toy_sources, tiny_clip_dir))["dataset"]
+    check_sources(ds)  # the workflow's own start-up check: names any missing file
+    if source == "coco":
+        assert (Path(ds["root"]) / "annotations" / "instances_val2014.json").is_file()
+        return
+    table = read_karpathy(Path(ds["annotations"])).captions
+    assert set(table["split"]) == {"train", "restval", "val", "test"}
+    assert table["file_name"].nunique() == TRAIN_IMAGES + VAL_IMAGES
+    assert all((Path(ds["root"]) / name).is_file() for name in table["file_name"].unique())
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_overlay_changes_only_what_cannot_run_here(path, toy_sources, tiny_clip_dir):
+    cfg = shipped(path)
+    toy = toy_overlay(cfg, toy_sources, tiny_clip_dir)
+    outside = sorted(p for p in changed_paths(cfg, toy) if not touchable(p))
+    assert not outside, f"the overlay changed keys outside its list: {outside}"
+    full = load_config(toy)
+    assert full["dataset"]["download"] is False or full["dataset"]["source"] == "demo"
+    for name in variant_names(full):
+        v = resolve_variant(full, name)
+        # Nothing left that the weights rule would have to download.
+        assert needed_weights(v) == [], f"{path.name} variant {name}: {needed_weights(v)}"
+        assert v["image_size"] == IMAGE_SIZE
+        assert v["train"]["epochs"] <= EPOCHS and v["train"]["batch_size"] == BATCH_SIZE
+
+
+def hpo_dir(cfg: dict) -> Path:
+    return Path("results", cfg["dataset"]["name"], "hpo", cfg["baseline"])
+
+
+def run_all(workdir: Path, cfg: dict) -> subprocess.CompletedProcess:
+    """`rule all`, plus the HPO search on the baseline when the config configures one."""
+    targets = ["all"] + ([str(hpo_dir(cfg) / "best_overlay.yaml")] if "hpo" in cfg else [])
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
+           "--cores", "2"]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def failed_logs(workdir: Path) -> str:
+    """The tail of every job log that mentions an error, to make a failure readable."""
+    tails = []
+    for log in sorted((workdir / "logs").rglob("*.log")):
+        text = log.read_text(errors="replace")
+        if re.search(r"Error|Traceback", text):
+            tails.append(f"--- {log.relative_to(workdir)}\n{text[-3000:]}")
+    return "\n".join(tails)
+
+
+def summary_rows(summary: str) -> set[str]:
+    """First cells of the rows of the summary's Results table."""
+    section = summary.split("## Results", 1)[1].split("\n## ", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^\| ([A-Za-z0-9_-]+)\b", section, re.M)}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, tmp_path):
+    toy = toy_overlay(shipped(path), toy_sources, tiny_clip_dir)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(toy))
+    start = time.perf_counter()
+    proc = run_all(tmp_path, toy)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, (f"{path.name}: rule all failed\n{proc.stderr[-6000:]}\n"
+                                  f"{failed_logs(tmp_path)}")
+    print(f"{path.name}: rule all in {seconds:.0f} s")  # recorded in README (tests)
+    full = load_config(toy)
+    variants = variant_names(full)
+    vdir = tmp_path / "results" / full["dataset"]["name"] / "variants"
+    for name in variants:
+        metrics = json.loads((vdir / name / "metrics.json").read_text())
+        assert 0 <= metrics["i2t_R@1"] <= 100 and 0 <= metrics["t2i_R@1"] <= 100, name
+        for figure in FIGURES:
+            png = vdir / name / "figures" / f"{figure}.png"
+            assert png.stat().st_size > 5_000, f"{name}: {figure}.png missing or empty"
+    summary = (tmp_path / "results" / "summary.md").read_text()
+    assert summary_rows(summary) >= set(variants), summary
+    if "hpo" in toy:
+        best = yaml.safe_load((tmp_path / hpo_dir(full) / "best_overlay.yaml").read_text())
+        assert isinstance(best, dict) and best, best
+        trials = (tmp_path / hpo_dir(full) / "trials.csv").read_text().strip().splitlines()
+        assert len(trials) - 1 == toy["hpo"]["trials"], trials

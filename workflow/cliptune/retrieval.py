@@ -1,0 +1,213 @@
+"""Blocked ranking kernels: the exact, memory-bounded core of retrieval scoring.
+
+Shared by training's validation recall (cliptune.training.validation) and the full
+metrics of evaluation (cliptune.evaluation.retrieval_metrics, whose docstring defines
+the tie rule and the memory bound); they sit at the package's top level because
+training must not import evaluation. Inputs are float32 on one device, unchecked:
+the callers validate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cliptune.runtime import progress
+
+
+def mean_r1(image_emb: torch.Tensor, text_emb: torch.Tensor, block_size: int = 1024) -> float:
+    """Mean of image->text and text->image R@1 in percent for paired rows (row i of
+    each side is the only positive of the other's row i), with the metrics' tie rule."""
+    img, txt = image_emb.float(), text_emb.float()
+    own = torch.arange(img.shape[0])
+    # No progress bars: this runs every epoch inside training's log.
+    hits = (t2i_pass(img, txt, own, block_size, show=False) == 1).sum()  # text -> image
+    hits += (t2i_pass(txt, img, own, block_size, show=False) == 1).sum()  # image -> text
+    return 100.0 * float(hits) / (2 * img.shape[0])
+
+
+def _distinct_rows(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(distinct rows, inverse)`` with ``emb == distinct[inverse]``; inverse is None
+    when every row is distinct (no copy, no gather)."""
+    uniq, inverse = torch.unique(emb, dim=0, return_inverse=True)
+    if uniq.shape[0] == emb.shape[0]:
+        return emb, None
+    return uniq, inverse
+
+
+class _Scorer:
+    """Scores query blocks against all candidates so that identical candidate vectors get
+    bit-identical scores whatever the block shape: each distinct vector is one matmul
+    column, and its score is copied to its duplicates (exact by construction)."""
+
+    def __init__(self, candidates: torch.Tensor):
+        distinct, self.inverse = _distinct_rows(candidates)
+        self.cand_t = distinct.T
+
+    def __call__(self, queries: torch.Tensor) -> torch.Tensor:
+        sims = queries @ self.cand_t
+        if self.inverse is None:
+            return sims
+        return sims.index_select(1, self.inverse)
+
+
+# Below this magnitude a positive's score could differ from a competitor by a subnormal
+# amount, which flush-to-zero arithmetic would turn into a false tie; such rows are counted
+# with plain comparisons instead of the subtraction trick.
+_TINY = 2.0**-100
+
+
+def count_ahead_(
+    sims: torch.Tensor, pos_score: torch.Tensor, pos_index: torch.Tensor
+) -> torch.Tensor:
+    """Per row: number of candidates ahead of candidate ``pos_index`` (score ``pos_score``)
+    under the order (score desc, index asc). Counting, not sorting: O(M) per row.
+
+    Overwrites ``sims`` (trailing underscore): with s = sign(sims - pos) in place,
+    sum(s) = #greater - #less and sum(|s|) = #greater + #less, so one scratch-free pass
+    yields both the count ahead and the number of ties. Summing +-1/0 in float is exact
+    while the row length is below 2**24 (float64 accumulation beyond).
+    """
+    n_rows, n_cand = sims.shape
+    col = torch.arange(n_cand, device=sims.device)
+    odd = (~torch.isfinite(pos_score) | (pos_score.abs() < _TINY)).nonzero().flatten()
+    if odd.numel():
+        s_odd, p_odd = sims[odd], pos_score[odd, None]
+        eq_odd = s_odd == p_odd
+        ahead_odd = (s_odd > p_odd).sum(dim=1)
+        ahead_odd += (eq_odd & (col[None, :] < pos_index[odd, None])).sum(dim=1)
+        del s_odd, eq_odd
+    acc = torch.float64 if n_cand >= 2**24 else None
+    sign = sims.sub_(pos_score[:, None]).sign_()
+    diff = sign.sum(dim=1, dtype=acc)
+    unequal = sign.abs_().sum(dim=1, dtype=acc)  # sign now holds 1 (unequal) or 0 (tie)
+    ahead = ((diff + unequal) / 2).long()
+    # Rows where other candidates share the positive's score need the index tie-break;
+    # with continuous embeddings that is (almost) never, so only those rows pay for it.
+    tied = (unequal < n_cand - 1).nonzero().flatten()
+    if tied.numel():
+        before = (sign[tied] == 0) & (col[None, :] < pos_index[tied, None])
+        ahead[tied] += before.sum(dim=1)
+    if odd.numel():
+        ahead[odd] = ahead_odd
+    return ahead
+
+
+def exact_topk(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of every row under the order (score desc, index asc), k <= sims.shape[1].
+
+    ``torch.topk`` returns the right values but an unspecified choice among equal scores.
+    Its chosen *set* is still right unless a tie straddles the k-th place, which the
+    (k+1)-th value reveals; only such rows take the slow path. The set is then put in
+    canonical order: ascending index, then a stable sort by descending score.
+    """
+    n_cand = sims.shape[1]
+    vals, inds = sims.topk(min(k + 1, n_cand), dim=1, largest=True, sorted=True)
+    idx = inds[:, :k].sort(dim=1).values
+    if k < n_cand:
+        straddle = (vals[:, k] == vals[:, k - 1]).nonzero().flatten()
+        if straddle.numel():
+            idx[straddle] = _straddling_topk_set(sims[straddle], vals[straddle, k - 1], k)
+    scores = sims.gather(1, idx)
+    scores, perm = scores.sort(dim=1, descending=True, stable=True)
+    return scores, idx.gather(1, perm)
+
+
+def _straddling_topk_set(sims: torch.Tensor, thr: torch.Tensor, k: int) -> torch.Tensor:
+    """Ascending indices of the top-k set when ties at the k-th value ``thr`` spill past
+    place k: everything above ``thr``, then the lowest-indexed candidates equal to it."""
+    n_rows, n_cand = sims.shape
+    thr = thr[:, None]
+    above = sims > thr
+    eq = sims == thr
+    need = k - above.sum(dim=1)  # >= 1 places left for the tied candidates
+    col = torch.arange(n_cand, device=sims.device)
+    # Integer key, distinct per column, largest for the lowest tied column.
+    key = torch.where(eq, n_cand - col[None, :], 0)
+    first = key.topk(int(need.max()), dim=1).values
+    cutoff = n_cand - first.gather(1, (need - 1)[:, None]) + 1
+    keep = above | (eq & (col[None, :] < cutoff))
+    # Exactly k kept per row; nonzero() lists them row-major with ascending column.
+    return keep.nonzero()[:, 1].view(n_rows, k)
+
+
+def _blocks(n: int, block_size: int, desc: str, show: bool):
+    """Block starts, with a progress bar when ranking takes more than a few blocks (the
+    25k-caption COCO 5k test set ranks in 25 blocks of 1024 on each side)."""
+    starts = range(0, n, block_size)
+    return progress(starts, desc=desc, unit="block", disable=not show or len(starts) < 8)
+
+
+def i2t_pass(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    idx_cpu: torch.Tensor,
+    block_size: int,
+    kmax: int,
+    show: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """First-relevant ranks [N] (CPU) and, if kmax > 0, relevance of the exact top-kmax
+    captions [N, min(kmax, M)] (bool, CPU)."""
+    n_img, n_txt = img.shape[0], txt.shape[0]
+    dev = img.device
+    # Captions grouped by image: a block of images owns a contiguous slice of `order`.
+    order_cpu = torch.argsort(idx_cpu, stable=True)
+    offsets = [0, *torch.cumsum(torch.bincount(idx_cpu, minlength=n_img), 0).tolist()]
+    order = order_cpu.to(dev)
+    idx = idx_cpu.to(dev)
+    score = _Scorer(txt)
+    kk = min(kmax, n_txt)
+    ranks = torch.empty(n_img, dtype=torch.long)
+    rel = torch.empty((n_img, kk), dtype=torch.bool) if kk > 0 else None
+    for i0 in _blocks(n_img, block_size, "rank captions per image", show):
+        i1 = min(i0 + block_size, n_img)
+        sims = score(img[i0:i1])  # [B, M]
+        pos = order[offsets[i0] : offsets[i1]]
+        row = idx[pos] - i0
+        pscore = sims[row, pos]
+        # Best-placed positive per image = max score, then lowest index; its rank is the
+        # image's rank (every other positive is behind it in the order).
+        best = torch.full((i1 - i0,), -math.inf, device=dev)
+        best = best.scatter_reduce(0, row, pscore, reduce="amax")
+        cand = torch.where(pscore == best[row], pos, n_txt)
+        best_idx = torch.full((i1 - i0,), n_txt, dtype=torch.long, device=dev)
+        best_idx = best_idx.scatter_reduce(0, row, cand, reduce="amin")
+        if rel is not None:  # before the counting below overwrites sims
+            _, top = exact_topk(sims, kk)
+            rel[i0:i1] = (idx[top] == torch.arange(i0, i1, device=dev)[:, None]).cpu()
+        ranks[i0:i1] = (count_ahead_(sims, best, best_idx) + 1).cpu()
+        del sims
+    return ranks, rel
+
+
+def t2i_pass(
+    img: torch.Tensor, txt: torch.Tensor, idx_cpu: torch.Tensor, block_size: int,
+    show: bool = True,
+) -> torch.Tensor:
+    n_txt = txt.shape[0]
+    idx = idx_cpu.to(img.device)
+    score = _Scorer(img)
+    ranks = torch.empty(n_txt, dtype=torch.long)
+    for m0 in _blocks(n_txt, block_size, "rank images per caption", show):
+        m1 = min(m0 + block_size, n_txt)
+        sims = score(txt[m0:m1])  # [B, N]
+        own = idx[m0:m1]
+        pscore = sims.gather(1, own[:, None]).squeeze(1)
+        ranks[m0:m1] = (count_ahead_(sims, pscore, own) + 1).cpu()
+        del sims
+    return ranks
+
+
+def blocked_topk(
+    queries: torch.Tensor, candidates: torch.Tensor, k: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(k, candidates.shape[0])
+    score = _Scorer(candidates)
+    scores = torch.empty((queries.shape[0], k), dtype=torch.float32)
+    indices = torch.empty((queries.shape[0], k), dtype=torch.long)
+    for q0 in range(0, queries.shape[0], block_size):
+        q1 = min(q0 + block_size, queries.shape[0])
+        s, i = exact_topk(score(queries[q0:q1]), k)
+        scores[q0:q1], indices[q0:q1] = s.cpu(), i.cpu()
+    return scores, indices
