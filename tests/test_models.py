@@ -92,6 +92,23 @@ def test_lora_vision_tower_and_bad_targets(tiny_clip_dir):
         build_model(bad, 16)
 
 
+def test_freeze_projections_keeps_both_projections_while_towers_train(tiny_clip_dir):
+    from cliptune.models.factory import build_model
+
+    both = {"lock_text": False, "lock_image": False}
+    free = build_model(clip_variant(tiny_clip_dir, clip=both), 16)
+    fixed = build_model(clip_variant(tiny_clip_dir, clip={**both, "freeze_projections": True}),
+                        16)
+
+    def trainable(model, prefix):
+        return {n for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefix)}
+
+    for proj in ("clip.visual_projection", "clip.text_projection"):
+        assert trainable(free, proj) and not trainable(fixed, proj), proj
+    for tower in ("clip.vision_model", "clip.text_model"):  # the towers still train
+        assert trainable(fixed, tower) == trainable(free, tower) != set(), tower
+
+
 def test_full_finetune_with_locked_text(tiny_clip_dir, pairs, tmp_path):
     from cliptune.models.factory import build_model
     from cliptune.training.optim import build_optimizer

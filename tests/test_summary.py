@@ -188,6 +188,14 @@ def test_convergence_states():
     c = convergence(h)
     assert c["state"].startswith("still improving") and c["gap"] == pytest.approx(1.0)
     assert convergence(pd.DataFrame()) == {"epochs": 0}
+    # train.eval_every: 2: epochs 1 and 3 were not validated (NaN) and are not judged.
+    nan = float("nan")
+    h = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_loss": [3, 2, 1.5, 1.0],
+                      "val_loss": [nan, 2.0, nan, 1.999], "val_recall": [nan, 5, nan, 6],
+                      "temperature": [0.07] * 4})
+    c = convergence(h)
+    assert (c["epochs"], c["validations"], c["best_epoch"]) == (4, 2, 4)
+    assert c["state"].startswith("converged") and c["gap"] == pytest.approx(0.999)
 
 
 def test_report_rules_are_wired(tmp_path, repo):
@@ -203,6 +211,53 @@ def test_report_rules_are_wired(tmp_path, repo):
         for caption in re.findall(r'caption="([^"]+)"', rules):
             assert (repo / "workflow" / "rules" / caption).resolve().is_file(), caption
     assert (repo / "workflow" / "report" / "workflow.rst").is_file()
+
+
+def _as_clip(paths: dict, epochs: int, mrr: tuple[float, float], checkpoint: str) -> None:
+    """Turn a synthetic run into a CLIP variant from ``checkpoint`` with the given MRRs."""
+    rep = json.loads(paths["train_report"].read_text())
+    rep["config"]["model"] = {"kind": "clip", "clip": {"model": checkpoint}}
+    rep["config"]["train"]["epochs"] = epochs
+    paths["train_report"].write_text(json.dumps(rep))
+    m = json.loads(paths["metrics"].read_text())
+    m["i2t_mrr"], m["t2i_mrr"] = mrr
+    m["t2i_mAP@10"] = 21.5
+    paths["metrics"].write_text(json.dumps(m))
+
+
+def test_pretrained_vs_fine_tuned_table_has_mrr_both_ways(tmp_path):
+    root = tmp_path / "results" / "c" / "variants"
+    variants = {"pretrained": make_variant(root, "pretrained", 20.0, []),
+                "lora_text": make_variant(root, "lora_text", 25.0, [3.0, 2.5]),
+                "other_ckpt": make_variant(root, "other_ckpt", 30.0, [3.0, 2.4])}
+    _as_clip(variants["pretrained"], 0, (0.552, 0.401), "openai/clip-vit-base-patch32")
+    _as_clip(variants["lora_text"], 20, (0.623, 0.47), "openai/clip-vit-base-patch32")
+    _as_clip(variants["other_ckpt"], 5, (0.7, 0.6), "some/other-clip")
+    text = build_summary(variants, "pretrained", {"name": "c", "source": "coco"}, REPORT,
+                         tmp_path / "results" / "summary.md")
+    section = text.split("## Pretrained vs fine-tuned", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in section.splitlines() if r.startswith("| ")]
+    assert rows[0].split(" | ")[1:] == [
+        "image→text R@1", "image→text R@5", "image→text R@10", "image→text MRR",
+        "text→image R@1", "text→image R@5", "text→image R@10", "text→image MRR |"]
+    # R@K = recall * sqrt(k) (make_variant), MRR as set; the other checkpoint is not a row.
+    assert rows[1] == ("| pretrained (`pretrained`) | 20.0 | 44.7 | 63.2 | 0.552 | 20.0 | "
+                       "44.7 | 63.2 | 0.401 |")
+    assert rows[2].startswith("| fine-tuned (`lora_text`) | 25.0 | 55.9 | 79.1 | 0.623 | 25.0")
+    assert rows[3] == ("| change (`lora_text`) | +5.0 | +11.2 | +15.8 | +0.071 | +5.0 | "
+                       "+11.2 | +15.8 | +0.069 |")
+    assert len(rows) == 4 and "other_ckpt" not in section
+    # Both MRRs, and mAP/NDCG of both directions, also stand in the Results table.
+    assert "| i2t MRR | t2i MRR | i2t mAP@10 | t2i mAP@10 | i2t NDCG@10 | t2i NDCG@10 |" in text
+    row = next(r for r in text.split("## Results")[1].splitlines() if r.startswith("| lora_text"))
+    assert row.endswith("| 0.623 | 0.470 | 20.0 | 21.5 | – | – |")
+
+
+def test_no_pretrained_table_without_a_zero_shot_clip(runs):
+    tmp, variants = runs
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+                         tmp / "results" / "summary.md")
+    assert "Pretrained vs fine-tuned" not in text
 
 
 def test_summary_lab_sections_stability_llm_hardware_and_t2i_ranking(runs):

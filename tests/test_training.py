@@ -60,6 +60,9 @@ OPTIONS = {
         "model": {"trainable_stages": 1, "freeze_bn_stats": True},
         "train": {"loss": "hard_negative", "hard_negatives": {"k": 3}, "batch_size": 4,
                   "accum_steps": 2}},
+    "random_negatives": {
+        "train": {"loss": "hard_negative",
+                  "hard_negatives": {"k": 3, "strategy": "random"}}},
 }
 
 
@@ -251,6 +254,28 @@ def test_early_stopping_with_patience(pairs, tmp_path):
     assert state["progress"]["stopped"] and state["epoch"] == 2
     again = train(v, pairs, tmp_path, write_outputs=False)  # resumed: nothing left to do
     assert len(again["history"]) == 2
+
+
+def test_eval_every_validates_every_nth_and_the_last_epoch(pairs, tmp_path, monkeypatch):
+    import cliptune.training.trainer as tr
+
+    calls = []
+    real = tr.validate
+    monkeypatch.setattr(tr, "validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    v = variant(model={"freeze_backbone": True},
+                train={"epochs": 5, "eval_every": 2, "patience": 1, "min_delta": 1e9,
+                       "batch_size": 16})
+    result = train(v, pairs, tmp_path, write_outputs=False)
+    hist = pd.DataFrame(result["history"])
+    # Validated after epochs 2 and 4; patience counts validations, so 4 stops the run.
+    assert len(calls) == 2 and list(hist["epoch"]) == [1, 2, 3, 4]
+    assert hist["val_loss"].isna().tolist() == [True, False, True, False]
+    assert hist["val_recall"].isna().tolist() == [True, False, True, False]
+    assert result["best_epoch"] == 2  # an unvalidated epoch is never selected
+    calls.clear()
+    v["train"].update(patience=None, epochs=3)
+    result = train(v, pairs, tmp_path / "b", write_outputs=False)
+    assert len(calls) == 2 and result["best_epoch"] in (2, 3)  # epoch 2, and the last
 
 
 def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):

@@ -27,7 +27,8 @@ def _loss_panel(ax, history: pd.DataFrame, steps: pd.DataFrame) -> None:
                 color="tab:blue", label="train (per step)")
     ax.plot(history["epoch"], history["train_loss"], marker="o", color="tab:blue",
             label="train (epoch mean)")
-    ax.plot(history["epoch"], history["val_loss"], marker="s", color="tab:orange",
+    val = history.dropna(subset=["val_loss"])  # train.eval_every skips epochs
+    ax.plot(val["epoch"], val["val_loss"], marker="s", color="tab:orange",
             label="validation")
     ax.set(xlabel="epoch", ylabel="InfoNCE loss", title="loss")
     ax.legend(fontsize=8)

@@ -35,6 +35,7 @@ from cliptune.reporting.observations import (
     observations,
     selection_paragraph,
 )
+from cliptune.reporting.pretrained_table import pretrained_section
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
 ANCHORS = {
@@ -181,6 +182,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
                                              untrained, run.ks, comparison)] + [""]
     lines += _results(run) + _anchors(run)
     lines += comparison_section(comparison) if comparison is not None else []
+    lines += pretrained_section({n: d["metrics"] for n, d in run.data.items()},
+                                {n: d["report"] for n, d in run.data.items()}, run.ks)
     lines += _zero_shot(run)
     lines += _figures(run, ablation_png, overlay_png) + _hyperparameters(run)
     lines += _hardware(run) + _loss_in_words(run)
@@ -208,7 +211,8 @@ def _results(run: _Run) -> list[str]:
     # mAP / NDCG at the largest K, image->text next to text->image
     rank_cols = [f"{d}_{m}@{ks[-1]}" for m in ("mAP", "NDCG") for d in ("i2t", "t2i")]
     header = ["variant"] + [f"i2t R@{k}" for k in ks] + [f"t2i R@{k}" for k in ks] + [
-        "rsum", "i2t medr", "t2i medr", "i2t MRR"] + [c.replace("_", " ") for c in rank_cols]
+        "rsum", "i2t medr", "t2i medr", "i2t MRR", "t2i MRR"] + [
+        c.replace("_", " ") for c in rank_cols]
     rows = []
     for n in run.names:
         m = run.data[n]["metrics"]
@@ -217,12 +221,13 @@ def _results(run: _Run) -> list[str]:
         rows.append([f"{n}{mark}"] + [_fmt(m.get(f"i2t_R@{k}")) for k in ks]
                     + [_fmt(m.get(f"t2i_R@{k}")) for k in ks]
                     + [_fmt(run.rsum[n]), _fmt(m.get("i2t_medr")), _fmt(m.get("t2i_medr")),
-                       _fmt(m.get("i2t_mrr"), 3)] + [_fmt(m.get(c)) for c in rank_cols])
+                       _fmt(m.get("i2t_mrr"), 3), _fmt(m.get("t2i_mrr"), 3)]
+                    + [_fmt(m.get(c)) for c in rank_cols])
     if _comparable(run):
         for a, vals in ANCHORS.items():
             rows.append([f"*{a}, published*"] + [_fmt(vals.get(f"i2t_R@{k}")) for k in ks]
                         + [_fmt(vals.get(f"t2i_R@{k}")) for k in ks]
-                        + ["–"] * (4 + len(rank_cols)))
+                        + ["–"] * (5 + len(rank_cols)))
     return ["## Results", "", _table(header, rows), ""]
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cliptune.data.augment import augment_captions, augment_images
+from cliptune.data.caption_variations import vary_captions
 from cliptune.data.pairs import PairData
 from cliptune.models.image_tower import to_unit_float
 from cliptune.training.losses import batch_loss
@@ -58,6 +59,9 @@ def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Te
     if ctx.model.text_from_cache:
         return x, text_emb.to(ctx.device, non_blocking=True), features
     captions = data.captions["caption"].to_numpy()[rows].tolist()
+    if train:
+        captions = vary_captions(captions, rows, ctx.tcfg["caption_augment"],
+                                 ctx.tcfg["seed"], ctx.caption_rng)
     dropout = ctx.tcfg["caption_word_dropout"]
     if train and dropout:
         captions = augment_captions(captions, dropout, ctx.caption_rng)

@@ -85,6 +85,12 @@ class Trainer:
         self.state_path, self.dist = Path(state_path), dist_ctx
         self.show_progress, self.log_dir = show_progress, log_dir
         self.ts = build_state(variant, train_data, val_data, dist_ctx)
+        if self.tcfg["caption_augment"]["variations"] and self.ts.model.text_from_cache:
+            raise ValueError(
+                f"{variant['name']}: train.caption_augment.variations is set but this "
+                "variant's captions come from the frozen text cache, which never sees the "
+                "words; set it to 0, or train the text tower (model.clip.lock_text: false or "
+                "LoRA on text)")
         self.config_hash = resume_hash(variant)
         self.ctx = StepContext(self.ts.model, self.tcfg, dist_ctx.device,
                                autocast_dtype(self.tcfg["precision"], dist_ctx.device),
@@ -135,7 +141,7 @@ class Trainer:
                     if run.diverged is not None:
                         self._recover(run, good)
                         continue
-                    self.end_epoch(run, self.validate())
+                    self.end_epoch(run, self.validate() if self._validating() else None)
         finally:
             self.logger.close()
         barrier(self.dist)
@@ -158,9 +164,12 @@ class Trainer:
         if tcfg["loss"] == "hard_negative" and (
                 self.negatives is None
                 or (epoch - self.start_epoch) % tcfg["hard_negatives"]["refresh_epochs"] == 0):
-            self.negatives = build_index(self.ts.model, self.train_data,
-                                         tcfg["hard_negatives"]["k"], self.dist.device,
-                                         self.ctx.amp_dtype, tcfg["batch_size"])
+            # Random negatives depend on (seed, epoch) only: a resumed run redraws the same.
+            hn = tcfg["hard_negatives"]
+            self.negatives = build_index(
+                self.ts.model, self.train_data, hn["k"], self.dist.device, self.ctx.amp_dtype,
+                tcfg["batch_size"], hn["strategy"],
+                torch.Generator().manual_seed(tcfg["seed"] * 7919 + epoch))
         # Augmentation draws depend on (seed, epoch) only: a resumed epoch repeats them.
         self.ctx.image_gen = torch.Generator().manual_seed(tcfg["seed"] * 100_003 + epoch)
         self.ctx.caption_rng = np.random.default_rng([tcfg["seed"], epoch, 7])
@@ -278,13 +287,23 @@ class Trainer:
                     div["lr_factor"], self.ts.restarts, div["max_restarts"])
         self.ts.restore(good, div["lr_factor"])
 
+    def _validating(self) -> bool:
+        """train.eval_every: validate every N epochs and always after the last one."""
+        done = self.ts.epoch + 1
+        return done % self.tcfg["eval_every"] == 0 or done == self.tcfg["epochs"]
+
     def validate(self) -> dict[str, float]:
         """Validation loss, in-batch accuracy both ways and mean R@1 of the current model."""
         return validate(self.ctx, self.val_data, self.step_batch, self.tcfg["val_max_images"])
 
-    def end_epoch(self, run: EpochRun, val: dict[str, float]) -> None:
-        """Record the epoch, update the best epoch and early stopping, checkpoint."""
+    def end_epoch(self, run: EpochRun, val: dict[str, float] | None) -> None:
+        """Record the epoch, update the best epoch and early stopping, checkpoint.
+        ``val`` is None for an epoch train.eval_every skips: it selects nothing and does
+        not count towards patience."""
         ts, tcfg = self.ts, self.tcfg
+        validated = val is not None
+        val = val if validated else dict.fromkeys(
+            ("val_loss", "val_acc_i2t", "val_acc_t2i", "val_recall"), math.nan)
         seconds = run.seconds()
         self.train_seconds += time.perf_counter() - run.t0
         self.train_images += (len(run.batches) - run.first) * self.step_batch
@@ -298,14 +317,15 @@ class Trainer:
                  val["val_acc_t2i"], val["val_recall"], row["temperature"], row["images_per_s"])
         column, sign = MONITORS[tcfg["monitor"]]
         score = sign * row[column]
-        if score > ts.best.score + tcfg["min_delta"]:
+        if validated and score > ts.best.score + tcfg["min_delta"]:
             ts.best, ts.bad_epochs = Best(val_loss, run.epoch + 1, run.weights, score), 0
-        else:
+        elif validated:
             ts.bad_epochs += 1
-        if tcfg["patience"] and ts.bad_epochs >= tcfg["patience"]:
+        if validated and tcfg["patience"] and ts.bad_epochs >= tcfg["patience"]:
             ts.stopped = True
-            log.info("early stopping after epoch %d: %s did not improve for %d epochs (best "
-                     "epoch %d)", run.epoch + 1, tcfg["monitor"], ts.bad_epochs, ts.best.epoch)
+            log.info("early stopping after epoch %d: %s did not improve for %d validations "
+                     "(best epoch %d)", run.epoch + 1, tcfg["monitor"], ts.bad_epochs,
+                     ts.best.epoch)
         ts.epoch += 1
         last = ts.epoch == tcfg["epochs"] or ts.stopped
         if (last or ts.epoch % tcfg["checkpoint_every_epochs"] == 0) and self.dist.is_main:
