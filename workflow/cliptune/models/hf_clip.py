@@ -109,6 +109,9 @@ class HFClip(nn.Module):
             self.clip, self.tokenizer = _load_pretrained(ccfg["model"])
             lock_image, lock_text, lora = ccfg["lock_image"], ccfg["lock_text"], ccfg["lora"]
             freeze_proj = ccfg["freeze_projections"]
+            if tcfg["temperature"] is not None:  # null: the checkpoint's learned scale
+                with torch.no_grad():
+                    self.clip.logit_scale.fill_(math.log(1.0 / tcfg["temperature"]))
         else:
             dcfg = mcfg["dual_encoder"]
             tok = dcfg.get("tokenizer") or variant["text_encoder"]["model"]
