@@ -46,15 +46,15 @@ def test_unknown_key_names_key_and_suggests(demo):
 
 
 def test_unknown_key_inside_variant(demo):
-    demo["variants"]["bn_head"]["model"]["head"]["nrom"] = "batchnorm"
+    demo["variants"]["bn"]["model"]["head"]["nrom"] = "batchnorm"
     msg = _error(demo)
-    assert "variants.bn_head.model.head" in msg and "'nrom'" in msg and "norm" in msg
+    assert "variants.bn.model.head" in msg and "'nrom'" in msg and "norm" in msg
 
 
 def test_bad_enum_lists_allowed_values(demo):
-    demo["variants"]["bn_head"]["model"]["head"]["norm"] = "batchnrom"
+    demo["variants"]["bn"]["model"]["head"]["norm"] = "batchnrom"
     msg = _error(demo)
-    assert "variants.bn_head.model.head.norm" in msg
+    assert "variants.bn.model.head.norm" in msg
     assert "'batchnrom'" in msg and "batchnorm" in msg and "layernorm" in msg
 
 
@@ -75,7 +75,7 @@ def test_impossible_value(demo):
 def test_baseline_must_be_a_variant(demo):
     demo["baseline"] = "nope"
     msg = _error(demo)
-    assert "baseline" in msg and "bn_head" in msg
+    assert "baseline" in msg and "bn" in msg
 
 
 def test_reserved_variant_name(demo):
@@ -91,7 +91,7 @@ def test_coco_needs_root(demo):
 def test_variant_deep_merge_touches_only_its_keys(demo):
     cfg = load_config(demo)
     base = resolve_variant(cfg, "baseline")
-    bn = resolve_variant(cfg, "bn_head")
+    bn = resolve_variant(cfg, "bn")
     assert bn["model"]["head"]["norm"] == "batchnorm"
     assert bn["model"]["head"]["hidden_dim"] == base["model"]["head"]["hidden_dim"]
     assert bn["train"] == base["train"]
@@ -120,6 +120,39 @@ def test_encoder_key_depends_on_what_changes_embeddings():
     assert encoder_key({**base, "pooling": "mean"}) != encoder_key(base)
 
 
+def test_lab_config_follows_the_handout(repo):
+    """config/config.yaml is the ELEC 475 lab study: fine-tuned ImageNet ResNet50 + GELU
+    head against the frozen CLIP text tower, the handout's optimiser settings, and its
+    four flag combinations plus the frozen-trunk setup."""
+    cfg = load_config(yaml.safe_load((repo / "config" / "config.yaml").read_text()))
+    base = resolve_variant(cfg, "baseline")
+    assert base["text_encoder"]["model"] == "openai/clip-vit-base-patch32"
+    m, t = base["model"], base["train"]
+    assert (m["backbone"], m["weights"], m["pooling"]) == ("resnet50", "IMAGENET1K_V2", "avg")
+    assert m["freeze_backbone"] is False and m["trainable_stages"] is None
+    assert m["head"] == {"hidden_dim": 1024, "depth": 2, "norm": "none", "dropout": 0.0}
+    assert (t["optimizer"], t["lr"], t["weight_decay"], t["warmup_steps"], t["grad_clip"],
+            t["epochs"], t["batch_size"], t["temperature"], t["loss"]) == (
+        "adamw", 1e-4, 0.01, 500, 1.0, 10, 128, 0.07, "infonce")
+    flags = {n: (resolve_variant(cfg, n)["model"]["head"]["norm"],
+                 resolve_variant(cfg, n)["model"]["pooling"])
+             for n in ("baseline", "bn", "attn", "bn_attn")}
+    assert flags == {"baseline": ("none", "avg"), "bn": ("batchnorm", "avg"),
+                     "attn": ("none", "attention"), "bn_attn": ("batchnorm", "attention")}
+    assert resolve_variant(cfg, "frozen_trunk")["model"]["freeze_backbone"] is True
+
+
+def test_demo_is_a_miniature_of_the_lab(demo):
+    cfg = load_config(demo)
+    base = resolve_variant(cfg, "baseline")
+    assert (base["model"]["backbone"], base["model"]["weights"]) == ("efficientnet_lite0",
+                                                                     "imagenet")
+    assert base["model"]["freeze_backbone"] is False
+    assert set(variant_names(cfg)) == {"baseline", "bn", "attn", "bn_attn", "frozen_trunk",
+                                       "untrained"}
+    assert resolve_variant(cfg, "frozen_trunk")["model"]["freeze_backbone"] is True
+
+
 def test_one_seed_is_the_default_and_keeps_single_run_names(demo):
     cfg = load_config(demo)
     assert run_names(cfg) == {v: [v] for v in variant_names(cfg)}
@@ -128,20 +161,20 @@ def test_one_seed_is_the_default_and_keeps_single_run_names(demo):
 
 
 def test_seeds_make_one_run_per_seed_and_leave_the_primary_unchanged(demo):
-    single = resolve_variant(load_config(demo), "bn_head")
-    demo["variants"]["bn_head"]["train"] = {"seeds": [0, 3, 1]}
+    single = resolve_variant(load_config(demo), "bn")
+    demo["variants"]["bn"]["train"] = {"seeds": [0, 3, 1]}
     cfg = load_config(demo)
     runs = run_names(cfg)
-    assert runs["bn_head"] == ["bn_head", "bn_head/seed3", "bn_head/seed1"]
+    assert runs["bn"] == ["bn", "bn/seed3", "bn/seed1"]
     assert runs["baseline"] == ["baseline"] and runs["untrained"] == ["untrained"]
     # Adding seeds never changes (so never reruns) the primary run's resolved config.
-    assert canonical_json(resolve_run(cfg, "bn_head")) == canonical_json(single)
-    replicate = resolve_run(cfg, "bn_head/seed3")
-    assert replicate["train"]["seed"] == 3 and replicate["name"] == "bn_head/seed3"
+    assert canonical_json(resolve_run(cfg, "bn")) == canonical_json(single)
+    replicate = resolve_run(cfg, "bn/seed3")
+    assert replicate["train"]["seed"] == 3 and replicate["name"] == "bn/seed3"
     assert {k: v for k, v in replicate["train"].items() if k != "seed"} == {
         k: v for k, v in single["train"].items() if k != "seed"}
-    with pytest.raises(ConfigError, match="unknown run 'bn_head/seed7'"):
-        resolve_run(cfg, "bn_head/seed7")
+    with pytest.raises(ConfigError, match="unknown run 'bn/seed7'"):
+        resolve_run(cfg, "bn/seed7")
 
 
 def test_seed_conflicting_with_seeds_is_an_error(demo):
@@ -167,5 +200,5 @@ def test_bad_bootstrap_settings_are_rejected(demo, key, value):
 
 
 def test_bootstrap_is_shared_not_per_variant(demo):
-    demo["variants"]["bn_head"]["bootstrap"] = {"resamples": 500}
+    demo["variants"]["bn"]["bootstrap"] = {"resamples": 500}
     assert "'bootstrap'" in _error(demo)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from cliptune.reporting.data_report import build_data_report, split_report
 from cliptune.reporting.samples import pick_samples, write_samples
+from cliptune.reporting.vocabulary import vocabulary_report, word_counts
 
 
 def _captions(split: str, rows: list[tuple[int, str]]) -> pd.DataFrame:
@@ -80,6 +81,26 @@ def test_build_data_report_files_and_split_overlap(tmp_path):
     md = (tmp_path / "r.md").read_text()
     assert "| train/5.jpg | missing | missing |" in md
     assert "restval used" in md and "train/val: 1" in md and "Ein Café" not in md
+    # Vocabulary per split and over both: train's 14 words plus val's "leaked", "fine".
+    train_vocab = report["splits"]["train"]["vocabulary"]
+    assert train_vocab["vocabulary_size"] == 14 and train_vocab["words"] == 22
+    assert report["vocabulary"]["vocabulary_size"] == 16
+    assert "- vocabulary: 14 distinct lower-cased words in 22 words" in md
+    assert "## All splits" in md and "- vocabulary: 16 distinct" in md
+
+
+def test_vocabulary_lowercases_splits_punctuation_and_ranks_ties_by_word():
+    counts = word_counts(["A dog, a DOG.", "The man's dog on a bench", "café au lait"])
+    assert counts["dog"] == 3 and counts["a"] == 3 and counts["man's"] == 1
+    assert counts["café"] == 1 and "dog," not in counts and "" not in counts
+    v = vocabulary_report(counts, n=3)
+    assert v["vocabulary_size"] == len(counts) == 9
+    assert v["words"] == 13 and v["words_seen_once"] == 7
+    # "a" and "dog" tie at 3 (alphabetical), then the 1-count words alphabetically.
+    assert [d["word"] for d in v["most_frequent_words"]] == ["a", "dog", "au"]
+    # Function words ("a", "the", "on") are left out of the content list only.
+    assert [d["word"] for d in v["most_frequent_content_words"]] == ["dog", "au", "bench"]
+    assert v["most_frequent_words"][0] == {"word": "a", "count": 3}
 
 
 def test_samples_are_seeded_and_skip_bad_images(tmp_path):

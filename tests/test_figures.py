@@ -159,3 +159,27 @@ def test_variant_figures_from_saved_embeddings(tmp_path):
     saved = json.loads((tmp_path / "zs.json").read_text())
     assert saved["classes"] == ["circle", "square", "star"] and saved["temperature"] == 0.05
     assert 0 <= result["accuracy"]["top1_accuracy"] <= 100 and saved["accuracy"]["n_images"] <= n
+
+
+def test_loss_curves_show_accuracy_per_step_loss_and_warmup(tmp_path):
+    from cliptune.reporting.plots import plot_loss_curves
+
+    hist = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3.0, 2.5, 2.2],
+                         "val_loss": [3.1, 2.7, 2.5], "temperature": [0.07, 0.06, 0.05],
+                         "lr": [1e-4, 5e-5, 0.0],
+                         **{f"{s}_acc_{w}": [10.0, 20.0, 30.0] for s in ("train", "val")
+                            for w in ("i2t", "t2i")}})
+    steps = pd.DataFrame({"step": range(1, 31), "loss": np.linspace(3.2, 2.1, 30),
+                          "lr": [min(k / 5, 1.0) * 1e-4 for k in range(1, 31)]})
+    fig = plot_loss_curves(hist, tmp_path / "curves.png", "baseline", steps=steps)
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    loss_ax, acc_ax, lr_ax, _ = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy", "learning rate",
+                                                  "temperature"]
+    assert len(loss_ax.lines[0].get_xdata()) == 30  # every optimiser step
+    assert len(acc_ax.lines) == 4  # train/val x image->text/text->image
+    lr = lr_ax.lines[0].get_ydata()
+    assert len(lr) == 30 and lr[0] < lr[4] == max(lr)  # the warmup is visible
+    for ax in fig.axes:
+        ticks = ax.get_xticks()
+        assert np.allclose(ticks, np.round(ticks))  # integer epoch ticks

@@ -177,3 +177,28 @@ def test_negative_index_never_mines_an_images_own_captions():
     hard = mine(images, captions, torch.arange(5), owner, k=3, block=2)
     assert hard.shape == (5, 3)
     assert not (owner[hard] == torch.arange(5)[:, None]).any()
+
+
+def test_random_negatives_are_seeded_other_images_and_not_the_nearest():
+    from cliptune.training.hard_negatives import _pick, draw_random
+
+    g = torch.Generator().manual_seed(4)
+    images = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=-1)
+    captions = torch.cat([images, images + 0.01])
+    owner = torch.arange(40).repeat(2)
+    draw = draw_random(torch.arange(40), owner, 5, torch.Generator().manual_seed(0))
+    assert draw.shape == (40, 5) and not (owner[draw] == torch.arange(40)[:, None]).any()
+    again = _pick("random", images, captions, torch.arange(40), owner, 5,
+                  torch.Generator().manual_seed(0))
+    assert torch.equal(draw, again)  # seeded: a resumed epoch redraws the same negatives
+    other = draw_random(torch.arange(40), owner, 5, torch.Generator().manual_seed(1))
+    assert not torch.equal(draw, other)
+    semantic = _pick("semantic", images, captions, torch.arange(40), owner, 5, None)
+    sims = (images[:, None] * captions[draw]).sum(-1)
+    nearest = (images[:, None] * captions[semantic]).sum(-1)
+    assert sims.mean() < nearest.mean() - 0.3  # random ones are far easier than mined ones
+    with pytest.raises(ValueError, match="at least two images"):
+        draw_random(torch.arange(2), torch.zeros(3, dtype=torch.long), 2,
+                    torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="semantic or random"):
+        _pick("nearest", images, captions, torch.arange(40), owner, 5, None)

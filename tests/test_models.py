@@ -92,6 +92,23 @@ def test_lora_vision_tower_and_bad_targets(tiny_clip_dir):
         build_model(bad, 16)
 
 
+def test_freeze_projections_keeps_both_projections_while_towers_train(tiny_clip_dir):
+    from cliptune.models.factory import build_model
+
+    both = {"lock_text": False, "lock_image": False}
+    free = build_model(clip_variant(tiny_clip_dir, clip=both), 16)
+    fixed = build_model(clip_variant(tiny_clip_dir, clip={**both, "freeze_projections": True}),
+                        16)
+
+    def trainable(model, prefix):
+        return {n for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefix)}
+
+    for proj in ("clip.visual_projection", "clip.text_projection"):
+        assert trainable(free, proj) and not trainable(fixed, proj), proj
+    for tower in ("clip.vision_model", "clip.text_model"):  # the towers still train
+        assert trainable(fixed, tower) == trainable(free, tower) != set(), tower
+
+
 def test_full_finetune_with_locked_text(tiny_clip_dir, pairs, tmp_path):
     from cliptune.models.factory import build_model
     from cliptune.training.optim import build_optimizer
@@ -432,3 +449,24 @@ def test_towers_decide_text_cache_from_config(tiny_clip_dir):
         assert reads_text_cache(v) == model.text_from_cache == cached
         assert text_tower_trains(v) == trains
         assert figures_gpus(v) == int(not cached and v["train"]["device"] != "cpu")
+
+
+def test_train_temperature_sets_a_pretrained_clip_scale_and_null_keeps_its_own(tiny_clip_dir):
+    """train.temperature is never silently ignored: a number sets CLIP's logit scale, null
+    keeps the checkpoint's learned one, and null on a model without one is a config error."""
+    from transformers import CLIPModel
+
+    from cliptune.config import ConfigError, load_config
+    from cliptune.models.factory import build_model
+
+    v = clip_variant(tiny_clip_dir)
+    v["train"]["temperature"] = 0.05
+    assert build_model(v, 16).scale().item() == pytest.approx(20.0, rel=1e-5)
+    v["train"]["temperature"] = None
+    own = CLIPModel.from_pretrained(tiny_clip_dir).logit_scale.exp().item()
+    assert build_model(v, 16).scale().item() == pytest.approx(own, rel=1e-5)
+    assert own != pytest.approx(20.0)
+    cfg = {"dataset": {"name": "t", "source": "demo"}, "variants": {"b": {}},
+           "train": {"temperature": None}}
+    with pytest.raises(ConfigError, match="temperature: null"):
+        load_config(cfg)

@@ -35,6 +35,13 @@ def test_optimizer_choice_and_no_decay_on_biases_norms_temperature(name, cls):
         assert all(g["momentum"] == 0.8 for g in opt.param_groups)
 
 
+def test_nothing_trainable_is_an_error_naming_the_switches():
+    model, tcfg = _model_and_cfg()
+    model.requires_grad_(False)  # e.g. both CLIP towers locked and a fixed temperature
+    with pytest.raises(ValueError, match="no trainable parameter.*learnable_temperature: true"):
+        build_optimizer(model, tcfg)
+
+
 def test_warmup_steps_replace_the_fraction_and_shape_the_schedule():
     _, tcfg = _model_and_cfg(warmup_steps=None, warmup_fraction=0.1)
     assert warmup_steps(tcfg, 1000) == 100

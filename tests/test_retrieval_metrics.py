@@ -102,6 +102,9 @@ def brute_force(img, txt, tii, ks):
     for k in ks:
         out[f"i2t_mAP@{k}"] = 100 * sum(ap[k]) / n_img
         out[f"i2t_NDCG@{k}"] = 100 * sum(ndcg[k]) / n_img
+        # text->image: one relevant image per caption, the same AP/NDCG definitions
+        out[f"t2i_mAP@{k}"] = 100 * sum(1 / r for r in r_t2i if r <= k) / n_txt
+        out[f"t2i_NDCG@{k}"] = 100 * sum(1 / math.log2(r + 1) for r in r_t2i if r <= k) / n_txt
     out["n_images"], out["n_texts"] = n_img, n_txt
     return out, torch.tensor(r_i2t), torch.tensor(r_t2i), sims
 
@@ -236,6 +239,10 @@ def test_matches_torchmetrics():
             tm_value(tm.RetrievalNormalizedDCG(top_k=k), preds_i2t, target_i2t, q_i2t),
             abs=1e-4,
         )
+        assert got[f"t2i_NDCG@{k}"] == pytest.approx(
+            tm_value(tm.RetrievalNormalizedDCG(top_k=k), preds_t2i, target_t2i, q_t2i),
+            abs=1e-4,
+        )
     assert 100 * got["i2t_mrr"] == pytest.approx(
         tm_value(tm.RetrievalMRR(), preds_i2t, target_i2t, q_i2t), abs=1e-4
     )
@@ -247,6 +254,11 @@ def test_matches_torchmetrics():
     assert got[f"i2t_mAP@{n_txt}"] == pytest.approx(
         tm_value(tm.RetrievalMAP(), preds_i2t, target_i2t, q_i2t), abs=1e-4
     )
+    # one relevant image per caption: both conventions agree at every K
+    for k in KS:
+        assert got[f"t2i_mAP@{k}"] == pytest.approx(
+            tm_value(tm.RetrievalMAP(top_k=k), preds_t2i, target_t2i, q_t2i), abs=1e-4
+        )
     assert 0 < got["i2t_R@1"] < 100 and 0 < got["t2i_R@1"] < 100  # not a degenerate case
 
 
@@ -271,6 +283,9 @@ def test_hand_computed_two_images_four_captions():
     assert got["i2t_mAP@1"] == 100
     assert got["i2t_mAP@5"] == pytest.approx(100 * (1 + 2 / 3) / 2)
     assert got["i2t_NDCG@5"] == pytest.approx(100 * 1.5 / (1 + 1 / math.log2(3)))
+    # text->image ranks 1, 2, 2, 1: AP 1, 1/2, 1/2, 1; NDCG 1, 1/log2(3), 1/log2(3), 1
+    assert got["t2i_mAP@1"] == 50 and got["t2i_mAP@5"] == 75
+    assert got["t2i_NDCG@5"] == pytest.approx(100 * (2 + 2 / math.log2(3)) / 4)
     assert (got["n_images"], got["n_texts"]) == (2, 4)
 
 

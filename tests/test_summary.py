@@ -188,6 +188,14 @@ def test_convergence_states():
     c = convergence(h)
     assert c["state"].startswith("still improving") and c["gap"] == pytest.approx(1.0)
     assert convergence(pd.DataFrame()) == {"epochs": 0}
+    # train.eval_every: 2: epochs 1 and 3 were not validated (NaN) and are not judged.
+    nan = float("nan")
+    h = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_loss": [3, 2, 1.5, 1.0],
+                      "val_loss": [nan, 2.0, nan, 1.999], "val_recall": [nan, 5, nan, 6],
+                      "temperature": [0.07] * 4})
+    c = convergence(h)
+    assert (c["epochs"], c["validations"], c["best_epoch"]) == (4, 2, 4)
+    assert c["state"].startswith("converged") and c["gap"] == pytest.approx(0.999)
 
 
 def test_report_rules_are_wired(tmp_path, repo):
@@ -203,3 +211,98 @@ def test_report_rules_are_wired(tmp_path, repo):
         for caption in re.findall(r'caption="([^"]+)"', rules):
             assert (repo / "workflow" / "rules" / caption).resolve().is_file(), caption
     assert (repo / "workflow" / "report" / "workflow.rst").is_file()
+
+
+def _as_clip(paths: dict, epochs: int, mrr: tuple[float, float], checkpoint: str) -> None:
+    """Turn a synthetic run into a CLIP variant from ``checkpoint`` with the given MRRs."""
+    rep = json.loads(paths["train_report"].read_text())
+    rep["config"]["model"] = {"kind": "clip", "clip": {"model": checkpoint}}
+    rep["config"]["train"]["epochs"] = epochs
+    paths["train_report"].write_text(json.dumps(rep))
+    m = json.loads(paths["metrics"].read_text())
+    m["i2t_mrr"], m["t2i_mrr"] = mrr
+    m["t2i_mAP@10"] = 21.5
+    paths["metrics"].write_text(json.dumps(m))
+
+
+def test_pretrained_vs_fine_tuned_table_has_mrr_both_ways(tmp_path):
+    root = tmp_path / "results" / "c" / "variants"
+    variants = {"pretrained": make_variant(root, "pretrained", 20.0, []),
+                "lora_text": make_variant(root, "lora_text", 25.0, [3.0, 2.5]),
+                "other_ckpt": make_variant(root, "other_ckpt", 30.0, [3.0, 2.4])}
+    _as_clip(variants["pretrained"], 0, (0.552, 0.401), "openai/clip-vit-base-patch32")
+    _as_clip(variants["lora_text"], 20, (0.623, 0.47), "openai/clip-vit-base-patch32")
+    _as_clip(variants["other_ckpt"], 5, (0.7, 0.6), "some/other-clip")
+    text = build_summary(variants, "pretrained", {"name": "c", "source": "coco"}, REPORT,
+                         tmp_path / "results" / "summary.md")
+    section = text.split("## Pretrained vs fine-tuned", 1)[1].split("\n## ", 1)[0]
+    rows = [r for r in section.splitlines() if r.startswith("| ")]
+    assert rows[0].split(" | ")[1:] == [
+        "image→text R@1", "image→text R@5", "image→text R@10", "image→text MRR",
+        "text→image R@1", "text→image R@5", "text→image R@10", "text→image MRR |"]
+    # R@K = recall * sqrt(k) (make_variant), MRR as set; the other checkpoint is not a row.
+    assert rows[1] == ("| pretrained (`pretrained`) | 20.0 | 44.7 | 63.2 | 0.552 | 20.0 | "
+                       "44.7 | 63.2 | 0.401 |")
+    assert rows[2].startswith("| fine-tuned (`lora_text`) | 25.0 | 55.9 | 79.1 | 0.623 | 25.0")
+    assert rows[3] == ("| change (`lora_text`) | +5.0 | +11.2 | +15.8 | +0.071 | +5.0 | "
+                       "+11.2 | +15.8 | +0.069 |")
+    assert len(rows) == 4 and "other_ckpt" not in section
+    # Both MRRs, and mAP/NDCG of both directions, also stand in the Results table.
+    assert "| i2t MRR | t2i MRR | i2t mAP@10 | t2i mAP@10 | i2t NDCG@10 | t2i NDCG@10 |" in text
+    row = next(r for r in text.split("## Results")[1].splitlines() if r.startswith("| lora_text"))
+    assert row.endswith("| 0.623 | 0.470 | 20.0 | 21.5 | – | – |")
+
+
+def test_no_pretrained_table_without_a_zero_shot_clip(runs):
+    tmp, variants = runs
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+                         tmp / "results" / "summary.md")
+    assert "Pretrained vs fine-tuned" not in text
+
+
+def test_summary_lab_sections_stability_llm_hardware_and_t2i_ranking(runs):
+    tmp, variants = runs
+    d = Path(variants["baseline"]["history"]).parent
+    hist = pd.read_csv(d / "history.csv")
+    hist["skipped_steps"] = [0, 2, 0, 0]
+    hist["restarts"] = [0, 0, 1, 1]
+    hist["grad_norm"], hist["grad_norm_min"] = 0.8, [0.2, 0.15, 0.3, 0.3]
+    hist["grad_norm_max"] = [4.0, 9.5, 2.0, 1.0]
+    for col, v in (("train_acc_i2t", 41.0), ("train_acc_t2i", 40.0), ("val_acc_i2t", 33.3),
+                   ("val_acc_t2i", 31.2)):
+        hist[col] = v
+    hist.to_csv(d / "history.csv", index=False)
+    m = json.loads((d / "metrics.json").read_text())
+    m |= {"t2i_mAP@10": 12.3, "i2t_NDCG@10": 45.6, "t2i_NDCG@10": 23.4}
+    (d / "metrics.json").write_text(json.dumps(m))
+    rep = json.loads((d / "train_report.json").read_text())
+    rep["hardware"] = {"kind": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 1,
+                       "gpu_memory_gb": 79.2, "peak_gpu_memory_gb": 11.25}
+    rep["config"]["train"] |= {"optimizer": "adamw", "warmup_steps": 500, "grad_clip": 1.0}
+    (d / "train_report.json").write_text(json.dumps(rep))
+    bn = Path(variants["bn_head"]["train_report"])
+    rep = json.loads(bn.read_text())
+    rep["hardware"] = {"kind": "cpu", "cpu": "AMD EPYC 9654", "cpu_cores": 2, "torch_threads": 2}
+    rep["config"]["train"] |= {"optimizer": "sgd", "momentum": 0.9, "warmup_fraction": 0.05,
+                               "warmup_steps": None}
+    bn.write_text(json.dumps(rep))
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+                         tmp / "results" / "summary.md")
+    # t2i mAP / NDCG next to the i2t ones
+    assert "| i2t mAP@10 | t2i mAP@10 | i2t NDCG@10 | t2i NDCG@10 |" in text
+    assert re.search(r"\| baseline \|.*\| 20\.0 \| 12\.3 \| 45\.6 \| 23\.4 \|", text)
+    # stability from history.csv: skipped steps, restarts, grad-norm range, accuracies
+    section = text.split("## Training stability and convergence")[1].split("\n## ")[0]
+    assert re.search(r"\| baseline \| 2 \| 1 \| 0\.15 – 9\.5 \| 1\.890 \| 2\.190 \| 41\.0 \| "
+                     r"40\.0 \| 33\.3 \| 31\.2 \|", section)
+    assert "Some runs needed the guards" in section
+    assert "untrained" not in section  # no history, no row
+    # hardware: GPU name + peak memory on CUDA, CPU model + threads otherwise
+    assert "NVIDIA H100 80GB HBM3 (79 GB) | 11.25 GB" in text
+    assert "CPU AMD EPYC 9654, 2 threads of 2 cores | – (CPU)" in text
+    # hyperparameters name the optimiser and the warmup
+    assert "| AdamW | 0.05 | 500 steps | 1.0 |" in text
+    assert "| SGD (momentum 0.9) | 0.05 | 5% of steps |" in text
+    # the lab's reflection section with its placeholder link
+    llm = text.split("## Reflection on LLM usage")[1]
+    assert "Link to the conversation" in llm and "TODO: paste the shared conversation URL" in llm

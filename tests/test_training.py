@@ -60,6 +60,9 @@ OPTIONS = {
         "model": {"trainable_stages": 1, "freeze_bn_stats": True},
         "train": {"loss": "hard_negative", "hard_negatives": {"k": 3}, "batch_size": 4,
                   "accum_steps": 2}},
+    "random_negatives": {
+        "train": {"loss": "hard_negative",
+                  "hard_negatives": {"k": 3, "strategy": "random"}}},
 }
 
 
@@ -109,6 +112,22 @@ def test_freezing_keeps_frozen_batchnorm_statistics():
         ImageEncoder(deep_merge(cfg, {"freeze_backbone": True}), 16, 32)
 
 
+def test_trunk_bn_eval_keeps_every_trunk_statistic_while_the_trunk_trains():
+    from cliptune.models.image_tower import ImageEncoder
+
+    cfg = deep_merge(tiny_variant()["model"], {"trunk_bn_eval": True})
+    enc = ImageEncoder(cfg, 16, 32).train()
+    bns = [m for m in enc.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert all(m.weight.requires_grad for m in bns)  # affine weights still train
+    before = [m.running_mean.clone() for m in bns]
+    enc(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))
+    assert bns[0].weight.grad is not None
+    plain = ImageEncoder(deep_merge(cfg, {"trunk_bn_eval": False}), 16, 32).train()
+    assert all(m.training for m in plain.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_accumulation_gives_the_full_batch_gradient(pairs):
     from cliptune.models.factory import build_model
     from cliptune.training.step import StepContext, accumulated_backward, prepare
@@ -125,12 +144,16 @@ def test_accumulation_gives_the_full_batch_gradient(pairs):
         model.zero_grad()
         micro = [prepare(ctx, pairs[0], rows[c], images[c], text[c], train=False)
                  for c in chunks]
-        loss = accumulated_backward(ctx, micro, scaler)
+        loss, accuracy = accumulated_backward(ctx, micro, scaler)
+        grads.accuracy = accuracy
         return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     full_loss, full = grads([slice(0, 8)])
+    full_accuracy = grads.accuracy
     acc_loss, acc = grads([slice(0, 4), slice(4, 8)])
     assert torch.isclose(full_loss, acc_loss, atol=1e-5)
+    # in-batch accuracy is over the whole accumulated batch, both ways
+    assert torch.equal(full_accuracy, grads.accuracy) and full_accuracy.shape == (2,)
     assert full.keys() == acc.keys() and "logit_scale" in full
     for name in full:
         assert torch.allclose(full[name], acc[name], atol=1e-5, rtol=1e-4), name
@@ -233,6 +256,28 @@ def test_early_stopping_with_patience(pairs, tmp_path):
     assert len(again["history"]) == 2
 
 
+def test_eval_every_validates_every_nth_and_the_last_epoch(pairs, tmp_path, monkeypatch):
+    import cliptune.training.trainer as tr
+
+    calls = []
+    real = tr.validate
+    monkeypatch.setattr(tr, "validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    v = variant(model={"freeze_backbone": True},
+                train={"epochs": 5, "eval_every": 2, "patience": 1, "min_delta": 1e9,
+                       "batch_size": 16})
+    result = train(v, pairs, tmp_path, write_outputs=False)
+    hist = pd.DataFrame(result["history"])
+    # Validated after epochs 2 and 4; patience counts validations, so 4 stops the run.
+    assert len(calls) == 2 and list(hist["epoch"]) == [1, 2, 3, 4]
+    assert hist["val_loss"].isna().tolist() == [True, False, True, False]
+    assert hist["val_recall"].isna().tolist() == [True, False, True, False]
+    assert result["best_epoch"] == 2  # an unvalidated epoch is never selected
+    calls.clear()
+    v["train"].update(patience=None, epochs=3)
+    result = train(v, pairs, tmp_path / "b", write_outputs=False)
+    assert len(calls) == 2 and result["best_epoch"] in (2, 3)  # epoch 2, and the last
+
+
 def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     import cliptune.training.trainer as tr
 
@@ -272,6 +317,9 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
     report = json.loads((tmp_path / "b" / "out" / "train_report.json").read_text())
     assert report["epochs_run"] == 2
+    # steps.csv (an output) keeps every optimiser step across the resume, exactly once.
+    out_steps = pd.read_csv(tmp_path / "b" / "out" / "steps.csv")
+    assert out_steps["step"].tolist() == [1, 2, 3, 4] and out_steps["epoch"].tolist() == [1, 1, 2, 2]
     assert report["selected_on"] == {"split": "select", "images": pairs[1].n_images,
                                      "monitor": "val_loss"}
 
@@ -317,6 +365,58 @@ def test_batch_larger_than_data_is_a_clear_error(pairs, tmp_path):
     v = variant(train={"batch_size": 16, "accum_steps": 4})
     with pytest.raises(ValueError, match="batch_size x accum_steps = 64"):
         train(v, pairs, tmp_path)
+
+
+def test_in_batch_accuracy_both_ways():
+    from cliptune.training.step import in_batch_accuracy
+
+    img = torch.eye(3)
+    txt = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.9, 0.0, 0.1]])
+    # every image's best caption is its own (image 2: 0.1 beats 0), but caption 2's best
+    # image is image 0 (0.9 > 0.1): image->text 3/3, text->image 2/3
+    assert in_batch_accuracy(img, txt).tolist() == pytest.approx([1.0, 2 / 3])
+
+
+def test_history_steps_and_report_carry_accuracy_and_hardware(pairs, tmp_path):
+    v = variant(model={"freeze_backbone": True},
+                train={"epochs": 2, "batch_size": 8, "warmup_steps": 3, "lr": 1e-3,
+                       "tensorboard": True})
+    train(v, pairs, tmp_path, log_dir=tmp_path / "logs")
+    hist = pd.read_csv(tmp_path / "out" / "history.csv")
+    acc_cols = ["train_acc_i2t", "train_acc_t2i", "val_acc_i2t", "val_acc_t2i"]
+    assert set(acc_cols) <= set(hist.columns) and len(hist) == 2
+    assert ((hist[acc_cols] >= 0) & (hist[acc_cols] <= 100)).all().all()
+    assert (hist["grad_norm_min"] <= hist["grad_norm"]).all()
+    assert (hist["grad_norm"] <= hist["grad_norm_max"]).all()
+    steps = pd.read_csv(tmp_path / "out" / "steps.csv")
+    assert steps["step"].tolist() == list(range(1, 9))  # 32 images / 8 = 4 steps x 2 epochs
+    # the learning rate each step used: linear warmup over 3 steps, then cosine decay
+    assert steps["lr"].iloc[:3].tolist() == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert steps["lr"].iloc[3] == pytest.approx(1e-3) and steps["lr"].iloc[4] < 1e-3
+    train_acc = steps.groupby("epoch")[["acc_i2t", "acc_t2i"]].mean()
+    assert train_acc.to_numpy() == pytest.approx(hist[acc_cols[:2]].to_numpy())
+    report = json.loads((tmp_path / "out" / "train_report.json").read_text())
+    hw = report["hardware"]
+    assert hw["kind"] == "cpu" and hw["cpu"] and hw["torch_threads"] >= 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "logs" / "tensorboard"))
+    events.Reload()
+    assert {f"epoch/{c}" for c in acc_cols} <= set(events.Tags()["scalars"])
+
+
+def test_hardware_info_on_cuda_reports_gpu_and_peak_memory(monkeypatch):
+    from cliptune.runtime import hardware_info
+
+    class Props:
+        name, total_memory = "NVIDIA H200", 140 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**30)
+    hw = hardware_info(torch.device("cuda", 0))
+    assert hw == {"kind": "cuda", "gpu": "NVIDIA H200", "gpu_count": 1,
+                  "gpu_memory_gb": 140.0, "peak_gpu_memory_gb": 3.0}
 
 
 def test_log_opens_with_device_steps_and_batch_plan(pairs, tmp_path, caplog):

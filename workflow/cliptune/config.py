@@ -222,6 +222,11 @@ def _merged_variant(cfg: Mapping, name: str) -> dict:
     if resolved["eval"]["split"] is None:  # a variant's explicit null: the per-source default
         resolved["eval"]["split"] = cfg["eval"]["split"]
     resolved["name"] = name
+    if resolved["train"]["temperature"] is None and resolved["model"]["kind"] != "clip":
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.temperature: null, which keeps a "
+            "pretrained CLIP checkpoint's own logit scale; a "
+            f"{resolved['model']['kind']} model has none, so give a number (e.g. 0.07)")
     # Training validates on it, so a different selection split retrains the variant.
     resolved["select_split"] = cfg["dataset"]["selection"]["split"]
     return resolved

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import sys
+from pathlib import Path
 
 # torch is imported inside the functions that need it: the Snakefile imports
 # this module (via captions) at parse time, and a no-op `snakemake -n` should
@@ -64,6 +65,34 @@ def device_name(device) -> str:
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info(device) -> dict:
+    """What trained the model, for train_report.json and the lab report: GPU name, total
+    and peak allocated memory (torch.cuda.max_memory_allocated since the last reset) on
+    CUDA; CPU model and the threads torch used otherwise."""
+    import torch
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"kind": "cuda", "gpu": props.name, "gpu_count": torch.cuda.device_count(),
+                "gpu_memory_gb": round(props.total_memory / 2**30, 2),
+                "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+    return {"kind": device.type, "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
 
 
 def set_threads(threads: int | None) -> None:

@@ -128,7 +128,7 @@ def train(smk) -> None:
                       Path(smk.params.state), log_dir=log_dir)
     # Drawn here, not in the trainer: training never imports reporting.
     plot_loss_curves(pd.read_csv(smk.output.history), Path(smk.output.curves),
-                     title=variant["name"])
+                     title=variant["name"], steps=pd.read_csv(smk.output.steps))
 
 
 def hpo(smk) -> None:

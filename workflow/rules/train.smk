@@ -11,6 +11,7 @@ rule train:
     output:
         model=f"{VARIANT_DIR}/model.safetensors",
         history=f"{VARIANT_DIR}/history.csv",
+        steps=f"{VARIANT_DIR}/steps.csv",
         report=f"{VARIANT_DIR}/train_report.json",
         curves=report(
             f"{VARIANT_DIR}/loss_curves.png",

@@ -19,6 +19,9 @@ Definitions follow CLIP_benchmark / LAVIS:
     ranking, i.e. min(K, R) hits at positions 1..min(K, R).
 
   Both are averaged over images and reported in percent like the recalls.
+* ``t2i_mAP@K`` / ``t2i_NDCG@K``: the same definitions for text->image, where each
+  caption has exactly one relevant image (R = 1): AP@K = 1/rank and NDCG@K =
+  1/log2(rank + 1) when rank <= K, else 0; averaged over captions, in percent.
 
 **Ties** are resolved exactly and deterministically: candidates are ordered by descending
 score, equal scores by ascending candidate index (the order of a stable argsort of
@@ -268,6 +271,18 @@ def _map_ndcg(rel: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...]) -> di
     return out
 
 
+def _single_relevant_map_ndcg(prefix: str, ranks: torch.Tensor,
+                              ks: tuple[int, ...]) -> dict[str, float]:
+    """mAP@K and NDCG@K (percent) when every query has one relevant item at ``ranks``."""
+    r = ranks.to(torch.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = (r <= k).to(torch.float64)
+        out[f"{prefix}_mAP@{k}"] = 100.0 * float((hit / r).mean())
+        out[f"{prefix}_NDCG@{k}"] = 100.0 * float((hit / torch.log2(r + 1.0)).mean())
+    return out
+
+
 def retrieval_metrics(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
@@ -291,7 +306,8 @@ def retrieval_metrics(
         device: where to compute (default: ``image_emb.device``).
 
     Returns keys ``i2t_R@K``, ``t2i_R@K``, ``rsum``, ``{i2t,t2i}_{medr,meanr,mrr}``,
-    ``i2t_mAP@K``, ``i2t_NDCG@K`` (recalls, mAP and NDCG in percent; mrr in [0, 1]),
+    ``{i2t,t2i}_mAP@K``, ``{i2t,t2i}_NDCG@K`` (recalls, mAP and NDCG in percent; mrr in
+    [0, 1]),
     ``n_images``, ``n_texts``.
 
     Raises:
@@ -341,6 +357,7 @@ def summarize(
     out.update(_rank_summary("t2i", r_t2i, ks))
     out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
     out.update(_map_ndcg(i2t_rel, n_relevant, ks))
+    out.update(_single_relevant_map_ndcg("t2i", r_t2i, ks))
     out["n_images"] = int(r_i2t.numel())
     out["n_texts"] = int(r_t2i.numel())
     return out

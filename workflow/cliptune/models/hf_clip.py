@@ -108,11 +108,15 @@ class HFClip(nn.Module):
             ccfg = mcfg["clip"]
             self.clip, self.tokenizer = _load_pretrained(ccfg["model"])
             lock_image, lock_text, lora = ccfg["lock_image"], ccfg["lock_text"], ccfg["lora"]
+            freeze_proj = ccfg["freeze_projections"]
+            if tcfg["temperature"] is not None:  # null: the checkpoint's learned scale
+                with torch.no_grad():
+                    self.clip.logit_scale.fill_(math.log(1.0 / tcfg["temperature"]))
         else:
             dcfg = mcfg["dual_encoder"]
             tok = dcfg.get("tokenizer") or variant["text_encoder"]["model"]
             self.clip, self.tokenizer = _build_from_scratch(dcfg, tok, variant["image_size"])
-            lock_image, lock_text, lora = False, False, {}
+            lock_image, lock_text, lora, freeze_proj = False, False, {}, False
             with torch.no_grad():
                 self.clip.logit_scale.fill_(math.log(1.0 / tcfg["temperature"]))
         self.lora_towers = apply_lora(self.clip, lora) if lora else []
@@ -123,6 +127,9 @@ class HFClip(nn.Module):
             if lock_text:
                 self.clip.text_model.requires_grad_(False)
                 self.clip.text_projection.requires_grad_(False)
+        if freeze_proj:  # towers may train; the joint space they project into stays fixed
+            self.clip.visual_projection.requires_grad_(False)
+            self.clip.text_projection.requires_grad_(False)
         self.clip.logit_scale.requires_grad_(tcfg["learnable_temperature"])
         self.max_log_scale = math.log(tcfg["max_logit_scale"])
         # Decided from the config (cliptune.models.towers), as the workflow rules do.

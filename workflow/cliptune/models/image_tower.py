@@ -220,13 +220,18 @@ class ImageEncoder(nn.Module):
                                     head["norm"], head["dropout"])
         self.frozen = freeze_trunk(self.trunk, frozen_trunk_modules(cfg, len(self.trunk)))
         self.freeze_bn_stats = bool(cfg.get("freeze_bn_stats", True))
+        self.trunk_bn_eval = bool(cfg["trunk_bn_eval"])
         self.pixel_norm = PixelNormalize(*input_stats(cfg["backbone"]))
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if mode and self.freeze_bn_stats:
-            # Frozen stages keep their (ImageNet) running statistics: BN in eval mode.
-            for module in self.frozen:
+        # BN in eval mode keeps its (ImageNet) running statistics: in frozen stages
+        # (freeze_bn_stats), or in the whole trunk (trunk_bn_eval; its affine weights
+        # still train), the usual choice when fine-tuning with small batches.
+        eval_bn = list(self.trunk) if self.trunk_bn_eval else (
+            self.frozen if self.freeze_bn_stats else [])
+        if mode:
+            for module in eval_bn:
                 for m in module.modules():
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()

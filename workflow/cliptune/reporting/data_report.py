@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cliptune.io_utils import write_json, write_text
+from cliptune.reporting.vocabulary import vocabulary_markdown, vocabulary_report, word_counts
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ def build_data_report(splits: list[str], captions: list[Path], sources: list[Pat
                       dataset: str = "", image_size: int | None = None) -> dict:
     report: dict = {"dataset": dataset, "image_size": image_size, "splits": {}}
     files: dict[str, set[str]] = {}
+    all_words: Counter = Counter()
     for split, cap_path, src_path, idx_path in zip(splits, captions, sources, indexes,
                                                    strict=True):
         caps = pd.read_parquet(cap_path)
@@ -99,12 +102,17 @@ def build_data_report(splits: list[str], captions: list[Path], sources: list[Pat
         source = json.loads(Path(src_path).read_text())
         report["source"] = source.get("source")
         report["splits"][split] = split_report(caps, index, source)
+        words = word_counts(caps["caption"])
+        report["splits"][split]["vocabulary"] = vocabulary_report(words)
+        all_words += words
         files[split] = set(caps["file_name"].astype(str))
     names = list(files)
     report["images_in_two_splits"] = {
         f"{a}/{b}": len(files[a] & files[b])
         for i, a in enumerate(names) for b in names[i + 1:]
     }
+    # Over every split together: the selection holdout and val add words train lacks.
+    report["vocabulary"] = vocabulary_report(all_words)
     per = report["splits"].values()
     report["totals"] = {k: sum(s[k] for s in per) for k in
                         ("images", "captions", "usable_images", "problem_images",
@@ -174,6 +182,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- captions per image (count: images): {hist}")
         lines.append(f"- caption characters min/mean/median/p95/max: "
                      f"{_md_stats(s['caption_chars'])}")
+        lines += vocabulary_markdown(s["vocabulary"]) if "vocabulary" in s else []
         lines.append(f"- duplicate captions within an image: "
                      f"{s['duplicate_captions_within_image']}; caption texts shared by several "
                      f"images: {s['captions_shared_by_several_images']}")
@@ -192,6 +201,8 @@ def render_markdown(report: dict) -> str:
             lines += [f"| {p['file_name']} | {p['reason']} | {p['detail'].replace('|', '/')} |"
                       for p in s["problems"]]
         lines.append("")
+    if "vocabulary" in report:
+        lines += ["## All splits", "", *vocabulary_markdown(report["vocabulary"]), ""]
     overlap = {k: v for k, v in report["images_in_two_splits"].items() if v}
     lines.append("Images in two splits: " + (", ".join(f"{k}: {v}" for k, v in overlap.items())
                                              if overlap else "none"))

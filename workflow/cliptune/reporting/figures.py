@@ -175,7 +175,8 @@ def plot_loss_overlay(histories: Mapping[str, pd.DataFrame], path: Path,
         style = {"color": cmap(i % 10), "lw": 2.4 if name == baseline else 1.6,
                  "marker": "o", "ms": 3.5}
         label = f"{name} (baseline)" if name == baseline and name != "baseline" else name
-        axes[0].plot(hist["epoch"], hist["val_loss"], label=label, **style)
+        val = hist.dropna(subset=["val_loss"])  # joined over epochs train.eval_every skips
+        axes[0].plot(val["epoch"], val["val_loss"], label=label, **style)
         axes[1].plot(hist["epoch"], hist["train_loss"], label=label, **style)
         axes[2].plot(hist["epoch"], hist["temperature"], label=label, **style)
     titles = ("validation loss (lower is better)", "training loss", "temperature")

@@ -31,13 +31,17 @@ def convergence(hist: pd.DataFrame, monitor: str = "val_loss") -> dict:
     relative change of validation loss and the final overfitting gap of one run."""
     if hist.empty:
         return {"epochs": 0}
+    epochs = len(hist)
+    # train.eval_every > 1 leaves epochs without validation (NaN): judge the validated ones.
+    hist = hist[hist["val_loss"].notna()] if hist["val_loss"].notna().any() else hist
     column, sign, words = MONITOR_COLUMNS[monitor]
     watched = hist[column].to_numpy(float)
     val, train = hist["val_loss"].to_numpy(float), hist["train_loss"].to_numpy(float)
     # The first best epoch, as the trainer keeps it (it replaces only on strict improvement).
     best = int(np.where(np.isfinite(watched), sign * watched, -np.inf).argmax())
     out = {
-        "epochs": len(hist),
+        "epochs": epochs,
+        "validations": len(hist),
         "monitor": monitor,
         "best_epoch": int(hist["epoch"].iloc[best]),
         "best_value": float(watched[best]),

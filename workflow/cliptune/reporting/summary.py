@@ -21,12 +21,21 @@ from cliptune.config import UNTRAINED
 from cliptune.evaluation.retrieval_metrics import DEFAULT_KS
 from cliptune.io_utils import write_text
 from cliptune.reporting.comparison import Comparison, comparison_section
+from cliptune.reporting.lab_sections import (
+    LLM_REFLECTION,
+    hardware_label,
+    optimizer_label,
+    peak_memory_label,
+    stability_section,
+    warmup_label,
+)
 from cliptune.reporting.observations import (
     convergence,
     monitor_of,
     observations,
     selection_paragraph,
 )
+from cliptune.reporting.pretrained_table import pretrained_section
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
 ANCHORS = {
@@ -173,9 +182,12 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
                                              untrained, run.ks, comparison)] + [""]
     lines += _results(run) + _anchors(run)
     lines += comparison_section(comparison) if comparison is not None else []
+    lines += pretrained_section({n: d["metrics"] for n, d in run.data.items()},
+                                {n: d["report"] for n, d in run.data.items()}, run.ks)
     lines += _zero_shot(run)
     lines += _figures(run, ablation_png, overlay_png) + _hyperparameters(run)
     lines += _hardware(run) + _loss_in_words(run)
+    lines += stability_section(run.data, run.names) + LLM_REFLECTION
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -196,8 +208,11 @@ def _comparable(run: _Run) -> bool:
 def _results(run: _Run) -> list[str]:
     """The metrics table, with the published anchors as rows when they compare."""
     ks = run.ks
+    # mAP / NDCG at the largest K, image->text next to text->image
+    rank_cols = [f"{d}_{m}@{ks[-1]}" for m in ("mAP", "NDCG") for d in ("i2t", "t2i")]
     header = ["variant"] + [f"i2t R@{k}" for k in ks] + [f"t2i R@{k}" for k in ks] + [
-        "rsum", "i2t medr", "t2i medr", "i2t MRR", f"i2t mAP@{ks[-1]}"]
+        "rsum", "i2t medr", "t2i medr", "i2t MRR", "t2i MRR"] + [
+        c.replace("_", " ") for c in rank_cols]
     rows = []
     for n in run.names:
         m = run.data[n]["metrics"]
@@ -206,11 +221,13 @@ def _results(run: _Run) -> list[str]:
         rows.append([f"{n}{mark}"] + [_fmt(m.get(f"i2t_R@{k}")) for k in ks]
                     + [_fmt(m.get(f"t2i_R@{k}")) for k in ks]
                     + [_fmt(run.rsum[n]), _fmt(m.get("i2t_medr")), _fmt(m.get("t2i_medr")),
-                       _fmt(m.get("i2t_mrr"), 3), _fmt(m.get(f"i2t_mAP@{ks[-1]}"))])
+                       _fmt(m.get("i2t_mrr"), 3), _fmt(m.get("t2i_mrr"), 3)]
+                    + [_fmt(m.get(c)) for c in rank_cols])
     if _comparable(run):
         for a, vals in ANCHORS.items():
             rows.append([f"*{a}, published*"] + [_fmt(vals.get(f"i2t_R@{k}")) for k in ks]
-                        + [_fmt(vals.get(f"t2i_R@{k}")) for k in ks] + ["–"] * 5)
+                        + [_fmt(vals.get(f"t2i_R@{k}")) for k in ks]
+                        + ["–"] * (5 + len(rank_cols)))
     return ["## Results", "", _table(header, rows), ""]
 
 
@@ -290,8 +307,8 @@ def _hyperparameters(run: _Run) -> list[str]:
         rows.append([
             n, mo.get("backbone", "–"), mo.get("pooling", "–"),
             (mo.get("head") or {}).get("norm", "–"), t.get("batch_size", "–"),
-            f"{t['lr']:g}" if "lr" in t else "–", t.get("optimizer", "AdamW"),
-            t.get("weight_decay", "–"),
+            f"{t['lr']:g}" if "lr" in t else "–", optimizer_label(t),
+            t.get("weight_decay", "–"), warmup_label(t), t.get("grad_clip", "–"),
             f"{run.data[n]['report'].get('epochs_run', '–')}/{t.get('epochs', '–')}",
             f"{t.get('temperature', '–')}" + (" (learned)" if t.get("learnable_temperature")
                                               else " (fixed)"),
@@ -300,7 +317,7 @@ def _hyperparameters(run: _Run) -> list[str]:
         ])
     lines = ["## Variants and hyperparameters", "",
              _table(["variant", "backbone", "pooling", "head norm", "batch", "lr", "optimizer",
-                     "weight decay", "epochs run/set", "init. temperature", "sampler",
+                     "weight decay", "warmup", "grad clip", "epochs run/set", "init. temperature", "sampler",
                      "precision", "differs from baseline"], rows), ""]
     ref = run.ref_cfg
     text_enc = ref.get("text_encoder", {})
@@ -315,13 +332,15 @@ def _hardware(run: _Run) -> list[str]:
     rows = []
     for n in run.names:
         r = run.data[n]["report"]
-        rows.append([n, r.get("device", "–"), r.get("torch", "–"), _duration(r.get("wall_seconds")),
+        rows.append([n, hardware_label(r), peak_memory_label(r), r.get("torch", "–"),
+                     _duration(r.get("wall_seconds")),
                      _fmt(r.get("images_per_s"), 0), f"{r.get('trainable_parameters', 0):,}"
                      f" / {r.get('parameters', 0):,}",
                      f"{r.get('train_images', 0):,} / {r.get('train_captions', 0):,}"])
     total = sum(float(run.data[n]["report"].get("wall_seconds") or 0) for n in run.names)
     return ["## Hardware and wall time", "",
-            _table(["variant", "device", "torch", "training wall time", "images/s",
+            _table(["variant", "hardware", "peak GPU memory", "torch", "training wall time",
+                    "images/s",
                     "trainable / all parameters", "train images / captions"], rows), "",
             f"Total training time over all variants: {_duration(total)}.", ""]
 

@@ -64,6 +64,8 @@ def build_state(variant: dict, train_data: PairData, val_data: PairData,
     optimizer = build_optimizer(model, tcfg)
     scheduler = warmup_cosine(optimizer, total, warmup_steps(tcfg, total))
     amp = autocast_dtype(tcfg["precision"], device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the report's peak is this run's
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     return TrainState(model, optimizer, scheduler, scaler,
                       best=Best(state=state_dict_cpu(model)))

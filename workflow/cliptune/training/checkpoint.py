@@ -56,6 +56,8 @@ class TrainState:
     restarts: int = 0  # divergence recoveries
     bad_epochs: int = 0  # epochs without improvement (early stopping)
     stopped: bool = False  # early stopping fired
+    # One outputs.STEP_COLUMNS row per optimiser step (steps.csv), restarted epochs included.
+    step_log: list = field(default_factory=list)
 
     def snapshot(self) -> dict:
         """CPU copies of the last good state, which divergence recovery restores."""
@@ -82,6 +84,7 @@ class EpochRun:
     first: int = 0  # steps done before a mid-epoch resume
     losses: list = field(default_factory=list)
     norms: list = field(default_factory=list)
+    accs: list = field(default_factory=list)  # in-batch [i2t, t2i] accuracy per good step
     skipped: int = 0
     causes: Counter = field(default_factory=Counter)
     prior_seconds: float = 0.0  # time spent before a mid-epoch resume
@@ -120,7 +123,7 @@ def save_state(path: Path, ts: TrainState, config_hash: str, partial: dict | Non
         "best_model": ts.best.state, "best_score": ts.best.score,
         "config_hash": config_hash,
         "progress": {"step": ts.step, "restarts": ts.restarts, "bad_epochs": ts.bad_epochs,
-                     "stopped": ts.stopped},
+                     "stopped": ts.stopped, "step_log": ts.step_log},
         "partial": partial,
         **_rng_state(),
     }
@@ -156,6 +159,7 @@ def load_state(path: Path, ts: TrainState, config_hash: str) -> tuple[bool, dict
     ts.restarts = progress.get("restarts", 0)
     ts.bad_epochs = progress.get("bad_epochs", 0)
     ts.stopped = progress.get("stopped", False)
+    ts.step_log = list(progress.get("step_log", []))
     _set_rng_state(state)
     return True, state.get("partial")
 

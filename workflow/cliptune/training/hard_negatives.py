@@ -2,7 +2,8 @@
 
 Every training image and caption is embedded with the current model; for each
 image the k most similar captions of *other* images, and for each caption the k
-most similar other images, are kept. Training batches then look their mined
+most similar other images, are kept (``strategy: semantic``), or k drawn uniformly
+among those of other images (``strategy: random``, the control). Training batches then look their mined
 negatives up by row (memory-bank negatives: no gradient through the bank).
 """
 
@@ -49,8 +50,35 @@ def mine(query: torch.Tensor, bank: torch.Tensor, query_owner: torch.Tensor,
     return out
 
 
+def draw_random(query_owner: torch.Tensor, bank_owner: torch.Tensor, k: int,
+                generator: torch.Generator, max_rounds: int = 100) -> torch.Tensor:
+    """k uniformly drawn bank rows per query, none of the query's own owner (with
+    replacement: a row may repeat, as a random negative can in a batch)."""
+    n = bank_owner.shape[0]
+    if bool((bank_owner == bank_owner[0]).all()):
+        raise ValueError("random negatives need captions of at least two images")
+    out = torch.randint(n, (query_owner.shape[0], k), generator=generator)
+    qo, bo = query_owner.cpu(), bank_owner.cpu()
+    for _ in range(max_rounds):  # redraw the few rows that hit the query's own image
+        same = bo[out] == qo[:, None]
+        if not bool(same.any()):
+            return out.to(query_owner.device)
+        out[same] = torch.randint(n, (int(same.sum()),), generator=generator)
+    raise RuntimeError(f"could not draw {k} negatives of other images in {max_rounds} rounds")
+
+
+def _pick(strategy: str, query: torch.Tensor, bank: torch.Tensor, query_owner, bank_owner,
+          k: int, generator: torch.Generator | None) -> torch.Tensor:
+    if strategy == "semantic":
+        return mine(query, bank, query_owner, bank_owner, k)
+    if strategy == "random":
+        return draw_random(query_owner, bank_owner, k, generator)
+    raise ValueError(f"train.hard_negatives.strategy = {strategy!r}; use semantic or random")
+
+
 @torch.no_grad()
 def build_index(model, data: PairData, k: int, device, amp_dtype, batch_size: int = 256,
+                strategy: str = "semantic", generator: torch.Generator | None = None,
                 ) -> NegativeIndex:
     was_training = model.training
     model.eval()
@@ -73,8 +101,8 @@ def build_index(model, data: PairData, k: int, device, amp_dtype, batch_size: in
     model.train(was_training)
     cap_pos = torch.from_numpy(np.searchsorted(data.image_rows, data.caption_image_row)).to(device)
     img_pos = torch.arange(data.n_images, device=device)
-    hard_texts = mine(image_bank, text_bank, img_pos, cap_pos, k)
-    hard_images = mine(text_bank, image_bank, cap_pos, img_pos, k)
-    log.info("hard-negative index: %d images, %d captions, k=%d", data.n_images,
+    hard_texts = _pick(strategy, image_bank, text_bank, img_pos, cap_pos, k, generator)
+    hard_images = _pick(strategy, text_bank, image_bank, cap_pos, img_pos, k, generator)
+    log.info("hard-negative index (%s): %d images, %d captions, k=%d", strategy, data.n_images,
              len(text_bank), hard_texts.shape[1])
     return NegativeIndex(image_bank, text_bank, hard_texts, hard_images, cap_pos)

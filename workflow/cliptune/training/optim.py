@@ -19,6 +19,13 @@ def build_optimizer(model: torch.nn.Module, tcfg: Mapping) -> torch.optim.Optimi
     # A zero-epoch variant (zero-shot row) trains nothing: head_lr has no role to play.
     head_lr = tcfg["head_lr"] if tcfg["epochs"] > 0 else None
     groups = param_groups(model, tcfg["weight_decay"], tcfg["lr"], head_lr)
+    if not any(p.numel() for g in groups for p in g["params"]):
+        # torch would only say "empty parameter list"; name the settings that froze it all.
+        raise ValueError(
+            "the variant has no trainable parameter (every tower locked, no LoRA and "
+            "train.learnable_temperature: false); unlock a tower (model.clip.lock_*), add "
+            "LoRA, or keep train.learnable_temperature: true (a zero-epoch, zero-shot "
+            "variant needs it too: its temperature is what the optimizer state holds)")
     name = tcfg["optimizer"]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=tcfg["lr"])

@@ -1,5 +1,6 @@
 """What a finished training run leaves in its output folder: model.safetensors (the
-best epoch), history.csv (one row per epoch) and train_report.json."""
+best epoch), history.csv (one row per epoch), steps.csv (one row per optimiser step)
+and train_report.json."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ from safetensors.torch import save_file
 from cliptune.config import short_hash
 from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, write_json
-from cliptune.runtime import device_name
+from cliptune.runtime import device_name, hardware_info
 from cliptune.training.checkpoint import TrainState
 from cliptune.training.optim import describe_param_groups
 from cliptune.training.validation import validation_images
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "temperature", "images_per_s",
-                   "skipped_steps", "seconds", "val_recall", "grad_norm", "restarts"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_acc_i2t", "train_acc_t2i",
+                   "val_acc_i2t", "val_acc_t2i", "lr", "temperature", "images_per_s",
+                   "skipped_steps", "seconds", "val_recall", "grad_norm", "grad_norm_min",
+                   "grad_norm_max", "restarts"]
+# steps.csv: the per-step training loss, the learning rate the step used (the warmup),
+# in-batch accuracy (%) both ways, the pre-clipping gradient norm, 1 if skipped.
+STEP_COLUMNS = ["step", "epoch", "loss", "lr", "acc_i2t", "acc_t2i", "grad_norm", "skipped"]
 
 
 def write_train_outputs(variant: dict, ts: TrainState, out_dir: Path, device: torch.device,
@@ -33,9 +39,12 @@ def write_train_outputs(variant: dict, ts: TrainState, out_dir: Path, device: to
     hist = pd.DataFrame(ts.history, columns=HISTORY_COLUMNS)
     with atomic_path(out_dir / "history.csv") as tmp:
         hist.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "steps.csv") as tmp:
+        pd.DataFrame(ts.step_log, columns=STEP_COLUMNS).to_csv(tmp, index=False)
     params = list(ts.model.parameters())
     write_json(out_dir / "train_report.json", {
         "variant": variant["name"], "config": variant, "device": device_name(device),
+        "hardware": hardware_info(device),  # GPU name + peak memory, or CPU model + threads
         "torch": torch.__version__, "train_images": train_data.n_images,
         "train_captions": len(train_data.captions), "val_images": val_data.n_images,
         # What chose the saved epoch (train.monitor, early stopping): never the reported split.

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cliptune.data.augment import augment_captions, augment_images
+from cliptune.data.caption_variations import vary_captions
 from cliptune.data.pairs import PairData
 from cliptune.models.image_tower import to_unit_float
 from cliptune.training.losses import batch_loss
@@ -58,6 +59,9 @@ def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Te
     if ctx.model.text_from_cache:
         return x, text_emb.to(ctx.device, non_blocking=True), features
     captions = data.captions["caption"].to_numpy()[rows].tolist()
+    if train:
+        captions = vary_captions(captions, rows, ctx.tcfg["caption_augment"],
+                                 ctx.tcfg["seed"], ctx.caption_rng)
     dropout = ctx.tcfg["caption_word_dropout"]
     if train and dropout:
         captions = augment_captions(captions, dropout, ctx.caption_rng)
@@ -92,8 +96,21 @@ def running_stats_unchanged(model: nn.Module) -> Iterator[None]:
             m.num_batches_tracked.copy_(count)
 
 
-def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None) -> torch.Tensor:
-    """Backward the loss of the whole accumulated batch; returns it (detached).
+@torch.no_grad()
+def in_batch_accuracy(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    """The notebook's batch accuracy: the fraction of images whose most similar caption in
+    the batch is their own (image->text), and of captions whose most similar image is
+    theirs (text->image). Returns [i2t, t2i]."""
+    sims = img.float() @ txt.float().T
+    target = torch.arange(len(sims), device=sims.device)
+    return torch.stack([(sims.argmax(1) == target).float().mean(),
+                        (sims.argmax(0) == target).float().mean()])
+
+
+def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward the loss of the whole accumulated batch; returns it (detached) and the
+    in-batch accuracy [i2t, t2i] over the whole accumulated batch.
 
     With one micro-batch this is a plain step. With several, a no-grad pass caches
     every micro-batch's features; then each micro-batch is re-embedded with grad and
@@ -105,7 +122,7 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None) -> t
         img, txt = embed(ctx, *micro[0])
         loss = batch_loss(tcfg, img, txt, model.scale(), mined)
         scaler.scale(loss).backward()
-        return loss.detach()
+        return loss.detach(), in_batch_accuracy(img, txt)
     with torch.no_grad(), running_stats_unchanged(model):
         cached = [embed(ctx, *m) for m in micro]
     loss = None
@@ -119,7 +136,8 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None) -> t
         scaler.scale(loss_j).backward()
         if loss is None or not torch.isfinite(loss_j):
             loss = loss_j.detach()
-    return loss
+    acc = in_batch_accuracy(torch.cat([c[0] for c in cached]), torch.cat([c[1] for c in cached]))
+    return loss, acc
 
 
 def apply_gradients(model, optimizer, scaler, loss: torch.Tensor, grad_clip: float | None,

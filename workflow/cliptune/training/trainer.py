@@ -85,6 +85,12 @@ class Trainer:
         self.state_path, self.dist = Path(state_path), dist_ctx
         self.show_progress, self.log_dir = show_progress, log_dir
         self.ts = build_state(variant, train_data, val_data, dist_ctx)
+        if self.tcfg["caption_augment"]["variations"] and self.ts.model.text_from_cache:
+            raise ValueError(
+                f"{variant['name']}: train.caption_augment.variations is set but this "
+                "variant's captions come from the frozen text cache, which never sees the "
+                "words; set it to 0, or train the text tower (model.clip.lock_text: false or "
+                "LoRA on text)")
         self.config_hash = resume_hash(variant)
         self.ctx = StepContext(self.ts.model, self.tcfg, dist_ctx.device,
                                autocast_dtype(self.tcfg["precision"], dist_ctx.device),
@@ -135,7 +141,7 @@ class Trainer:
                     if run.diverged is not None:
                         self._recover(run, good)
                         continue
-                    self.end_epoch(run, *self.validate())
+                    self.end_epoch(run, self.validate() if self._validating() else None)
         finally:
             self.logger.close()
         barrier(self.dist)
@@ -158,9 +164,12 @@ class Trainer:
         if tcfg["loss"] == "hard_negative" and (
                 self.negatives is None
                 or (epoch - self.start_epoch) % tcfg["hard_negatives"]["refresh_epochs"] == 0):
-            self.negatives = build_index(self.ts.model, self.train_data,
-                                         tcfg["hard_negatives"]["k"], self.dist.device,
-                                         self.ctx.amp_dtype, tcfg["batch_size"])
+            # Random negatives depend on (seed, epoch) only: a resumed run redraws the same.
+            hn = tcfg["hard_negatives"]
+            self.negatives = build_index(
+                self.ts.model, self.train_data, hn["k"], self.dist.device, self.ctx.amp_dtype,
+                tcfg["batch_size"], hn["strategy"],
+                torch.Generator().manual_seed(tcfg["seed"] * 7919 + epoch))
         # Augmentation draws depend on (seed, epoch) only: a resumed epoch repeats them.
         self.ctx.image_gen = torch.Generator().manual_seed(tcfg["seed"] * 100_003 + epoch)
         self.ctx.caption_rng = np.random.default_rng([tcfg["seed"], epoch, 7])
@@ -171,6 +180,7 @@ class Trainer:
             p, self.partial = self.partial, None
             run.batches, run.first = list(p["plan"].numpy()), p["step"]
             run.losses, run.norms, run.skipped = list(p["losses"]), list(p["norms"]), p["skipped"]
+            run.accs = list(p.get("accs", []))
             self.ctx.image_gen.set_state(p["image_gen"])
             self.ctx.caption_rng.bit_generator.state = p["caption_rng"]
             run.prior_seconds = p["seconds"]
@@ -212,13 +222,15 @@ class Trainer:
                  for i in range(0, len(local), local_batch)]
         mined = self.negatives.lookup(rows) if self.negatives is not None else None
         ts.optimizer.zero_grad(set_to_none=True)
-        loss = accumulated_backward(self.ctx, micro, ts.scaler, mined)
+        loss, acc = accumulated_backward(self.ctx, micro, ts.scaler, mined)
+        lr_used = ts.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
         sync_gradients(ts.model, self.dist)
         norm, cause = apply_gradients(ts.model, ts.optimizer, ts.scaler, loss,
                                       self.tcfg["grad_clip"])
         if cause is None:
             run.losses.append(loss.item())
             run.norms.append(norm)
+            run.accs.append(acc.tolist())
         else:
             run.skipped += 1
             run.causes[cause] += 1
@@ -226,6 +238,8 @@ class Trainer:
                         ts.step, cause, loss.item())
         ts.scheduler.step()
         ts.step += 1
+        ts.step_log.append([ts.step, run.epoch + 1, loss.item(), lr_used,
+                            *(100.0 * acc).tolist(), norm, int(cause is not None)])
         self.logger.step({"step": ts.step, "epoch": run.epoch + 1, "loss": loss.item(),
                           "lr": ts.optimizer.param_groups[0]["lr"],
                           "temperature": float(1.0 / ts.model.scale().detach()),
@@ -244,6 +258,7 @@ class Trainer:
             save_state(self.state_path, self.ts, self.config_hash, partial={
                 "step": step + 1, "plan": torch.from_numpy(np.stack(run.batches)),
                 "losses": run.losses, "norms": run.norms, "skipped": run.skipped,
+                "accs": run.accs,
                 "image_gen": self.ctx.image_gen.get_state(),
                 "caption_rng": self.ctx.caption_rng.bit_generator.state,
                 "seconds": run.seconds()})
@@ -272,52 +287,71 @@ class Trainer:
                     div["lr_factor"], self.ts.restarts, div["max_restarts"])
         self.ts.restore(good, div["lr_factor"])
 
-    def validate(self) -> tuple[float, float]:
-        """(validation loss, mean R@1) of the current model."""
+    def _validating(self) -> bool:
+        """train.eval_every: validate every N epochs and always after the last one."""
+        done = self.ts.epoch + 1
+        return done % self.tcfg["eval_every"] == 0 or done == self.tcfg["epochs"]
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss, in-batch accuracy both ways and mean R@1 of the current model."""
         return validate(self.ctx, self.val_data, self.step_batch, self.tcfg["val_max_images"])
 
-    def end_epoch(self, run: EpochRun, val_loss: float, val_recall: float) -> None:
-        """Record the epoch, update the best epoch and early stopping, checkpoint."""
+    def end_epoch(self, run: EpochRun, val: dict[str, float] | None) -> None:
+        """Record the epoch, update the best epoch and early stopping, checkpoint.
+        ``val`` is None for an epoch train.eval_every skips: it selects nothing and does
+        not count towards patience."""
         ts, tcfg = self.ts, self.tcfg
+        validated = val is not None
+        val = val if validated else dict.fromkeys(
+            ("val_loss", "val_acc_i2t", "val_acc_t2i", "val_recall"), math.nan)
         seconds = run.seconds()
         self.train_seconds += time.perf_counter() - run.t0
         self.train_images += (len(run.batches) - run.first) * self.step_batch
-        row = self._history_row(run, seconds, val_loss, val_recall)
+        row = self._history_row(run, seconds, val)
+        val_loss = val["val_loss"]
         ts.history.append(row)
         self.logger.epoch(row, HISTORY_COLUMNS, ts.step)
-        log.info("epoch %d: train %.4f val %.4f R@1 %.1f T %.4f %.0f img/s", row["epoch"],
-                 row["train_loss"], val_loss, val_recall, row["temperature"],
-                 row["images_per_s"])
+        log.info("epoch %d: loss train %.4f val %.4f, in-batch acc i2t/t2i train %.1f/%.1f "
+                 "val %.1f/%.1f, R@1 %.1f, T %.4f, %.0f img/s", row["epoch"], row["train_loss"],
+                 val_loss, row["train_acc_i2t"], row["train_acc_t2i"], val["val_acc_i2t"],
+                 val["val_acc_t2i"], val["val_recall"], row["temperature"], row["images_per_s"])
         column, sign = MONITORS[tcfg["monitor"]]
         score = sign * row[column]
-        if score > ts.best.score + tcfg["min_delta"]:
+        if validated and score > ts.best.score + tcfg["min_delta"]:
             ts.best, ts.bad_epochs = Best(val_loss, run.epoch + 1, run.weights, score), 0
-        else:
+        elif validated:
             ts.bad_epochs += 1
-        if tcfg["patience"] and ts.bad_epochs >= tcfg["patience"]:
+        if validated and tcfg["patience"] and ts.bad_epochs >= tcfg["patience"]:
             ts.stopped = True
-            log.info("early stopping after epoch %d: %s did not improve for %d epochs (best "
-                     "epoch %d)", run.epoch + 1, tcfg["monitor"], ts.bad_epochs, ts.best.epoch)
+            log.info("early stopping after epoch %d: %s did not improve for %d validations "
+                     "(best epoch %d)", run.epoch + 1, tcfg["monitor"], ts.bad_epochs,
+                     ts.best.epoch)
         ts.epoch += 1
         last = ts.epoch == tcfg["epochs"] or ts.stopped
         if (last or ts.epoch % tcfg["checkpoint_every_epochs"] == 0) and self.dist.is_main:
             save_state(self.state_path, ts, self.config_hash)
         self.timer.reset()
 
-    def _history_row(self, run: EpochRun, seconds: float, val_loss: float,
-                     val_recall: float) -> dict:
+    def _history_row(self, run: EpochRun, seconds: float, val: dict[str, float]) -> dict:
         ts = self.ts
+        train_acc = (100.0 * np.mean(run.accs, axis=0)).tolist() if run.accs else [math.nan] * 2
         return {
             "epoch": run.epoch + 1,
             "train_loss": sum(run.losses) / len(run.losses) if run.losses else math.nan,
-            "val_loss": val_loss,
+            "val_loss": val["val_loss"],
+            "train_acc_i2t": train_acc[0],
+            "train_acc_t2i": train_acc[1],
+            "val_acc_i2t": val["val_acc_i2t"],
+            "val_acc_t2i": val["val_acc_t2i"],
             "lr": ts.optimizer.param_groups[0]["lr"],
             "temperature": float(1.0 / ts.model.scale().detach()),
             "images_per_s": len(run.batches) * self.step_batch / seconds,
             "skipped_steps": run.skipped,
             "seconds": seconds,
-            "val_recall": val_recall,
+            "val_recall": val["val_recall"],
             "grad_norm": sum(run.norms) / len(run.norms) if run.norms else math.nan,
+            "grad_norm_min": min(run.norms) if run.norms else math.nan,
+            "grad_norm_max": max(run.norms) if run.norms else math.nan,
             "restarts": ts.restarts,
         }
 
