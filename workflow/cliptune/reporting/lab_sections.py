@@ -4,22 +4,11 @@ stability and convergence from history.csv, and the reflection on LLM usage."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-
-def _fmt(v, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)
+from cliptune.reporting.markdown import fmt, table
 
 
 def optimizer_label(train: Mapping) -> str:
@@ -57,10 +46,10 @@ def _stability_row(name: str, hist: pd.DataFrame) -> list:
     hi = hist["grad_norm_max"] if "grad_norm_max" in hist else hist.get("grad_norm")
     norms = "–" if lo is None or lo.isna().all() else f"{lo.min():.3g} – {hi.max():.3g}"
     last = hist.iloc[-1]
-    acc = [_fmt(last.get(c)) for c in ("train_acc_i2t", "train_acc_t2i", "val_acc_i2t",
+    acc = [fmt(last.get(c)) for c in ("train_acc_i2t", "train_acc_t2i", "val_acc_i2t",
                                         "val_acc_t2i")]
-    return [name, skipped, restarts, norms, _fmt(last["train_loss"], 3),
-            _fmt(last["val_loss"], 3), *acc]
+    return [name, skipped, restarts, norms, fmt(last["train_loss"], 3),
+            fmt(last["val_loss"], 3), *acc]
 
 
 def stability_section(data: Mapping[str, Mapping], names: Sequence[str]) -> list[str]:
@@ -78,7 +67,7 @@ def stability_section(data: Mapping[str, Mapping], names: Sequence[str]) -> list
             "with a lower learning rate (`train.divergence`). Gradient norms are measured "
             "before clipping at `train.grad_clip`. Accuracy is the in-batch top-1 (%) of the "
             f"last epoch, image→text / text→image. {verdict}", "",
-            _table(["variant", "skipped steps", "restarts", "grad-norm range", "final train loss",
+            table(["variant", "skipped steps", "restarts", "grad-norm range", "final train loss",
                     "final val loss", "train acc i2t", "train acc t2i", "val acc i2t",
                     "val acc t2i"], rows)]
 

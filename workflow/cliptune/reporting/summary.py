@@ -29,6 +29,7 @@ from cliptune.reporting.lab_sections import (
     stability_section,
     warmup_label,
 )
+from cliptune.reporting.markdown import fmt, table
 from cliptune.reporting.observations import (
     convergence,
     monitor_of,
@@ -56,17 +57,6 @@ def _history(path) -> pd.DataFrame:
         return pd.DataFrame()
     return pd.read_csv(path)
 
-
-def _fmt(v, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)
 
 
 def _duration(seconds) -> str:
@@ -218,17 +208,17 @@ def _results(run: _Run) -> list[str]:
         m = run.data[n]["metrics"]
         mark = " **(best)**" if n == run.best else ""
         mark += " (baseline)" if n == run.baseline and n != "baseline" else ""
-        rows.append([f"{n}{mark}"] + [_fmt(m.get(f"i2t_R@{k}")) for k in ks]
-                    + [_fmt(m.get(f"t2i_R@{k}")) for k in ks]
-                    + [_fmt(run.rsum[n]), _fmt(m.get("i2t_medr")), _fmt(m.get("t2i_medr")),
-                       _fmt(m.get("i2t_mrr"), 3), _fmt(m.get("t2i_mrr"), 3)]
-                    + [_fmt(m.get(c)) for c in rank_cols])
+        rows.append([f"{n}{mark}"] + [fmt(m.get(f"i2t_R@{k}")) for k in ks]
+                    + [fmt(m.get(f"t2i_R@{k}")) for k in ks]
+                    + [fmt(run.rsum[n]), fmt(m.get("i2t_medr")), fmt(m.get("t2i_medr")),
+                       fmt(m.get("i2t_mrr"), 3), fmt(m.get("t2i_mrr"), 3)]
+                    + [fmt(m.get(c)) for c in rank_cols])
     if _comparable(run):
         for a, vals in ANCHORS.items():
-            rows.append([f"*{a}, published*"] + [_fmt(vals.get(f"i2t_R@{k}")) for k in ks]
-                        + [_fmt(vals.get(f"t2i_R@{k}")) for k in ks]
+            rows.append([f"*{a}, published*"] + [fmt(vals.get(f"i2t_R@{k}")) for k in ks]
+                        + [fmt(vals.get(f"t2i_R@{k}")) for k in ks]
                         + ["–"] * (5 + len(rank_cols)))
-    return ["## Results", "", _table(header, rows), ""]
+    return ["## Results", "", table(header, rows), ""]
 
 
 def _anchors(run: _Run) -> list[str]:
@@ -242,7 +232,7 @@ def _anchors(run: _Run) -> list[str]:
                          "valid on the Karpathy 5k test split.")
         return lines + [""]
     anchor_ks = [k for k in run.ks if all(f"i2t_R@{k}" in v for v in ANCHORS.values())]
-    arows = [[a] + [_fmt(v.get(f"{d}_R@{k}")) for d in ("i2t", "t2i") for k in anchor_ks]
+    arows = [[a] + [fmt(v.get(f"{d}_R@{k}")) for d in ("i2t", "t2i") for k in anchor_ks]
              for a, v in ANCHORS.items()]
     return [
         f"Published anchor, **not comparable** with the table above: it is measured on the "
@@ -251,7 +241,7 @@ def _anchors(run: _Run) -> list[str]:
         + ". Recall falls as the gallery grows, so only the same split compares. Set "
         "`report.anchors_comparable: true` when evaluating on that split.",
         "",
-        _table(["model"] + [f"{d} R@{k}" for d in ("i2t", "t2i") for k in anchor_ks], arows),
+        table(["model"] + [f"{d} R@{k}" for d in ("i2t", "t2i") for k in anchor_ks], arows),
         "",
     ]
 
@@ -262,15 +252,15 @@ def _zero_shot(run: _Run) -> list[str]:
         zs = run.data[n]["zero_shot"]
         acc = (zs or {}).get("accuracy") or {}
         if "top1_accuracy" in acc:
-            rows.append([n, _fmt(acc["top1_accuracy"]), _fmt(acc.get("chance_top1_accuracy")),
-                         _fmt(acc.get("top5_accuracy")), _fmt(acc.get("mAP")),
+            rows.append([n, fmt(acc["top1_accuracy"]), fmt(acc.get("chance_top1_accuracy")),
+                         fmt(acc.get("top5_accuracy")), fmt(acc.get("mAP")),
                          zs.get("accuracy_over")])
     if not rows:
         return []
     return ["## Zero-shot classification", "",
             "Class prompts ensembled over the configured templates; an image counts as "
             "correct at top-K when one of its K most probable classes is present in it.",
-            "", _table(["variant", "top-1 (%)", "top-1 by chance (%)", "top-5 (%)",
+            "", table(["variant", "top-1 (%)", "top-1 by chance (%)", "top-5 (%)",
                         "class mAP (%)", "over"], rows), ""]
 
 
@@ -316,7 +306,7 @@ def _hyperparameters(run: _Run) -> list[str]:
             config_overrides(cfg, run.ref_cfg) if n != run.baseline else "(reference)",
         ])
     lines = ["## Variants and hyperparameters", "",
-             _table(["variant", "backbone", "pooling", "head norm", "batch", "lr", "optimizer",
+             table(["variant", "backbone", "pooling", "head norm", "batch", "lr", "optimizer",
                      "weight decay", "warmup", "grad clip", "epochs run/set", "init. temperature", "sampler",
                      "precision", "differs from baseline"], rows), ""]
     ref = run.ref_cfg
@@ -334,12 +324,12 @@ def _hardware(run: _Run) -> list[str]:
         r = run.data[n]["report"]
         rows.append([n, hardware_label(r), peak_memory_label(r), r.get("torch", "–"),
                      _duration(r.get("wall_seconds")),
-                     _fmt(r.get("images_per_s"), 0), f"{r.get('trainable_parameters', 0):,}"
+                     fmt(r.get("images_per_s"), 0), f"{r.get('trainable_parameters', 0):,}"
                      f" / {r.get('parameters', 0):,}",
                      f"{r.get('train_images', 0):,} / {r.get('train_captions', 0):,}"])
     total = sum(float(run.data[n]["report"].get("wall_seconds") or 0) for n in run.names)
     return ["## Hardware and wall time", "",
-            _table(["variant", "hardware", "peak GPU memory", "torch", "training wall time",
+            table(["variant", "hardware", "peak GPU memory", "torch", "training wall time",
                     "images/s",
                     "trainable / all parameters", "train images / captions"], rows), "",
             f"Total training time over all variants: {_duration(total)}.", ""]
