@@ -14,15 +14,24 @@ Formats without numeric ids get stable 56-bit ids hashed from the image path
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cliptune.data.source_table import (
+    DatasetFormatError,
+    SourceTable,
+    assign_holdout,
+    caption_frame,
+    check_one_split_per_image,
+    clean_caption,
+    load_json,
+    needs_holdout,
+    stable_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,57 +44,6 @@ SPLIT_COLUMNS = ("split",)
 KARPATHY_SOURCES = ("karpathy_coco", "flickr30k")
 
 
-class DatasetFormatError(ValueError):
-    """A caption file that cannot be read as its declared format; the message says why."""
-
-
-@dataclass
-class SourceTable:
-    captions: pd.DataFrame  # image_id, caption_id, caption, file_name, split (source label)
-    no_caption: dict[str, list[str]] = field(default_factory=dict)  # label -> file names
-    notes: list[str] = field(default_factory=list)  # warnings worth repeating in the report
-
-    def labels(self) -> set[str]:
-        return set(self.captions["split"].unique()) | set(self.no_caption)
-
-
-def stable_id(text: str) -> int:
-    """Non-negative int64 id that depends only on ``text`` (blake2b, 56 bits)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=7).digest(), "big")
-
-
-def clean_caption(text, where: str = "caption") -> str:
-    """Collapse whitespace (newlines, tabs, runs of spaces); keep unicode as is.
-
-    ``None`` reads as an empty caption (the captions stage drops and counts those).
-    Any other non-string (a number, a list) means the file is not what its format
-    says, so it stops the run naming ``where`` instead of training on ``str(value)``.
-    """
-    if text is None:
-        return ""
-    if not isinstance(text, str):
-        raise DatasetFormatError(
-            f"{where} is {type(text).__name__} {text!r:.60}, not a string; captions must be "
-            "text (fix or drop that entry in the annotation file)"
-        )
-    return " ".join(text.split())
-
-
-def _frame(rows: Iterable[tuple]) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows), columns=["image_id", "caption_id", "caption", "file_name",
-                                           "split"])
-    return df.astype({"image_id": "int64", "caption_id": "int64", "caption": "string",
-                      "file_name": "string", "split": "string"})
-
-
-def _load_json(path: Path) -> object:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DatasetFormatError(f"{path} is not valid JSON ({exc})") from None
-
-
 # --------------------------------------------------------------------------- Karpathy
 
 
@@ -96,7 +54,7 @@ def read_karpathy(path: Path) -> SourceTable:
     ``filepath`` (train2014/val2014) and ``cocoid``, and ``sentences`` with
     ``raw`` text and a ``sentid``.
     """
-    data = _load_json(path)
+    data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetFormatError(
             f"{path} is not a Karpathy split file: expected an object with an 'images' list "
@@ -124,7 +82,7 @@ def read_karpathy(path: Path) -> SourceTable:
             ) from None
         if not sentences:
             no_caption.setdefault(label, []).append(name)
-    return SourceTable(_frame(rows), no_caption)
+    return SourceTable(caption_frame(rows), no_caption)
 
 
 # --------------------------------------------------------------------------- Flickr30k CSV
@@ -163,7 +121,7 @@ def read_flickr_results(path: Path) -> SourceTable:
             image_id = int(stem) if stem.isdigit() and len(stem) < 18 else stable_id(name)
             rows.append((image_id, stable_id(f"{name}#{number}"), clean_caption(comment), name,
                          ""))
-    df = _frame(rows)
+    df = caption_frame(rows)
     for note in notes:
         log.warning(note)
     return SourceTable(df, no_caption, notes)
@@ -180,7 +138,7 @@ def read_user_json(path: Path) -> SourceTable:
     with no caption. Integer ``id`` values are kept as caption ids when they
     are unique; otherwise ids are hashed from the image path and position.
     """
-    data = _load_json(path)
+    data = load_json(path)
     splits = data.get("splits") if isinstance(data, dict) else None
     if not isinstance(splits, dict) or not splits:
         raise DatasetFormatError(
@@ -215,7 +173,7 @@ def read_user_json(path: Path) -> SourceTable:
         missing = [name for name, ok in has_caption.items() if not ok]
         if missing:
             no_caption[label] = missing
-    return SourceTable(_frame(rows), no_caption)
+    return SourceTable(caption_frame(rows), no_caption)
 
 
 # --------------------------------------------------------------------------- folder
@@ -253,7 +211,7 @@ def read_folder(root: Path, labels: Iterable[str]) -> SourceTable:
                              name, label))
     for note in notes[:20]:
         log.warning(note)
-    return SourceTable(_frame(rows), no_caption, notes)
+    return SourceTable(caption_frame(rows), no_caption, notes)
 
 
 def _check_one_image_per_sidecar(images: list[Path], root: Path) -> None:
@@ -331,63 +289,11 @@ def read_table(path: Path, columns: dict) -> SourceTable:
         where = f"{path}: row {row} ({caption_col!r})"
         rows.append((stable_id(name), stable_id(f"{name}#{k}"), clean_caption(text, where),
                      name, label))
-    df_out = _frame(rows)
+    df_out = caption_frame(rows)
     captioned = set(df_out["file_name"])
     no_caption = {lab: sorted(set(v) - captioned) for lab, v in no_caption.items()}
     no_caption = {lab: v for lab, v in no_caption.items() if v}
     return SourceTable(df_out, no_caption)
-
-
-# --------------------------------------------------------------------------- holdout
-
-
-def assign_holdout(table: SourceTable, val: int, test: int, seed: int) -> SourceTable:
-    """Give a split-less source train/val/test labels by a seeded shuffle of its images.
-
-    Images are shuffled by a generator seeded with ``seed`` over the sorted
-    file names, so the split depends on the seed and the image set only.
-    """
-    names = sorted(set(table.captions["file_name"]) | {n for v in table.no_caption.values()
-                                                       for n in v})
-    if val + test >= len(names):
-        raise DatasetFormatError(
-            f"dataset.holdout asks for {val} val + {test} test images but the source has only "
-            f"{len(names)} images; lower dataset.holdout.val / dataset.holdout.test"
-        )
-    order = np.random.default_rng(seed).permutation(len(names))
-    label = {}
-    for rank, i in enumerate(order):
-        label[names[i]] = "val" if rank < val else "test" if rank < val + test else "train"
-    caps = table.captions.copy()
-    caps["split"] = caps["file_name"].map(label).astype("string")
-    no_caption: dict[str, list[str]] = {}
-    for names_ in table.no_caption.values():
-        for n in names_:
-            no_caption.setdefault(label[n], []).append(n)
-    return SourceTable(caps, no_caption, table.notes)
-
-
-# --------------------------------------------------------------------------- dispatch
-
-
-def needs_holdout(table: SourceTable) -> bool:
-    return table.labels() <= {""}
-
-
-def check_one_split_per_image(table: SourceTable, where: str) -> None:
-    """An image listed under two source splits would be trained on and evaluated on."""
-    pairs = table.captions[["file_name", "split"]].astype(str)
-    extra = [(n, lab) for lab, names in table.no_caption.items() for n in names]
-    if extra:
-        pairs = pd.concat([pairs, pd.DataFrame(extra, columns=["file_name", "split"])])
-    labels = pairs.drop_duplicates().groupby("file_name")["split"].agg(sorted)
-    clash = labels[labels.str.len() > 1]
-    if len(clash):
-        shown = "; ".join(f"{name} in {', '.join(labs)}" for name, labs in clash.head(5).items())
-        raise DatasetFormatError(
-            f"{where}: {len(clash)} image(s) are listed under more than one split ({shown}); "
-            "an image must belong to one split, or it is trained on and evaluated on"
-        )
 
 
 def read_source(spec: dict) -> SourceTable:
