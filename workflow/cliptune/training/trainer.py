@@ -5,7 +5,9 @@ cliptune.training.losses); the best epoch is chosen by ``train.monitor``
 (validation loss or validation R@1), which also drives early stopping. The loop
 is split the way open_clip's trainer is: a :class:`TrainState`
 (cliptune.training.checkpoint) and a :class:`Trainer` whose ``resume``,
-``run_epoch``, ``validate``, ``end_epoch`` and ``finish`` each do one thing.
+``run_epoch``, ``validate``, ``end_epoch`` and ``finish`` each do one thing. It is one
+module (a little over 350 lines) because those methods share the Trainer's state; every
+piece that stands alone lives in checkpoint, build, outputs, validation or step.
 
 Resumable: the state is written atomically at the end of every
 ``checkpoint_every_epochs`` epochs and, mid-epoch, on SIGTERM/SIGUSR1 or every
