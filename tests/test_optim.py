@@ -8,7 +8,7 @@ from tiny_pairs import tiny_variant
 
 from cliptune.config import ConfigError, load_config
 from cliptune.models.factory import build_model
-from cliptune.training.optim import build_optimizer, warmup_steps
+from cliptune.training.optim import build_optimizer, describe_param_groups, warmup_steps
 from cliptune.training.schedule import warmup_cosine
 
 
@@ -40,6 +40,15 @@ def test_nothing_trainable_is_an_error_naming_the_switches():
     model.requires_grad_(False)  # e.g. both CLIP towers locked and a fixed temperature
     with pytest.raises(ValueError, match="no trainable parameter.*learnable_temperature: true"):
         build_optimizer(model, tcfg)
+
+
+def test_a_zero_epoch_row_with_nothing_trainable_still_builds():
+    """The zero-shot row of a fixed-temperature study locks everything and trains 0 epochs."""
+    model, tcfg = _model_and_cfg(epochs=0)
+    model.requires_grad_(False)
+    opt = build_optimizer(model, tcfg)
+    assert describe_param_groups(opt) == [{"name": "none (0 epochs)", "parameters": 0,
+                                           "lr": tcfg["lr"], "weight_decay": 0.0}]
 
 
 def test_warmup_steps_replace_the_fraction_and_shape_the_schedule():

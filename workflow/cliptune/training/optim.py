@@ -20,12 +20,17 @@ def build_optimizer(model: torch.nn.Module, tcfg: Mapping) -> torch.optim.Optimi
     head_lr = tcfg["head_lr"] if tcfg["epochs"] > 0 else None
     groups = param_groups(model, tcfg["weight_decay"], tcfg["lr"], head_lr)
     if not any(p.numel() for g in groups for p in g["params"]):
-        # torch would only say "empty parameter list"; name the settings that froze it all.
-        raise ValueError(
-            "the variant has no trainable parameter (every tower locked, no LoRA and "
-            "train.learnable_temperature: false); unlock a tower (model.clip.lock_*), add "
-            "LoRA, or keep train.learnable_temperature: true (a zero-epoch, zero-shot "
-            "variant needs it too: its temperature is what the optimizer state holds)")
+        if tcfg["epochs"] == 0:
+            # A zero-epoch row (the zero-shot CLIP row) never steps; torch still wants a
+            # parameter to hold, so it gets an empty one and the report shows 0 trained.
+            groups = [{"name": "none (0 epochs)", "weight_decay": 0.0, "lr": tcfg["lr"],
+                       "params": [torch.nn.Parameter(torch.empty(0), requires_grad=False)]}]
+        else:
+            # torch would only say "empty parameter list"; name the settings that froze it.
+            raise ValueError(
+                "the variant has no trainable parameter (every tower locked, no LoRA and "
+                "train.learnable_temperature: false); unlock a tower (model.clip.lock_*), "
+                "add LoRA, or keep train.learnable_temperature: true")
     name = tcfg["optimizer"]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=tcfg["lr"])
