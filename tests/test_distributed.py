@@ -121,7 +121,7 @@ def test_two_process_training_run_writes_outputs_once(tmp_path):
     out = tmp_path / "ddp" / "out"
     # loss_curves.png is drawn by the train stage after the workers exit (test_workflow).
     assert sorted(p.name for p in out.iterdir()) == ["history.csv", "model.safetensors",
-                                                     "train_report.json"]
+                                                     "steps.csv", "train_report.json"]
     hist = pd.read_csv(out / "history.csv")
     assert len(hist) == 1 and np.isfinite(hist["val_loss"]).all()
     log = (tmp_path / "ddp" / "train.log").read_text()
