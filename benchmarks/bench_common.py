@@ -16,15 +16,7 @@ WORK = HERE / "_work"  # git-ignored scratch: generated data, caches
 RESULTS = HERE / "results"
 sys.path.insert(0, str(REPO / "workflow"))
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from cliptune.runtime import cpu_model  # noqa: E402 - one copy: the training report's
 
 
 def machine() -> str:

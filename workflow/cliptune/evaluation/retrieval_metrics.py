@@ -204,42 +204,33 @@ def t2i_ranks(
     return t2i_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx, block_size)
 
 
-def topk_texts(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    k: int,
-    block_size: int = 1024,
-    device=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _topk(queries: torch.Tensor, candidates: torch.Tensor, k: int, block_size: int, device,
+          names: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_pair(queries, candidates, *names)
+    k = _check_pos_int("k", k)
+    block_size = _check_block_size(block_size)
+    dev = _resolve_device(device, queries)
+    return blocked_topk(_prepare(queries, dev), _prepare(candidates, dev), k, block_size)
+
+
+def topk_texts(image_emb: torch.Tensor, text_emb: torch.Tensor, k: int, block_size: int = 1024,
+               device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k captions per image, blockwise, same tie rule as the metrics.
 
     Returns (scores float32 [N, k'], indices long [N, k']) on the CPU, best first, with
     k' = min(k, M).
     """
-    _check_pair(image_emb, text_emb, "image_emb", "text_emb")
-    k = _check_pos_int("k", k)
-    block_size = _check_block_size(block_size)
-    dev = _resolve_device(device, image_emb)
-    return blocked_topk(_prepare(image_emb, dev), _prepare(text_emb, dev), k, block_size)
+    return _topk(image_emb, text_emb, k, block_size, device, ("image_emb", "text_emb"))
 
 
-def topk_images(
-    text_emb: torch.Tensor,
-    image_emb: torch.Tensor,
-    k: int,
-    block_size: int = 1024,
-    device=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_images(text_emb: torch.Tensor, image_emb: torch.Tensor, k: int, block_size: int = 1024,
+                device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k images per caption, blockwise, same tie rule as the metrics.
 
     Returns (scores float32 [M, k'], indices long [M, k']) on the CPU, best first, with
     k' = min(k, N).
     """
-    _check_pair(text_emb, image_emb, "text_emb", "image_emb")
-    k = _check_pos_int("k", k)
-    block_size = _check_block_size(block_size)
-    dev = _resolve_device(device, text_emb)
-    return blocked_topk(_prepare(text_emb, dev), _prepare(image_emb, dev), k, block_size)
+    return _topk(text_emb, image_emb, k, block_size, device, ("text_emb", "image_emb"))
 
 
 def _rank_summary(prefix: str, ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
