@@ -93,7 +93,12 @@ def leaf_rows(schema: dict, node: dict, path: tuple[str, ...], required: bool) -
     if not meaning:
         raise SystemExit(f"config schema: {dotted} has no description; add one")
     meaning = " ".join(meaning.split()).replace("|", "\\|")
-    return [f"| `{dotted}` | {default} | {meaning} |"]
+    rows = [f"| `{dotted}` | {default} | {meaning} |"]
+    entry = node.get("additionalProperties")
+    # A named map of $defs entries (report.zero_shot.tasks): document the entry keys too.
+    if isinstance(entry, dict) and "$ref" in entry and is_section(schema, entry):
+        rows += leaf_rows(schema, entry, (*path, "<name>"), False)
+    return rows
 
 
 def render_table(schema: dict, keys: list[str]) -> str:
