@@ -141,12 +141,18 @@ def _resolve_selection(cfg: dict) -> None:
 
 def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
     """Reject train keys the variant sets (itself or via the shared section) that would
-    otherwise be silently ignored."""
+    otherwise be silently ignored, and [low, high] ranges given the wrong way round."""
     if train["warmup_steps"] is not None and "warmup_fraction" in given:
         raise ConfigError(
             f"config error: variant {variant!r} sets both train.warmup_steps and "
             "train.warmup_fraction; warmup_steps replaces warmup_fraction, so remove one "
             "(or set warmup_steps: null)")
+    for key in ("scale", "ratio"):  # [low, high] ranges the schema cannot order
+        low, high = train["augment"][key]
+        if low > high:
+            raise ConfigError(
+                f"config error: variant {variant!r} sets train.augment.{key} = [{low}, {high}]; "
+                f"it is a [low, high] range, so write [{high}, {low}]")
     if "momentum" in given and train["optimizer"] != "sgd":
         raise ConfigError(
             f"config error: variant {variant!r} sets train.momentum, which only applies to "
