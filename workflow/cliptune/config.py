@@ -83,6 +83,7 @@ def load_config(config: Mapping) -> dict:
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
     _resolve_selection(cfg)
+    _resolve_search(cfg)
     names = split_names(cfg["dataset"])
     for name in variants:
         _check_seeds(config, cfg, name)
@@ -211,6 +212,18 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
                 f"config error: dataset.subset.images names split(s) {unknown} that are not "
                 f"in dataset.splits; use one of {sorted(ds['splits'])}"
             )
+
+
+def _resolve_search(cfg: dict) -> None:
+    """search.variant null -> the baseline, search.queries null -> report.queries (the
+    schema's documented defaults); a variant that does not exist fails at start-up."""
+    search = cfg["search"]
+    search["variant"] = search["variant"] or cfg["baseline"]
+    search["queries"] = list(dict.fromkeys(search["queries"] or cfg["report"]["queries"]))
+    if search["variant"] not in variant_names(cfg):
+        raise ConfigError(
+            f"config error: search.variant = {search['variant']!r} is not a variant; use one "
+            f"of {variant_names(cfg)}")
 
 
 def variant_names(cfg: Mapping) -> list[str]:
