@@ -148,6 +148,27 @@ def test_tasks_resolve_and_reject_what_cannot_be_labelled():
             resolve_tasks(dict(ZS, tasks=tasks_cfg), source)
 
 
+def test_coco_labels_need_the_instances_file(tmp_path):
+    """labels: coco waits for COCO's instances json (or, downloading, the annotations zip's
+    marker); a missing file stops the workflow at parse time saying where it goes."""
+    from cliptune.evaluation.zero_shot_tasks import instances_file, instances_input
+
+    tasks = resolve_tasks(dict(ZS, tasks=None), "coco")
+    cfg = {"dataset": {"root": str(tmp_path), "download": False, "source": "coco",
+                       "splits": {"train": "train2014", "val": "val2014"},
+                       "selection": {"split": "select"}}}
+    with pytest.raises(ConfigError, match=r"annotations/instances_val2014.json"):
+        instances_input(cfg, "val", tasks)
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2014.json").write_text("{}")
+    assert instances_input(cfg, "val", tasks) == {"instances": instances_file(cfg, "val", tasks)}
+    cfg["dataset"]["download"] = True
+    assert instances_input(cfg, "val", tasks)["instances"].endswith(
+        ".annotations_trainval2014.zip.complete")
+    none = resolve_tasks(dict(ZS, tasks={"x": {"classes": ["a", "b"], "labels": "none"}}), "coco")
+    assert instances_input(cfg, "val", none) == {} and instances_file(cfg, "val", none) == ""
+
+
 def test_caption_labels_are_whole_word_mentions_per_image():
     captions = ["A man skiing down a hill", "two skis on snow", "a cat on a mat",
                 "a skier", "Tennis players", "a concatenation"]

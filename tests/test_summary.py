@@ -47,7 +47,7 @@ def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
         "shapes": {"classes": ["circle", "square"], "labels": "demo",
                    "accuracy": {"top1_accuracy": recall, "top5_accuracy": 90.0, "mAP": 40.0,
                                 "chance_top1_accuracy": 30.0, "n_images": 300},
-                   "accuracy_over": "2 classes, labels from the demo generator"},
+                   "accuracy_over": "2 classes; labels from the demo generator"},
         "mood": {"classes": ["a calm scene", "a busy scene"], "labels": "none",
                  "accuracy": None, "accuracy_over": None}}}))
     figs = {f: d / "figures" / f"{f}.png" for f in ("text_to_image", "image_to_text",
@@ -110,7 +110,7 @@ def test_summary_zero_shot_section_per_task(runs):
     shapes, mood = section.split("### Task `shapes` (2 classes)")[1].split(
         "### Task `mood` (2 classes)")
     assert "| bn_head | 25.0 | 30.0 | 90.0 | 40.0 | 300 |" in shapes
-    assert "labels from the demo generator" in shapes
+    assert "Accuracy over 2 classes; labels from the demo generator." in shapes
     assert "No labels" in mood and "|" not in mood
     assert "Zero-shot top-1 accuracy on task `shapes` is highest for `bn_head` (25.0%)" in text
     assert "task `mood`" not in text.split("## Observations")[1].split("## Results")[0]

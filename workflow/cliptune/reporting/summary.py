@@ -277,7 +277,7 @@ def _zero_shot(run: _Run) -> list[str]:
         rows = [[n, fmt(acc["top1_accuracy"]), fmt(acc.get("chance_top1_accuracy")),
                  fmt(acc.get("top5_accuracy")), fmt(acc.get("mAP")), acc["n_images"]]
                 for n, r in per.items() if "top1_accuracy" in (acc := r["accuracy"] or {})]
-        lines += [f"Labels: {first['accuracy_over']}.", ""]
+        lines += [f"Accuracy over {first['accuracy_over']}.", ""]
         lines += [table(["variant", "top-1 (%)", "top-1 by chance (%)", "top-5 (%)",
                          "class mAP (%)", "images"], rows), ""] if rows else [
             "No evaluated image carries any of these labels, so no accuracy.", ""]

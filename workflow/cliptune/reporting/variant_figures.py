@@ -212,7 +212,7 @@ def _zero_shot_task(name: str, task: Task, top: int, dataset: Mapping, art: Eval
     subtitle = "no labels for this task: probabilities only, no accuracy"
     if labels is not None:
         result["accuracy"] = acc = zero_shot_accuracy(probs, labels)
-        result["accuracy_over"] = (f"{len(task.classes)} classes, labels from "
+        result["accuracy_over"] = (f"{len(task.classes)} classes; labels from "
                                    f"{LABELS_OVER[task.labels]}")
         subtitle = (f"no image has a label ({LABELS_OVER[task.labels]})"
                     if "top1_accuracy" not in acc else
