@@ -89,6 +89,7 @@ def load_config(config: Mapping) -> dict:
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
     _resolve_selection(cfg)
+    _resolve_search(cfg)
     names = split_names(cfg["dataset"])
     for name in variants:
         _check_seeds(config, cfg, name)
@@ -172,12 +173,18 @@ def check_variant(resolved: Mapping, given_train: set) -> None:
 
 def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
     """Reject train keys the variant sets (itself or via the shared section) that would
-    otherwise be silently ignored."""
+    otherwise be silently ignored, and [low, high] ranges given the wrong way round."""
     if train["warmup_steps"] is not None and "warmup_fraction" in given:
         raise ConfigError(
             f"config error: variant {variant!r} sets both train.warmup_steps and "
             "train.warmup_fraction; warmup_steps replaces warmup_fraction, so remove one "
             "(or set warmup_steps: null)")
+    for key in ("scale", "ratio"):  # [low, high] ranges the schema cannot order
+        low, high = train["augment"][key]
+        if low > high:
+            raise ConfigError(
+                f"config error: variant {variant!r} sets train.augment.{key} = [{low}, {high}]; "
+                f"it is a [low, high] range, so write [{high}, {low}]")
     if "momentum" in given and train["optimizer"] != "sgd":
         raise ConfigError(
             f"config error: variant {variant!r} sets train.momentum, which only applies to "
@@ -237,6 +244,18 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
                 f"config error: dataset.subset.images names split(s) {unknown} that are not "
                 f"in dataset.splits; use one of {sorted(ds['splits'])}"
             )
+
+
+def _resolve_search(cfg: dict) -> None:
+    """search.variant null -> the baseline, search.queries null -> report.queries (the
+    schema's documented defaults); a variant that does not exist fails at start-up."""
+    search = cfg["search"]
+    search["variant"] = search["variant"] or cfg["baseline"]
+    search["queries"] = list(dict.fromkeys(search["queries"] or cfg["report"]["queries"]))
+    if search["variant"] not in variant_names(cfg):
+        raise ConfigError(
+            f"config error: search.variant = {search['variant']!r} is not a variant; use one "
+            f"of {variant_names(cfg)}")
 
 
 def variant_names(cfg: Mapping) -> list[str]:
