@@ -228,7 +228,8 @@ def test_augmentation_is_batched_and_bounded():
     from cliptune.data.augment import augment_captions, augment_images
 
     x = torch.rand(6, 3, 16, 16)
-    strong = {"scale": [0.3, 1.0], "flip": 0.5, "color_jitter": 0.4, "rotation": 20.0}
+    strong = {"scale": [0.3, 1.0], "ratio": [0.75, 4 / 3], "flip": 0.5, "color_jitter": 0.4,
+              "rotation": 20.0}
     a = augment_images(x, strong, torch.Generator().manual_seed(1))
     b = augment_images(x, strong, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b)  # one generator draw per batch
@@ -241,6 +242,39 @@ def test_augmentation_is_batched_and_bounded():
     caps = augment_captions(["a red circle on the left", "one"], 0.9, rng)
     assert all(c for c in caps) and caps[1] == "one"
     assert set(caps[0].split()) <= {"a", "red", "circle", "on", "the", "left"}
+
+
+def test_full_scale_and_square_ratio_is_an_exact_no_op_crop():
+    """scale [1, 1] alone still jitters the aspect ratio (as torchvision does); adding
+    ratio [1, 1] keeps every pixel, and flip / colour jitter still apply on top."""
+    from cliptune.data.augment import augment_images
+
+    x = torch.rand(8, 3, 12, 12)
+    off = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "flip": 0.0, "color_jitter": 0.0,
+           "rotation": 0.0}
+    assert torch.equal(augment_images(x, off, torch.Generator().manual_seed(0)), x)
+    aspect = dict(off, ratio=[0.75, 4 / 3])
+    assert not torch.allclose(augment_images(x, aspect, torch.Generator().manual_seed(0)), x)
+    flipped = augment_images(x, dict(off, flip=1.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
+    # A fixed wide ratio (2.25) at full area: every crop keeps the full width and a
+    # 2/3-high band of rows, so left-right gradients survive and top-bottom ones change.
+    ramp = torch.linspace(0, 1, 12)
+    across = ramp.view(1, 1, 1, 12).expand(4, 3, 12, 12).contiguous()
+    down = across.transpose(2, 3).contiguous()
+    wide = dict(off, ratio=[2.25, 2.25])
+    assert torch.allclose(augment_images(across, wide, torch.Generator().manual_seed(1)),
+                          across, atol=1e-5)
+    assert not torch.allclose(augment_images(down, wide, torch.Generator().manual_seed(1)),
+                              down, atol=1e-3)
+
+
+def test_augment_ranges_must_be_ordered():
+    from cliptune.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"train.augment.ratio = \[1.3, 0.8\]"):
+        load_config({"dataset": {"name": "t", "source": "demo"}, "variants": {"a": {}},
+                     "baseline": "a", "train": {"augment": {"ratio": [1.3, 0.8]}}})
 
 
 def _n_params(module: torch.nn.Module, trainable: bool = False) -> int:

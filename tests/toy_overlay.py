@@ -51,7 +51,7 @@ TOUCHABLE = (
     "model.dual_encoder.vision.heads", "model.dual_encoder.text.width",
     "model.dual_encoder.text.depth", "model.dual_encoder.text.heads",
     "model.weights", "train.epochs", "train.batch_size",
-    "hpo.trials", "hpo.epochs", "hpo.space.batch_size",
+    "hpo.trials", "hpo.epochs", "hpo.space.train.batch_size.choices",
 )  # fmt: skip
 # Backbones whose pretrained weights come with an installed package (no download).
 PACKAGED_WEIGHTS = frozenset({"efficientnet_lite0"})
@@ -226,8 +226,8 @@ def _toy_hpo(hpo: dict) -> None:
     if hpo.get("epochs") is not None:
         hpo["epochs"] = min(hpo["epochs"], EPOCHS)
     space = hpo.get("space") or {}
-    if isinstance(space.get("batch_size"), list):
-        space["batch_size"] = [BATCH_SIZE]
+    if "choices" in (space.get("train.batch_size") or {}):
+        space["train.batch_size"] = {"choices": [BATCH_SIZE]}
 
 
 def _get(obj: Mapping, path: str) -> Any:

@@ -101,8 +101,8 @@ class Trainer:
         self.start_epoch = 0
         self.train_seconds, self.train_images = 0.0, 0
         self.negatives = None  # hard-negative index (train.loss: hard_negative)
-        self.timer = CheckpointTimer(self.tcfg.get("checkpoint_every_steps", 0),
-                                     self.tcfg.get("checkpoint_every_minutes", 0))
+        self.timer = CheckpointTimer(self.tcfg["checkpoint_every_steps"],
+                                     self.tcfg["checkpoint_every_minutes"])
         self.guard = SignalGuard()
 
     @property
