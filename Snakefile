@@ -27,6 +27,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/hpo.smk"
+include: "workflow/rules/search.smk"
 
 
 rule all:

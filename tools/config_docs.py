@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 from cliptune.config import (
     COCO_DOWNLOAD_ROOT,
     COCO_TRAIN_IMAGES,
@@ -70,7 +72,14 @@ def format_value(value) -> str:
         return f"`[{json.dumps(value[0], ensure_ascii=False)}, …]` ({len(value)} items)"
     if isinstance(value, str):
         return f"`{value}`"
+    if isinstance(value, dict) and value:  # one `key: value` per line (hpo.space)
+        return "<br>".join(f"`{key}: {_flow(item)}`" for key, item in value.items())
     return f"`{json.dumps(value, ensure_ascii=False)}`"
+
+
+def _flow(value) -> str:
+    """A mapping or list as YAML flow text ({low: 1.0e-05, high: 0.01}), one line."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip()
 
 
 def leaf_rows(schema: dict, node: dict, path: tuple[str, ...], required: bool) -> list[str]:

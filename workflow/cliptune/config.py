@@ -29,6 +29,7 @@ from cliptune.config_schema import (  # noqa: F401
     subschema,
     validate,
 )
+from cliptune.hpo_space import check_space
 
 # Sections a variant may override; everything else is shared by all variants.
 VARIANT_SECTIONS = ("text_encoder", "model", "train", "eval", "image_size")
@@ -68,13 +69,18 @@ def deep_merge(base: Mapping, override: Mapping | None) -> dict:
 
 def load_config(config: Mapping) -> dict:
     """Validate the raw user config, then fill defaults. Returns a new dict."""
+    space = _given_space(config)
+    if space is not None:  # before the schema: its messages name the fix for the old form
+        check_space(space)
     validate(config)
     cfg = deep_merge(DEFAULTS, config)
+    if space is not None:  # a given space replaces the default one (keys left out: not searched)
+        cfg["hpo"]["space"] = copy.deepcopy(dict(space))
     _resolve_dataset(cfg["dataset"], config["dataset"])
     variants = cfg["variants"]
     for name, override in variants.items():
         given = {*(config.get("train") or {}), *((override or {}).get("train") or {})}
-        _check_train_keys(name, given, resolve_variant(cfg, name)["train"])
+        check_variant(resolve_variant(cfg, name), given)
     if cfg["baseline"] not in variants:
         raise ConfigError(
             f"config error: baseline = {cfg['baseline']!r} is not a variant; "
@@ -83,6 +89,7 @@ def load_config(config: Mapping) -> dict:
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
     _resolve_selection(cfg)
+    _resolve_search(cfg)
     names = split_names(cfg["dataset"])
     for name in variants:
         _check_seeds(config, cfg, name)
@@ -136,6 +143,32 @@ def _resolve_selection(cfg: dict) -> None:
             f"config error: dataset.selection.images = {sel['images']} leaves no demo train "
             f"images (dataset.demo.train_images = {ds['demo']['train_images']}); lower it"
         )
+
+
+def _given_space(config: Mapping) -> Mapping | None:
+    hpo = config.get("hpo")
+    space = hpo.get("space") if isinstance(hpo, Mapping) else None
+    return space if isinstance(space, Mapping) else None
+
+
+def check_variant(resolved: Mapping, given_train: set) -> None:
+    """What the schema cannot say about one resolved variant; also run on every HPO trial
+    (``given_train``: the train keys it sets itself, which must not be ignored)."""
+    name = resolved["name"]
+    if resolved["train"]["temperature"] is None and resolved["model"]["kind"] != "clip":
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.temperature: null, which keeps a "
+            "pretrained CLIP checkpoint's own logit scale; a "
+            f"{resolved['model']['kind']} model has none, so give a number (e.g. 0.07)")
+    _check_train_keys(name, given_train, resolved["train"])
+    if resolved["model"]["kind"] == "dual_encoder":
+        dual = resolved["model"]["dual_encoder"]
+        for tower in ("vision", "text"):
+            width, heads = dual[tower]["width"], dual[tower]["heads"]
+            if width % heads:  # attention splits the width evenly over the heads
+                raise ConfigError(
+                    f"config error: variant {name!r}: model.dual_encoder.{tower}.heads = "
+                    f"{heads} does not divide its width {width}; pick heads that divide it")
 
 
 def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
@@ -213,6 +246,18 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
             )
 
 
+def _resolve_search(cfg: dict) -> None:
+    """search.variant null -> the baseline, search.queries null -> report.queries (the
+    schema's documented defaults); a variant that does not exist fails at start-up."""
+    search = cfg["search"]
+    search["variant"] = search["variant"] or cfg["baseline"]
+    search["queries"] = list(dict.fromkeys(search["queries"] or cfg["report"]["queries"]))
+    if search["variant"] not in variant_names(cfg):
+        raise ConfigError(
+            f"config error: search.variant = {search['variant']!r} is not a variant; use one "
+            f"of {variant_names(cfg)}")
+
+
 def variant_names(cfg: Mapping) -> list[str]:
     names = list(cfg["variants"])
     if cfg["include_untrained"]:
@@ -228,11 +273,6 @@ def _merged_variant(cfg: Mapping, name: str) -> dict:
     if resolved["eval"]["split"] is None:  # a variant's explicit null: the per-source default
         resolved["eval"]["split"] = cfg["eval"]["split"]
     resolved["name"] = name
-    if resolved["train"]["temperature"] is None and resolved["model"]["kind"] != "clip":
-        raise ConfigError(
-            f"config error: variant {name!r} sets train.temperature: null, which keeps a "
-            "pretrained CLIP checkpoint's own logit scale; a "
-            f"{resolved['model']['kind']} model has none, so give a number (e.g. 0.07)")
     # Training validates on it, so a different selection split retrains the variant.
     resolved["select_split"] = cfg["dataset"]["selection"]["split"]
     return resolved

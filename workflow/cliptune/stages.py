@@ -175,6 +175,55 @@ def figures(smk) -> None:
         instances=Path(instances) if instances else None, model=Path(smk.input.model))
 
 
+def search_embed(smk) -> None:
+    from safetensors import safe_open
+
+    from cliptune.data.image_folder import resolve_folder
+    from cliptune.evaluation.search import embed_folder
+
+    # The model's embedding width is the text cache's (as evaluate reads it from there).
+    with safe_open(str(smk.input.text), "pt") as f:
+        embed_dim = f.get_slice("embeddings").get_shape()[1]
+    embed_folder(json.loads(smk.params.variant), Path(smk.input.model), embed_dim,
+                 resolve_folder(smk.params.images), Path(smk.output.embeddings).parent,
+                 batch_size=smk.params.batch_size, workers=smk.threads)
+
+
+def search_text_to_image(smk) -> None:
+    from cliptune.evaluation.evaluate import variant_text_encoder
+    from cliptune.evaluation.search import load_folder_embeddings, text_to_image_hits
+    from cliptune.io_utils import atomic_path
+    from cliptune.reporting.search_figures import plot_search_text_to_image
+
+    variant = json.loads(smk.params.variant)
+    emb, files = load_folder_embeddings(Path(smk.input.embeddings), Path(smk.input.manifest))
+    encode = variant_text_encoder(variant, Path(smk.input.model), emb.shape[1])
+    hits = text_to_image_hits(encode, list(smk.params.queries), emb, files, smk.params.top_k,
+                              variant["eval"]["block_size"])
+    with atomic_path(smk.output.csv) as tmp:
+        hits.to_csv(tmp, index=False)
+    plot_search_text_to_image(hits, Path(smk.params.folder), Path(smk.output.png),
+                              f"your images, variant: {variant['name']}")
+
+
+def search_image_to_text(smk) -> None:
+    from cliptune.evaluation.search import eval_captions, image_to_text_hits, load_folder_embeddings
+    from cliptune.io_utils import atomic_path
+    from cliptune.reporting.search_figures import plot_search_image_to_text
+
+    variant = json.loads(smk.params.variant)
+    emb, files = load_folder_embeddings(Path(smk.input.embeddings), Path(smk.input.manifest))
+    text_emb, captions = eval_captions(Path(smk.input.eval_embeddings), Path(smk.input.captions))
+    hits = image_to_text_hits(emb, files, text_emb, captions, smk.params.top_k,
+                              variant["eval"]["block_size"])
+    with atomic_path(smk.output.csv) as tmp:
+        hits.to_csv(tmp, index=False)
+    split = variant["eval"]["split"]
+    plot_search_image_to_text(hits, Path(smk.params.folder), Path(smk.output.png),
+                              f"your images, variant: {variant['name']} (captions of split "
+                              f"`{split}`)", smk.params.figure_images)
+
+
 def loss_overlay(smk) -> None:
     import pandas as pd
 

@@ -35,12 +35,19 @@ def embed_images(model, data: PairData, batch_size: int, device, amp_dtype,
     for start in progress(range(0, data.n_images, batch_size), desc="embed images",
                       disable=not show_progress, unit="batch"):
         rows = data.image_rows[start:start + batch_size]
-        batch = torch.from_numpy(np.ascontiguousarray(data.pixels[rows]))
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
-            # Every model kind (cliptune.models.factory.build_model) embeds uint8 NHWC batches.
-            out.append(model.encode_images(batch).float().cpu())
+        out.append(encode_pixels(model, data.pixels[rows], device, amp_dtype))
     return torch.cat(out)
+
+
+@torch.inference_mode()
+def encode_pixels(model, pixels: np.ndarray, device, amp_dtype) -> torch.Tensor:
+    """One uint8 NHWC batch through the variant's image tower at evaluation precision:
+    float32 [n, D] on the CPU. Evaluation and the folder search both embed this way."""
+    batch = torch.from_numpy(np.ascontiguousarray(pixels))
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        # Every model kind (cliptune.models.factory.build_model) embeds uint8 NHWC batches.
+        return model.encode_images(batch).float().cpu()
 
 
 @torch.inference_mode()
