@@ -150,7 +150,7 @@ def evaluate(smk) -> None:
 
     variant = json.loads(smk.params.variant)
     evaluate_variant(variant, Path(smk.input.model), _pairs(smk, "val"),
-                     Path(smk.output.metrics).parent, json.loads(smk.params.bootstrap))
+                     Path(smk.output.metrics).parent)
 
 
 def aggregate(smk) -> None:
