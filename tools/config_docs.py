@@ -27,6 +27,7 @@ from cliptune.config import (
     COCO_DOWNLOAD_ROOT,
     COCO_TRAIN_IMAGES,
     DEMO_ROOT,
+    KAGGLE_IMAGES,
     KARPATHY_FILES,
     SELECT_IMAGES,
     SELECT_SPLIT,
@@ -51,10 +52,11 @@ def _splits_default() -> str:
 # Defaults resolved per dataset source in cliptune.config._resolve_dataset (schema: null).
 DYNAMIC = {
     "dataset.root": lambda: (
-        f"demo: `{DEMO_ROOT}`; download: `{COCO_DOWNLOAD_ROOT}`; json/table: the annotations "
-        "file's folder; otherwise required"),
+        f"demo: `{DEMO_ROOT}`; download: `{COCO_DOWNLOAD_ROOT}`; download: kaggle: "
+        f"`{KAGGLE_IMAGES}`; json/table: the annotations file's folder; otherwise required"),
     "dataset.annotations": lambda: "; ".join(
-        f"{source}: `{{root}}/{name}`" for source, name in KARPATHY_FILES.items()),
+        [f"{source}: `{{root}}/{name}`" for source, name in KARPATHY_FILES.items()]
+        + ["download: kaggle: `results.csv` beside `{root}`"]),
     "dataset.splits": _splits_default,
     "dataset.selection.split": lambda: (
         f"`val` with a `test` split (karpathy_coco/flickr30k), else `{SELECT_SPLIT}` (a "

@@ -53,6 +53,8 @@ SELECT_SPLIT = "select"
 SELECT_IMAGES = 5000
 COCO_TRAIN_IMAGES = 82783  # train2014: the demo's holdout keeps COCO's fraction
 COCO_DOWNLOAD_ROOT = "resources/coco2014"
+# dataset.download: kaggle (Flickr30k): the image folder link; results.csv goes beside it.
+KAGGLE_IMAGES = "resources/flickr30k_kaggle/flickr30k_images"
 DEMO_ROOT = "resources/{name}"
 
 
@@ -202,12 +204,16 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
     source = ds["source"]
     # Given splits replace the per-source default (a deep merge would keep stale entries).
     ds["splits"] = dict(raw.get("splits") or SOURCE_SPLITS[source])
-    if ds["download"] and source not in ("coco", "karpathy_coco"):
+    if ds["download"] == "kaggle":
+        _resolve_kaggle(ds)
+    elif ds["download"] and source not in ("coco", "karpathy_coco"):
+        other = " (Flickr30k: download: kaggle)" if source == "flickr30k" else ""
         raise ConfigError(
-            f"config error: dataset.download downloads COCO 2014 only; with dataset.source = "
-            f"{source!r} set download: false and point dataset.root at your data"
+            f"config error: dataset.download: true downloads COCO 2014 only{other}; with "
+            f"dataset.source = {source!r} set download: false and point dataset.root at "
+            "your data"
         )
-    if ds["download"] and source == "coco":
+    if ds["download"] is True and source == "coco":
         bad = sorted(set(ds["splits"].values()) - {"train2014", "val2014"})
         if bad:
             raise ConfigError(
@@ -223,7 +229,7 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
     if ds["root"] is None:
         if source == "demo":
             ds["root"] = DEMO_ROOT.format(name=ds["name"])
-        elif ds["download"]:
+        elif ds["download"] is True:
             ds["root"] = COCO_DOWNLOAD_ROOT
         elif source in ("json", "table") and ds["annotations"]:
             ds["root"] = str(Path(ds["annotations"]).parent)  # image paths relative to it
@@ -262,6 +268,21 @@ def _resolve_search(cfg: dict) -> None:
         raise ConfigError(
             f"config error: search.variant = {search['variant']!r} is not a variant; use one "
             f"of {variant_names(cfg)}")
+
+
+def _resolve_kaggle(ds: dict) -> None:
+    """``download: kaggle``: Flickr30k's Kaggle copy; root = its image folder (a link the
+    download makes), annotations = its results.csv beside that folder."""
+    if ds["source"] != "flickr30k":
+        raise ConfigError(
+            f"config error: dataset.download: kaggle fetches Flickr30k only (dataset.source: "
+            f"flickr30k), not {ds['source']!r}; use download: true (COCO) or false")
+    ds["root"] = ds["root"] or KAGGLE_IMAGES
+    ds["annotations"] = ds["annotations"] or str(Path(ds["root"]).parent / "results.csv")
+    if Path(ds["annotations"]).suffix.lower() != ".csv":
+        raise ConfigError(
+            f"config error: dataset.annotations = {ds['annotations']!r}: download: kaggle "
+            "writes the Kaggle copy's results.csv there; name a .csv path or leave it unset")
 
 
 def variant_names(cfg: Mapping) -> list[str]:
