@@ -226,8 +226,8 @@ def search_image_to_text(smk) -> None:
         hits.to_csv(tmp, index=False)
     split = variant["eval"]["split"]
     plot_search_image_to_text(hits, Path(smk.params.folder), Path(smk.output.png),
-                              f"your images, variant: {variant['name']} (captions of split "
-                              f"`{split}`)", smk.params.figure_images)
+                              f"your images, variant: {variant['name']} (captions of the {split} "
+                              "split)", smk.params.figure_images)
 
 
 def loss_overlay(smk) -> None:
