@@ -71,7 +71,7 @@ def test_lora_on_text_tower_leaves_base_weights_unchanged(tiny_clip_dir, pairs, 
         assert torch.equal(trained[name], value), key
     # Evaluation embeds captions with the adapted tower (not the frozen cache).
     metrics = evaluate_variant(v, tmp_path / "out" / "model.safetensors", pairs[1],
-                               tmp_path / "eval", DEFAULTS["bootstrap"], show_progress=False)
+                               tmp_path / "eval", show_progress=False)
     emb = load_file(str(tmp_path / "eval" / "embeddings.safetensors"))
     assert emb["text"].shape == pairs[1].text.shape and not torch.allclose(emb["text"], pairs[1].text)
     assert 0 <= metrics["i2t_R@1"] <= 100
@@ -327,7 +327,6 @@ def _resnet_model(**model) -> torch.nn.Module:
 
 
 def test_baseline_trains_the_whole_resnet50_and_frozen_trunk_only_the_head():
-    from cliptune.config import DEFAULTS
 
     assert DEFAULTS["model"]["freeze_backbone"] is False
     trunk, head = 23_508_032, 2_622_976  # ResNet50 without its fc; the lab's head
@@ -431,7 +430,7 @@ def test_figures_encode_text_with_the_tower_evaluate_used(kind, tiny_clip_dir, p
     weights = tmp_path / "model.safetensors"
     model = _saved_model(v, weights, lora_scale=0.5)
     assert not reads_text_cache(v) and not model.text_from_cache
-    evaluate_variant(v, weights, pairs[1], tmp_path / "eval", DEFAULTS["bootstrap"],
+    evaluate_variant(v, weights, pairs[1], tmp_path / "eval",
                      show_progress=False)
     evaluated = load_file(str(tmp_path / "eval" / "embeddings.safetensors"))["text"]
     captions = pairs[1].captions["caption"].tolist()

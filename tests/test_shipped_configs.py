@@ -21,6 +21,7 @@ from toy_overlay import (
     BATCH_SIZE,
     EPOCHS,
     IMAGE_SIZE,
+    TINY_DUAL,
     TRAIN_IMAGES,
     VAL_IMAGES,
     changed_paths,
@@ -83,6 +84,11 @@ def test_overlay_changes_only_what_cannot_run_here(path, toy_sources, tiny_clip_
         assert needed_weights(v) == [], f"{path.name} variant {name}: {needed_weights(v)}"
         assert v["image_size"] == IMAGE_SIZE
         assert v["train"]["epochs"] <= EPOCHS and v["train"]["batch_size"] == BATCH_SIZE
+        if v["model"]["kind"] == "dual_encoder":  # tiny towers over the tiny local vocabulary
+            dual = v["model"]["dual_encoder"]
+            assert dual["tokenizer"] == str(tiny_clip_dir), dual
+            assert dual["vision"]["width"] == TINY_DUAL["vision"]["width"], dual
+            assert dual["text"]["depth"] == TINY_DUAL["text"]["depth"], dual
 
 
 def hpo_dir(cfg: dict) -> Path:

@@ -21,10 +21,13 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 from cliptune.config import (
     COCO_DOWNLOAD_ROOT,
     COCO_TRAIN_IMAGES,
     DEMO_ROOT,
+    KAGGLE_IMAGES,
     KARPATHY_FILES,
     SELECT_IMAGES,
     SELECT_SPLIT,
@@ -49,10 +52,11 @@ def _splits_default() -> str:
 # Defaults resolved per dataset source in cliptune.config._resolve_dataset (schema: null).
 DYNAMIC = {
     "dataset.root": lambda: (
-        f"demo: `{DEMO_ROOT}`; download: `{COCO_DOWNLOAD_ROOT}`; json/table: the annotations "
-        "file's folder; otherwise required"),
+        f"demo: `{DEMO_ROOT}`; download: `{COCO_DOWNLOAD_ROOT}`; download: kaggle: "
+        f"`{KAGGLE_IMAGES}`; json/table: the annotations file's folder; otherwise required"),
     "dataset.annotations": lambda: "; ".join(
-        f"{source}: `{{root}}/{name}`" for source, name in KARPATHY_FILES.items()),
+        [f"{source}: `{{root}}/{name}`" for source, name in KARPATHY_FILES.items()]
+        + ["download: kaggle: `results.csv` beside `{root}`"]),
     "dataset.splits": _splits_default,
     "dataset.selection.split": lambda: (
         f"`val` with a `test` split (karpathy_coco/flickr30k), else `{SELECT_SPLIT}` (a "
@@ -70,7 +74,14 @@ def format_value(value) -> str:
         return f"`[{json.dumps(value[0], ensure_ascii=False)}, …]` ({len(value)} items)"
     if isinstance(value, str):
         return f"`{value}`"
+    if isinstance(value, dict) and value:  # one `key: value` per line (hpo.space)
+        return "<br>".join(f"`{key}: {_flow(item)}`" for key, item in value.items())
     return f"`{json.dumps(value, ensure_ascii=False)}`"
+
+
+def _flow(value) -> str:
+    """A mapping or list as YAML flow text ({low: 1.0e-05, high: 0.01}), one line."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip()
 
 
 def leaf_rows(schema: dict, node: dict, path: tuple[str, ...], required: bool) -> list[str]:

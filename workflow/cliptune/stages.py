@@ -39,6 +39,12 @@ def coco_archive(smk) -> None:
                   hint=smk.params.hint)
 
 
+def kaggle_flickr30k(smk) -> None:
+    from cliptune.data.kaggle_download import fetch_flickr30k
+
+    fetch_flickr30k(Path(smk.output.annotations), Path(smk.params.images))
+
+
 def coco_extract(smk) -> None:
     from cliptune.data.coco_download import extract_archive
 
@@ -144,7 +150,7 @@ def evaluate(smk) -> None:
 
     variant = json.loads(smk.params.variant)
     evaluate_variant(variant, Path(smk.input.model), _pairs(smk, "val"),
-                     Path(smk.output.metrics).parent, json.loads(smk.params.bootstrap))
+                     Path(smk.output.metrics).parent)
 
 
 def aggregate(smk) -> None:
@@ -230,8 +236,8 @@ def search_image_to_text(smk) -> None:
         hits.to_csv(tmp, index=False)
     split = variant["eval"]["split"]
     plot_search_image_to_text(hits, Path(smk.params.folder), Path(smk.output.png),
-                              f"your images, variant: {variant['name']} (captions of split "
-                              f"`{split}`)", smk.params.figure_images)
+                              f"your images, variant: {variant['name']} (captions of the {split} "
+                              "split)", smk.params.figure_images)
 
 
 def loss_overlay(smk) -> None:

@@ -11,7 +11,6 @@ rule evaluate:
         ranks=f"{VARIANT_DIR}/ranks.safetensors",
     params:
         variant=variant_json,
-        bootstrap=canonical_json(CFG["bootstrap"]),
     threads: 8
     resources:
         mem_mb=grow(32000),

@@ -109,8 +109,11 @@ def plot_image_to_text(images, top_captions: Sequence[Sequence[str]], top_scores
     ``correct=None`` (images without captions of their own, e.g. a searched folder): no
     marks, and each image is labelled with its entry in ``names``."""
     n, k = np.asarray(top_scores).shape
-    fig = plt.figure(figsize=(11, 2.4 * n + 0.6))
-    grid = fig.add_gridspec(n, 2, width_ratios=[1, 4.2], wspace=0.05, hspace=0.25)
+    height = 2.4 * n + 0.6
+    fig = plt.figure(figsize=(11, height))
+    # About an inch for the two-line title whatever n is (the default top leaves 12%).
+    grid = fig.add_gridspec(n, 2, width_ratios=[1, 4.2], wspace=0.05, hspace=0.25,
+                            top=1 - 1.0 / height, bottom=0.3 / height)
     for r in range(n):
         ax_img = fig.add_subplot(grid[r, 0])
         _show(ax_img, images[r])
