@@ -38,9 +38,15 @@ def _schema_leaves(schema, node, path=()):
             yield ".".join((*path, key)), sub, key in needed
 
 
+# Leaves whose default is itself a mapping (dotted key -> search range), not a section.
+MAPPING_LEAVES = {"hpo.space"}
+
+
 def _default_leaves(tree, path=()):
     for key, value in tree.items():
-        if isinstance(value, dict) and value:  # a section ({} is a leaf's empty default)
+        dotted = ".".join((*path, key))
+        # A section ({} is a leaf's empty default; a mapping leaf's default is a leaf too).
+        if isinstance(value, dict) and value and dotted not in MAPPING_LEAVES:
             yield from _default_leaves(value, (*path, key))
         else:
             yield ".".join((*path, key)), value

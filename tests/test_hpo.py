@@ -9,7 +9,7 @@ import pytest
 import yaml
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune.config import DEFAULTS, deep_merge, load_config
+from cliptune.config import DEFAULTS, ConfigError, load_config, resolve_variant
 
 
 @pytest.fixture(scope="module")
@@ -22,28 +22,125 @@ def test_two_trials_write_overlay_and_plots_then_resume(pairs, tmp_path):
 
     variant = tiny_variant(epochs=1, tensorboard=False)
     variant["model"]["freeze_backbone"] = True  # only the head trains: fast trials
-    hpo = deep_merge(DEFAULTS["hpo"], {"trials": 2, "space": {"batch_size": [8, 16]}})
+    space = {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+             "train.batch_size": {"choices": [8, 16]},
+             "model.head.hidden_dim": {"low": 16, "high": 32, "step": 16}}
+    hpo = dict(DEFAULTS["hpo"], trials=2, space=space)
     out, storage = tmp_path / "hpo", tmp_path / "hpo" / "study.journal"
     override = {"model": {"freeze_backbone": True}}
     result = run_search(variant, override, hpo, *pairs, out, storage)
     assert result["trials"] == 2 and result["complete"] >= 1
     overlay = yaml.safe_load((out / "best_overlay.yaml").read_text())
     best = overlay["variants"]["tiny_hpo"]
-    assert best["model"] == {"freeze_backbone": True}
-    assert set(best["train"]) == {"lr", "temperature", "weight_decay", "batch_size"}
-    assert 1e-5 <= best["train"]["lr"] <= 1e-2 and best["train"]["batch_size"] in (8, 16)
+    # Nested keys: the variant's own override plus exactly the searched keys.
+    assert set(best) == {"model", "train"} and set(best["train"]) == {"lr", "batch_size"}
+    assert best["model"]["freeze_backbone"] is True
+    assert best["model"]["head"]["hidden_dim"] in (16, 32) and len(best["model"]) == 2
+    assert 1e-4 <= best["train"]["lr"] <= 1e-2 and best["train"]["batch_size"] in (8, 16)
+    summary = json.loads((out / "best_params.json").read_text())
+    assert summary["params"] == {"train.lr": best["train"]["lr"],
+                                 "train.batch_size": best["train"]["batch_size"],
+                                 "model.head.hidden_dim": best["model"]["head"]["hidden_dim"]}
+    assert summary["metric"] == "val_recall" and summary["direction"] == "maximize"
+    assert summary["overlay_variant"] == "tiny_hpo" and summary["trials"] == 2
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 2 and "params_lr" in trials
+    assert len(trials) == 2 and {"params_train.lr", "params_model.head.hidden_dim"} <= set(trials)
     for png in ("optimization_history.png", "param_importances.png"):
         assert (out / png).stat().st_size > 1000
     assert not (out / "trials").exists()  # per-trial scratch is removed
     # The overlay is a valid config overlay: a new variant next to the original ones.
     cfg = load_config({"dataset": {"name": "t", "source": "demo"}, "baseline": "tiny",
                        "variants": {"tiny": override, **overlay["variants"]}})
-    assert "tiny_hpo" in cfg["variants"]
+    assert cfg["variants"]["tiny_hpo"]["model"]["head"] == best["model"]["head"]
     # Resume: the journal already holds 2 trials; asking for 3 runs exactly one more.
     again = run_search(variant, override, dict(hpo, trials=3), *pairs, out, storage)
     assert again["trials"] == 3
+
+
+def test_trials_the_config_rejects_are_pruned_with_the_reason(pairs, tmp_path):
+    import optuna
+
+    from cliptune.training.hpo import run_search, trial_variant
+
+    dual = load_config({"dataset": {"name": "t", "source": "demo"},
+                        "model": {"kind": "dual_encoder"}, "variants": {"baseline": {}}})
+    variant = resolve_variant(dual, "baseline")
+    assert variant["model"]["dual_encoder"]["vision"]["width"] == 256
+    hpo = dict(DEFAULTS["hpo"], epochs=1)
+    with pytest.raises(optuna.TrialPruned, match=r"vision.heads = 3 does not divide"):
+        trial_variant(variant, {"model.dual_encoder.vision.heads": 3}, hpo, 0, 100)
+    ok = trial_variant(variant, {"model.dual_encoder.vision.heads": 8, "train.lr": 1e-4}, hpo,
+                       4, 100)
+    assert ok["model"]["dual_encoder"]["vision"]["heads"] == 8 and ok["train"]["lr"] == 1e-4
+    assert ok["train"]["epochs"] == 1 and ok["name"] == "baseline-trial4"
+    # Every trial pruned (batches larger than the data): one error listing why.
+    hpo = dict(hpo, trials=2, space={"train.batch_size": {"choices": [64]}})
+    with pytest.raises(RuntimeError, match=r"no trial completed .*batch_size 64 > "):
+        run_search(tiny_variant(), {}, hpo, *pairs, tmp_path, tmp_path / "s.journal")
+    assert not (tmp_path / "best_overlay.yaml").exists()  # no "best" of nothing
+
+
+def test_a_model_key_of_another_model_kind_is_an_error(pairs, tmp_path):
+    from cliptune.training.hpo import run_search
+
+    hpo = dict(DEFAULTS["hpo"], space={"model.dual_encoder.text.depth": {"choices": [2, 4]}})
+    with pytest.raises(ConfigError, match=r"applies to model.kind dual_encoder.*is resnet"):
+        run_search(tiny_variant(), {}, hpo, *pairs, tmp_path, tmp_path / "s.journal")
+
+
+def test_suggest_samples_each_kind_by_its_dotted_name():
+    import optuna
+
+    from cliptune.hpo_space import check_space, nest, suggest
+
+    space = {"train.lr": {"low": 1e-5, "high": 1e-3, "log": True},
+             "model.dual_encoder.vision.depth": {"low": 2, "high": 6, "step": 2},
+             "train.optimizer": {"choices": ["adamw", "sgd"]}}
+    check_space(space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        params = suggest(study.ask(), space)
+        assert 1e-5 <= params["train.lr"] <= 1e-3
+        assert params["model.dual_encoder.vision.depth"] in (2, 4, 6)
+        assert isinstance(params["model.dual_encoder.vision.depth"], int)
+        assert params["train.optimizer"] in ("adamw", "sgd")
+    assert nest({"train.lr": 0.1, "model.dual_encoder.vision.depth": 4, "train.seed": 1}) == {
+        "train": {"lr": 0.1, "seed": 1}, "model": {"dual_encoder": {"vision": {"depth": 4}}}}
+
+
+BASE = {"dataset": {"name": "t", "source": "demo"}, "variants": {"baseline": {}}}
+
+
+@pytest.mark.parametrize("key, spec, message", [
+    ("train.lrr", {"low": 1e-5, "high": 1e-3}, r"train.lrr is not a searchable .*'train.lr'"),
+    ("batch_size", {"choices": [32]}, r"did you mean 'train.batch_size'"),
+    ("train.batch_size", [32, 64], r"give a range \{low, high"),
+    ("train.optimizer", {"low": 0, "high": 1}, r"train.optimizer is not numeric"),
+    ("train.lr", {"low": 1e-3, "high": 1e-5}, r"low = 0.001 must be below high"),
+    ("train.weight_decay", {"low": 0.0, "high": 0.1, "log": True}, r"log: true needs low > 0"),
+    ("train.batch_size", {"choices": [1, 32]}, r"choice 1 is not a valid value of train.batch"),
+    ("train.lr", {"low": -1.0, "high": 1e-3}, r"low -1.0 is not a valid value of train.lr"),
+    ("model.dual_encoder.vision.depth", {"low": 1.5, "high": 4}, r"must be an integer"),
+    ("train.lr", {"low": 1e-5, "hi": 1e-3}, r"missing \['high'\], unknown \['hi'\]"),
+    ("train.lr", {"choices": [1e-4], "low": 1e-5}, r"mixes choices with \['low'\]"),
+    ("model.kind", {"choices": ["resnet", "clip"]}, r"model.kind cannot be searched"),
+    ("image_size", {"choices": [224]}, r"image_size is not a searchable config key"),
+    ("text_encoder.max_length", {"choices": [32]}, r"not a searchable config key"),
+])
+def test_a_space_the_search_cannot_sample_fails_at_config_time(key, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({**BASE, "hpo": {"space": {key: spec}}})
+
+
+def test_a_given_space_replaces_the_default_one():
+    from cliptune.hpo_space import check_space
+
+    check_space(DEFAULTS["hpo"]["space"])  # the schema's default is itself a valid space
+    assert load_config(BASE)["hpo"]["space"] == DEFAULTS["hpo"]["space"]
+    space = {"model.head.dropout": {"choices": [0.0, 0.1]}}
+    assert load_config({**BASE, "hpo": {"space": space}})["hpo"]["space"] == space
+    with pytest.raises(ConfigError, match="hpo.space is empty"):
+        load_config({**BASE, "hpo": {"space": {}}})
 
 
 def test_trial_value_is_the_saved_epochs_not_the_best_of_all_epochs():

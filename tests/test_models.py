@@ -71,7 +71,7 @@ def test_lora_on_text_tower_leaves_base_weights_unchanged(tiny_clip_dir, pairs, 
         assert torch.equal(trained[name], value), key
     # Evaluation embeds captions with the adapted tower (not the frozen cache).
     metrics = evaluate_variant(v, tmp_path / "out" / "model.safetensors", pairs[1],
-                               tmp_path / "eval", DEFAULTS["bootstrap"], show_progress=False)
+                               tmp_path / "eval", show_progress=False)
     emb = load_file(str(tmp_path / "eval" / "embeddings.safetensors"))
     assert emb["text"].shape == pairs[1].text.shape and not torch.allclose(emb["text"], pairs[1].text)
     assert 0 <= metrics["i2t_R@1"] <= 100
@@ -228,7 +228,8 @@ def test_augmentation_is_batched_and_bounded():
     from cliptune.data.augment import augment_captions, augment_images
 
     x = torch.rand(6, 3, 16, 16)
-    strong = {"scale": [0.3, 1.0], "flip": 0.5, "color_jitter": 0.4, "rotation": 20.0}
+    strong = {"scale": [0.3, 1.0], "ratio": [0.75, 4 / 3], "flip": 0.5, "color_jitter": 0.4,
+              "rotation": 20.0}
     a = augment_images(x, strong, torch.Generator().manual_seed(1))
     b = augment_images(x, strong, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b)  # one generator draw per batch
@@ -241,6 +242,39 @@ def test_augmentation_is_batched_and_bounded():
     caps = augment_captions(["a red circle on the left", "one"], 0.9, rng)
     assert all(c for c in caps) and caps[1] == "one"
     assert set(caps[0].split()) <= {"a", "red", "circle", "on", "the", "left"}
+
+
+def test_full_scale_and_square_ratio_is_an_exact_no_op_crop():
+    """scale [1, 1] alone still jitters the aspect ratio (as torchvision does); adding
+    ratio [1, 1] keeps every pixel, and flip / colour jitter still apply on top."""
+    from cliptune.data.augment import augment_images
+
+    x = torch.rand(8, 3, 12, 12)
+    off = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "flip": 0.0, "color_jitter": 0.0,
+           "rotation": 0.0}
+    assert torch.equal(augment_images(x, off, torch.Generator().manual_seed(0)), x)
+    aspect = dict(off, ratio=[0.75, 4 / 3])
+    assert not torch.allclose(augment_images(x, aspect, torch.Generator().manual_seed(0)), x)
+    flipped = augment_images(x, dict(off, flip=1.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
+    # A fixed wide ratio (2.25) at full area: every crop keeps the full width and a
+    # 2/3-high band of rows, so left-right gradients survive and top-bottom ones change.
+    ramp = torch.linspace(0, 1, 12)
+    across = ramp.view(1, 1, 1, 12).expand(4, 3, 12, 12).contiguous()
+    down = across.transpose(2, 3).contiguous()
+    wide = dict(off, ratio=[2.25, 2.25])
+    assert torch.allclose(augment_images(across, wide, torch.Generator().manual_seed(1)),
+                          across, atol=1e-5)
+    assert not torch.allclose(augment_images(down, wide, torch.Generator().manual_seed(1)),
+                              down, atol=1e-3)
+
+
+def test_augment_ranges_must_be_ordered():
+    from cliptune.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"train.augment.ratio = \[1.3, 0.8\]"):
+        load_config({"dataset": {"name": "t", "source": "demo"}, "variants": {"a": {}},
+                     "baseline": "a", "train": {"augment": {"ratio": [1.3, 0.8]}}})
 
 
 def _n_params(module: torch.nn.Module, trainable: bool = False) -> int:
@@ -293,7 +327,6 @@ def _resnet_model(**model) -> torch.nn.Module:
 
 
 def test_baseline_trains_the_whole_resnet50_and_frozen_trunk_only_the_head():
-    from cliptune.config import DEFAULTS
 
     assert DEFAULTS["model"]["freeze_backbone"] is False
     trunk, head = 23_508_032, 2_622_976  # ResNet50 without its fc; the lab's head
@@ -397,7 +430,7 @@ def test_figures_encode_text_with_the_tower_evaluate_used(kind, tiny_clip_dir, p
     weights = tmp_path / "model.safetensors"
     model = _saved_model(v, weights, lora_scale=0.5)
     assert not reads_text_cache(v) and not model.text_from_cache
-    evaluate_variant(v, weights, pairs[1], tmp_path / "eval", DEFAULTS["bootstrap"],
+    evaluate_variant(v, weights, pairs[1], tmp_path / "eval",
                      show_progress=False)
     evaluated = load_file(str(tmp_path / "eval" / "embeddings.safetensors"))["text"]
     captions = pairs[1].captions["caption"].tolist()
@@ -416,14 +449,15 @@ def test_figures_encode_text_with_the_tower_evaluate_used(kind, tiny_clip_dir, p
     split = write_split(tmp_path / "data", "val", 8, seed=2)
     (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 0.07}))
     report = {"seed": 0, "queries": ["a red circle"], "top_k": 2, "n_images": 2,
-              "heatmap_size": 3, "zero_shot": {"classes": ["circle", "square"],
-                                               "templates": ["a photo of a {}."],
-                                               "top_classes": 2}}
+              "heatmap_size": 3, "zero_shot": {
+                  "tasks": {"shapes": {"classes": ["circle", "square"], "labels": "captions"}},
+                  "templates": ["a photo of a {}."], "top_classes": 2}}
     result = run_variant_figures(
         v, report, {"source": "coco"}, tmp_path / "eval" / "embeddings.safetensors",
         tmp_path / "metrics.json", split["val_captions"], split["val_array"],
         split["val_index"], tmp_path / "figures", tmp_path / "zero_shot.json", model=weights)
-    assert result["classes"] == ["circle", "square"] and (tmp_path / "figures").is_dir()
+    assert result["tasks"]["shapes"]["classes"] == ["circle", "square"]
+    assert (tmp_path / "figures" / "zero_shot" / "shapes.png").is_file()
     # Its own tower runs where evaluate ran it: a GPU unless the variant is a CPU one.
     assert figures_gpus(deep_merge(v, {"train": {"device": "auto"}})) == 1
     assert figures_gpus(v) == 0  # train.device: cpu

@@ -21,6 +21,7 @@ from toy_overlay import (
     BATCH_SIZE,
     EPOCHS,
     IMAGE_SIZE,
+    TINY_DUAL,
     TRAIN_IMAGES,
     VAL_IMAGES,
     changed_paths,
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "config").glob("*.yaml"))
-FIGURES = ("text_to_image", "image_to_text", "zero_shot", "similarity_heatmap")
+FIGURES = ("text_to_image", "image_to_text", "similarity_heatmap")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,11 @@ def test_overlay_changes_only_what_cannot_run_here(path, toy_sources, tiny_clip_
         assert needed_weights(v) == [], f"{path.name} variant {name}: {needed_weights(v)}"
         assert v["image_size"] == IMAGE_SIZE
         assert v["train"]["epochs"] <= EPOCHS and v["train"]["batch_size"] == BATCH_SIZE
+        if v["model"]["kind"] == "dual_encoder":  # tiny towers over the tiny local vocabulary
+            dual = v["model"]["dual_encoder"]
+            assert dual["tokenizer"] == str(tiny_clip_dir), dual
+            assert dual["vision"]["width"] == TINY_DUAL["vision"]["width"], dual
+            assert dual["text"]["depth"] == TINY_DUAL["text"]["depth"], dual
 
 
 def hpo_dir(cfg: dict) -> Path:
@@ -131,9 +137,12 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
     for name in variants:
         metrics = json.loads((vdir / name / "metrics.json").read_text())
         assert 0 <= metrics["i2t_R@1"] <= 100 and 0 <= metrics["t2i_R@1"] <= 100, name
-        for figure in FIGURES:
+        tasks = json.loads((vdir / name / "zero_shot.json").read_text())["task_order"]
+        assert tasks, name
+        for figure in (*FIGURES, *(f"zero_shot/{t}" for t in tasks)):
             png = vdir / name / "figures" / f"{figure}.png"
             assert png.stat().st_size > 5_000, f"{name}: {figure}.png missing or empty"
+    assert (tmp_path / "results" / "queries_across_variants.png").stat().st_size > 5_000
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert summary_rows(summary) >= set(variants), summary
     if "hpo" in toy:

@@ -210,6 +210,12 @@ def test_needed_weights_per_variant(tmp_path):
     clip = {"text_encoder": {"model": str(tmp_path)},
             "model": {"kind": "clip", "clip": {"model": "acme/clip"}}}
     assert [s["repo"] for s in needed_weights(clip)] == ["acme/clip"]
+    # CLIP's BPE is built from a file in the open_clip_torch package: nothing to fetch.
+    scratch = {"text_encoder": {"model": "offline-minilm"},
+               "model": {"kind": "dual_encoder", "dual_encoder": {"tokenizer": "clip-bpe"}}}
+    assert needed_weights(scratch) == [] and hub_repo("clip-bpe") is None
+    scratch["model"]["dual_encoder"]["tokenizer"] = "openai/clip-vit-base-patch32"
+    assert [s["repo"] for s in needed_weights(scratch)] == ["openai/clip-vit-base-patch32"]
     assert hub_repo("./local/dir") is None and hub_repo("bert-base-uncased") == "bert-base-uncased"
     assert hub_files(["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5",
                       ".gitattributes", "onnx/model.onnx"]) == ["config.json",

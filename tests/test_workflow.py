@@ -92,8 +92,7 @@ def test_outputs_of_every_stage(finished_run):
         vdir = w / "results/tiny/variants" / variant
         metrics = json.loads((vdir / "metrics.json").read_text())
         assert metrics["n_images"] == 40 and metrics["n_texts"] == 200
-        lo, hi = metrics["bootstrap"]["intervals"]["rsum"]
-        assert lo <= metrics["rsum"] <= hi and metrics["bootstrap"]["resamples"] == 1000
+        assert "bootstrap" not in metrics  # intervals: ablation.csv, drawn from the ranks
         assert (vdir / "ranks.safetensors").is_file()
         report = json.loads((vdir / "train_report.json").read_text())
         assert report["config"]["name"] == variant
@@ -175,6 +174,19 @@ def test_encoder_change_reruns_the_text_cache_and_its_readers(finished_run, repo
         # Nothing upstream of the text cache reruns.
         assert not {"demo_dataset", "captions", "image_cache", "data_report",
                     "samples"} & set(jobs)
+    finally:
+        write_config(finished_run, TINY)
+
+
+def test_bootstrap_change_rescores_nothing(finished_run, repo):
+    """Intervals come from the saved ranks: new bootstrap settings rerun aggregates only."""
+    cfg = json.loads(json.dumps(TINY))
+    cfg["bootstrap"] = {"resamples": 500, "confidence": 0.9}
+    write_config(finished_run, cfg)
+    try:
+        jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
+        assert jobs and set(jobs) <= AGGREGATES, jobs
+        assert "aggregate" in jobs
     finally:
         write_config(finished_run, TINY)
 

@@ -7,8 +7,10 @@ and nothing else, so a variant added to a shipped config is exercised as shipped
 * the dataset -> generated stand-ins in the source's own layout (``write_toy_sources``):
   a COCO-2014 folder (source ``coco``, ``download: false``), Karpathy JSON files
   (``karpathy_coco``, ``flickr30k``); the demo generator just draws fewer images;
-* hub ids (e.g. openai/clip-vit-base-patch32) -> a tiny local CLIP
-  saved with ``save_pretrained`` (tests/conftest.py ``tiny_clip_dir``);
+* hub ids (e.g. openai/clip-vit-base-patch32) and CLIP's 49,408-token BPE (``clip-bpe``)
+  -> a tiny local CLIP saved with ``save_pretrained`` (tests/conftest.py ``tiny_clip_dir``);
+* a from-scratch dual encoder's ViT-B/16-sized towers -> one tiny block each
+  (``TINY_DUAL``; MLP ratio, dropout and context length stay as shipped);
 * torchvision ImageNet weights (downloaded on first use) -> none; weights that ship in
   an installed package (``PACKAGED_WEIGHTS``) run offline and are kept;
 * image size, epochs, batch sizes, HPO trials and a selection holdout -> small.
@@ -34,6 +36,9 @@ EPOCHS = 1
 BATCH_SIZE = 8
 HPO_TRIALS = 2
 SELECT_IMAGES = 4  # a COCO-style selection holdout of 5,000 train images cannot fit in 24
+# model.dual_encoder sizes at toy scale (patch 8 on the 32 px input: 16 patches).
+TINY_DUAL = {"embed_dim": 16, "vision": {"patch_size": 8, "width": 32, "depth": 1, "heads": 2},
+             "text": {"width": 32, "depth": 1, "heads": 2}}
 
 # Dotted paths the overlay may change; a variant may hold the same keys under
 # variants.<name>. (its override of the shared sections).
@@ -41,8 +46,12 @@ TOUCHABLE = (
     "dataset.root", "dataset.download", "dataset.annotations", "dataset.selection.images",
     "dataset.demo.train_images", "dataset.demo.val_images", "dataset.demo.image_size",
     "image_size", "text_encoder.model", "model.clip.model", "model.dual_encoder.tokenizer",
+    "model.dual_encoder.embed_dim", "model.dual_encoder.vision.patch_size",
+    "model.dual_encoder.vision.width", "model.dual_encoder.vision.depth",
+    "model.dual_encoder.vision.heads", "model.dual_encoder.text.width",
+    "model.dual_encoder.text.depth", "model.dual_encoder.text.heads",
     "model.weights", "train.epochs", "train.batch_size",
-    "hpo.trials", "hpo.epochs", "hpo.space.batch_size",
+    "hpo.trials", "hpo.epochs", "hpo.space.train.batch_size.choices",
 )  # fmt: skip
 # Backbones whose pretrained weights come with an installed package (no download).
 PACKAGED_WEIGHTS = frozenset({"efficientnet_lite0"})
@@ -74,7 +83,7 @@ def _coco_split(coco: Path, folder: str) -> tuple[list[dict], list[dict]]:
 def _write_instances(coco: Path, folder: str) -> None:
     """COCO object annotations for ``folder`` (the real download ships them): one
     category per image, so the zero-shot accuracy path runs as it does on COCO."""
-    from cliptune.evaluation.zero_shot import COCO_CATEGORIES
+    from cliptune.evaluation.zero_shot_tasks import COCO_CATEGORIES
 
     images, _ = _coco_split(coco, folder)
     cats = [{"id": i + 1, "name": name, "supercategory": "thing"}
@@ -121,7 +130,7 @@ def _write_karpathy(coco: Path, path: Path, flat: bool = False) -> Path:
 
 def toy_overlay(cfg: Mapping, sources: Mapping[str, Path], clip_dir: Path) -> dict:
     """A copy of ``cfg`` that runs here at toy scale (module docstring)."""
-    from cliptune.config import carves_selection, load_config
+    from cliptune.config import carves_selection, load_config, resolve_variant
 
     out = copy.deepcopy(dict(cfg))
     _toy_dataset(out["dataset"], sources)
@@ -137,6 +146,8 @@ def toy_overlay(cfg: Mapping, sources: Mapping[str, Path], clip_dir: Path) -> di
                                                         "train")}
     backbone = full["model"]["backbone"]
     _toy_sections(shared, clip_dir, backbone)
+    if any(resolve_variant(full, n)["model"]["kind"] == "dual_encoder" for n in full["variants"]):
+        _shrink_dual(shared["model"]["dual_encoder"], everything=True)
     for path in TOUCHABLE:
         head = path.split(".")[0]
         if head in shared and _get(shared, path) != _get(full, path):
@@ -174,7 +185,12 @@ def _toy_sections(section: dict, clip_dir: Path, backbone: str) -> None:
     _hub_to_local(section.get("text_encoder"), "model", clip_dir)
     model = section.get("model") or {}
     _hub_to_local(model.get("clip"), "model", clip_dir)
-    _hub_to_local(model.get("dual_encoder"), "tokenizer", clip_dir)
+    dual = model.get("dual_encoder")
+    _hub_to_local(dual, "tokenizer", clip_dir)
+    if dual:
+        if dual.get("tokenizer") == "clip-bpe":  # 49,408 tokens: the tiny CLIP's instead
+            dual["tokenizer"] = str(clip_dir)
+        _shrink_dual(dual, everything=False)
     if model.get("weights") is not None and model.get("backbone",
                                                       backbone) not in PACKAGED_WEIGHTS:
         model["weights"] = None
@@ -183,6 +199,17 @@ def _toy_sections(section: dict, clip_dir: Path, backbone: str) -> None:
         train["epochs"] = min(train["epochs"], EPOCHS)  # 0 (evaluation only) stays 0
     if train.get("batch_size") is not None:
         train["batch_size"] = BATCH_SIZE
+
+
+def _shrink_dual(dual: dict, everything: bool) -> None:
+    """TINY_DUAL sizes: all of them (the resolved shared section), or only the sizes a
+    variant sets itself (so a variant changes nothing it did not name)."""
+    for key, value in TINY_DUAL.items():
+        if isinstance(value, dict):
+            tower = dual.setdefault(key, {}) if everything else dual.get(key) or {}
+            tower.update({k: v for k, v in value.items() if everything or k in tower})
+        elif everything or key in dual:
+            dual[key] = value
 
 
 def _hub_to_local(section: Mapping | None, key: str, clip_dir: Path) -> None:
@@ -199,8 +226,8 @@ def _toy_hpo(hpo: dict) -> None:
     if hpo.get("epochs") is not None:
         hpo["epochs"] = min(hpo["epochs"], EPOCHS)
     space = hpo.get("space") or {}
-    if isinstance(space.get("batch_size"), list):
-        space["batch_size"] = [BATCH_SIZE]
+    if "choices" in (space.get("train.batch_size") or {}):
+        space["train.batch_size"] = {"choices": [BATCH_SIZE]}
 
 
 def _get(obj: Mapping, path: str) -> Any:

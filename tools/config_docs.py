@@ -21,10 +21,13 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 from cliptune.config import (
     COCO_DOWNLOAD_ROOT,
     COCO_TRAIN_IMAGES,
     DEMO_ROOT,
+    KAGGLE_IMAGES,
     KARPATHY_FILES,
     SELECT_IMAGES,
     SELECT_SPLIT,
@@ -34,6 +37,9 @@ from cliptune.config_schema import is_section, leaf_default, load_schema, subsch
 
 README = Path(__file__).resolve().parents[1] / "config" / "README.md"
 TABLE = re.compile(r"(<!-- config-table: ([^>]*?) -->\n)(.*?)(<!-- /config-table -->)", re.S)
+# Named maps whose entries (a $defs section with a default for each optional key) get
+# their own rows: `report.zero_shot.tasks.<name>.classes`, ...
+NAMED_MAPS = ("report.zero_shot.tasks",)
 LONG_LIST = 4  # longer default lists show their first item and the count
 
 
@@ -49,10 +55,11 @@ def _splits_default() -> str:
 # Defaults resolved per dataset source in cliptune.config._resolve_dataset (schema: null).
 DYNAMIC = {
     "dataset.root": lambda: (
-        f"demo: `{DEMO_ROOT}`; download: `{COCO_DOWNLOAD_ROOT}`; json/table: the annotations "
-        "file's folder; otherwise required"),
+        f"demo: `{DEMO_ROOT}`; download: `{COCO_DOWNLOAD_ROOT}`; download: kaggle: "
+        f"`{KAGGLE_IMAGES}`; json/table: the annotations file's folder; otherwise required"),
     "dataset.annotations": lambda: "; ".join(
-        f"{source}: `{{root}}/{name}`" for source, name in KARPATHY_FILES.items()),
+        [f"{source}: `{{root}}/{name}`" for source, name in KARPATHY_FILES.items()]
+        + ["download: kaggle: `results.csv` beside `{root}`"]),
     "dataset.splits": _splits_default,
     "dataset.selection.split": lambda: (
         f"`val` with a `test` split (karpathy_coco/flickr30k), else `{SELECT_SPLIT}` (a "
@@ -70,7 +77,14 @@ def format_value(value) -> str:
         return f"`[{json.dumps(value[0], ensure_ascii=False)}, …]` ({len(value)} items)"
     if isinstance(value, str):
         return f"`{value}`"
+    if isinstance(value, dict) and value:  # one `key: value` per line (hpo.space)
+        return "<br>".join(f"`{key}: {_flow(item)}`" for key, item in value.items())
     return f"`{json.dumps(value, ensure_ascii=False)}`"
+
+
+def _flow(value) -> str:
+    """A mapping or list as YAML flow text ({low: 1.0e-05, high: 0.01}), one line."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip()
 
 
 def leaf_rows(schema: dict, node: dict, path: tuple[str, ...], required: bool) -> list[str]:
@@ -93,7 +107,10 @@ def leaf_rows(schema: dict, node: dict, path: tuple[str, ...], required: bool) -
     if not meaning:
         raise SystemExit(f"config schema: {dotted} has no description; add one")
     meaning = " ".join(meaning.split()).replace("|", "\\|")
-    return [f"| `{dotted}` | {default} | {meaning} |"]
+    rows = [f"| `{dotted}` | {default} | {meaning} |"]
+    if dotted in NAMED_MAPS:  # document the keys of each entry too
+        rows += leaf_rows(schema, node["additionalProperties"], (*path, "<name>"), False)
+    return rows
 
 
 def render_table(schema: dict, keys: list[str]) -> str:

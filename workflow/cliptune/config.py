@@ -29,6 +29,7 @@ from cliptune.config_schema import (  # noqa: F401
     subschema,
     validate,
 )
+from cliptune.hpo_space import check_space
 
 # Sections a variant may override; everything else is shared by all variants.
 VARIANT_SECTIONS = ("text_encoder", "model", "train", "eval", "image_size")
@@ -52,6 +53,8 @@ SELECT_SPLIT = "select"
 SELECT_IMAGES = 5000
 COCO_TRAIN_IMAGES = 82783  # train2014: the demo's holdout keeps COCO's fraction
 COCO_DOWNLOAD_ROOT = "resources/coco2014"
+# dataset.download: kaggle (Flickr30k): the image folder link; results.csv goes beside it.
+KAGGLE_IMAGES = "resources/flickr30k_kaggle/flickr30k_images"
 DEMO_ROOT = "resources/{name}"
 
 
@@ -68,13 +71,18 @@ def deep_merge(base: Mapping, override: Mapping | None) -> dict:
 
 def load_config(config: Mapping) -> dict:
     """Validate the raw user config, then fill defaults. Returns a new dict."""
+    space = _given_space(config)
+    if space is not None:  # before the schema: its messages name the fix for the old form
+        check_space(space)
     validate(config)
     cfg = deep_merge(DEFAULTS, config)
+    if space is not None:  # a given space replaces the default one (keys left out: not searched)
+        cfg["hpo"]["space"] = copy.deepcopy(dict(space))
     _resolve_dataset(cfg["dataset"], config["dataset"])
     variants = cfg["variants"]
     for name, override in variants.items():
         given = {*(config.get("train") or {}), *((override or {}).get("train") or {})}
-        _check_train_keys(name, given, resolve_variant(cfg, name)["train"])
+        check_variant(resolve_variant(cfg, name), given)
     if cfg["baseline"] not in variants:
         raise ConfigError(
             f"config error: baseline = {cfg['baseline']!r} is not a variant; "
@@ -83,6 +91,7 @@ def load_config(config: Mapping) -> dict:
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
     _resolve_selection(cfg)
+    _resolve_search(cfg)
     names = split_names(cfg["dataset"])
     for name in variants:
         _check_seeds(config, cfg, name)
@@ -138,14 +147,52 @@ def _resolve_selection(cfg: dict) -> None:
         )
 
 
+def _given_space(config: Mapping) -> Mapping | None:
+    hpo = config.get("hpo")
+    space = hpo.get("space") if isinstance(hpo, Mapping) else None
+    return space if isinstance(space, Mapping) else None
+
+
+def check_variant(resolved: Mapping, given_train: set) -> None:
+    """What the schema cannot say about one resolved variant; also run on every HPO trial
+    (``given_train``: the train keys it sets itself, which must not be ignored)."""
+    name = resolved["name"]
+    if resolved["train"]["temperature"] is None and resolved["model"]["kind"] != "clip":
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.temperature: null, which keeps a "
+            "pretrained CLIP checkpoint's own logit scale; a "
+            f"{resolved['model']['kind']} model has none, so give a number (e.g. 0.07)")
+    _check_train_keys(name, given_train, resolved["train"])
+    resume_from, epochs = resolved["train"]["resume_from"], resolved["train"]["epochs"]
+    if resume_from is not None and resume_from >= epochs:
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.resume_from = {resume_from} with "
+            f"train.epochs = {epochs}: nothing would be trained after it; raise train.epochs "
+            "or resume from an earlier kept epoch")
+    if resolved["model"]["kind"] == "dual_encoder":
+        dual = resolved["model"]["dual_encoder"]
+        for tower in ("vision", "text"):
+            width, heads = dual[tower]["width"], dual[tower]["heads"]
+            if width % heads:  # attention splits the width evenly over the heads
+                raise ConfigError(
+                    f"config error: variant {name!r}: model.dual_encoder.{tower}.heads = "
+                    f"{heads} does not divide its width {width}; pick heads that divide it")
+
+
 def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
     """Reject train keys the variant sets (itself or via the shared section) that would
-    otherwise be silently ignored."""
+    otherwise be silently ignored, and [low, high] ranges given the wrong way round."""
     if train["warmup_steps"] is not None and "warmup_fraction" in given:
         raise ConfigError(
             f"config error: variant {variant!r} sets both train.warmup_steps and "
             "train.warmup_fraction; warmup_steps replaces warmup_fraction, so remove one "
             "(or set warmup_steps: null)")
+    for key in ("scale", "ratio"):  # [low, high] ranges the schema cannot order
+        low, high = train["augment"][key]
+        if low > high:
+            raise ConfigError(
+                f"config error: variant {variant!r} sets train.augment.{key} = [{low}, {high}]; "
+                f"it is a [low, high] range, so write [{high}, {low}]")
     if "momentum" in given and train["optimizer"] != "sgd":
         raise ConfigError(
             f"config error: variant {variant!r} sets train.momentum, which only applies to "
@@ -157,12 +204,16 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
     source = ds["source"]
     # Given splits replace the per-source default (a deep merge would keep stale entries).
     ds["splits"] = dict(raw.get("splits") or SOURCE_SPLITS[source])
-    if ds["download"] and source not in ("coco", "karpathy_coco"):
+    if ds["download"] == "kaggle":
+        _resolve_kaggle(ds)
+    elif ds["download"] and source not in ("coco", "karpathy_coco"):
+        other = " (Flickr30k: download: kaggle)" if source == "flickr30k" else ""
         raise ConfigError(
-            f"config error: dataset.download downloads COCO 2014 only; with dataset.source = "
-            f"{source!r} set download: false and point dataset.root at your data"
+            f"config error: dataset.download: true downloads COCO 2014 only{other}; with "
+            f"dataset.source = {source!r} set download: false and point dataset.root at "
+            "your data"
         )
-    if ds["download"] and source == "coco":
+    if ds["download"] is True and source == "coco":
         bad = sorted(set(ds["splits"].values()) - {"train2014", "val2014"})
         if bad:
             raise ConfigError(
@@ -178,7 +229,7 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
     if ds["root"] is None:
         if source == "demo":
             ds["root"] = DEMO_ROOT.format(name=ds["name"])
-        elif ds["download"]:
+        elif ds["download"] is True:
             ds["root"] = COCO_DOWNLOAD_ROOT
         elif source in ("json", "table") and ds["annotations"]:
             ds["root"] = str(Path(ds["annotations"]).parent)  # image paths relative to it
@@ -207,6 +258,33 @@ def _resolve_dataset(ds: dict, raw: Mapping) -> None:
             )
 
 
+def _resolve_search(cfg: dict) -> None:
+    """search.variant null -> the baseline, search.queries null -> report.queries (the
+    schema's documented defaults); a variant that does not exist fails at start-up."""
+    search = cfg["search"]
+    search["variant"] = search["variant"] or cfg["baseline"]
+    search["queries"] = list(dict.fromkeys(search["queries"] or cfg["report"]["queries"]))
+    if search["variant"] not in variant_names(cfg):
+        raise ConfigError(
+            f"config error: search.variant = {search['variant']!r} is not a variant; use one "
+            f"of {variant_names(cfg)}")
+
+
+def _resolve_kaggle(ds: dict) -> None:
+    """``download: kaggle``: Flickr30k's Kaggle copy; root = its image folder (a link the
+    download makes), annotations = its results.csv beside that folder."""
+    if ds["source"] != "flickr30k":
+        raise ConfigError(
+            f"config error: dataset.download: kaggle fetches Flickr30k only (dataset.source: "
+            f"flickr30k), not {ds['source']!r}; use download: true (COCO) or false")
+    ds["root"] = ds["root"] or KAGGLE_IMAGES
+    ds["annotations"] = ds["annotations"] or str(Path(ds["root"]).parent / "results.csv")
+    if Path(ds["annotations"]).suffix.lower() != ".csv":
+        raise ConfigError(
+            f"config error: dataset.annotations = {ds['annotations']!r}: download: kaggle "
+            "writes the Kaggle copy's results.csv there; name a .csv path or leave it unset")
+
+
 def variant_names(cfg: Mapping) -> list[str]:
     names = list(cfg["variants"])
     if cfg["include_untrained"]:
@@ -222,11 +300,6 @@ def _merged_variant(cfg: Mapping, name: str) -> dict:
     if resolved["eval"]["split"] is None:  # a variant's explicit null: the per-source default
         resolved["eval"]["split"] = cfg["eval"]["split"]
     resolved["name"] = name
-    if resolved["train"]["temperature"] is None and resolved["model"]["kind"] != "clip":
-        raise ConfigError(
-            f"config error: variant {name!r} sets train.temperature: null, which keeps a "
-            "pretrained CLIP checkpoint's own logit scale; a "
-            f"{resolved['model']['kind']} model has none, so give a number (e.g. 0.07)")
     # Training validates on it, so a different selection split retrains the variant.
     resolved["select_split"] = cfg["dataset"]["selection"]["split"]
     return resolved
@@ -243,6 +316,7 @@ def resolve_variant(cfg: Mapping, name: str) -> dict:
     if name == UNTRAINED:
         resolved = resolve_variant(cfg, cfg["baseline"])
         resolved["train"]["epochs"] = 0
+        resolved["train"]["resume_from"] = None  # random init: nothing to restart from
         resolved["name"] = UNTRAINED
         return resolved
     resolved = _merged_variant(cfg, name)

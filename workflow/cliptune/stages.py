@@ -39,6 +39,12 @@ def coco_archive(smk) -> None:
                   hint=smk.params.hint)
 
 
+def kaggle_flickr30k(smk) -> None:
+    from cliptune.data.kaggle_download import fetch_flickr30k
+
+    fetch_flickr30k(Path(smk.output.annotations), Path(smk.params.images))
+
+
 def coco_extract(smk) -> None:
     from cliptune.data.coco_download import extract_archive
 
@@ -144,7 +150,7 @@ def evaluate(smk) -> None:
 
     variant = json.loads(smk.params.variant)
     evaluate_variant(variant, Path(smk.input.model), _pairs(smk, "val"),
-                     Path(smk.output.metrics).parent, json.loads(smk.params.bootstrap))
+                     Path(smk.output.metrics).parent)
 
 
 def aggregate(smk) -> None:
@@ -166,13 +172,72 @@ def aggregate(smk) -> None:
 def figures(smk) -> None:
     from cliptune.reporting.variant_figures import run_variant_figures
 
-    instances = getattr(smk.input, "instances", None)
+    instances = smk.params.instances  # "" unless a zero-shot task has labels: coco
     run_variant_figures(
         json.loads(smk.params.variant), json.loads(smk.params.report),
         json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
         Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
         Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
-        instances=Path(instances) if instances else None, model=Path(smk.input.model))
+        instances=Path(instances) if instances else None, model=Path(smk.input.model),
+        queries_json=Path(smk.output.queries_json))
+
+
+def queries_across_variants(smk) -> None:
+    from cliptune.reporting.query_comparison import queries_across_variants as draw
+
+    names = list(smk.params.variants)  # every input list follows this order
+    variants = {v: {"queries": Path(smk.input.queries[i]), "array": Path(smk.input.arrays[i]),
+                    "index": Path(smk.input.indexes[i])} for i, v in enumerate(names)}
+    draw(variants, list(smk.params.queries), Path(smk.output[0]))
+
+
+def search_embed(smk) -> None:
+    from safetensors import safe_open
+
+    from cliptune.data.image_folder import resolve_folder
+    from cliptune.evaluation.search import embed_folder
+
+    # The model's embedding width is the text cache's (as evaluate reads it from there).
+    with safe_open(str(smk.input.text), "pt") as f:
+        embed_dim = f.get_slice("embeddings").get_shape()[1]
+    embed_folder(json.loads(smk.params.variant), Path(smk.input.model), embed_dim,
+                 resolve_folder(smk.params.images), Path(smk.output.embeddings).parent,
+                 batch_size=smk.params.batch_size, workers=smk.threads)
+
+
+def search_text_to_image(smk) -> None:
+    from cliptune.evaluation.evaluate import variant_text_encoder
+    from cliptune.evaluation.search import load_folder_embeddings, text_to_image_hits
+    from cliptune.io_utils import atomic_path
+    from cliptune.reporting.search_figures import plot_search_text_to_image
+
+    variant = json.loads(smk.params.variant)
+    emb, files = load_folder_embeddings(Path(smk.input.embeddings), Path(smk.input.manifest))
+    encode = variant_text_encoder(variant, Path(smk.input.model), emb.shape[1])
+    hits = text_to_image_hits(encode, list(smk.params.queries), emb, files, smk.params.top_k,
+                              variant["eval"]["block_size"])
+    with atomic_path(smk.output.csv) as tmp:
+        hits.to_csv(tmp, index=False)
+    plot_search_text_to_image(hits, Path(smk.params.folder), Path(smk.output.png),
+                              f"your images, variant: {variant['name']}")
+
+
+def search_image_to_text(smk) -> None:
+    from cliptune.evaluation.search import eval_captions, image_to_text_hits, load_folder_embeddings
+    from cliptune.io_utils import atomic_path
+    from cliptune.reporting.search_figures import plot_search_image_to_text
+
+    variant = json.loads(smk.params.variant)
+    emb, files = load_folder_embeddings(Path(smk.input.embeddings), Path(smk.input.manifest))
+    text_emb, captions = eval_captions(Path(smk.input.eval_embeddings), Path(smk.input.captions))
+    hits = image_to_text_hits(emb, files, text_emb, captions, smk.params.top_k,
+                              variant["eval"]["block_size"])
+    with atomic_path(smk.output.csv) as tmp:
+        hits.to_csv(tmp, index=False)
+    split = variant["eval"]["split"]
+    plot_search_image_to_text(hits, Path(smk.params.folder), Path(smk.output.png),
+                              f"your images, variant: {variant['name']} (captions of the {split} "
+                              "split)", smk.params.figure_images)
 
 
 def loss_overlay(smk) -> None:
@@ -188,22 +253,25 @@ def loss_overlay(smk) -> None:
 def summary(smk) -> None:
     from cliptune.reporting.comparison import Comparison
     from cliptune.reporting.summary import write_summary
-    from cliptune.reporting.variant_figures import FIGURES
+    from cliptune.reporting.variant_figures import FIGURES, ZERO_SHOT_FIGURE
 
     names = list(smk.params.variants)
     figs = list(smk.input.figures)  # expand order: variant-major, then FIGURES order
+    keys = [*FIGURES,
+            *(ZERO_SHOT_FIGURE.format(task=t).removesuffix(".png") for t in smk.params.tasks)]
     variants = {
         v: {"metrics": smk.input.metrics[i], "train_report": smk.input.train_reports[i],
             "history": smk.input.histories[i], "zero_shot": smk.input.zero_shot[i],
             "figures": {f: next(p for p in figs if p.endswith(f"/{v}/figures/{f}.png"))
-                        for f in FIGURES}}
+                        for f in keys}}
         for i, v in enumerate(names)
     }
     write_summary(Path(smk.output[0]), variants, smk.params.baseline,
                   json.loads(smk.params.dataset), json.loads(smk.params.report),
                   Path(smk.input.ablation_png), Path(smk.input.overlay_png),
                   comparison=Comparison.load(Path(smk.input.ablation_csv),
-                                             Path(smk.input.paired), smk.params.baseline))
+                                             Path(smk.input.paired), smk.params.baseline),
+                  queries_png=Path(smk.input.queries_png))
 
 
 def run(smk, stage: Callable) -> None:

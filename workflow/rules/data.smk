@@ -41,7 +41,33 @@ REPORT_SIZE = RESOLVED[CFG["baseline"]]["image_size"]
 DATA_REPORT = f"{RESULTS}/data_report.json"
 SAMPLES_PNG = f"{RESULTS}/samples.png"
 
-if DATASET["download"]:
+if DATASET["download"] == "kaggle":
+
+    # kagglehub needs the network: like the COCO download, it runs on the head node.
+    localrules:
+        kaggle_flickr30k,
+
+    # results.csv is written last, so its presence means the image link is in place too;
+    # both placed by hand (see the error of a failed download), the rule never runs.
+    rule kaggle_flickr30k:
+        output:
+            annotations=DATASET["annotations"],
+        params:
+            images=ROOT,
+        resources:
+            mem_mb=2000,
+            runtime=600,
+        log:
+            f"{LOGS}/download/kaggle_flickr30k.log",
+        benchmark:
+            f"{LOGS}/download/kaggle_flickr30k.benchmark.tsv",
+        conda:
+            ENV
+        script:
+            "../scripts/kaggle_flickr30k.py"
+
+
+if DATASET["download"] is True:
     COCO_ARCHIVES = needed_archives(DATASET)
     COCO_SPECS = archive_specs(DATASET)
 

@@ -15,6 +15,7 @@ rule hpo:
         weights=lambda w: VARIANT_WEIGHTS[w.variant],
     output:
         overlay=f"{HPO_DIR}/best_overlay.yaml",
+        best=f"{HPO_DIR}/best_params.json",
         trials=f"{HPO_DIR}/trials.csv",
         history=f"{HPO_DIR}/optimization_history.png",
         importance=f"{HPO_DIR}/param_importances.png",

@@ -1,6 +1,6 @@
 """Batched training augmentation on the model's device (no per-sample Python).
 
-Images: random resized crop, horizontal flip and a small rotation composed into
+Images: random resized crop (area ``scale``, aspect ``ratio``), horizontal flip and a small rotation composed into
 one affine warp per sample (a single ``grid_sample``), then colour jitter
 (brightness, contrast, saturation) with per-sample factors. Captions (only for
 text towers that are trained): random word dropout.
@@ -25,9 +25,11 @@ def augment_images(x: torch.Tensor, cfg: Mapping, generator: torch.Generator | N
         return torch.rand(*shape, generator=generator).to(device)
 
     lo, hi = cfg["scale"]
-    # Area fraction and log-uniform aspect ratio (3/4..4/3) as RandomResizedCrop.
+    r_lo, r_hi = cfg["ratio"]
+    # Area fraction and log-uniform aspect ratio (train.augment.ratio) as torchvision's
+    # RandomResizedCrop; scale [1, 1] with ratio [1, 1] keeps the whole image.
     area = lo + (hi - lo) * rand(n)
-    log_ratio = (rand(n) * 2 - 1) * math.log(4 / 3)
+    log_ratio = math.log(r_lo) + (math.log(r_hi) - math.log(r_lo)) * rand(n)
     ratio = log_ratio.exp()
     sx = (area * ratio).sqrt().clamp(max=1.0)  # crop width / image width
     sy = (area / ratio).sqrt().clamp(max=1.0)
@@ -40,9 +42,7 @@ def augment_images(x: torch.Tensor, cfg: Mapping, generator: torch.Generator | N
         torch.stack([cos * sx * flip, -sin * sy, tx], dim=1),
         torch.stack([sin * sx * flip, cos * sy, ty], dim=1),
     ], dim=1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
-                        align_corners=False)
+    out = _warp(x, theta)
     jitter = cfg["color_jitter"]
     if jitter:
         def factor():
@@ -54,6 +54,23 @@ def augment_images(x: torch.Tensor, cfg: Mapping, generator: torch.Generator | N
         gray = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
         out = (out - gray) * factor() + gray  # saturation
     return out.clamp_(0.0, 1.0)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Apply the per-sample affine ``theta`` (N×2×3); identity samples are copied as they
+    are, since bilinear resampling of an identity grid is not bit-exact."""
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=theta.device)
+    moved = (theta != identity).flatten(1).any(dim=1)
+    if not moved.any():
+        return x.clone()
+    grid = F.affine_grid(theta[moved], [int(moved.sum()), *x.shape[1:]], align_corners=False)
+    warped = F.grid_sample(x[moved], grid.to(x.dtype), mode="bilinear",
+                           padding_mode="reflection", align_corners=False)
+    if moved.all():
+        return warped
+    out = x.clone()
+    out[moved] = warped
+    return out
 
 
 def augment_captions(texts: list[str], word_dropout: float, rng: np.random.Generator,

@@ -274,7 +274,7 @@ def captions_inputs(dataset: dict, split: str) -> list[str]:
 
     label = dataset["splits"][source_split(dataset, split)]
     source, root = dataset["source"], dataset["root"]
-    if dataset.get("download"):
+    if dataset.get("download") is True:
         names = needed_archives(dataset)
         if source == "coco":  # this split's images and the shared annotations zip
             names = [n for n in names if n in (ANNOTATIONS_ZIP, f"{label}.zip")]
@@ -294,6 +294,14 @@ def check_sources(dataset: dict) -> None:
     """
     source, root = dataset["source"], Path(dataset["root"])
     if source == "demo":
+        return
+    if dataset.get("download") == "kaggle":
+        # The download rule writes both; captions placed by hand need their images too.
+        if Path(dataset["annotations"]).is_file() and not root.is_dir():
+            raise DatasetLayoutError(
+                f"dataset.download: kaggle: {dataset['annotations']} is there but the image "
+                f"folder {root}/ is not; put the flickr30k_images folder there (or delete "
+                f"{dataset['annotations']} to download both)")
         return
     if source == "coco":
         if not dataset.get("download"):

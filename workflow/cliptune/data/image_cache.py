@@ -53,10 +53,16 @@ def load_rgb(path: Path, size: int) -> np.ndarray:
 
 def _decode(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
     row, path, size = job
+    return (row, *try_load_rgb(path, size))
+
+
+def try_load_rgb(path: str | Path, size: int) -> tuple[np.ndarray | None, str]:
+    """``(pixels, "")`` or ``(None, why)`` with why one of missing, zero-size, not an
+    image, truncated, unreadable: the dataset cache and the folder search share it."""
     try:
-        return row, load_rgb(Path(path), size), ""
+        return load_rgb(Path(path), size), ""
     except FileNotFoundError:
-        return row, None, "missing"
+        return None, "missing"
     except Exception as exc:  # noqa: BLE001 - every decoder failure is a data problem
         detail = f"{type(exc).__name__}: {exc}"
         try:
@@ -64,14 +70,14 @@ def _decode(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
         except OSError:
             empty = False
         if empty:
-            return row, None, "zero-size: the file has 0 bytes"
+            return None, "zero-size: the file has 0 bytes"
         if str(exc) == "zero-size image":
-            return row, None, "zero-size: the image has 0 pixels"
+            return None, "zero-size: the image has 0 pixels"
         if isinstance(exc, UnidentifiedImageError):
-            return row, None, f"not an image: {detail}"
+            return None, f"not an image: {detail}"
         if "truncated" in str(exc).lower():
-            return row, None, f"truncated: {detail}"
-        return row, None, f"unreadable: {detail}"
+            return None, f"truncated: {detail}"
+        return None, f"unreadable: {detail}"
 
 
 def build_image_cache(

@@ -61,8 +61,9 @@ def save_ranks(path: Path, ranks: Ranks) -> None:
     arrays = {"i2t": ranks.i2t, "t2i": ranks.t2i, "text_image_index": ranks.text_image,
               "image_id": ranks.image_id, "caption_id": ranks.caption_id}
     with atomic_path(path) as tmp:
-        save_file({k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64))
-                   for k, v in arrays.items()}, str(tmp))
+        # torch.tensor copies: the arrays may be read-only views of a loaded table.
+        save_file({k: torch.tensor(np.asarray(v, dtype=np.int64)) for k, v in arrays.items()},
+                  str(tmp))
 
 
 def load_ranks(path: Path) -> Ranks:

@@ -8,7 +8,7 @@ and all their captions, never one caption per image.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from cliptune.data.pairs import PairData
-from cliptune.evaluation.bootstrap import Ranks, metric_intervals, save_ranks
+from cliptune.evaluation.bootstrap import Ranks, save_ranks
 from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
 from cliptune.io_utils import atomic_path, write_json
 from cliptune.models.factory import load_variant_model
@@ -35,12 +35,19 @@ def embed_images(model, data: PairData, batch_size: int, device, amp_dtype,
     for start in progress(range(0, data.n_images, batch_size), desc="embed images",
                       disable=not show_progress, unit="batch"):
         rows = data.image_rows[start:start + batch_size]
-        batch = torch.from_numpy(np.ascontiguousarray(data.pixels[rows]))
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
-            # Every model kind (cliptune.models.factory.build_model) embeds uint8 NHWC batches.
-            out.append(model.encode_images(batch).float().cpu())
+        out.append(encode_pixels(model, data.pixels[rows], device, amp_dtype))
     return torch.cat(out)
+
+
+@torch.inference_mode()
+def encode_pixels(model, pixels: np.ndarray, device, amp_dtype) -> torch.Tensor:
+    """One uint8 NHWC batch through the variant's image tower at evaluation precision:
+    float32 [n, D] on the CPU. Evaluation and the folder search both embed this way."""
+    batch = torch.from_numpy(np.ascontiguousarray(pixels))
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        # Every model kind (cliptune.models.factory.build_model) embeds uint8 NHWC batches.
+        return model.encode_images(batch).float().cpu()
 
 
 @torch.inference_mode()
@@ -78,10 +85,11 @@ def variant_text_encoder(variant: dict, weights: Path, embed_dim: int,
 
 
 def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path,
-                     bootstrap: Mapping, show_progress: bool = True) -> dict:
-    """metrics.json (with bootstrap intervals), recall.csv, embeddings and per-query ranks.
+                     show_progress: bool = True) -> dict:
+    """metrics.json, recall.csv, embeddings and per-query ranks.
 
-    ``bootstrap``: the config's ``bootstrap`` section (resamples, confidence, seed).
+    Bootstrap intervals are not computed here: the aggregate rule draws them from the saved
+    ranks, so changing the ``bootstrap`` section never re-scores a variant.
     """
     out_dir = Path(out_dir)
     ecfg = variant["eval"]
@@ -103,7 +111,6 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
     caption_ids = data.captions["caption_id"].to_numpy(np.int64, copy=True)
     ranks = Ranks.of(r_i2t, r_t2i, text_image, data.image_ids, caption_ids)
     save_ranks(out_dir / "ranks.safetensors", ranks)
-    metrics["bootstrap"] = metric_intervals(ranks, ecfg["ks"], bootstrap)
     write_json(out_dir / "metrics.json", metrics)
     rows = [{"direction": d, "K": k, "recall": metrics[f"{d}_R@{k}"]}
             for d in ("i2t", "t2i") for k in ecfg["ks"]]

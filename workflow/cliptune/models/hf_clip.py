@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cliptune.models.clip_bpe import CLIP_BPE, clip_bpe_tokenizer
 from cliptune.models.image_tower import PixelNormalize, to_unit_float
 from cliptune.models.text_encoder import EncoderUnavailableError, _fix_message, resolve_model_path
 from cliptune.models.towers import lora_towers, reads_text_cache, text_tower_trains
@@ -66,30 +67,79 @@ def _load_pretrained(model: str):
             "cannot load text encoder", "cannot load CLIP model (model.clip.model)")) from exc
 
 
-def _build_from_scratch(dcfg: Mapping, tokenizer_path: str, image_size: int):
-    """A small CLIPModel with random init; the tokenizer only supplies the vocabulary."""
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+def _scratch_tokenizer(name: str):
+    """The vocabulary of a from-scratch text tower: CLIP's BPE built offline
+    (``clip-bpe``), or the tokenizer of a hub id / local checkpoint directory."""
+    from transformers import AutoTokenizer
 
-    path = resolve_model_path(tokenizer_path)
+    if name == CLIP_BPE:
+        return clip_bpe_tokenizer()
+    path = resolve_model_path(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise EncoderUnavailableError(_fix_message(tokenizer_path, exc)) from exc
+        raise EncoderUnavailableError(_fix_message(name, exc)) from exc
+
+
+def _tower_config(tower: Mapping) -> dict:
+    """Width, depth, heads, MLP width and attention dropout of one tower (heads dividing
+    the width is checked with the config: cliptune.config.check_variant)."""
+    return {"hidden_size": tower["width"], "num_hidden_layers": tower["depth"],
+            "num_attention_heads": tower["heads"],
+            "intermediate_size": round(tower["mlp_ratio"] * tower["width"]),
+            "attention_dropout": tower["dropout"]}
+
+
+class OutputDropout:
+    """Forward hook: dropout on a module's output while the module is training. HF CLIP
+    layers only drop attention probabilities; this adds the residual-branch dropout of
+    ViT/GPT blocks without new modules, so state_dict keys stay those of CLIPModel."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        return F.dropout(output, self.p, module.training)
+
+
+def add_block_dropout(encoder: nn.Module, p: float) -> None:
+    """Drop the attention and MLP outputs of every block of ``encoder`` (a CLIPEncoder)."""
+    if p <= 0:
+        return
+    for layer in encoder.layers:
+        layer.self_attn.out_proj.register_forward_hook(OutputDropout(p))
+        layer.mlp.register_forward_hook(OutputDropout(p))
+
+
+def scratch_config(dcfg: Mapping, tokenizer, image_size: int):
+    """The ``CLIPConfig`` of a from-scratch dual encoder (``model.dual_encoder``) whose
+    text tower reads ``tokenizer``'s ids. Pooling is CLIP's: the vision tower's class
+    token, the text tower's first end-of-text token (the tokenizer's eos; pad may equal it)."""
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+
     v, t = dcfg["vision"], dcfg["text"]
     eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     vocab = max([len(tokenizer), *(i + 1 for i in tokenizer.all_special_ids if i is not None)])
-    text = CLIPTextConfig(vocab_size=vocab, hidden_size=t["width"],
-                          intermediate_size=4 * t["width"], num_hidden_layers=t["depth"],
-                          num_attention_heads=t["heads"], max_position_embeddings=t["max_length"],
+    text = CLIPTextConfig(vocab_size=vocab, max_position_embeddings=t["max_length"],
                           eos_token_id=eos, pad_token_id=pad,
-                          bos_token_id=tokenizer.cls_token_id or tokenizer.bos_token_id or 0)
-    vision = CLIPVisionConfig(hidden_size=v["width"], intermediate_size=4 * v["width"],
-                              num_hidden_layers=v["depth"], num_attention_heads=v["heads"],
-                              image_size=image_size, patch_size=v["patch_size"])
-    cfg = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                     projection_dim=dcfg["embed_dim"])
-    return CLIPModel(cfg), tokenizer
+                          bos_token_id=tokenizer.cls_token_id or tokenizer.bos_token_id or 0,
+                          **_tower_config(t))
+    vision = CLIPVisionConfig(image_size=image_size, patch_size=v["patch_size"],
+                              **_tower_config(v))
+    return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                      projection_dim=dcfg["embed_dim"])
+
+
+def _build_from_scratch(dcfg: Mapping, tokenizer_name: str, image_size: int):
+    """A CLIPModel with random init sized by ``model.dual_encoder``, and its tokenizer."""
+    from transformers import CLIPModel
+
+    tokenizer = _scratch_tokenizer(tokenizer_name)
+    model = CLIPModel(scratch_config(dcfg, tokenizer, image_size))
+    add_block_dropout(model.text_model.encoder, dcfg["text"]["dropout"])
+    add_block_dropout(model.vision_model.encoder, dcfg["vision"]["dropout"])
+    return model, tokenizer
 
 
 class HFClip(nn.Module):

@@ -219,7 +219,7 @@ class ImageEncoder(nn.Module):
         self.head = projection_head(channels, embed_dim, head["hidden_dim"], head["depth"],
                                     head["norm"], head["dropout"])
         self.frozen = freeze_trunk(self.trunk, frozen_trunk_modules(cfg, len(self.trunk)))
-        self.freeze_bn_stats = bool(cfg.get("freeze_bn_stats", True))
+        self.freeze_bn_stats = bool(cfg["freeze_bn_stats"])
         self.trunk_bn_eval = bool(cfg["trunk_bn_eval"])
         self.pixel_norm = PixelNormalize(*input_stats(cfg["backbone"]))
 

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = "resources/weights"
 OFFLINE_ALIAS = "offline-minilm"  # cliptune.models.text_encoder: a packaged model
+# Model settings that name something installed with a package, never a hub repo:
+# the packaged MiniLM and CLIP's BPE tokenizer (cliptune.models.clip_bpe.CLIP_BPE).
+PACKAGED = frozenset({OFFLINE_ALIAS, "clip-bpe"})
 # Weight formats a hub repo may carry besides the one transformers loads.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".ot", ".pt", ".pth",
                     ".ckpt", ".tflite", ".gguf")
@@ -39,7 +42,7 @@ class WeightsError(RuntimeError):
 
 def hub_repo(name: str | None) -> str | None:
     """The hub id behind a model setting, or None for the packaged alias / a local dir."""
-    if not name or name == OFFLINE_ALIAS or name.startswith((".", "/", "~")):
+    if not name or name in PACKAGED or name.startswith((".", "/", "~")):
         return None
     if Path(name).expanduser().exists() or not _HUB_ID.match(name):
         return None

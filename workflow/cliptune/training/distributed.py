@@ -230,7 +230,7 @@ def shard_micro(rows: np.ndarray, micro_batch: int, ctx: DistContext) -> np.ndar
 
 
 def world_size(train_cfg: dict) -> int:
-    return int(train_cfg.get("devices", 1)) * int(train_cfg.get("nodes", 1))
+    return int(train_cfg["devices"]) * int(train_cfg["nodes"])
 
 
 def torchrun_argv(spec_path: Path, devices: int, nodes: int,

@@ -1,10 +1,16 @@
-"""Optuna search over learning rate, temperature, weight decay and batch size for one
-variant. The study lives in a journal file next to the outputs (not an output
+"""Optuna search for one variant over ``hpo.space`` (any of its model/train keys by
+dotted path, cliptune.hpo_space). The study lives in a journal file next to the outputs (not an output
 itself), so an interrupted search resumes where it stopped; a changed search
 config or variant starts a new study in the same file (the name carries a hash).
 
-Outputs: ``best_overlay.yaml`` (a ready variant ``<name>_hpo``: pass it as a
-second ``--configfile``), ``trials.csv``, ``optimization_history.png`` and
+Each trial's variant is the variant deep-merged with the sampled keys and checked like
+any configured variant: a combination the config would reject (heads that do not divide
+the width) prunes that trial with the reason (trials.csv ``user_attrs_pruned``).
+Trials train on ``train`` and are scored on the selection split (hpo.smk).
+
+Outputs: ``best_overlay.yaml`` (a ready variant ``<name>_hpo`` with the nested keys:
+pass it as a second ``--configfile``), ``best_params.json`` (best value, trial and
+dotted parameters), ``trials.csv``, ``optimization_history.png`` and
 ``param_importances.png``.
 """
 
@@ -18,26 +24,37 @@ from pathlib import Path
 
 import yaml
 
-from cliptune.config import canonical_json, deep_merge, short_hash
+from cliptune.config import ConfigError, canonical_json, check_variant, deep_merge, short_hash
 from cliptune.data.pairs import PairData
-from cliptune.io_utils import atomic_path, save_figure, write_text
+from cliptune.hpo_space import check_applies, check_space, nest, suggest
+from cliptune.io_utils import atomic_path, save_figure, write_json, write_text
 from cliptune.runtime import progress
 
 log = logging.getLogger(__name__)
 
 
-def suggest(trial, space: Mapping) -> dict:
-    """One point of the search space as ``train`` overrides."""
-    out = {}
-    if "lr" in space:
-        out["lr"] = trial.suggest_float("lr", *space["lr"], log=True)
-    if "temperature" in space:
-        out["temperature"] = trial.suggest_float("temperature", *space["temperature"], log=True)
-    if "weight_decay" in space:
-        out["weight_decay"] = trial.suggest_float("weight_decay", *space["weight_decay"])
-    if "batch_size" in space:
-        out["batch_size"] = trial.suggest_categorical("batch_size", list(space["batch_size"]))
-    return out
+def trial_variant(variant: Mapping, params: Mapping, hpo: Mapping, number: int,
+                  n_images: int) -> dict:
+    """The variant one trial trains; raises optuna.TrialPruned (with the reason, kept in
+    the trial's ``pruned`` attribute) when the config checks or the data reject it."""
+    import optuna
+
+    override = nest(params)
+    if hpo.get("epochs") is not None:
+        override = deep_merge(override, {"train": {"epochs": hpo["epochs"]}})
+    merged = deep_merge(variant, override)
+    merged["name"] = f"{variant['name']}-trial{number}"
+    # A trial trains from scratch in a folder of its own that is deleted afterwards:
+    # neither the variant's kept epochs nor new ones apply.
+    merged["train"].update(resume_from=None, keep_epoch_checkpoints=0)
+    try:
+        check_variant(merged, set(override.get("train", {})))
+    except ConfigError as exc:
+        raise optuna.TrialPruned(str(exc)) from exc
+    if merged["train"]["batch_size"] > n_images:
+        raise optuna.TrialPruned(f"train.batch_size {merged['train']['batch_size']} > "
+                                 f"{n_images} training images")
+    return merged
 
 
 def saved_epoch_value(result: Mapping, metric: str) -> float:
@@ -80,6 +97,8 @@ def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
     from cliptune.training.trainer import DivergenceError, train_variant
 
     out_dir = Path(out_dir)
+    check_space(hpo["space"])
+    check_applies(hpo["space"], variant)
     metric = hpo["metric"]
     direction = "maximize" if metric == "val_recall" else "minimize"
     # The budget (trials) is not part of the identity: raising it extends the same study.
@@ -89,25 +108,23 @@ def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
     work = out_dir / "trials"
 
     def objective(trial) -> float:
-        params = suggest(trial, hpo["space"])
-        if params.get("batch_size", 2) > train_data.n_images:
-            raise optuna.TrialPruned(f"batch_size {params['batch_size']} > training images")
-        train = dict(params)
-        if hpo.get("epochs") is not None:
-            train["epochs"] = hpo["epochs"]
-        trial_variant = deep_merge(variant, {"train": train})
-        trial_variant["name"] = f"{variant['name']}-trial{trial.number}"
-        trial_dir = work / str(trial.number)
         try:
-            result = train_variant(trial_variant, train_data, val_data, trial_dir,
-                                   trial_dir / "state.pt", show_progress=False,
-                                   write_outputs=False)
-        except DivergenceError as exc:
-            log.warning("trial %d diverged: %s", trial.number, exc)
-            raise optuna.TrialPruned(str(exc)) from exc
-        finally:
-            shutil.rmtree(trial_dir, ignore_errors=True)
-        return saved_epoch_value(result, metric)
+            chosen = trial_variant(variant, suggest(trial, hpo["space"]), hpo, trial.number,
+                                   train_data.n_images)
+            trial_dir = work / str(trial.number)
+            try:
+                result = train_variant(chosen, train_data, val_data, trial_dir,
+                                       trial_dir / "state.pt", show_progress=False,
+                                       write_outputs=False)
+            except DivergenceError as exc:
+                raise optuna.TrialPruned(f"diverged: {exc}") from exc
+            finally:
+                shutil.rmtree(trial_dir, ignore_errors=True)
+            return saved_epoch_value(result, metric)
+        except optuna.TrialPruned as exc:
+            log.warning("trial %d pruned: %s", trial.number, exc)
+            trial.set_user_attr("pruned", str(exc))
+            raise
 
     done = [t for t in study.trials if t.state.is_finished()]
     remaining = max(0, hpo["trials"] - len(done))
@@ -136,16 +153,22 @@ def write_results(study, name: str, variant_override: Mapping | None, metric: st
 
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        raise RuntimeError(f"HPO for {name}: no trial completed (all pruned or failed); "
-                           "widen hpo.space or lower the learning-rate range")
+        reasons = sorted({t.user_attrs.get("pruned", t.state.name) for t in study.trials})
+        raise RuntimeError(f"HPO for {name}: no trial completed (all pruned or failed: "
+                           f"{reasons}); narrow hpo.space to settings the variant accepts")
     best = study.best_trial
     overlay = {"variants": {f"{name}_hpo": deep_merge(variant_override or {},
-                                                      {"train": dict(best.params)})}}
+                                                      nest(best.params))}}
     header = (f"# Best of {len(complete)} trials for variant {name}: {metric} = "
               f"{best.value:.4f} (trial {best.number}).\n"
               "# Use: snakemake --configfile <your config> <this file>\n")
     write_text(out_dir / "best_overlay.yaml", header + yaml.safe_dump(overlay, sort_keys=True))
-    frame = study.trials_dataframe(attrs=("number", "value", "params", "state"))
+    frame = study.trials_dataframe(attrs=("number", "value", "params", "state", "user_attrs"))
+    write_json(out_dir / "best_params.json", {
+        "variant": name, "overlay_variant": f"{name}_hpo", "metric": metric,
+        "direction": study.direction.name.lower(), "best_value": best.value,
+        "best_trial": best.number, "params": dict(best.params), "trials": len(frame),
+        "complete": len(complete)})
     with atomic_path(out_dir / "trials.csv") as tmp:
         frame.to_csv(tmp, index=False)
 

@@ -54,7 +54,7 @@ def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Te
         aug = ctx.tcfg["augment"]
         if train and aug["enabled"]:
             x = augment_images(x, aug, ctx.image_gen)
-        if ctx.tcfg.get("channels_last", True):
+        if ctx.tcfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
     if ctx.model.text_from_cache:
         return x, text_emb.to(ctx.device, non_blocking=True), features
