@@ -142,10 +142,13 @@ def test_decoding_respects_exif_alpha_grey_and_first_gif_frame(folder):
     assert gif[8, 8, 0] > 150 > gif[8, 8, 2]  # the first (red) frame
 
 
-def test_embed_folder_skips_bad_files_and_matches_evaluate(folder, model_file, tmp_path):
+def test_embed_folder_skips_bad_files_and_matches_evaluate(folder, model_file, tmp_path,
+                                                          monkeypatch):
+    from cliptune.evaluation import search
     from cliptune.evaluation.evaluate import encode_pixels
     from cliptune.models.factory import load_variant_model
 
+    monkeypatch.setattr(search, "DECODE_WINDOW", 4)  # 11 files: 3 windows, order kept
     v, weights = model_file
     stats = embed_folder(v, weights, 16, folder, tmp_path, batch_size=3, workers=2,
                          show_progress=False)
