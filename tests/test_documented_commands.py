@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytestmark = pytest.mark.slow  # one dry run per documented command (about 3 s CPU each)
 
@@ -80,9 +81,17 @@ def test_documented_command_dry_runs(doc, command, project_dir):
             first = args[i - 1] == "--configfile"
             (project_dir / arg).write_text((REPO / "config/demo.yaml").read_text()
                                            if first else "{}\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A folder the reader points search.images at stands in as a folder with one photo;
+    # `~` becomes the run folder's home/, so the dry run never lists the real home.
+    for folder in re.findall(r"images: ([^,}\s]+)", command):
+        env["HOME"] = str(project_dir / "home")
+        path = Path(os.path.expanduser(folder).replace(os.path.expanduser("~"), env["HOME"], 1)
+                    if folder.startswith("~") else project_dir / folder)
+        path.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(path / "photo.png")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=project_dir,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          capture_output=True, text=True, timeout=300, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{doc}: `{command}` failed:\n{out[-3000:]}"
     for arg in args:

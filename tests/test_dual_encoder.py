@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from tiny_pairs import tiny_variant
@@ -106,13 +105,6 @@ def test_mlp_ratio_and_dropout_are_applied(tiny_clip_dir):
             assert 0.2 < zeros < 0.4, zeros
     plain = HFClip(dual_variant(tiny_clip_dir)).train()  # dropout 0: deterministic in training
     assert torch.equal(plain.embed_images(images), plain.embed_images(images))
-
-
-def test_heads_must_divide_width(tiny_clip_dir):
-    from cliptune.models.hf_clip import HFClip
-
-    with pytest.raises(ValueError, match=r"dual_encoder\.text\.heads = 3 does not divide"):
-        HFClip(dual_variant(tiny_clip_dir, text={"heads": 3}))
 
 
 def test_study_a_config_has_the_spec_architecture():

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "config").glob("*.yaml"))
-FIGURES = ("text_to_image", "image_to_text", "zero_shot", "similarity_heatmap")
+FIGURES = ("text_to_image", "image_to_text", "similarity_heatmap")
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,12 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
     for name in variants:
         metrics = json.loads((vdir / name / "metrics.json").read_text())
         assert 0 <= metrics["i2t_R@1"] <= 100 and 0 <= metrics["t2i_R@1"] <= 100, name
-        for figure in FIGURES:
+        tasks = json.loads((vdir / name / "zero_shot.json").read_text())["task_order"]
+        assert tasks, name
+        for figure in (*FIGURES, *(f"zero_shot/{t}" for t in tasks)):
             png = vdir / name / "figures" / f"{figure}.png"
             assert png.stat().st_size > 5_000, f"{name}: {figure}.png missing or empty"
+    assert (tmp_path / "results" / "queries_across_variants.png").stat().st_size > 5_000
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert summary_rows(summary) >= set(variants), summary
     if "hpo" in toy:

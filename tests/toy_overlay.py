@@ -85,7 +85,7 @@ def _coco_split(coco: Path, folder: str) -> tuple[list[dict], list[dict]]:
 def _write_instances(coco: Path, folder: str) -> None:
     """COCO object annotations for ``folder`` (the real download ships them): one
     category per image, so the zero-shot accuracy path runs as it does on COCO."""
-    from cliptune.evaluation.zero_shot import COCO_CATEGORIES
+    from cliptune.evaluation.zero_shot_tasks import COCO_CATEGORIES
 
     images, _ = _coco_split(coco, folder)
     cats = [{"id": i + 1, "name": name, "supercategory": "thing"}

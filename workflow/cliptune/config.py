@@ -163,6 +163,12 @@ def check_variant(resolved: Mapping, given_train: set) -> None:
             "pretrained CLIP checkpoint's own logit scale; a "
             f"{resolved['model']['kind']} model has none, so give a number (e.g. 0.07)")
     _check_train_keys(name, given_train, resolved["train"])
+    resume_from, epochs = resolved["train"]["resume_from"], resolved["train"]["epochs"]
+    if resume_from is not None and resume_from >= epochs:
+        raise ConfigError(
+            f"config error: variant {name!r} sets train.resume_from = {resume_from} with "
+            f"train.epochs = {epochs}: nothing would be trained after it; raise train.epochs "
+            "or resume from an earlier kept epoch")
     if resolved["model"]["kind"] == "dual_encoder":
         dual = resolved["model"]["dual_encoder"]
         for tower in ("vision", "text"):
@@ -310,6 +316,7 @@ def resolve_variant(cfg: Mapping, name: str) -> dict:
     if name == UNTRAINED:
         resolved = resolve_variant(cfg, cfg["baseline"])
         resolved["train"]["epochs"] = 0
+        resolved["train"]["resume_from"] = None  # random init: nothing to restart from
         resolved["name"] = UNTRAINED
         return resolved
     resolved = _merged_variant(cfg, name)

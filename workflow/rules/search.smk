@@ -120,5 +120,7 @@ rule search:
         ),
 
 
+# A top-k over cached embeddings and a plot: seconds, on the submitting node.
 localrules:
     search,
+    search_image_to_text,

@@ -31,17 +31,21 @@ from cliptune.runtime import autocast_dtype, pick_device, progress
 log = logging.getLogger(__name__)
 
 EMBEDDINGS, MANIFEST, SKIPPED = "image_embeddings.safetensors", "image_manifest.csv", "skipped.txt"
+DECODE_WINDOW = 512  # images decoded ahead of the model at most
 
 
 def _decoded(folder: Path, entries: list[FolderEntry], size: int, workers: int,
              ) -> Iterator[tuple[FolderEntry, np.ndarray | None, str]]:
     """(entry, pixels or None, why not) in folder order. Threads, not processes: Pillow
-    releases the GIL while decoding and resizing, and nothing is forked after torch."""
+    releases the GIL while decoding and resizing, and nothing is forked after torch.
+    Submitted a window at a time: imap would otherwise decode the whole folder ahead of
+    a slower model and hold every decoded image in memory."""
     def job(e: FolderEntry):
         return (e, *try_load_rgb(folder / e.file, size))
 
     with ThreadPool(max(1, workers)) as pool:
-        yield from pool.imap(job, entries, chunksize=4)
+        for start in range(0, len(entries), DECODE_WINDOW):
+            yield from pool.imap(job, entries[start:start + DECODE_WINDOW], chunksize=4)
 
 
 def _embed_entries(model, folder: Path, entries: list[FolderEntry], size: int,

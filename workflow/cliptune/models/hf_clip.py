@@ -81,12 +81,9 @@ def _scratch_tokenizer(name: str):
         raise EncoderUnavailableError(_fix_message(name, exc)) from exc
 
 
-def _tower_config(tower: Mapping, where: str) -> dict:
-    """Width, depth, heads, MLP width and attention dropout of one tower, checked."""
-    if tower["width"] % tower["heads"]:
-        raise ValueError(
-            f"model.dual_encoder.{where}.heads = {tower['heads']} does not divide "
-            f"{where}.width = {tower['width']}; pick heads among the divisors of the width")
+def _tower_config(tower: Mapping) -> dict:
+    """Width, depth, heads, MLP width and attention dropout of one tower (heads dividing
+    the width is checked with the config: cliptune.config.check_variant)."""
     return {"hidden_size": tower["width"], "num_hidden_layers": tower["depth"],
             "num_attention_heads": tower["heads"],
             "intermediate_size": round(tower["mlp_ratio"] * tower["width"]),
@@ -127,9 +124,9 @@ def scratch_config(dcfg: Mapping, tokenizer, image_size: int):
     text = CLIPTextConfig(vocab_size=vocab, max_position_embeddings=t["max_length"],
                           eos_token_id=eos, pad_token_id=pad,
                           bos_token_id=tokenizer.cls_token_id or tokenizer.bos_token_id or 0,
-                          **_tower_config(t, "text"))
+                          **_tower_config(t))
     vision = CLIPVisionConfig(image_size=image_size, patch_size=v["patch_size"],
-                              **_tower_config(v, "vision"))
+                              **_tower_config(v))
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
                       projection_dim=dcfg["embed_dim"])
 

@@ -30,7 +30,7 @@ from cliptune.io_utils import atomic_path
 # Settings that change how training runs, not what it computes: a state written
 # under other values still resumes.
 RUNTIME_KEYS = ("devices", "nodes", "checkpoint_every_steps", "checkpoint_every_minutes",
-                "checkpoint_every_epochs")
+                "checkpoint_every_epochs", "keep_epoch_checkpoints")
 
 
 @dataclass
@@ -58,6 +58,8 @@ class TrainState:
     stopped: bool = False  # early stopping fired
     # One outputs.STEP_COLUMNS row per optimiser step (steps.csv), restarted epochs included.
     step_log: list = field(default_factory=list)
+    # train.resume_from: the kept epoch checkpoint this run started from (train_report.json).
+    resumed_from: dict | None = None
 
     def snapshot(self) -> dict:
         """CPU copies of the last good state, which divergence recovery restores."""
@@ -123,7 +125,8 @@ def save_state(path: Path, ts: TrainState, config_hash: str, partial: dict | Non
         "best_model": ts.best.state, "best_score": ts.best.score,
         "config_hash": config_hash,
         "progress": {"step": ts.step, "restarts": ts.restarts, "bad_epochs": ts.bad_epochs,
-                     "stopped": ts.stopped, "step_log": ts.step_log},
+                     "stopped": ts.stopped, "step_log": ts.step_log,
+                     "resumed_from": ts.resumed_from},
         "partial": partial,
         **_rng_state(),
     }
@@ -134,15 +137,16 @@ def save_state(path: Path, ts: TrainState, config_hash: str, partial: dict | Non
         save_file(model, str(tmp), metadata={"epoch": str(ts.epoch)})
 
 
-def load_state(path: Path, ts: TrainState, config_hash: str) -> tuple[bool, dict | None]:
-    """Restore ``ts`` from ``path`` when it was written for ``config_hash``.
+def load_state(path: Path, ts: TrainState, config_hash: str | None) -> tuple[bool, dict | None]:
+    """Restore ``ts`` from ``path`` when it was written for ``config_hash`` (``None``:
+    whatever configuration wrote it, for train.resume_from).
 
     Returns (restored, the mid-epoch ``partial`` or None)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     # The optimiser's named groups (schedule.param_groups) must match too: a state written
     # before groups were named by role cannot be loaded into today's layout.
     saved_groups = [g.get("name") for g in state["optimizer"]["param_groups"]]
-    if (state.get("config_hash") != config_hash
+    if ((config_hash is not None and state.get("config_hash") != config_hash)
             or saved_groups != [g["name"] for g in ts.optimizer.param_groups]):
         return False, None
     ts.model.load_state_dict(state["model"])
@@ -160,6 +164,7 @@ def load_state(path: Path, ts: TrainState, config_hash: str) -> tuple[bool, dict
     ts.bad_epochs = progress.get("bad_epochs", 0)
     ts.stopped = progress.get("stopped", False)
     ts.step_log = list(progress.get("step_log", []))
+    ts.resumed_from = progress.get("resumed_from")
     _set_rng_state(state)
     return True, state.get("partial")
 

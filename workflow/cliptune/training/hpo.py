@@ -44,6 +44,9 @@ def trial_variant(variant: Mapping, params: Mapping, hpo: Mapping, number: int,
         override = deep_merge(override, {"train": {"epochs": hpo["epochs"]}})
     merged = deep_merge(variant, override)
     merged["name"] = f"{variant['name']}-trial{number}"
+    # A trial trains from scratch in a folder of its own that is deleted afterwards:
+    # neither the variant's kept epochs nor new ones apply.
+    merged["train"].update(resume_from=None, keep_epoch_checkpoints=0)
     try:
         check_variant(merged, set(override.get("train", {})))
     except ConfigError as exc:

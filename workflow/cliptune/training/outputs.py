@@ -52,6 +52,7 @@ def write_train_outputs(variant: dict, ts: TrainState, out_dir: Path, device: to
                         "images": validation_images(val_data, variant["train"]),
                         "monitor": variant["train"]["monitor"]},
         "epochs_run": len(ts.history), "best_epoch": ts.best.epoch,
+        "resumed_from": ts.resumed_from,  # train.resume_from: {epoch, checkpoint} or null
         "best_val_loss": None if math.isinf(ts.best.val_loss) else ts.best.val_loss,
         "wall_seconds": seconds, "images_per_s": images / seconds if seconds else None,
         "parameters": sum(p.numel() for p in params),

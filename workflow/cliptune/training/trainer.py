@@ -54,6 +54,7 @@ from cliptune.training.distributed import (
     shard_micro,
     sync_gradients,
 )
+from cliptune.training.epoch_checkpoints import drop_epochs_after, keep_epoch, restart_from_epoch
 from cliptune.training.hard_negatives import build_index
 from cliptune.training.outputs import HISTORY_COLUMNS, write_train_outputs
 from cliptune.training.preemption import CheckpointTimer, PreemptedError, SignalGuard
@@ -114,17 +115,25 @@ class Trainer:
         return self.tcfg["batch_size"] * self.tcfg["accum_steps"]
 
     def resume(self) -> None:
-        """Continue from the state file when it was written for this configuration."""
-        if not self.state_path.exists():
-            return
-        restored, self.partial = load_state(self.state_path, self.ts, self.config_hash)
-        if not restored:
-            log.warning("ignoring %s: it was written for a different configuration (or "
-                        "optimiser layout)", self.state_path)
+        """Continue from the state file when it was written for this configuration, else
+        restart from the kept epoch ``train.resume_from`` names (epoch_checkpoints)."""
+        source = None
+        if self.state_path.exists():
+            restored, self.partial = load_state(self.state_path, self.ts, self.config_hash)
+            source = self.state_path if restored else None
+            if not restored:
+                log.warning("ignoring %s: it was written for a different configuration (or "
+                            "optimiser layout)", self.state_path)
+        if source is None and self.tcfg["resume_from"] is not None:
+            source = restart_from_epoch(self.state_path, self.ts, self.tcfg["resume_from"],
+                                        self.variant["name"])
+        if self.dist.is_main:  # kept epochs past the start belong to the run this replaces
+            drop_epochs_after(self.state_path, self.ts.epoch)
+        if source is None:
             return
         self.start_epoch = self.ts.epoch
         log.info("resuming %s from %s at epoch %d step %d (%d of %d epochs complete)",
-                 self.variant["name"], self.state_path, self.ts.epoch + 1,
+                 self.variant["name"], source, self.ts.epoch + 1,
                  self.partial["step"] if self.partial else 0, self.ts.epoch,
                  self.tcfg["epochs"])
 
@@ -330,8 +339,11 @@ class Trainer:
                      ts.best.epoch)
         ts.epoch += 1
         last = ts.epoch == tcfg["epochs"] or ts.stopped
-        if (last or ts.epoch % tcfg["checkpoint_every_epochs"] == 0) and self.dist.is_main:
+        keep = tcfg["keep_epoch_checkpoints"]
+        if (last or keep or ts.epoch % tcfg["checkpoint_every_epochs"] == 0) and self.dist.is_main:
             save_state(self.state_path, ts, self.config_hash)
+            if keep:  # the state just written, kept as this epoch's checkpoint
+                keep_epoch(self.state_path, ts.epoch, keep)
         self.timer.reset()
 
     def _history_row(self, run: EpochRun, seconds: float, val: dict[str, float]) -> dict:
