@@ -40,6 +40,8 @@ FIXED = {
     "train.seeds": "replicate seeds are separate runs, not a hyperparameter",
     "train.devices": "the job's GPU count is fixed when it is scheduled",
     "train.nodes": "the job's node count is fixed when it is scheduled",
+    "train.resume_from": "every trial trains from scratch in a scratch folder of its own",
+    "train.keep_epoch_checkpoints": "a trial's folder is deleted when it ends",
 }
 RANGE_KEYS = {"low", "high", "log", "step"}
 _GROUP = re.compile(r"\{([^{}]*)\}")
