@@ -148,6 +148,14 @@ def test_tasks_resolve_and_reject_what_cannot_be_labelled():
             resolve_tasks(dict(ZS, tasks=tasks_cfg), source)
 
 
+def test_the_old_classes_key_says_how_to_write_tasks():
+    from cliptune.config import load_config
+
+    with pytest.raises(ConfigError, match=r"tasks: \{objects: \{classes: \['a', 'b'\]"):
+        load_config({"dataset": {"name": "t", "source": "demo"}, "variants": {"a": {}},
+                     "baseline": "a", "report": {"zero_shot": {"classes": ["a", "b"]}}})
+
+
 def test_coco_labels_need_the_instances_file(tmp_path):
     """labels: coco waits for COCO's instances json (or, downloading, the annotations zip's
     marker); a missing file stops the workflow at parse time saying where it goes."""
@@ -167,6 +175,22 @@ def test_coco_labels_need_the_instances_file(tmp_path):
         ".annotations_trainval2014.zip.complete")
     none = resolve_tasks(dict(ZS, tasks={"x": {"classes": ["a", "b"], "labels": "none"}}), "coco")
     assert instances_input(cfg, "val", none) == {} and instances_file(cfg, "val", none) == ""
+
+
+def test_coco_labels_read_the_instance_annotations(tmp_path):
+    from cliptune.evaluation.zero_shot_labels import coco_labels
+
+    cats = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
+    anns = [{"id": n, "image_id": i, "category_id": c, "bbox": [0, 0, 1, 1], "area": 1,
+             "iscrowd": 0} for n, (i, c) in enumerate([(10, 1), (10, 18), (11, 3)], 1)]
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": [{"id": i} for i in (10, 11, 12)],
+                                "annotations": anns, "categories": cats}))
+    labels = coco_labels(path, np.array([11, 10, 12]), ["dog", "person", "car"])
+    assert labels.tolist() == [[False, False, True], [True, True, False],
+                               [False, False, False]]
+    with pytest.raises(ValueError, match=r"no categories \['kitten'\]"):
+        coco_labels(path, np.array([10]), ["kitten", "dog"])
 
 
 def test_caption_labels_are_whole_word_mentions_per_image():
