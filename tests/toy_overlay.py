@@ -13,7 +13,9 @@ and nothing else, so a variant added to a shipped config is exercised as shipped
   (``TINY_DUAL``; MLP ratio, dropout and context length stay as shipped);
 * torchvision ImageNet weights (downloaded on first use) -> none; weights that ship in
   an installed package (``PACKAGED_WEIGHTS``) run offline and are kept;
-* image size, epochs, batch sizes, HPO trials and a selection holdout -> small.
+* image size, epochs, batch sizes, HPO trials and a selection holdout -> small;
+* an ``hpo.space`` key over sizes shrunk above (batch size, dual-encoder sizes) -> the
+  toy value as its only choice; the other searched keys stay as shipped.
 
 ``changed_paths`` lets a test check that the overlay kept to that list.
 """
