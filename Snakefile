@@ -40,7 +40,12 @@ rule all:
         expand(os.path.join(VARIANT_DIR, "loss_curves.png"), variant=VARIANTS),
         LOSS_OVERLAY_PNG,
         SUMMARY_MD,
-        expand(os.path.join(FIGURE_DIR, "{figure}.png"), variant=VARIANTS, figure=VARIANT_FIGURES),
+        expand(
+            os.path.join(FIGURE_DIR, "{figure}.png"),
+            variant=VARIANTS,
+            figure=[*VARIANT_FIGURES, *ZERO_SHOT_FIGURES],
+        ),
+        QUERIES_ACROSS_PNG,
 
 
 # Plots and reports take seconds: on a cluster (--profile profiles/slurm) they run

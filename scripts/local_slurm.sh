@@ -7,17 +7,21 @@
 # RUN_DIR holds the workflow run; a config.yaml there is used as is, otherwise a
 # tiny demo config is written. Installs munge, slurmctld, slurmd and slurm-client
 # from apt when missing, and snakemake-executor-plugin-slurm into a private
-# folder on PYTHONPATH (the project venv is left alone). Daemons are started in
+# folder on PYTHONPATH (scripts/slurm_packages.sh; the project venv is left alone). Daemons are started in
 # the foreground, tracked by pid and stopped on exit; the only change outside
-# temp folders is a symlink /etc/slurm/slurm.conf (when none exists), removed on exit. Env: PYTHON (default .venv/bin/python), KEEP=1 keeps the state folder,
-# SLURM_PLUGIN_VERSION (default 2.8.0).
+# temp folders is a symlink /etc/slurm/slurm.conf (when none exists), removed on exit.
+# On exit every job's record (`scontrol show job --oneliner`) is left in
+# RUN_DIR/slurm_jobs.txt. Env: PYTHON (default .venv/bin/python), KEEP=1 keeps the
+# state folder, SLURM_STATE (the state folder; default a new temp folder, so a caller
+# can reach the cluster with SLURM_CONF=$SLURM_STATE/slurm.conf), RETRIES (snakemake
+# --retries, default 0), SLURM_PLUGIN_VERSION (default 2.8.0).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 RUN_DIR=${1:-$(mktemp -d /tmp/cliptune-slurm-run.XXXX)}
-STATE=$(mktemp -d /tmp/cliptune-slurm.XXXX)
-PLUGIN_DIR=${SLURM_PLUGIN_DIR:-$HOME/.cache/cliptune/slurm-plugin-${SLURM_PLUGIN_VERSION:-2.8.0}}
+STATE=${SLURM_STATE:-$(mktemp -d /tmp/cliptune-slurm.XXXX)}
+mkdir -p "$STATE"
 PIDS=()
 T0=$(date +%s)
 
@@ -28,6 +32,9 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   if command -v scancel >/dev/null && [[ -f $STATE/slurm.conf ]]; then
+    # Every job's record (rule in Comment, Restarts, granted GPUs) for the test to read.
+    [[ -d $RUN_DIR ]] && SLURM_CONF=$STATE/slurm.conf timeout 10 scontrol show job --oneliner \
+      > "$RUN_DIR/slurm_jobs.txt" 2>/dev/null
     SLURM_CONF=$STATE/slurm.conf scancel --user="$(id -un)" 2>/dev/null
   fi
   for pid in "${PIDS[@]}"; do
@@ -49,20 +56,8 @@ trap cleanup EXIT INT TERM
 
 [[ $(id -u) == 0 ]] || { echo "local_slurm.sh must run as root (it starts slurmd)" >&2; exit 2; }
 
-# --- packages ---------------------------------------------------------------
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
-    || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
-  log "installing munge slurmctld slurmd slurm-client"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq munge slurmctld slurmd slurm-client >/dev/null
-fi
-if ! PYTHONPATH=$PLUGIN_DIR "$PYTHON" -c "import snakemake_executor_plugin_slurm" 2>/dev/null; then
-  log "installing snakemake-executor-plugin-slurm into $PLUGIN_DIR"
-  "$PYTHON" -m pip install -q --no-deps --target "$PLUGIN_DIR" \
-    "snakemake-executor-plugin-slurm==${SLURM_PLUGIN_VERSION:-2.8.0}" \
-    "snakemake-executor-plugin-slurm-jobstep"
-fi
+# --- packages (apt + the executor plugin, when missing) -------------------------
+PLUGIN_DIR=$(PYTHON=$PYTHON bash "$REPO/scripts/slurm_packages.sh")
 export PYTHONPATH=$PLUGIN_DIR${PYTHONPATH:+:$PYTHONPATH}
 
 # --- munge ------------------------------------------------------------------
@@ -82,7 +77,9 @@ PIDS+=($!)
 
 # --- slurm.conf: one node, fake GPUs (gres files point at /dev/null) ----------
 HOST=$(hostname -s)
-CPUS=$(nproc)
+# More CPUs than the machine has (config_overrides): the toy jobs mostly wait on
+# Python start-up, so letting them overlap shortens the run; GPUs still cap the GPU jobs.
+CPUS=$(( $(nproc) > 8 ? $(nproc) : 8 ))
 MEM=$(awk '/MemTotal/ {print int($2 / 1024 * 0.85)}' /proc/meminfo)
 NGPU=2
 for i in $(seq 0 $((NGPU - 1))); do ln -sf /dev/null "$STATE/dev/nvidia$i"; done
@@ -108,10 +105,12 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-# No slurmdbd: the executor polls with squeue, which needs finished jobs kept visible.
-MinJobAge=300
+# No slurmdbd: the executor polls with squeue, which needs finished jobs kept visible
+# (and the test reads every job's record at the end).
+MinJobAge=3600
 ReturnToService=2
 SchedulerType=sched/backfill
+SlurmdParameters=config_overrides
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:$NGPU State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
@@ -176,7 +175,7 @@ done
 "$PYTHON" -m snakemake -s "$REPO/Snakefile" --directory "$RUN_DIR" \
   --configfile "$RUN_DIR/config.yaml" --profile "$REPO/profiles/slurm" \
   --slurm-status-command squeue --slurm-init-seconds-before-status-checks 3 \
-  --latency-wait 5 --retries "${RETRIES:-0}" --jobs 4 --max-threads 1 \
+  --latency-wait 5 --retries "${RETRIES:-0}" --jobs 8 --max-threads 1 \
   --slurm-keep-successful-logs \
   --set-resources "${SMALL[@]}" train:cpus_per_gpu=1 evaluate:cpus_per_gpu=1 \
     text_embeddings:cpus_per_gpu=1 backbone_features:cpus_per_gpu=1

@@ -10,13 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
+from cliptune.config import ConfigError
+from cliptune.evaluation.prompts import check_templates, class_name, render
 from cliptune.evaluation.zero_shot import (
     average_precision,
     class_embeddings,
-    demo_labels,
     zero_shot_accuracy,
     zero_shot_probs,
 )
+from cliptune.evaluation.zero_shot_labels import caption_labels, demo_labels
+from cliptune.evaluation.zero_shot_tasks import resolve_tasks
 from cliptune.reporting import figures
 
 RNG = np.random.default_rng(0)
@@ -83,6 +86,125 @@ def test_prompt_ensemble_is_mean_of_normalised_prompts():
         class_embeddings(encode, ["cat"], ["no slot"])
 
 
+@pytest.mark.parametrize(("name", "expected"), [
+    ("apple", "a photo of an apple."),        # a/an by the leading vowel
+    ("person", "a photo of a person."),
+    ("a person", "a photo of a person."),      # an article in the name: used as it is
+    ("the sky", "a photo of the sky."),
+    ("an indoor scene", "a photo of an indoor scene."),
+    ("unicorn", "a photo of a unicorn."),      # a vowel letter with a consonant sound
+    ("hour glass", "a photo of an hour glass."),  # silent h
+    ("SUV", "a photo of an SUV."), ("TV", "a photo of a TV."),  # acronyms by letter name
+    ("skis", "a photo of skis."), ("scissors", "a photo of scissors."),  # plurals
+    ("bus", "a photo of a bus."), ("glass", "a photo of a glass."),  # -us / -ss: singular
+    ("broccoli", "a photo of broccoli."),      # a mass noun
+    ("people playing tennis", "a photo of people playing tennis."),
+    ({"name": "iris", "article": "an"}, "a photo of an iris."),  # explicit article
+    ({"name": "sushi", "article": ""}, "a photo of sushi."),
+])
+def test_templates_write_the_right_article(name, expected):
+    legacy, slot = check_templates(["a photo of a {}.", "a photo of {article}."])
+    cls = class_name(name)
+    assert render(legacy, cls) == render(slot, cls) == expected
+    bare = check_templates(["the large {}."])[0]  # {}: the bare name, its article dropped
+    assert render(bare, cls) == f"the large {cls.bare}." and " a " not in render(bare, cls)
+
+
+def test_template_slots_are_checked():
+    assert check_templates(["A {} on a table."]) == ["{Article} on a table."]
+    assert render("{Article} on a table.", class_name("apple")) == "An apple on a table."
+    for bad in (["no slot"], ["{} and {article}"], []):
+        with pytest.raises(ValueError, match="exactly one placeholder"):
+            check_templates(bad)
+    with pytest.raises(ValueError, match="keep one of them"):
+        class_name({"name": "the sky", "article": "a"})
+
+
+ZS = {"templates": ["a photo of {article}."], "top_classes": 3}
+
+
+def test_tasks_resolve_and_reject_what_cannot_be_labelled():
+    tasks = resolve_tasks(dict(ZS, tasks=None), "coco")
+    assert list(tasks) == ["objects"] and tasks["objects"].labels == "coco"
+    assert len(tasks["objects"].classes) == 80
+    assert resolve_tasks(dict(ZS, tasks=None), "flickr30k")["objects"].labels == "captions"
+    demo = resolve_tasks(dict(ZS, tasks={
+        "shapes": {"classes": None, "labels": "demo"},
+        "colours": {"classes": ["red", "blue"], "labels": "demo", "templates": ["a {} thing."]},
+        "mood": {"classes": ["a calm scene", "a busy scene"], "labels": "none"}}), "demo")
+    assert demo["shapes"].names[:2] == ["circle", "square"]
+    assert demo["colours"].templates == ("{article} thing.",)
+    bad = [({"x": {"classes": ["cat", "dog"], "labels": "coco"}}, "demo",
+            "needs dataset.source: coco"),
+           ({"x": {"classes": ["circle", "unicorn"], "labels": "demo"}}, "demo",
+            r"cannot label \['unicorn'\]"),
+           ({"x": {"classes": ["cat", "kitten"], "labels": "coco"}}, "coco",
+            r"cannot label \['kitten'\]"),
+           ({"x": {"classes": ["cat", "cat"], "labels": "none"}}, "coco", "appear twice"),
+           ({"x": {"classes": ["cat", "dog"], "labels": "none", "templates": ["x"]}}, "coco",
+            "tasks.x.templates")]
+    for tasks_cfg, source, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            resolve_tasks(dict(ZS, tasks=tasks_cfg), source)
+
+
+def test_the_old_classes_key_says_how_to_write_tasks():
+    from cliptune.config import load_config
+
+    with pytest.raises(ConfigError, match=r"tasks: \{objects: \{classes: \['a', 'b'\]"):
+        load_config({"dataset": {"name": "t", "source": "demo"}, "variants": {"a": {}},
+                     "baseline": "a", "report": {"zero_shot": {"classes": ["a", "b"]}}})
+
+
+def test_coco_labels_need_the_instances_file(tmp_path):
+    """labels: coco waits for COCO's instances json (or, downloading, the annotations zip's
+    marker); a missing file stops the workflow at parse time saying where it goes."""
+    from cliptune.evaluation.zero_shot_tasks import instances_file, instances_input
+
+    tasks = resolve_tasks(dict(ZS, tasks=None), "coco")
+    cfg = {"dataset": {"root": str(tmp_path), "download": False, "source": "coco",
+                       "splits": {"train": "train2014", "val": "val2014"},
+                       "selection": {"split": "select"}}}
+    with pytest.raises(ConfigError, match=r"annotations/instances_val2014.json"):
+        instances_input(cfg, "val", tasks)
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2014.json").write_text("{}")
+    assert instances_input(cfg, "val", tasks) == {"instances": instances_file(cfg, "val", tasks)}
+    cfg["dataset"]["download"] = True
+    assert instances_input(cfg, "val", tasks)["instances"].endswith(
+        ".annotations_trainval2014.zip.complete")
+    none = resolve_tasks(dict(ZS, tasks={"x": {"classes": ["a", "b"], "labels": "none"}}), "coco")
+    assert instances_input(cfg, "val", none) == {} and instances_file(cfg, "val", none) == ""
+
+
+def test_coco_labels_read_the_instance_annotations(tmp_path):
+    from cliptune.evaluation.zero_shot_labels import coco_labels
+
+    cats = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]
+    anns = [{"id": n, "image_id": i, "category_id": c, "bbox": [0, 0, 1, 1], "area": 1,
+             "iscrowd": 0} for n, (i, c) in enumerate([(10, 1), (10, 18), (11, 3)], 1)]
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": [{"id": i} for i in (10, 11, 12)],
+                                "annotations": anns, "categories": cats}))
+    labels = coco_labels(path, np.array([11, 10, 12]), ["dog", "person", "car"])
+    assert labels.tolist() == [[False, False, True], [True, True, False],
+                               [False, False, False]]
+    with pytest.raises(ValueError, match=r"no categories \['kitten'\]"):
+        coco_labels(path, np.array([10]), ["kitten", "dog"])
+
+
+def test_caption_labels_are_whole_word_mentions_per_image():
+    captions = ["A man skiing down a hill", "two skis on snow", "a cat on a mat",
+                "a skier", "Tennis players", "a concatenation"]
+    owner = np.array([0, 1, 2, 2, 3, 3])
+    ski = class_name({"name": "a person skiing", "keywords": ["skiing", "ski", "skier"]})
+    labels = caption_labels(captions, owner, 5, [ski.keywords, class_name("cat").keywords,
+                                                 ("tennis",)])
+    assert labels.tolist() == [[True, False, False], [True, False, False],
+                               [True, True, False], [False, False, True],
+                               [False, False, False]]  # "concatenation" is not a cat
+
+
 def test_zero_shot_probs_and_accuracy():
     img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1], [0.1, 1.0], [1.0, 1.0]]), dim=1)
     cls = torch.eye(2)
@@ -116,15 +238,13 @@ def test_demo_labels_match_the_generated_captions():
                                             "cross", "plus", "ring", "hoop"))
 
 
-def test_variant_figures_from_saved_embeddings(tmp_path):
-    """The figures job end to end on a fake evaluation: files in, four PNGs + JSON out."""
+def _fake_evaluation(tmp_path, n=6, per=2, dim=8, seed=0):
+    """A variant's evaluate outputs (embeddings, captions, image cache, metrics) on disk."""
     from safetensors.torch import save_file
 
-    from cliptune.config import DEFAULTS
     from cliptune.data.demo_data import image_id_for
-    from cliptune.reporting.variant_figures import FIGURES, run_variant_figures
 
-    n, per, dim = 6, 2, 8
+    torch.manual_seed(seed)
     ids = np.array([image_id_for("val", i) for i in range(n)], dtype=np.int64)
     text_image = np.repeat(np.arange(n), per)
     img = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
@@ -132,33 +252,92 @@ def test_variant_figures_from_saved_embeddings(tmp_path):
     save_file({"image": img, "text": txt, "image_id": torch.from_numpy(ids),
                "caption_id": torch.arange(n * per), "text_image_index":
                torch.from_numpy(text_image)}, str(tmp_path / "emb.safetensors"))
+    words = ["circle", "square", "star"]
     pd.DataFrame({"image_id": ids[text_image], "caption_id": np.arange(n * per),
-                  "caption": [f"caption {m} of image {m // per}" for m in range(n * per)]}
+                  "caption": [f"a {words[m % 3]} of image {m // per}" for m in range(n * per)]}
                  ).to_parquet(tmp_path / "caps.parquet")
     np.save(tmp_path / "img.npy", IMAGES[::-1].copy())  # cache rows in reverse id order
     pd.DataFrame({"row": np.arange(n), "image_id": ids[::-1], "ok": True}
                  ).to_parquet(tmp_path / "img.index.parquet")
     (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 0.05}))
+    return ids
+
+
+def _fake_encode(texts):  # deterministic fake text tower
+    g = torch.Generator().manual_seed(len(texts))
+    return torch.randn(len(texts), 8, generator=g)
+
+
+def _figures_report():
+    from cliptune.config import DEFAULTS
+
     report = json.loads(json.dumps(DEFAULTS["report"]))
     report.update(queries=["a red circle", "a cat"], top_k=3, n_images=2, heatmap_size=4)
-    report["zero_shot"]["classes"] = ["circle", "square", "star"]
-    variant = {"name": "v", "eval": {"block_size": 4}}
+    report["zero_shot"]["tasks"] = {
+        "shapes": {"classes": ["circle", "square", "star"], "labels": "demo"},
+        "mentions": {"classes": ["circle", "square", "star"], "labels": "captions"},
+        "mood": {"classes": ["a calm scene", "a busy scene"], "labels": "none"}}
+    return report
 
-    def encode(texts):  # deterministic fake text tower
-        g = torch.Generator().manual_seed(len(texts))
-        return torch.randn(len(texts), dim, generator=g)
 
-    out = tmp_path / "figures"
-    result = run_variant_figures(variant, report, {"source": "demo", "demo": {"seed": 0}},
-                                 tmp_path / "emb.safetensors", tmp_path / "metrics.json",
-                                 tmp_path / "caps.parquet", tmp_path / "img.npy",
-                                 tmp_path / "img.index.parquet", out, tmp_path / "zs.json",
-                                 encode=encode)
-    for name in FIGURES:
-        assert_png(out / f"{name}.png")
+def _run_figures(tmp_path, name="v"):
+    from cliptune.reporting.variant_figures import run_variant_figures
+
+    return run_variant_figures({"name": name, "eval": {"block_size": 4}}, _figures_report(),
+                               {"source": "demo", "demo": {"seed": 0}},
+                               tmp_path / "emb.safetensors", tmp_path / "metrics.json",
+                               tmp_path / "caps.parquet", tmp_path / "img.npy",
+                               tmp_path / "img.index.parquet", tmp_path / "figures",
+                               tmp_path / "zs.json", encode=_fake_encode,
+                               queries_json=tmp_path / "queries.json")
+
+
+def test_variant_figures_from_saved_embeddings(tmp_path):
+    """The figures job end to end on a fake evaluation: files in, PNGs (one per zero-shot
+    task) + zero-shot JSON + the queries' ranking out."""
+    from cliptune.reporting.variant_figures import FIGURES
+
+    ids = _fake_evaluation(tmp_path)
+    result = _run_figures(tmp_path)
+    for name in (*FIGURES, "zero_shot/shapes", "zero_shot/mentions", "zero_shot/mood"):
+        assert_png(tmp_path / "figures" / f"{name}.png")
     saved = json.loads((tmp_path / "zs.json").read_text())
-    assert saved["classes"] == ["circle", "square", "star"] and saved["temperature"] == 0.05
-    assert 0 <= result["accuracy"]["top1_accuracy"] <= 100 and saved["accuracy"]["n_images"] <= n
+    assert saved["temperature"] == 0.05
+    assert saved["task_order"] == ["shapes", "mentions", "mood"] == list(result["tasks"])
+    shapes, mentions, mood = (saved["tasks"][t] for t in ("shapes", "mentions", "mood"))
+    assert shapes["classes"] == ["circle", "square", "star"] and shapes["labels"] == "demo"
+    assert 0 <= result["tasks"]["shapes"]["accuracy"]["top1_accuracy"] <= 100
+    assert shapes["accuracy"]["n_images"] <= len(ids)
+    assert mentions["accuracy"]["n_images"] == len(ids)  # every caption names a shape
+    assert mood["accuracy"] is None and mood["prompts"][0] == "a photo of a calm scene."
+    queries = json.loads((tmp_path / "queries.json").read_text())
+    assert queries["queries"] == ["a red circle", "a cat"]
+    assert np.array(queries["image_id"]).shape == (2, 3)
+    assert set(np.ravel(queries["image_id"])) <= set(ids.tolist())
+
+
+def test_queries_across_variants_reuse_each_variants_ranking(tmp_path):
+    """Rows = queries, columns = variants: each column is that variant's own saved ranking
+    (nothing re-encoded), its images read from its own cache by id."""
+    from cliptune.reporting.query_comparison import queries_across_variants
+
+    paths = {}
+    for seed, name in enumerate(("a", "b")):
+        d = tmp_path / name
+        d.mkdir()
+        _fake_evaluation(d, seed=seed)
+        _run_figures(d, name)
+        paths[name] = {"queries": d / "queries.json", "array": d / "img.npy",
+                       "index": d / "img.index.parquet"}
+    out = tmp_path / "queries_across_variants.png"
+    ids = queries_across_variants(paths, ["a red circle", "a cat"], out)
+    assert_png(out)
+    for name in paths:
+        saved = json.loads(paths[name]["queries"].read_text())
+        assert ids[name] == [row[:3] for row in saved["image_id"]]
+    assert ids["a"] != ids["b"]  # different towers, different rankings
+    with pytest.raises(RuntimeError, match="report.queries"):
+        queries_across_variants(paths, ["another query", "a cat"], out)
 
 
 def test_loss_curves_show_accuracy_per_step_loss_and_warmup(tmp_path):

@@ -449,14 +449,15 @@ def test_figures_encode_text_with_the_tower_evaluate_used(kind, tiny_clip_dir, p
     split = write_split(tmp_path / "data", "val", 8, seed=2)
     (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 0.07}))
     report = {"seed": 0, "queries": ["a red circle"], "top_k": 2, "n_images": 2,
-              "heatmap_size": 3, "zero_shot": {"classes": ["circle", "square"],
-                                               "templates": ["a photo of a {}."],
-                                               "top_classes": 2}}
+              "heatmap_size": 3, "zero_shot": {
+                  "tasks": {"shapes": {"classes": ["circle", "square"], "labels": "captions"}},
+                  "templates": ["a photo of a {}."], "top_classes": 2}}
     result = run_variant_figures(
         v, report, {"source": "coco"}, tmp_path / "eval" / "embeddings.safetensors",
         tmp_path / "metrics.json", split["val_captions"], split["val_array"],
         split["val_index"], tmp_path / "figures", tmp_path / "zero_shot.json", model=weights)
-    assert result["classes"] == ["circle", "square"] and (tmp_path / "figures").is_dir()
+    assert result["tasks"]["shapes"]["classes"] == ["circle", "square"]
+    assert (tmp_path / "figures" / "zero_shot" / "shapes.png").is_file()
     # Its own tower runs where evaluate ran it: a GPU unless the variant is a CPU one.
     assert figures_gpus(deep_merge(v, {"train": {"device": "auto"}})) == 1
     assert figures_gpus(v) == 0  # train.device: cpu

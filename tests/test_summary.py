@@ -43,11 +43,16 @@ def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
                   "val_recall": val_recalls or [10.0 * (i + 1) for i in range(n)],
                   "temperature": [0.07 - 0.002 * i for i in range(n)]}
                  ).to_csv(d / "history.csv", index=False)
-    (d / "zero_shot.json").write_text(json.dumps({"accuracy": {
-        "top1_accuracy": recall, "top5_accuracy": 90.0, "mAP": 40.0, "n_images": 300},
-        "accuracy_over": "6 configured classes"}))
+    (d / "zero_shot.json").write_text(json.dumps({"task_order": ["shapes", "mood"], "tasks": {
+        "shapes": {"classes": ["circle", "square"], "labels": "demo",
+                   "accuracy": {"top1_accuracy": recall, "top5_accuracy": 90.0, "mAP": 40.0,
+                                "chance_top1_accuracy": 30.0, "n_images": 300},
+                   "accuracy_over": "2 classes; labels from the demo generator"},
+        "mood": {"classes": ["a calm scene", "a busy scene"], "labels": "none",
+                 "accuracy": None, "accuracy_over": None}}}))
     figs = {f: d / "figures" / f"{f}.png" for f in ("text_to_image", "image_to_text",
-                                                  "zero_shot", "similarity_heatmap")}
+                                                  "similarity_heatmap", "zero_shot/shapes",
+                                                  "zero_shot/mood")}
     return {"metrics": d / "metrics.json", "train_report": d / "train_report.json",
             "history": d / "history.csv", "zero_shot": d / "zero_shot.json", "figures": figs}
 
@@ -92,6 +97,26 @@ def test_summary_has_table_observations_and_relative_figures(runs):
     # figures linked relative to results/
     assert "](ablation_bar.png)" in text and "](loss_overlay.png)" in text
     assert "](demo/variants/bn_head/figures/text_to_image.png)" in text
+
+
+def test_summary_zero_shot_section_per_task(runs):
+    """One table per labelled task, "no labels" (never a number) for the other; each task's
+    figure of the best variant and the queries-across-variants figure are linked."""
+    tmp, variants = runs
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+                         tmp / "results" / "summary.md",
+                         queries_png=tmp / "results" / "queries_across_variants.png")
+    section = text.split("## Zero-shot classification", 1)[1].split("\n## ", 1)[0]
+    shapes, mood = section.split("### Task `shapes` (2 classes)")[1].split(
+        "### Task `mood` (2 classes)")
+    assert "| bn_head | 25.0 | 30.0 | 90.0 | 40.0 | 300 |" in shapes
+    assert "Accuracy over 2 classes; labels from the demo generator." in shapes
+    assert "No labels" in mood and "|" not in mood
+    assert "Zero-shot top-1 accuracy on task `shapes` is highest for `bn_head` (25.0%)" in text
+    assert "task `mood`" not in text.split("## Observations")[1].split("## Results")[0]
+    assert "](demo/variants/bn_head/figures/zero_shot/shapes.png)" in text
+    assert "](demo/variants/bn_head/figures/zero_shot/mood.png)" in text
+    assert "](queries_across_variants.png)" in text
 
 
 def write_comparison(tmp: Path, excludes_zero: bool):

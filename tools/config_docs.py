@@ -37,6 +37,9 @@ from cliptune.config_schema import is_section, leaf_default, load_schema, subsch
 
 README = Path(__file__).resolve().parents[1] / "config" / "README.md"
 TABLE = re.compile(r"(<!-- config-table: ([^>]*?) -->\n)(.*?)(<!-- /config-table -->)", re.S)
+# Named maps whose entries (a $defs section with a default for each optional key) get
+# their own rows: `report.zero_shot.tasks.<name>.classes`, ...
+NAMED_MAPS = ("report.zero_shot.tasks",)
 LONG_LIST = 4  # longer default lists show their first item and the count
 
 
@@ -104,7 +107,10 @@ def leaf_rows(schema: dict, node: dict, path: tuple[str, ...], required: bool) -
     if not meaning:
         raise SystemExit(f"config schema: {dotted} has no description; add one")
     meaning = " ".join(meaning.split()).replace("|", "\\|")
-    return [f"| `{dotted}` | {default} | {meaning} |"]
+    rows = [f"| `{dotted}` | {default} | {meaning} |"]
+    if dotted in NAMED_MAPS:  # document the keys of each entry too
+        rows += leaf_rows(schema, node["additionalProperties"], (*path, "<name>"), False)
+    return rows
 
 
 def render_table(schema: dict, keys: list[str]) -> str:

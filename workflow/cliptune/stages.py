@@ -172,13 +172,23 @@ def aggregate(smk) -> None:
 def figures(smk) -> None:
     from cliptune.reporting.variant_figures import run_variant_figures
 
-    instances = getattr(smk.input, "instances", None)
+    instances = smk.params.instances  # "" unless a zero-shot task has labels: coco
     run_variant_figures(
         json.loads(smk.params.variant), json.loads(smk.params.report),
         json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
         Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
         Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
-        instances=Path(instances) if instances else None, model=Path(smk.input.model))
+        instances=Path(instances) if instances else None, model=Path(smk.input.model),
+        queries_json=Path(smk.output.queries_json))
+
+
+def queries_across_variants(smk) -> None:
+    from cliptune.reporting.query_comparison import queries_across_variants as draw
+
+    names = list(smk.params.variants)  # every input list follows this order
+    variants = {v: {"queries": Path(smk.input.queries[i]), "array": Path(smk.input.arrays[i]),
+                    "index": Path(smk.input.indexes[i])} for i, v in enumerate(names)}
+    draw(variants, list(smk.params.queries), Path(smk.output[0]))
 
 
 def search_embed(smk) -> None:
@@ -243,22 +253,25 @@ def loss_overlay(smk) -> None:
 def summary(smk) -> None:
     from cliptune.reporting.comparison import Comparison
     from cliptune.reporting.summary import write_summary
-    from cliptune.reporting.variant_figures import FIGURES
+    from cliptune.reporting.variant_figures import FIGURES, ZERO_SHOT_FIGURE
 
     names = list(smk.params.variants)
     figs = list(smk.input.figures)  # expand order: variant-major, then FIGURES order
+    keys = [*FIGURES,
+            *(ZERO_SHOT_FIGURE.format(task=t).removesuffix(".png") for t in smk.params.tasks)]
     variants = {
         v: {"metrics": smk.input.metrics[i], "train_report": smk.input.train_reports[i],
             "history": smk.input.histories[i], "zero_shot": smk.input.zero_shot[i],
             "figures": {f: next(p for p in figs if p.endswith(f"/{v}/figures/{f}.png"))
-                        for f in FIGURES}}
+                        for f in keys}}
         for i, v in enumerate(names)
     }
     write_summary(Path(smk.output[0]), variants, smk.params.baseline,
                   json.loads(smk.params.dataset), json.loads(smk.params.report),
                   Path(smk.input.ablation_png), Path(smk.input.overlay_png),
                   comparison=Comparison.load(Path(smk.input.ablation_csv),
-                                             Path(smk.input.paired), smk.params.baseline))
+                                             Path(smk.input.paired), smk.params.baseline),
+                  queries_png=Path(smk.input.queries_png))
 
 
 def run(smk, stage: Callable) -> None:

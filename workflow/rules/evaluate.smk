@@ -27,17 +27,34 @@ rule evaluate:
 
 
 
-from cliptune.evaluation.zero_shot import instances_input
-from cliptune.reporting.variant_figures import FIGURES as VARIANT_FIGURES, figures_gpus
+from cliptune.evaluation.zero_shot_tasks import instances_file, instances_input, resolve_tasks
+from cliptune.reporting.variant_figures import (
+    FIGURES as VARIANT_FIGURES,
+    ZERO_SHOT_FIGURE,
+    figures_gpus,
+)
 
 FIGURE_DIR = os.path.join(VARIANT_DIR, "figures")
+# report.zero_shot.tasks, checked now: a bad class list or label source fails at parse time.
+ZERO_SHOT_TASKS = resolve_tasks(CFG["report"]["zero_shot"], CFG["dataset"]["source"])
+# "zero_shot/<task>": figure names under a variant's figures/, as VARIANT_FIGURES are.
+ZERO_SHOT_FIGURES = [
+    ZERO_SHOT_FIGURE.format(task=t).removesuffix(".png") for t in ZERO_SHOT_TASKS
+]
+ZERO_SHOT_PNGS = [os.path.join(FIGURE_DIR, f"{f}.png") for f in ZERO_SHOT_FIGURES]
+# Every variant's top images of every report query (the cross-variant query figure).
+QUERIES_JSON = f"{VARIANT_DIR}/queries.json"
 
 
 rule figures:
     input:
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
-        # COCO object annotations when present: zero-shot accuracy over the 80 categories.
-        unpack(lambda w: instances_input(CFG, RESOLVED[w.variant]["eval"]["split"])),
+        # COCO object annotations when a zero-shot task is labelled from them.
+        unpack(
+            lambda w: instances_input(
+                CFG, RESOLVED[w.variant]["eval"]["split"], ZERO_SHOT_TASKS
+            )
+        ),
         embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
         metrics=f"{VARIANT_DIR}/metrics.json",
         # Queries and prompts go through the text tower evaluate used: the trained one
@@ -60,12 +77,16 @@ rule figures:
             subcategory="image → captions",
             labels={"variant": "{variant}"},
         ),
-        zero_shot=report(
-            f"{FIGURE_DIR}/zero_shot.png",
-            caption="../report/zero_shot.rst",
-            category="3. Zero-shot classification",
-            labels={"variant": "{variant}"},
-        ),
+        **{
+            f"zero_shot_{task}": report(
+                png,
+                caption="../report/zero_shot.rst",
+                category="3. Zero-shot classification",
+                subcategory=task,
+                labels={"variant": "{variant}", "task": task},
+            )
+            for task, png in zip(ZERO_SHOT_TASKS, ZERO_SHOT_PNGS)
+        },
         similarity_heatmap=report(
             f"{FIGURE_DIR}/similarity_heatmap.png",
             caption="../report/similarity_heatmap.rst",
@@ -73,9 +94,14 @@ rule figures:
             labels={"variant": "{variant}"},
         ),
         zero_shot_json=f"{VARIANT_DIR}/zero_shot.json",
+        queries_json=QUERIES_JSON,
     params:
         variant=variant_json,
-        report=canonical_json(CFG["report"]),
+        # A function: Snakemake would read "{article}" in the templates as a wildcard.
+        report=lambda w: canonical_json(CFG["report"]),
+        instances=lambda w: instances_file(
+            CFG, RESOLVED[w.variant]["eval"]["split"], ZERO_SHOT_TASKS
+        ),
         # Only what labels demo images; a new dataset size reruns everything anyway.
         dataset=canonical_json(
             {
@@ -102,9 +128,12 @@ rule figures:
 
 
 # Each figure is written out above as its own report() output (own caption and category);
-# the names must stay variant_figures.FIGURES, which the script and the summary read.
-if set(rules.figures.output.keys()) - {"zero_shot_json"} != set(VARIANT_FIGURES):
+# the names must stay variant_figures.FIGURES (+ one zero_shot_<task> per task), which the
+# script and the summary read.
+_FIGURE_OUTPUTS = set(VARIANT_FIGURES) | {f"zero_shot_{t}" for t in ZERO_SHOT_TASKS}
+if set(rules.figures.output.keys()) - {"zero_shot_json", "queries_json"} != _FIGURE_OUTPUTS:
     raise WorkflowError(
         f"rule figures outputs {sorted(rules.figures.output.keys())} do not match "
-        f"cliptune.reporting.variant_figures.FIGURES {list(VARIANT_FIGURES)}; edit both together"
+        f"cliptune.reporting.variant_figures.FIGURES {list(VARIANT_FIGURES)} and the "
+        f"zero-shot tasks {list(ZERO_SHOT_TASKS)}; edit both together"
     )

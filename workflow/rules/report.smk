@@ -1,6 +1,7 @@
 # Aggregates over all variants, the summary and the `snakemake --report` wiring.
 # Every figure is flagged with report(): category, caption (.rst in workflow/report/).
 LOSS_OVERLAY_PNG = "results/loss_overlay.png"
+QUERIES_ACROSS_PNG = "results/queries_across_variants.png"
 SUMMARY_MD = "results/summary.md"
 
 
@@ -77,6 +78,37 @@ rule loss_overlay:
         "../scripts/loss_overlay.py"
 
 
+# Rows = report.queries, columns = variants: each variant's top images, as its figures
+# job ranked them (queries.json); nothing is encoded again.
+rule queries_across_variants:
+    input:
+        queries=expand(QUERIES_JSON, variant=VARIANTS),
+        arrays=[pair_inputs(v, RESOLVED[v]["eval"]["split"], "val")["val_array"] for v in VARIANTS],
+        indexes=[pair_inputs(v, RESOLVED[v]["eval"]["split"], "val")["val_index"] for v in VARIANTS],
+    output:
+        report(
+            QUERIES_ACROSS_PNG,
+            caption="../report/queries_across_variants.rst",
+            category="2. Retrieval examples",
+            subcategory="text query → images, all variants",
+            labels={"figure": "the same queries across variants"},
+        ),
+    params:
+        variants=VARIANTS,
+        queries=lambda w: list(CFG["report"]["queries"]),  # free text: never wildcards
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    log:
+        f"{LOGS}/queries_across_variants.log",
+    benchmark:
+        f"{LOGS}/queries_across_variants.benchmark.tsv",
+    conda:
+        ENV
+    script:
+        "../scripts/queries_across_variants.py"
+
+
 rule summary:
     input:
         metrics=expand(f"{VARIANT_DIR}/metrics.json", variant=VARIANTS),
@@ -86,9 +118,10 @@ rule summary:
         figures=expand(
             f"{FIGURE_DIR}/{{figure}}.png",
             variant=VARIANTS,
-            figure=VARIANT_FIGURES,
+            figure=[*VARIANT_FIGURES, *ZERO_SHOT_FIGURES],
         ),
         ablation_png=ABLATION_PNG,
+        queries_png=QUERIES_ACROSS_PNG,
         # Intervals, seed spread and paired differences, exactly as the table holds them.
         ablation_csv=ABLATION_CSV,
         paired=PAIRED_CSV,
@@ -103,8 +136,10 @@ rule summary:
     params:
         variants=VARIANTS,
         baseline=CFG["baseline"],
-        report=canonical_json(CFG["report"]),
+        # A function: Snakemake would read "{article}" in the templates as a wildcard.
+        report=lambda w: canonical_json(CFG["report"]),
         dataset=canonical_json({"name": DS, "source": CFG["dataset"]["source"]}),
+        tasks=list(ZERO_SHOT_TASKS),
     resources:
         mem_mb=4000,
         runtime=15,

@@ -93,6 +93,8 @@ def use_local_weights(root: str | Path = WEIGHTS_DIR,
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     env["TORCH_HOME"] = str(root / "torch")
+    # In every model-loading job's log: where a cluster user checks that nothing was fetched.
+    log.info("pretrained weights load from %s only (HF_HUB_OFFLINE=1)", root)
 
 
 def _sha256(path: Path) -> str:

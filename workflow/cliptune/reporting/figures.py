@@ -68,6 +68,40 @@ def plot_text_to_image(queries: Sequence[str], top_indices: np.ndarray, top_scor
     save_figure(fig, path)
 
 
+def plot_queries_across_variants(queries: Sequence[str],
+                                 cells: Mapping[str, Sequence[Sequence[tuple]]],
+                                 path: Path) -> None:
+    """Rows = text queries, column groups = variants; ``cells[variant][q]`` lists
+    (image, cosine similarity) of the variant's top images for query q, best first."""
+    names = list(cells)
+    n_q, n_v = len(queries), len(names)
+    k = max(1, max(len(cell) for v in names for cell in cells[v]))
+    fig = plt.figure(figsize=(1.55 * k * n_v + 2.2, 1.75 * n_q + 1.3))
+    grid = fig.add_gridspec(n_q, n_v, left=2.0 / (1.55 * k * n_v + 2.2), right=0.99,
+                            wspace=0.12, hspace=0.3)
+    for q, query in enumerate(queries):
+        for v, name in enumerate(names):
+            sub = grid[q, v].subgridspec(1, k, wspace=0.04)
+            for j in range(k):
+                ax = fig.add_subplot(sub[0, j])
+                if j < len(cells[name][q]):
+                    image, score = cells[name][q][j]
+                    _show(ax, image)
+                    ax.set_xlabel(f"#{j + 1}  {score:.3f}", fontsize=7)
+                else:
+                    ax.set_axis_off()
+                if v == 0 and j == 0:
+                    ax.set_ylabel(_wrap(f"“{query}”", 16, 4), fontsize=10, fontweight="bold",
+                                  rotation=0, ha="right", va="center", labelpad=10)
+    for v, name in enumerate(names):  # variant name centred over its column group
+        box = grid[0, v].get_position(fig)
+        fig.text((box.x0 + box.x1) / 2, box.y1 + 0.01, name, ha="center", va="bottom",
+                 fontsize=11, fontweight="bold")
+    fig.suptitle(f"the same text queries across variants: top-{k} images of each, ranked "
+                 "by each variant's own towers [cosine similarity]", fontsize=12, y=1.0)
+    save_figure(fig, path)
+
+
 def plot_image_to_text(images, top_captions: Sequence[Sequence[str]], top_scores: np.ndarray,
                        correct: np.ndarray | None, path: Path, title: str,
                        names: Sequence[str] | None = None) -> None:
@@ -139,7 +173,7 @@ def plot_zero_shot(images, classes: Sequence[str], probs: np.ndarray, path: Path
     legend = "" if labels is None else " · green = class present in the image"
     fig.suptitle(f"{title}\nzero-shot classification, prompt-template ensemble over "
                  f"{probs.shape[1]} classes{legend}" + (f"\n{subtitle}" if subtitle else ""),
-                 fontsize=12)
+                 fontsize=12, y=0.995, va="bottom")  # above the first row, never over it
     save_figure(fig, path)
 
 

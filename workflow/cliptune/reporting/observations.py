@@ -150,12 +150,7 @@ def observations(data, names, baseline, best, rsum, untrained, ks, comparison) -
             f"`{n}` {g:+.3f}" for n, g in gaps.items()) + f"; largest for `{worst}`"
             + (" (validation loss above training loss: the model fits the training "
                "pairs better than unseen ones)." if gaps[worst] > 0 else "."))
-    zs = {n: (data[n]["zero_shot"].get("accuracy") or {}).get("top1_accuracy")
-          for n in names if data[n]["zero_shot"]}
-    zs = {n: v for n, v in zs.items() if v is not None}
-    if zs:
-        zb = max(zs, key=zs.get)
-        obs.append(f"Zero-shot top-1 accuracy is highest for `{zb}` ({zs[zb]:.1f}%).")
+    obs += _zero_shot_leaders(data, names)
     speeds = {n: data[n]["report"].get("images_per_s") for n in trained}
     speeds = {n: v for n, v in speeds.items() if v}
     if len(speeds) > 1:
@@ -163,3 +158,15 @@ def observations(data, names, baseline, best, rsum, untrained, ks, comparison) -
         obs.append(f"Training throughput ranged from {speeds[slow]:.0f} images/s (`{slow}`) to "
                    f"{speeds[fast]:.0f} images/s (`{fast}`).")
     return obs
+
+
+def _zero_shot_leaders(data: Mapping, names: list[str]) -> list[str]:
+    """Per zero-shot task with labels: the variant with the best top-1 accuracy."""
+    best: dict[str, tuple[str, float]] = {}
+    for n in names:
+        for task, r in (data[n]["zero_shot"] or {}).get("tasks", {}).items():
+            top1 = (r.get("accuracy") or {}).get("top1_accuracy")
+            if top1 is not None and (task not in best or top1 > best[task][1]):
+                best[task] = (n, top1)
+    return [f"Zero-shot top-1 accuracy on task `{t}` is highest for `{n}` ({v:.1f}%)."
+            for t, (n, v) in best.items()]

@@ -158,11 +158,13 @@ def _collect(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
 def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, out: Path, ablation_png: Path | None = None,
                   overlay_png: Path | None = None, untrained: str = UNTRAINED,
-                  comparison: Comparison | None = None) -> str:
+                  comparison: Comparison | None = None,
+                  queries_png: Path | None = None) -> str:
     """Markdown text of the summary, one function per section.
 
     ``variants[name]`` holds paths: metrics, train_report, history, zero_shot (optional)
-    and figures (name -> png, optional). ``comparison``: the aggregate's intervals and
+    and figures (name -> png, optional; zero-shot ones as ``zero_shot/<task>``);
+    ``queries_png``: the queries-across-variants figure. ``comparison``: the aggregate's intervals and
     paired differences; without it the summary says that none were computed.
     """
     run = _collect(variants, baseline, dataset, report, out, untrained)
@@ -175,7 +177,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     lines += pretrained_section({n: d["metrics"] for n, d in run.data.items()},
                                 {n: d["report"] for n, d in run.data.items()}, run.ks)
     lines += _zero_shot(run)
-    lines += _figures(run, ablation_png, overlay_png) + _hyperparameters(run)
+    lines += _figures(run, ablation_png, overlay_png, queries_png) + _hyperparameters(run)
     lines += _hardware(run) + _loss_in_words(run)
     lines += stability_section(run.data, run.names) + LLM_REFLECTION
     return "\n".join(lines).rstrip() + "\n"
@@ -246,43 +248,75 @@ def _anchors(run: _Run) -> list[str]:
     ]
 
 
-def _zero_shot(run: _Run) -> list[str]:
-    rows = []
+def _task_names(run: _Run) -> list[str]:
+    """Zero-shot tasks in the configured order (each zero_shot.json's task_order)."""
+    names: dict[str, None] = {}
     for n in run.names:
-        zs = run.data[n]["zero_shot"]
-        acc = (zs or {}).get("accuracy") or {}
-        if "top1_accuracy" in acc:
-            rows.append([n, fmt(acc["top1_accuracy"]), fmt(acc.get("chance_top1_accuracy")),
-                         fmt(acc.get("top5_accuracy")), fmt(acc.get("mAP")),
-                         zs.get("accuracy_over")])
-    if not rows:
+        zs = run.data[n]["zero_shot"] or {}
+        names.update(dict.fromkeys(zs.get("task_order") or zs.get("tasks", {})))
+    return list(names)
+
+
+def _zero_shot(run: _Run) -> list[str]:
+    """One table per zero-shot task; a task without labels says so (no accuracy)."""
+    tasks = _task_names(run)
+    if not tasks:
         return []
-    return ["## Zero-shot classification", "",
-            "Class prompts ensembled over the configured templates; an image counts as "
-            "correct at top-K when one of its K most probable classes is present in it.",
-            "", table(["variant", "top-1 (%)", "top-1 by chance (%)", "top-5 (%)",
-                        "class mAP (%)", "over"], rows), ""]
+    lines = ["## Zero-shot classification", "",
+             "Each task's class prompts are ensembled over its templates; an image counts as "
+             "correct at top-K when one of its K most probable classes is present in it.", ""]
+    for task in tasks:
+        per = {n: run.data[n]["zero_shot"]["tasks"][task] for n in run.names
+               if task in (run.data[n]["zero_shot"] or {}).get("tasks", {})}
+        first = next(iter(per.values()))
+        lines += [f"### Task `{task}` ({len(first['classes'])} classes)", ""]
+        if first["labels"] == "none":
+            lines += ["No labels: this task has no ground truth, so no accuracy is reported; "
+                      "its figure shows each variant's class probabilities.", ""]
+            continue
+        rows = [[n, fmt(acc["top1_accuracy"]), fmt(acc.get("chance_top1_accuracy")),
+                 fmt(acc.get("top5_accuracy")), fmt(acc.get("mAP")), acc["n_images"]]
+                for n, r in per.items() if "top1_accuracy" in (acc := r["accuracy"] or {})]
+        lines += [f"Accuracy over {first['accuracy_over']}.", ""]
+        lines += [table(["variant", "top-1 (%)", "top-1 by chance (%)", "top-5 (%)",
+                         "class mAP (%)", "images"], rows), ""] if rows else [
+            "No evaluated image carries any of these labels, so no accuracy.", ""]
+    return lines
 
 
 FIGURE_TITLES = {"text_to_image": "text query → top images",
                  "image_to_text": "image → top captions",
-                 "zero_shot": "zero-shot classification",
                  "similarity_heatmap": "image-caption similarity"}
 
 
-def _figures(run: _Run, ablation_png: Path | None, overlay_png: Path | None) -> list[str]:
-    """The ablation and overlay plots, then the best variant's sample retrievals."""
+def _figure_titles(figs: Mapping) -> dict[str, str]:
+    """Titles of a variant's figures: the fixed ones, then one per zero-shot task."""
+    titles = {k: t for k, t in FIGURE_TITLES.items() if k in figs}
+    titles.update({k: f"zero-shot classification, task `{k.split('/', 1)[1]}`"
+                   for k in figs if k.startswith("zero_shot/")})
+    return titles
+
+
+def _figures(run: _Run, ablation_png: Path | None, overlay_png: Path | None,
+             queries_png: Path | None = None) -> list[str]:
+    """The ablation and overlay plots, the queries across variants, then the best
+    variant's sample retrievals."""
     lines = ["## Figures", ""]
     if ablation_png:
         lines += [f"![Recall@K per variant]({_rel(ablation_png, run.base_dir)})", ""]
     if overlay_png:
         lines += [f"![training curves of all variants]({_rel(overlay_png, run.base_dir)})", ""]
+    if queries_png:
+        lines += ["### The same queries across variants", "",
+                  "Rows: the report queries; columns: every variant's top-3 images, each "
+                  "ranked by that variant's own towers.", "",
+                  f"![queries across variants]({_rel(queries_png, run.base_dir)})", ""]
     shown = run.best or run.baseline
     figs = run.data.get(shown, {}).get("figures", {})
     if figs:
         lines += [f"Sample retrievals of the best variant, `{shown}`; every variant's figures "
                   "are in its folder and in the HTML report.", ""]
-        for key, title in FIGURE_TITLES.items():
+        for key, title in _figure_titles(figs).items():
             if key in figs:
                 lines += [f"### {title}", "",
                           f"![{title}: {shown}]({_rel(figs[key], run.base_dir)})", ""]
@@ -355,8 +389,9 @@ def _loss_in_words(run: _Run) -> list[str]:
 def write_summary(out: Path, variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
                   report: Mapping, ablation_png: Path | None = None,
                   overlay_png: Path | None = None,
-                  comparison: Comparison | None = None) -> str:
+                  comparison: Comparison | None = None,
+                  queries_png: Path | None = None) -> str:
     text = build_summary(variants, baseline, dataset, report, out, ablation_png, overlay_png,
-                         comparison=comparison)
+                         comparison=comparison, queries_png=queries_png)
     write_text(out, text)
     return text

@@ -1,7 +1,8 @@
-"""The per-variant showcase: text->image and image->text retrieval grids, zero-shot
-classification and a similarity heatmap, all from the embeddings saved by
-``evaluate`` (never recomputed); only the query and class prompts are encoded,
-with the variant's own text tower.
+"""The per-variant showcase: text->image and image->text retrieval grids, one zero-shot
+classification figure per task and a similarity heatmap, all from the embeddings saved
+by ``evaluate`` (never recomputed); only the query and class prompts are encoded, with
+the variant's own text tower. The queries' top images are saved too (``queries.json``),
+so the cross-variant query figure never encodes anything again.
 """
 
 from __future__ import annotations
@@ -19,22 +20,30 @@ from safetensors.torch import load_file
 from cliptune.config import DEFAULTS
 from cliptune.data.image_cache import open_cache
 from cliptune.evaluation.evaluate import variant_text_encoder
+from cliptune.evaluation.prompts import render
 from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
 from cliptune.evaluation.zero_shot import (
-    COCO_CATEGORIES,
     class_embeddings,
-    coco_instance_labels,
-    demo_labels,
     write_zero_shot_json,
     zero_shot_accuracy,
     zero_shot_probs,
 )
+from cliptune.evaluation.zero_shot_labels import (
+    LABELS_OVER,
+    caption_labels,
+    coco_labels,
+    demo_labels,
+)
+from cliptune.evaluation.zero_shot_tasks import Task, resolve_tasks
+from cliptune.io_utils import write_json
 from cliptune.models.towers import reads_text_cache
 from cliptune.reporting import figures
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("text_to_image", "image_to_text", "zero_shot", "similarity_heatmap")
+FIGURES = ("text_to_image", "image_to_text", "similarity_heatmap")
+# One zero-shot figure per task (report.zero_shot.tasks), under a variant's figures/.
+ZERO_SHOT_FIGURE = "zero_shot/{task}.png"
 
 
 class EvalArtifacts:
@@ -104,19 +113,25 @@ def figure_paths(out_dir: Path) -> dict[str, Path]:
     return {name: Path(out_dir) / f"{name}.png" for name in FIGURES}
 
 
-def _labels(source: str, dataset: Mapping, image_ids: np.ndarray, classes: list[str],
-            coco: tuple[list[str], np.ndarray] | None) -> np.ndarray | None:
-    if coco is not None:
-        names, mat = coco
-        col = {n: i for i, n in enumerate(names)}
-        out = np.zeros((len(image_ids), len(classes)), dtype=bool)
-        for j, c in enumerate(classes):
-            if c in col:
-                out[:, j] = mat[:, col[c]]
-        return out
-    if source == "demo":
+def zero_shot_paths(out_dir: Path, tasks) -> dict[str, Path]:
+    return {t: Path(out_dir) / ZERO_SHOT_FIGURE.format(task=t) for t in tasks}
+
+
+def _labels(task: Task, dataset: Mapping, art: EvalArtifacts,
+            instances: Path | None) -> np.ndarray | None:
+    """[N, C] ground truth of ``task`` from its label source; None for labels: none."""
+    bare = [c.bare for c in task.classes]
+    if task.labels == "coco":
+        if instances is None:
+            raise ValueError(f"zero-shot task {task.name!r} uses labels: coco but no COCO "
+                             "instances file was given (the figures rule passes it)")
+        return coco_labels(instances, art.image_id, bare)
+    if task.labels == "demo":
         demo = {**DEFAULTS["dataset"]["demo"], **dataset.get("demo", {})}  # partial: defaults
-        return demo_labels(image_ids, classes, demo["seed"], demo["max_shapes"])
+        return demo_labels(art.image_id, bare, demo["seed"], demo["max_shapes"])
+    if task.labels == "captions":
+        return caption_labels(art.captions, art.text_image, art.n_images,
+                              [c.keywords for c in task.classes])
     return None
 
 
@@ -130,8 +145,10 @@ def build_variant_figures(
     zero_shot_json: Path,
     encode: Callable[[list[str]], torch.Tensor],
     instances: Path | None = None,
+    queries_json: Path | None = None,
 ) -> dict:
-    """Draw the four figures into ``out_dir`` and write the zero-shot results JSON."""
+    """Draw the figures into ``out_dir``; write the zero-shot results (all tasks) and the
+    queries' top images (``queries_json``). Returns the zero-shot results."""
     name = variant["name"]
     paths = figure_paths(out_dir)
     rng = np.random.default_rng(report["seed"])
@@ -140,10 +157,13 @@ def build_variant_figures(
 
     # text query -> top-K images
     queries = list(report["queries"])
-    q_emb = encode(queries)
-    t_scores, t_idx = topk_images(q_emb, art.image, k, block_size=block)
+    t_scores, t_idx = topk_images(encode(queries), art.image, k, block_size=block)
     figures.plot_text_to_image(queries, t_idx.numpy(), t_scores.numpy(), _Images(art),
                                _Captions(art), paths["text_to_image"], f"variant: {name}")
+    if queries_json is not None:
+        write_json(queries_json, {"variant": name, "queries": queries,
+                                  "image_id": art.image_id[t_idx.numpy()].tolist(),
+                                  "score": t_scores.numpy().tolist()})
 
     # image -> top-K captions, on a fixed random sample (same images for every variant)
     sample = np.sort(rng.choice(art.n_images, size=min(report["n_images"], art.n_images),
@@ -156,9 +176,14 @@ def build_variant_figures(
                                i_scores.numpy(), correct, paths["image_to_text"],
                                f"variant: {name}")
 
-    # zero-shot classification with prompt ensembling
-    result = _zero_shot_figure(name, report["zero_shot"], dataset, art, temperature, encode,
-                               instances, sample, paths["zero_shot"])
+    # zero-shot classification with prompt ensembling, one figure and result per task
+    tasks = resolve_tasks(report["zero_shot"], dataset["source"])
+    pngs = zero_shot_paths(out_dir, tasks)
+    # The JSON is written with sorted keys: task_order keeps the configured order.
+    result = {"variant": name, "temperature": temperature, "task_order": list(tasks), "tasks": {
+        t: _zero_shot_task(name, task, report["zero_shot"]["top_classes"], dataset, art,
+                           temperature, encode, instances, sample, pngs[t])
+        for t, task in tasks.items()}}
     write_zero_shot_json(zero_shot_json, result)
 
     # similarity heatmap of a sample of images and their first captions
@@ -168,57 +193,46 @@ def build_variant_figures(
     sims = (art.image[heat] @ art.text[caps].T).numpy()
     figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
                                     paths["similarity_heatmap"], f"variant: {name}")
-    log.info("%s: figures written to %s; zero-shot %s", name, out_dir, result["accuracy"])
+    log.info("%s: figures written to %s; zero-shot %s", name, out_dir,
+             {t: r["accuracy"] for t, r in result["tasks"].items()})
     return result
 
 
-def _zero_shot_figure(name: str, zs: Mapping, dataset: Mapping, art: EvalArtifacts,
-                      temperature: float, encode: Callable[[list[str]], torch.Tensor],
-                      instances: Path | None, sample: np.ndarray, png: Path) -> dict:
-    """Zero-shot classification with prompt ensembling: the figure of ``sample`` and the
-    results (accuracy over COCO's 80 categories or the demo's ground truth)."""
-    coco = coco_instance_labels(instances, art.image_id) if instances else None
-    classes = list(zs["classes"] or (coco[0] if coco else _default_classes(dataset)))
-    class_emb = class_embeddings(encode, classes, zs["templates"])
+def _zero_shot_task(name: str, task: Task, top: int, dataset: Mapping, art: EvalArtifacts,
+                    temperature: float, encode: Callable[[list[str]], torch.Tensor],
+                    instances: Path | None, sample: np.ndarray, png: Path) -> dict:
+    """One task: its figure of ``sample`` and its results (accuracy only with labels)."""
+    class_emb = class_embeddings(encode, task.classes, task.templates)
     probs = zero_shot_probs(art.image, class_emb, temperature).numpy()
-    labels = _labels(dataset["source"], dataset, art.image_id, classes, coco)
-    result: dict = {"variant": name, "classes": classes, "templates": list(zs["templates"]),
-                    "temperature": temperature, "accuracy": None, "accuracy_over": None}
-    if coco is not None:
-        # The COCO number is always over all 80 categories, whatever the figure shows.
-        coco_emb = class_embeddings(encode, coco[0], zs["templates"])
-        coco_probs = zero_shot_probs(art.image, coco_emb, temperature).numpy()
-        result["accuracy"] = zero_shot_accuracy(coco_probs, coco[1])
-        result["accuracy_over"] = f"the {len(coco[0])} COCO categories (instances annotations)"
-    elif labels is not None:
-        result["accuracy"] = zero_shot_accuracy(probs, labels)
-        result["accuracy_over"] = f"{len(classes)} configured classes (demo ground truth)"
-    subtitle = ""
-    if result["accuracy"] and "top1_accuracy" in result["accuracy"]:
-        acc = result["accuracy"]
-        subtitle = (f"over {acc['n_images']} images and {result['accuracy_over']}: top-1 "
-                    f"{acc['top1_accuracy']:.1f}% (chance {acc['chance_top1_accuracy']:.1f}%), top-5 {acc.get('top5_accuracy', 0):.1f}%, "
-                    f"mAP {acc['mAP']:.1f}%")
-    figures.plot_zero_shot(_Images(art, sample), classes, probs[sample], png,
-                           f"variant: {name}",
+    labels = _labels(task, dataset, art, instances)
+    result: dict = {"classes": task.names, "templates": list(task.templates),
+                    "labels": task.labels,
+                    "prompts": [render(task.templates[0], c) for c in task.classes],
+                    "accuracy": None, "accuracy_over": None}
+    subtitle = "no labels for this task: probabilities only, no accuracy"
+    if labels is not None:
+        result["accuracy"] = acc = zero_shot_accuracy(probs, labels)
+        result["accuracy_over"] = (f"{len(task.classes)} classes; labels from "
+                                   f"{LABELS_OVER[task.labels]}")
+        subtitle = (f"no image has a label ({LABELS_OVER[task.labels]})"
+                    if "top1_accuracy" not in acc else
+                    f"over {acc['n_images']} images: top-1 {acc['top1_accuracy']:.1f}% "
+                    f"(chance {acc['chance_top1_accuracy']:.1f}%), top-5 "
+                    f"{acc.get('top5_accuracy', 0):.1f}%, mAP {acc['mAP']:.1f}%; labels from "
+                    f"{LABELS_OVER[task.labels]}")
+    figures.plot_zero_shot(_Images(art, sample), task.names, probs[sample], png,
+                           f"variant: {name} · task: {task.name}",
                            labels=None if labels is None else labels[sample],
-                           top=zs["top_classes"], subtitle=subtitle)
+                           top=top, subtitle=subtitle)
     return result
-
-
-def _default_classes(dataset: Mapping) -> list[str]:
-    if dataset["source"] == "demo":
-        from cliptune.data.demo_scenes import SHAPES
-
-        return list(SHAPES)
-    return list(COCO_CATEGORIES)
 
 
 def run_variant_figures(variant: Mapping, report: Mapping, dataset: Mapping, embeddings: Path,
                         metrics_json: Path, captions_parquet: Path, image_array: Path,
                         image_index: Path, out_dir: Path, zero_shot_json: Path,
                         instances: Path | None = None, model: Path | None = None,
-                        encode: Callable[[list[str]], torch.Tensor] | None = None) -> dict:
+                        encode: Callable[[list[str]], torch.Tensor] | None = None,
+                        queries_json: Path | None = None) -> dict:
     """Load a variant's saved evaluation artifacts and draw its figures.
 
     Queries and zero-shot prompts are encoded by the text tower evaluate used
@@ -232,4 +246,4 @@ def run_variant_figures(variant: Mapping, report: Mapping, dataset: Mapping, emb
                              "(model=...) to encode text with its own tower")
         encode = variant_text_encoder(dict(variant), Path(model), art.text.shape[1])
     return build_variant_figures(variant, report, dataset, art, temperature, out_dir,
-                                 zero_shot_json, encode, instances)
+                                 zero_shot_json, encode, instances, queries_json)

@@ -3,7 +3,9 @@ when a periodic mid-epoch checkpoint is due.
 
 SLURM sends SIGTERM when it preempts a job or reaches its time limit (SIGKILL
 follows after KillWait, 30 s by default) and SIGUSR1 when a job asks for
-``--signal=USR1@seconds``. Dying on the spot would lose everything since the
+``--signal=USR1@seconds`` (under Snakemake's SLURM executor ask for
+``--signal=TERM@seconds`` instead: the job step's snakemake dies on SIGUSR1;
+docs/cluster.md). Dying on the spot would lose everything since the
 last checkpoint, so the handler only records the signal; the training loop
 checks it after every step, writes its state atomically and raises
 :class:`PreemptedError`, whose non-zero exit makes Snakemake (``retries``) or
