@@ -52,6 +52,27 @@ def test_clip_bpe_matches_open_clip():
     assert ref[-1, -1] == ours[-1, -1] == tok.eos_token_id  # truncated, EOS kept
 
 
+def test_a_local_clip_tokenizer_folder_gives_the_same_ids(tmp_path):
+    """What the docs offer offline: a folder with CLIP's tokenizer files, either as
+    `hf download ... --include '*.json' '*.txt'` leaves it or only vocab.json + merges.txt."""
+    import json
+
+    from cliptune.models.clip_bpe import _clip_vocab
+    from cliptune.models.hf_clip import _scratch_tokenizer
+
+    clip_bpe_tokenizer().save_pretrained(tmp_path / "saved")
+    vocab, merges = _clip_vocab()
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "vocab.json").write_text(json.dumps(vocab))
+    (bare / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    want = clip_bpe_tokenizer()(CAPTIONS, truncation=True, max_length=77)["input_ids"]
+    for folder in (tmp_path / "saved", bare):
+        tok = _scratch_tokenizer(str(folder))
+        assert len(tok) == VOCAB_SIZE and tok.pad_token == "<|endoftext|>"
+        assert tok(CAPTIONS, truncation=True, max_length=77)["input_ids"] == want
+
+
 def test_pooling_is_cls_for_vision_and_first_eos_for_text(tiny_clip_dir):
     from cliptune.models.hf_clip import HFClip
 

@@ -95,7 +95,8 @@ def test_suggest_samples_each_kind_by_its_dotted_name():
 
     space = {"train.lr": {"low": 1e-5, "high": 1e-3, "log": True},
              "model.dual_encoder.vision.depth": {"low": 2, "high": 6, "step": 2},
-             "train.optimizer": {"choices": ["adamw", "sgd"]}}
+             "train.optimizer": {"choices": ["adamw", "sgd"]},
+             "model.dual_encoder.{vision,text}.dropout": {"choices": [0.0, 0.1]}}
     check_space(space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(8):
@@ -104,6 +105,9 @@ def test_suggest_samples_each_kind_by_its_dotted_name():
         assert params["model.dual_encoder.vision.depth"] in (2, 4, 6)
         assert isinstance(params["model.dual_encoder.vision.depth"], int)
         assert params["train.optimizer"] in ("adamw", "sgd")
+        # A tied key is one parameter setting both towers.
+        dual = nest(params)["model"]["dual_encoder"]
+        assert dual["vision"]["dropout"] == dual["text"]["dropout"] in (0.0, 0.1)
     assert nest({"train.lr": 0.1, "model.dual_encoder.vision.depth": 4, "train.seed": 1}) == {
         "train": {"lr": 0.1, "seed": 1}, "model": {"dual_encoder": {"vision": {"depth": 4}}}}
 
@@ -126,6 +130,11 @@ BASE = {"dataset": {"name": "t", "source": "demo"}, "variants": {"baseline": {}}
     ("model.kind", {"choices": ["resnet", "clip"]}, r"model.kind cannot be searched"),
     ("image_size", {"choices": [224]}, r"image_size is not a searchable config key"),
     ("text_encoder.max_length", {"choices": [32]}, r"not a searchable config key"),
+    ("model.dual_encoder.{vision,txt}.depth", {"choices": [2]},
+     r"model.dual_encoder.txt.depth is not a .*'model.dual_encoder.text.depth'"),
+    ("model.dual_encoder.vision.{depth,dropout}", {"choices": [2]},
+     r"ties integer and non-integer keys"),
+    ("model.dual_encoder.{vision,text}.heads", {"choices": [0]}, r"choice 0 is not a valid"),
 ])
 def test_a_space_the_search_cannot_sample_fails_at_config_time(key, spec, message):
     with pytest.raises(ConfigError, match=message):
@@ -165,7 +174,9 @@ def test_hpo_rule_is_its_own_target(tmp_path, repo):
     from test_workflow import TINY, planned_jobs, snakemake, write_config
 
     cfg = json.loads(json.dumps(TINY))
-    cfg["hpo"] = {"trials": 2, "epochs": 1}
+    # A tied key's braces must reach the job as text, not as a Snakemake wildcard.
+    cfg["hpo"] = {"trials": 2, "epochs": 1,
+                  "space": {"train.{lr,head_lr}": {"low": 1e-4, "high": 1e-3, "log": True}}}
     write_config(tmp_path, cfg)
     all_jobs = planned_jobs(snakemake(tmp_path, repo, "-n"))
     assert "hpo" not in all_jobs

@@ -210,3 +210,16 @@ def test_train_and_hpo_read_the_selection_split_and_evaluate_the_reported_one(tm
         assert "captions/val.parquet" not in inputs and "val_32" not in inputs
     (inputs,) = job_inputs(proc, "evaluate")
     assert "captions/val.parquet" in inputs and "select" not in inputs
+
+
+def test_hpo_with_a_test_split_selects_on_val_and_never_reads_test(tmp_path, repo):
+    """Flickr30k (Study A's dataset, fetched by the kaggle rule, so nothing need exist
+    here): trials train on train, are scored on val, and test is never an input."""
+    from test_workflow import TINY, snakemake, write_config
+
+    cfg = {**TINY, "dataset": {"name": "fk", "source": "flickr30k", "download": "kaggle"}}
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, repo, "-n", "results/fk/hpo/baseline/best_overlay.yaml")
+    (inputs,) = job_inputs(proc, "hpo")
+    assert "captions/train.parquet" in inputs and "captions/val.parquet" in inputs
+    assert "test" not in inputs

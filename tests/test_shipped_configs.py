@@ -146,7 +146,23 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert summary_rows(summary) >= set(variants), summary
     if "hpo" in toy:
-        best = yaml.safe_load((tmp_path / hpo_dir(full) / "best_overlay.yaml").read_text())
-        assert isinstance(best, dict) and best, best
-        trials = (tmp_path / hpo_dir(full) / "trials.csv").read_text().strip().splitlines()
-        assert len(trials) - 1 == toy["hpo"]["trials"], trials
+        check_hpo_outputs(tmp_path / hpo_dir(full), full)
+
+
+def check_hpo_outputs(out: Path, full: dict) -> None:
+    """The search ran its trials over the configured space on the baseline, and the best
+    overlay sets every searched key (tied keys each) to the best trial's value."""
+    from cliptune.hpo_space import expand
+
+    trials = (out / "trials.csv").read_text().strip().splitlines()
+    assert len(trials) - 1 == full["hpo"]["trials"], trials
+    best = json.loads((out / "best_params.json").read_text())
+    assert set(best["params"]) == set(full["hpo"]["space"]), best
+    overlay = yaml.safe_load((out / "best_overlay.yaml").read_text())
+    variant = overlay["variants"][f"{full['baseline']}_hpo"]
+    for key, value in best["params"].items():
+        for path in expand(key):
+            node = variant
+            for part in path.split("."):
+                node = node[part]
+            assert node == value, (path, node, value)

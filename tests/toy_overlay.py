@@ -13,7 +13,9 @@ and nothing else, so a variant added to a shipped config is exercised as shipped
   (``TINY_DUAL``; MLP ratio, dropout and context length stay as shipped);
 * torchvision ImageNet weights (downloaded on first use) -> none; weights that ship in
   an installed package (``PACKAGED_WEIGHTS``) run offline and are kept;
-* image size, epochs, batch sizes, HPO trials and a selection holdout -> small.
+* image size, epochs, batch sizes, HPO trials and a selection holdout -> small;
+* an ``hpo.space`` key over sizes shrunk above (batch size, dual-encoder sizes) -> the
+  toy value as its only choice; the other searched keys stay as shipped.
 
 ``changed_paths`` lets a test check that the overlay kept to that list.
 """
@@ -51,8 +53,10 @@ TOUCHABLE = (
     "model.dual_encoder.vision.heads", "model.dual_encoder.text.width",
     "model.dual_encoder.text.depth", "model.dual_encoder.text.heads",
     "model.weights", "train.epochs", "train.batch_size",
-    "hpo.trials", "hpo.epochs", "hpo.space.train.batch_size.choices",
+    "hpo.trials", "hpo.epochs",
 )  # fmt: skip
+# hpo.space.<key>.<field> may change when every path <key> sets is in TOUCHABLE.
+SPACE_FIELD = re.compile(r"^hpo\.space\.(.+)\.(choices|low|high|log|step)$")
 # Backbones whose pretrained weights come with an installed package (no download).
 PACKAGED_WEIGHTS = frozenset({"efficientnet_lite0"})
 VARIANT_SECTIONS = ("image_size", "text_encoder", "model", "train", "eval")
@@ -156,7 +160,7 @@ def toy_overlay(cfg: Mapping, sources: Mapping[str, Path], clip_dir: Path) -> di
         if override:
             _toy_sections(override, clip_dir, backbone)
     if "hpo" in out:
-        _toy_hpo(out["hpo"])
+        _toy_hpo(out["hpo"], shared, full)
     return out
 
 
@@ -220,14 +224,22 @@ def _hub_to_local(section: Mapping | None, key: str, clip_dir: Path) -> None:
         section[key] = str(clip_dir)
 
 
-def _toy_hpo(hpo: dict) -> None:
-    if "trials" in hpo:
-        hpo["trials"] = min(hpo["trials"], HPO_TRIALS)
+def _toy_hpo(hpo: dict, shared: Mapping, full: Mapping) -> None:
+    """Few short trials; a searched key the overlay shrinks in the shared sections (batch
+    size, dual-encoder sizes) gets that toy value as its only choice, the rest stay."""
+    from cliptune.hpo_space import expand
+
+    hpo["trials"] = min(hpo.get("trials", HPO_TRIALS), HPO_TRIALS)
     if hpo.get("epochs") is not None:
         hpo["epochs"] = min(hpo["epochs"], EPOCHS)
-    space = hpo.get("space") or {}
-    if "choices" in (space.get("train.batch_size") or {}):
-        space["train.batch_size"] = {"choices": [BATCH_SIZE]}
+    for key in hpo.get("space") or {}:
+        paths = expand(key)
+        if not all(p in TOUCHABLE and _get(shared, p) != _get(full, p) for p in paths):
+            continue
+        values = {json.dumps(_get(shared, p)) for p in paths}
+        if len(values) != 1:
+            raise NotImplementedError(f"hpo.space.{key}: the toy sizes of {paths} differ")
+        hpo["space"][key] = {"choices": [json.loads(values.pop())]}
 
 
 def _get(obj: Mapping, path: str) -> Any:
@@ -267,4 +279,9 @@ def touchable(path: str) -> bool:
     if m:
         inner = m.group(1)
         return inner.split(".")[0] in VARIANT_SECTIONS and inner in TOUCHABLE
+    m = SPACE_FIELD.match(path)
+    if m:
+        from cliptune.hpo_space import expand
+
+        return all(p in TOUCHABLE for p in expand(m.group(1)))
     return path in TOUCHABLE

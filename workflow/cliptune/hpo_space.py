@@ -5,9 +5,11 @@
         train.lr: {low: 1.0e-5, high: 1.0e-3, log: true}      # float range, log-uniform
         train.batch_size: {choices: [32, 64, 128]}            # categorical
         model.dual_encoder.vision.depth: {low: 4, high: 12, step: 2}  # integer range
+        model.dual_encoder.{vision,text}.dropout: {choices: [0.05, 0.1]}  # one value, both keys
 
 Any numeric or categorical key of a variant's ``model`` or ``train`` section can be
-searched; a key left out keeps the variant's value. Each key is checked against the
+searched; a key left out keeps the variant's value. A ``{a,b}`` group in a key ties
+several keys to one sampled value (one Optuna parameter). Each key is checked against the
 config schema at load time (a mistyped path, a range on a non-numeric key, a value the
 key does not allow, ``low >= high``, ``log`` with ``low <= 0`` all fail naming the
 key), so a search never starts with a space it cannot sample.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
+import re
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -36,8 +40,21 @@ FIXED = {
     "train.seeds": "replicate seeds are separate runs, not a hyperparameter",
     "train.devices": "the job's GPU count is fixed when it is scheduled",
     "train.nodes": "the job's node count is fixed when it is scheduled",
+    "train.resume_from": "every trial trains from scratch in a scratch folder of its own",
+    "train.keep_epoch_checkpoints": "a trial's folder is deleted when it ends",
 }
 RANGE_KEYS = {"low", "high", "log", "step"}
+_GROUP = re.compile(r"\{([^{}]*)\}")
+
+
+def expand(key: str) -> list[str]:
+    """The dotted paths one space key sets: ``a.{b,c}.d`` -> ``a.b.d``, ``a.c.d``."""
+    groups = [[alt.strip() for alt in g.split(",")] for g in _GROUP.findall(key)]
+    pieces = _GROUP.split(key)[::2]  # the text around the groups
+    paths = []
+    for combo in itertools.product(*groups):
+        paths.append("".join(p + c for p, c in zip(pieces, (*combo, ""), strict=True)))
+    return paths
 
 
 @cache
@@ -93,16 +110,23 @@ def check_space(space: Mapping) -> None:
     if not space:
         raise ConfigError("config error: hpo.space is empty; list at least one key to search "
                           "(e.g. train.lr: {low: 1.0e-5, high: 1.0e-3, log: true})")
-    for path, spec in space.items():
-        leaf = _leaf(path)
+    for key, spec in space.items():
+        paths = expand(key)
+        leaves = [_leaf(path) for path in paths]  # first: a wrong path is the likeliest error
         if not isinstance(spec, Mapping):
             raise ConfigError(
-                f"config error: hpo.space.{path} = {spec!r}: give a range {{low, high, log?, "
+                f"config error: hpo.space.{key} = {spec!r}: give a range {{low, high, log?, "
                 "step?}} or a list of values {choices: [...]}")
-        if "choices" in spec:
-            _check_choices(path, spec, leaf)
-        else:
-            _check_range(path, spec, leaf)
+        if len(set(paths)) < len(paths):
+            raise ConfigError(f"config error: hpo.space.{key}: its {{a,b}} group repeats a key")
+        if len({is_integer(path) for path in paths}) > 1:
+            raise ConfigError(f"config error: hpo.space.{key} ties integer and non-integer "
+                              f"keys {paths}; one sampled value cannot fit both")
+        for path, leaf in zip(paths, leaves, strict=True):
+            if "choices" in spec:
+                _check_choices(path, spec, leaf)
+            else:
+                _check_range(path, spec, leaf)
 
 
 def _check_choices(path: str, spec: Mapping, leaf: dict) -> None:
@@ -159,33 +183,35 @@ def _check_range(path: str, spec: Mapping, leaf: dict) -> None:
 
 
 def is_integer(path: str) -> bool:
-    return "number" not in _types(leaf_schemas()[path])
+    return "number" not in _types(_leaf(path))
 
 
 def suggest(trial, space: Mapping) -> dict[str, Any]:
     """One point of ``space`` (already checked): dotted path -> value, named by its path."""
     out: dict[str, Any] = {}
-    for path, spec in space.items():
+    for key, spec in space.items():
         if "choices" in spec:
-            out[path] = trial.suggest_categorical(path, list(spec["choices"]))
-        elif is_integer(path):
-            out[path] = trial.suggest_int(path, spec["low"], spec["high"],
-                                          step=spec.get("step") or 1, log=spec.get("log", False))
+            out[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        elif is_integer(expand(key)[0]):
+            out[key] = trial.suggest_int(key, spec["low"], spec["high"],
+                                         step=spec.get("step") or 1, log=spec.get("log", False))
         else:
-            out[path] = trial.suggest_float(path, spec["low"], spec["high"],
-                                            step=spec.get("step"), log=spec.get("log", False))
+            out[key] = trial.suggest_float(key, spec["low"], spec["high"],
+                                           step=spec.get("step"), log=spec.get("log", False))
     return out
 
 
 def nest(params: Mapping[str, Any]) -> dict:
-    """``{"train.lr": 1e-4}`` -> ``{"train": {"lr": 1e-4}}`` (a variant override)."""
+    """``{"train.lr": 1e-4}`` -> ``{"train": {"lr": 1e-4}}`` (a variant override); a tied
+    key sets each of its paths."""
     out: dict = {}
-    for path, value in params.items():
-        *parents, leaf = path.split(".")
-        node = out
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = copy.deepcopy(value)
+    for key, value in params.items():
+        for path in expand(key):
+            *parents, leaf = path.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = copy.deepcopy(value)
     return out
 
 
@@ -193,7 +219,7 @@ def check_applies(space: Mapping, variant: Mapping) -> None:
     """Every searched model key must belong to ``variant``'s model kind (else a trial
     would change a setting that model never reads: a search over nothing)."""
     kind = variant["model"]["kind"]
-    for path in space:
+    for path in (p for key in space for p in expand(key)):
         parts = path.split(".")
         if parts[0] != "model":
             continue

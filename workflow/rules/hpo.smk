@@ -22,7 +22,9 @@ rule hpo:
     params:
         variant=variant_json,
         override=lambda w: canonical_json(CFG["variants"].get(w.variant) or {}),
-        hpo=canonical_json(CFG["hpo"]),
+        # A function: a plain string would be formatted with wildcards, and a tied space
+        # key such as model.dual_encoder.{vision,text}.dropout reads as one.
+        hpo=lambda w: canonical_json(CFG["hpo"]),
         # The study journal is not an output: a failed or killed search keeps it and resumes.
         storage=f"{HPO_DIR}/study.journal",
     threads: 8

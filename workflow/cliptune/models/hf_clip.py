@@ -1,6 +1,6 @@
 """Whole-CLIP variants: a pretrained HF CLIPModel (zero-shot, full fine-tuning with
-lock-image / lock-text, LoRA via peft) and a from-scratch dual encoder (small ViT +
-text transformer built from config, random init) with the same interface.
+lock-image / lock-text, LoRA via peft) and a from-scratch dual encoder (a ViT + text
+transformer sized by ``model.dual_encoder``, random init) with the same interface.
 
 Interface shared with models.ClipHead (what train.py and evaluate.py use):
 ``embed_images(x01)``, ``encode_images(uint8 NHWC)``, ``embed_texts(list[str])``,
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -70,13 +71,19 @@ def _load_pretrained(model: str):
 def _scratch_tokenizer(name: str):
     """The vocabulary of a from-scratch text tower: CLIP's BPE built offline
     (``clip-bpe``), or the tokenizer of a hub id / local checkpoint directory."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, CLIPTokenizerFast
 
     if name == CLIP_BPE:
         return clip_bpe_tokenizer()
-    path = resolve_model_path(name)
+    source = resolve_model_path(name)
+    folder = Path(source)
+    # Only vocab.json + merges.txt (OpenAI's files): AutoTokenizer cannot tell the class.
+    bare_bpe = all((folder / f).is_file() for f in ("vocab.json", "merges.txt")) and not any(
+        (folder / f).is_file() for f in ("tokenizer_config.json", "config.json"))
     try:
-        return AutoTokenizer.from_pretrained(path)
+        if bare_bpe:
+            return CLIPTokenizerFast.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise EncoderUnavailableError(_fix_message(name, exc)) from exc
 

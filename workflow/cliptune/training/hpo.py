@@ -1,7 +1,8 @@
 """Optuna search for one variant over ``hpo.space`` (any of its model/train keys by
-dotted path, cliptune.hpo_space). The study lives in a journal file next to the outputs (not an output
-itself), so an interrupted search resumes where it stopped; a changed search
-config or variant starts a new study in the same file (the name carries a hash).
+dotted path, cliptune.hpo_space). The study lives in a journal file next to the
+outputs (not an output itself), so an interrupted search resumes where it stopped; a
+changed search config or variant starts a new study in the same file (the name
+carries a hash).
 
 Each trial's variant is the variant deep-merged with the sampled keys and checked like
 any configured variant: a combination the config would reject (heads that do not divide
