@@ -49,8 +49,11 @@ CONFIG = deep_merge(TINY, {
 })
 # Two single-GPU variants with the same settings (the fake node has two GPUs: they run
 # side by side; one is requeued mid-run and must end where the other does) and one
-# that trains on two GPUs (torchrun, gloo on the CPU here).
-CONFIG["variants"] = {"baseline": {}, "preempted": {}, "two_gpus": {"train": {"devices": 2}}}
+# that trains on two GPUs (torchrun, gloo on the CPU here) and gets SIGTERM mid-run,
+# as `--signal=TERM@N` sends it, after its first epoch, then resumes in Snakemake's
+# retry (four epochs, so that it is still training when the signal comes).
+CONFIG["variants"] = {"baseline": {}, "preempted": {},
+                      "two_gpus": {"train": {"devices": 2, "epochs": 4}}}
 MARKER = f"resources/weights/hf/{REPO_ID.replace('/', '--')}@main.json"
 OFFLINE = "pretrained weights load from {} only (HF_HUB_OFFLINE=1)"
 
@@ -63,6 +66,7 @@ class Cluster:
         self.env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf")}
         self.hub_requests_at_marker: int | None = None
         self.requeued: dict | None = None  # job id, squeue snapshot, requeue result
+        self.termed: dict | None = None  # the same for the SIGTERM to two_gpus's job steps
         self.error: str | None = None  # what stopped the watcher, if anything did
 
     def squeue(self) -> list[list[str]]:
@@ -77,30 +81,42 @@ class Cluster:
             self.error = repr(exc)
 
     def _watch(self, proc: subprocess.Popen) -> None:
-        steps = self.run / "logs/tiny/train/preempted/steps.csv"
         while proc.poll() is None:
             if self.hub_requests_at_marker is None and (self.run / MARKER).exists():
                 # From now on the hub is gone: a job that reached for it would fail.
                 self.hub_requests_at_marker = len(self.hub.requests)
                 self.hub.shutdown()
                 self.hub.server_close()
-            if self.requeued is None and steps.exists() and len(
-                    steps.read_text().splitlines()) >= 2:
-                self.requeue()
+            if self.requeued is None and self.stepped("preempted"):
+                self.requeued = self.signal("preempted", ["scontrol", "requeue"])
             elif self.requeued and not self.requeued.get("released"):
                 self.release()
+            if self.termed is None and "epoch 1:" in self.log("two_gpus"):
+                # What --signal=TERM@N does: SIGTERM to every process of the job steps.
+                self.termed = self.signal("two_gpus", ["scancel", "--signal=TERM"])
             time.sleep(0.2)
 
-    def requeue(self) -> None:
-        """What a preempting scheduler does to a --requeue job: SIGTERM, then requeue."""
+    def stepped(self, variant: str) -> bool:
+        """A training step is logged: the job is inside its signal-guarded loop."""
+        steps = self.run / f"logs/tiny/train/{variant}/steps.csv"
+        return steps.exists() and len(steps.read_text().splitlines()) >= 2
+
+    def log(self, variant: str) -> str:
+        """The training log (torchrun's rank 0 logs there, but writes no steps.csv)."""
+        path = self.run / f"logs/tiny/train/{variant}.log"
+        return path.read_text() if path.exists() else ""
+
+    def signal(self, variant: str, command: list[str]) -> dict | None:
+        """Run ``command JOBID`` on the variant's training job (``scontrol requeue``: what
+        a preempting scheduler does to a --requeue job, SIGTERM then requeue)."""
         jobs = self.squeue()
-        job = next((j for j, comment, _ in jobs if comment == "rule_train_wildcards_preempted"),
-                   None)
+        job = next((j for j, comment, _ in jobs
+                    if comment == f"rule_train_wildcards_{variant}"), None)
         if job is None:  # not listed yet: try again at the next poll
-            return
-        done = subprocess.run(["scontrol", "requeue", job], env=self.env, capture_output=True,
-                              text=True, timeout=30)
-        self.requeued = {"job": job, "jobs": jobs, "rc": done.returncode, "err": done.stderr}
+            return None
+        done = subprocess.run([*command, job], env=self.env, capture_output=True, text=True,
+                              timeout=30)
+        return {"job": job, "jobs": jobs, "rc": done.returncode, "err": done.stderr}
 
     def release(self) -> None:
         """SLURM holds a requeued job for 121 s before it may start again (a real cluster
@@ -118,7 +134,8 @@ def run_workflow(tmp_path: Path, repo: Path, hub: FakeHub) -> tuple[int, str, Cl
            if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_HOME")}
     # The state folder must be reachable by the munge user: not below pytest's 0700 tmp.
     state = Path(tempfile.mkdtemp(prefix="cliptune-slurm."))  # the script removes it
-    env.update(PYTHON=sys.executable, HF_ENDPOINT=hub.url, SLURM_STATE=str(state))
+    # RETRIES: the profile's retries (2), lowered to the one the SIGTERMed job needs.
+    env.update(PYTHON=sys.executable, HF_ENDPOINT=hub.url, SLURM_STATE=str(state), RETRIES="1")
     cluster = Cluster(tmp_path, state, hub)
     with open(tmp_path / "out.txt", "w") as out:
         proc = subprocess.Popen(["bash", str(repo / "scripts/local_slurm.sh"), str(tmp_path)],
@@ -201,6 +218,22 @@ def check_preemption(run: Path, cluster: Cluster, jobs: dict) -> None:
               for v in ("baseline", "preempted"))
     ma.pop("variant"), mb.pop("variant")
     assert ma == mb and ma["rsum"] > 0, (ma, mb)
+    check_term_and_retry(run, cluster, jobs)
+
+
+def check_term_and_retry(run: Path, cluster: Cluster, jobs: dict) -> None:
+    """SIGTERM to the job steps of the two-GPU training (torchrun): it saved, the job
+    failed, and Snakemake's retry (a second SLURM job) resumed from that state."""
+    assert cluster.termed and cluster.termed["rc"] == 0, cluster.termed
+    mine = sorted((int(j), f["JobState"]) for j, f in jobs.items()
+                  if f.get("Comment") == "rule_train_wildcards_two_gpus")
+    assert [state for _, state in mine] == ["FAILED", "COMPLETED"], mine
+    assert str(mine[0][0]) == cluster.termed["job"], (mine, cluster.termed)
+    log = (run / "logs/tiny/train/two_gpus.log").read_text()
+    resumed = re.search(r"resuming two_gpus from results/tiny/checkpoints/two_gpus/state.pt "
+                        r"at epoch (\d+) step (\d+)", log)
+    assert resumed, log[-3000:]
+    assert (int(resumed.group(1)), int(resumed.group(2))) > (1, 0), resumed.group(0)
 
 
 def check_weights_offline(run: Path, out: str, cluster: Cluster, jobs: dict) -> None:
