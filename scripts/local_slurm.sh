@@ -166,10 +166,13 @@ cd "$RUN_DIR"
 log "running snakemake --profile profiles/slurm in $RUN_DIR"
 # Overrides for a small test node: squeue status polling (no slurmdbd), fast
 # polls, small memory/CPU requests. Every rule sets its own mem_mb/runtime (sized
-# for COCO), so each is lowered here by name; GPU counts stay the rules' own.
+# for COCO), so each is lowered here by name (all the workflow's rules, listed by
+# snakemake itself); GPU counts stay the rules' own.
+RULES=$("$PYTHON" -m snakemake -s "$REPO/Snakefile" --directory "$RUN_DIR" \
+  --configfile "$RUN_DIR/config.yaml" --list-rules | grep -E '^[A-Za-z_][A-Za-z0-9_]*$' || true)
+[[ -n $RULES ]] || { log "snakemake --list-rules listed no rules"; exit 1; }
 SMALL=()
-for rule in demo_dataset captions image_cache data_report samples text_embeddings \
-    backbone_features train evaluate figures aggregate loss_overlay summary hpo weights; do
+for rule in $RULES; do
   SMALL+=("$rule:mem_mb=1000" "$rule:runtime=20")
 done
 "$PYTHON" -m snakemake -s "$REPO/Snakefile" --directory "$RUN_DIR" \

@@ -63,6 +63,7 @@ class Cluster:
         self.env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf")}
         self.hub_requests_at_marker: int | None = None
         self.requeued: dict | None = None  # job id, squeue snapshot, requeue result
+        self.error: str | None = None  # what stopped the watcher, if anything did
 
     def squeue(self) -> list[list[str]]:
         out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%T"], env=self.env,
@@ -70,6 +71,12 @@ class Cluster:
         return [line.split("|") for line in out.splitlines()]
 
     def watch(self, proc: subprocess.Popen) -> None:
+        try:
+            self._watch(proc)
+        except Exception as exc:  # a thread's exception would go unseen: keep it for the test
+            self.error = repr(exc)
+
+    def _watch(self, proc: subprocess.Popen) -> None:
         steps = self.run / "logs/tiny/train/preempted/steps.csv"
         while proc.poll() is None:
             if self.hub_requests_at_marker is None and (self.run / MARKER).exists():
@@ -121,7 +128,9 @@ def run_workflow(tmp_path: Path, repo: Path, hub: FakeHub) -> tuple[int, str, Cl
         try:
             rc = proc.wait(timeout=1800)
         finally:
-            proc.kill() if proc.poll() is None else None
+            if proc.poll() is None:
+                proc.terminate()  # the script's trap stops the daemons
+                proc.wait(timeout=60)
         watcher.join(timeout=30)
     return rc, (tmp_path / "out.txt").read_text(), cluster
 
@@ -140,8 +149,12 @@ def test_demo_runs_through_the_slurm_profile(tmp_path, repo, tiny_clip_dir):
     files = {p.name: p.read_bytes() for p in tiny_clip_dir.iterdir() if p.is_file()}
     hub = FakeHub(files)
     threading.Thread(target=hub.serve_forever, daemon=True).start()
-    rc, out, cluster = run_workflow(tmp_path, repo, hub)
+    try:
+        rc, out, cluster = run_workflow(tmp_path, repo, hub)
+    finally:
+        hub.shutdown()  # a no-op wait when the watcher already stopped it
     assert rc == 0, out[-8000:]
+    assert cluster.error is None, cluster.error
     assert "cluster up" in out and "finished with status 0" in out
     table = pd.read_csv(tmp_path / "results/ablation.csv")
     assert list(table["variant"]) == ["baseline", "preempted", "two_gpus"]

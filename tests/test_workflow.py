@@ -205,3 +205,42 @@ def test_html_report_is_self_contained(finished_run, repo):
     snakemake(finished_run, repo, "--report", "results/report.html")
     html = (finished_run / "results/report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "ablation" in html
+
+
+def test_search_your_own_images(finished_run, repo, tmp_path):
+    """`snakemake search` on the finished tiny run, a folder holding a bad file; new
+    queries re-rank without re-embedding, a new photo re-embeds, no folder stops early."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, colour in enumerate([(230, 20, 20), (20, 20, 230), (20, 200, 20)]):
+        Image.new("RGB", (48, 36), colour).save(photos / f"p{i}.jpg")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+
+    def search(*args, queries="[a red circle, a blue square]", check=True):
+        override = f"search={{images: {photos}, queries: {queries}, top_k: 2}}"
+        return snakemake(finished_run, repo, *args, "search", "--config", override, check=check)
+
+    search()
+    out = finished_run / "results/tiny/search/baseline"
+    assert (out / "skipped.txt").read_text().splitlines()[1].startswith("broken.png\tnot an image")
+    t2i = pd.read_csv(out / "text_to_image.csv")
+    assert t2i["query"].tolist() == ["a red circle"] * 2 + ["a blue square"] * 2
+    assert set(t2i["file"]) <= {"p0.jpg", "p1.jpg", "p2.jpg"}
+    i2t = pd.read_csv(out / "image_to_text.csv")
+    assert i2t["file"].tolist() == ["p0.jpg", "p0.jpg", "p1.jpg", "p1.jpg", "p2.jpg", "p2.jpg"]
+    val = pd.read_parquet(finished_run / "results/tiny/captions/val.parquet")
+    assert set(i2t["caption"]) <= set(val["caption"])  # captions of the evaluation split
+    for png in ("text_to_image.png", "image_to_text.png"):
+        assert (out / png).stat().st_size > 10_000
+    assert "img/s" in (finished_run / "logs/tiny/search/baseline/embed.log").read_text()
+    # New queries: only the ranking reruns, the folder embeddings are reused.
+    jobs = planned_jobs(search("-n", queries="[two shapes]"))
+    assert "search_embed" not in jobs and jobs.get("search_text_to_image") == 1
+    # A new photo changes the folder: it is embedded again.
+    Image.new("RGB", (40, 40), (230, 20, 20)).save(photos / "p3.png")
+    assert planned_jobs(search("-n")).get("search_embed") == 1
+    # Without a folder the target stops before any job and says what to set.
+    proc = snakemake(finished_run, repo, "-n", "search", check=False)
+    assert proc.returncode != 0 and "search.images is not set" in proc.stdout + proc.stderr

@@ -91,11 +91,13 @@ def embed_folder(variant: dict, weights: Path, embed_dim: int, folder: Path, out
                                         workers, show_progress)
     seconds = time.perf_counter() - start
     write_skipped(out_dir / SKIPPED, folder, skipped)
+    for file, why in skipped[:50]:  # also in the log: a failed job's outputs are removed
+        log.warning("skipped %s: %s", file, why)
     if not kept:
         first = "; ".join(f"{f}: {why}" for f, why in skipped[:3])
         raise ImageFolderError(
             f"search.images: none of the {len(entries)} files in {folder} is a readable "
-            f"image (first: {first}); every reason is in {out_dir / SKIPPED}")
+            f"image (first: {first}); the job's log lists the others")
     manifest = pd.DataFrame({"row": np.arange(len(kept)), "file": [e.file for e in kept],
                              "size": [e.size for e in kept],
                              "mtime_ns": [e.mtime_ns for e in kept]})

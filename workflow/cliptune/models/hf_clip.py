@@ -1,6 +1,6 @@
 """Whole-CLIP variants: a pretrained HF CLIPModel (zero-shot, full fine-tuning with
-lock-image / lock-text, LoRA via peft) and a from-scratch dual encoder (small ViT +
-text transformer built from config, random init) with the same interface.
+lock-image / lock-text, LoRA via peft) and a from-scratch dual encoder (a ViT + text
+transformer sized by ``model.dual_encoder``, random init) with the same interface.
 
 Interface shared with models.ClipHead (what train.py and evaluate.py use):
 ``embed_images(x01)``, ``encode_images(uint8 NHWC)``, ``embed_texts(list[str])``,
