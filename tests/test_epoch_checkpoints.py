@@ -9,10 +9,9 @@ import os
 import pytest
 import torch
 import yaml
-from tiny_pairs import tiny_variant, write_split
+from tiny_pairs import load_train_val, tiny_variant
 
 from cliptune.config import ConfigError, deep_merge, load_config, resolve_variant
-from cliptune.data.pairs import PairData
 from cliptune.training.checkpoint import resume_hash
 from cliptune.training.epoch_checkpoints import (
     ResumeError,
@@ -25,13 +24,7 @@ from cliptune.training.epoch_checkpoints import (
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pairs")
-    out = {}
-    for prefix, n, seed in (("train", 32, 1), ("val", 16, 2)):
-        paths = write_split(folder, prefix, n, seed=seed)
-        out[prefix] = PairData.load(*(paths[f"{prefix}_{k}"] for k in
-                                      ("captions", "text", "array", "index")))
-    return out["train"], out["val"]
+    return load_train_val(tmp_path_factory.mktemp("pairs"), n_train=32, n_val=16)
 
 
 def variant(**train) -> dict:

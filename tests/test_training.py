@@ -11,21 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny_pairs import tiny_variant, write_split
+from tiny_pairs import load_train_val, tiny_variant
 
 from cliptune.config import deep_merge
-from cliptune.data.pairs import PairData
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pairs")
-    out = {}
-    for prefix, n, seed in (("train", 32, 1), ("val", 16, 2)):
-        paths = write_split(folder, prefix, n, seed=seed)
-        out[prefix] = PairData.load(*(paths[f"{prefix}_{k}"] for k in
-                                      ("captions", "text", "array", "index")))
-    return out["train"], out["val"]
+    return load_train_val(tmp_path_factory.mktemp("pairs"), n_train=32, n_val=16)
 
 
 def variant(**overrides) -> dict:
