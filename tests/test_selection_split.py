@@ -49,12 +49,27 @@ def assert_honest(cfg: dict) -> tuple[str, set[str]]:
     return select, chosen
 
 
+def flickr_results_csv(path: Path, n_images: int) -> Path:
+    """A Flickr30k results.csv (the Kaggle copy's format): 5 captions per image."""
+    lines = ["image_name| comment_number| comment"]
+    lines += [f"{1000 + i}.jpg| {k}| A photo number {i} caption {k} ."
+              for i in range(n_images) for k in range(5)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def shipped_here(path: Path, tmp_path: Path) -> dict:
     """A shipped config with only what cannot run here replaced: its images (generated,
-    COCO 2014 layout, no download) and sizes; every split and selection setting kept."""
+    COCO 2014 layout or a Flickr30k results.csv, no download) and sizes; every split
+    and selection setting kept."""
     raw = yaml.safe_load(path.read_text())
     ds = raw["dataset"]
-    assert ds["source"] in ("coco", "demo"), f"{path.name}: add its source to this test"
+    assert ds["source"] in ("coco", "demo", "flickr30k"), f"{path.name}: add its source"
+    if ds["source"] == "flickr30k":  # results.csv: no split column, a seeded val/test holdout
+        ds.update(root=str(tmp_path), download=False,
+                  annotations=str(flickr_results_csv(tmp_path / "results.csv", 40)))
+        ds["holdout"] = {**ds["holdout"], "val": 6, "test": 5}
+        return raw
     root = tmp_path / "data"
     generate_demo_dataset(root, train_images=40, val_images=12, image_size=16)
     ds.update(root=str(root), download=False)
@@ -69,6 +84,12 @@ def test_shipped_configs_select_apart_from_what_they_report(path, tmp_path):
     shipped = yaml.safe_load(path.read_text())["dataset"].get("selection", {})
     cfg = load_config(raw)
     select, chosen = assert_honest(cfg)
+    if raw["dataset"]["source"] == "flickr30k":  # a test split: select on val, report test
+        assert select == "val" and len(chosen) == 6
+        assert {resolve_variant(cfg, n)["eval"]["split"] for n in cfg["variants"]} == {"test"}
+        ds = cfg["dataset"]
+        assert len(images_of(ds, "test")) == 5 and len(images_of(ds, "train")) == 40 - 11
+        return
     assert select == shipped.get("split", SELECT_SPLIT) == SELECT_SPLIT  # no test split
     assert len(chosen) == 6
     # The holdout plus the rest is the whole source train split: nothing lost or doubled.
