@@ -113,7 +113,8 @@ def test_torchrun_command(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_training_run_writes_outputs_once(tmp_path):
-    spec = write_spec(tmp_path, tiny_variant(epochs=1, batch_size=8, devices=2), name="ddp")
+    spec = write_spec(tmp_path, tiny_variant(epochs=1, batch_size=8, devices=2, log_every_steps=1),
+                      name="ddp")
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "OMP_NUM_THREADS": "1"}
     argv = torchrun_argv(spec, 2, 1, env={})
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
@@ -126,4 +127,7 @@ def test_two_process_training_run_writes_outputs_once(tmp_path):
     assert len(hist) == 1 and np.isfinite(hist["val_loss"]).all()
     log = (tmp_path / "ddp" / "train.log").read_text()
     assert "rank 0 of 2" in log and "rank1" not in log  # only rank 0 writes the log file
+    # The per-step / per-epoch logs too (steps.csv, epochs.csv: logs/{DS}/train/{variant}/).
+    logs = tmp_path / "ddp" / "logs"
+    assert len(pd.read_csv(logs / "epochs.csv")) == 1 and len(pd.read_csv(logs / "steps.csv")) == 4
     assert (tmp_path / "ddp" / "ckpt" / "state.pt").is_file()

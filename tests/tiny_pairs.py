@@ -77,7 +77,8 @@ def write_spec(tmp: Path, variant: dict, n_train: int = 32, n_val: int = 16,
                   else _existing(data, "val"))
     run = tmp / name
     spec = {"variant": variant, "inputs": inputs, "out_dir": str(run / "out"),
-            "state": str(run / "ckpt" / "state.pt"), "log": str(run / "train.log"), "threads": 1}
+            "state": str(run / "ckpt" / "state.pt"), "log": str(run / "train.log"),
+            "log_dir": str(run / "logs"), "threads": 1}
     run.mkdir(parents=True, exist_ok=True)
     path = run / "launch.json"
     path.write_text(json.dumps(spec))

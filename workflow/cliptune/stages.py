@@ -120,16 +120,17 @@ def train(smk) -> None:
 
     variant = json.loads(smk.params.variant)
     out_dir = Path(smk.output.model).parent
+    # Per-step / per-epoch CSV and TensorBoard logs: logs/{DS}/train/{variant}/ (not outputs).
+    log_dir = Path(str(smk.log[0])).with_suffix("") if smk.log else None
     if world_size(variant["train"]) > 1:  # train.devices/nodes: torchrun workers
         devices, nodes = variant["train"]["devices"], variant["train"]["nodes"]
         state = Path(smk.params.state)
         spec = {"variant": variant, "inputs": _named_inputs(smk), "out_dir": str(out_dir),
                 "state": str(state), "log": str(smk.log[0]) if smk.log else None,
+                "log_dir": str(log_dir) if log_dir else None,
                 "threads": max(1, smk.threads // devices)}
         launch(spec, state.with_name("launch.json"), devices, nodes)
     else:
-        # Per-step / per-epoch CSV and TensorBoard logs: logs/{DS}/train/{variant}/ (not outputs).
-        log_dir = Path(str(smk.log[0])).with_suffix("") if smk.log else None
         train_variant(variant, _pairs(smk, "train"), _pairs(smk, "val"), out_dir,
                       Path(smk.params.state), log_dir=log_dir)
     # Drawn here, not in the trainer: training never imports reporting.

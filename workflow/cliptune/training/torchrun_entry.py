@@ -5,7 +5,8 @@
 
 The spec (written by cliptune.training.distributed.launch) holds the resolved variant,
 the input paths of the train and validation splits, the output folder, the
-resume-state path and the rule's log file. Without torchrun's environment it
+resume-state path, the rule's log file and the folder of the per-step / per-epoch
+logs (rank 0 writes them). Without torchrun's environment it
 trains in one process, which is also how the preemption tests drive it.
 """
 
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--spec", type=Path, required=True, help="launch.json of the train stage")
     args = ap.parse_args(argv)
     spec = json.loads(args.spec.read_text())
-    _setup_logging(spec.get("log"), int(os.environ.get("RANK", "0")))
+    _setup_logging(spec["log"], int(os.environ.get("RANK", "0")))
 
     from cliptune.data.feature_cache import load_split
     from cliptune.runtime import set_threads
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
         log.info("rank %d of %d on %s", ctx.rank, ctx.world_size, ctx.device)
         train_variant(variant, load_split(spec["inputs"], "train"),
                       load_split(spec["inputs"], "val"), Path(spec["out_dir"]),
-                      Path(spec["state"]), show_progress=ctx.is_main, dist_ctx=ctx)
+                      Path(spec["state"]), show_progress=ctx.is_main, dist_ctx=ctx,
+                      log_dir=Path(spec["log_dir"]) if spec["log_dir"] else None)
     except PreemptedError as exc:
         log.warning("%s", exc)
         return 3
