@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from cliptune.config import DEFAULTS, SOURCE_SPLITS, deep_merge
+from cliptune.config import DEFAULTS, deep_merge
 from cliptune.config_schema import (
     is_section,
     load_schema,
@@ -15,6 +15,7 @@ from cliptune.config_schema import (
     subschema,
     validate,
 )
+from cliptune.dataset_config import SOURCE_SPLITS
 
 REGENERATE = "PYTHONPATH=workflow python tools/config_docs.py  (or: make config-docs)"
 

@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cliptune.config import KAGGLE_IMAGES, ConfigError, load_config
+from cliptune.config import ConfigError, load_config
 from cliptune.data.kaggle_download import (
     KAGGLE_FLICKR30K,
     KaggleDownloadError,
     fetch_flickr30k,
 )
+from cliptune.dataset_config import KAGGLE_IMAGES
 
 N_IMAGES = 8
 

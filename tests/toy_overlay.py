@@ -134,7 +134,8 @@ def _write_karpathy(coco: Path, path: Path, flat: bool = False) -> Path:
 
 def toy_overlay(cfg: Mapping, sources: Mapping[str, Path], clip_dir: Path) -> dict:
     """A copy of ``cfg`` that runs here at toy scale (module docstring)."""
-    from cliptune.config import carves_selection, load_config, resolve_variant
+    from cliptune.config import load_config, resolve_variant
+    from cliptune.dataset_config import carves_selection
 
     out = copy.deepcopy(dict(cfg))
     _toy_dataset(out["dataset"], sources)

@@ -1,6 +1,7 @@
-"""Configuration: loading, per-source dataset defaults and per-variant resolution.
+"""Configuration: loading and per-variant resolution.
 
-Defaults and validation live in cliptune.config_schema (read from the schema).
+Defaults and validation live in cliptune.config_schema (read from the schema); the
+per-source dataset defaults and the selection split in cliptune.dataset_config.
 
 A variant is a small override deep-merged over the shared sections. The
 resolved variant is what training and evaluation see, and its canonical JSON
@@ -14,7 +15,6 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 # Re-exported: callers import the schema machinery and DEFAULTS from cliptune.config.
@@ -29,33 +29,12 @@ from cliptune.config_schema import (  # noqa: F401
     subschema,
     validate,
 )
+from cliptune.dataset_config import resolve_dataset, resolve_selection, split_names
 from cliptune.hpo_space import check_space
 
 # Sections a variant may override; everything else is shared by all variants.
 VARIANT_SECTIONS = ("text_encoder", "model", "train", "eval", "image_size")
 UNTRAINED = "untrained"
-
-
-# cliptune split -> source split label, when dataset.splits is not given.
-SOURCE_SPLITS: dict[str, dict[str, str]] = {
-    "demo": {"train": "train2014", "val": "val2014"},
-    "coco": {"train": "train2014", "val": "val2014"},
-    "karpathy_coco": {"train": "train", "val": "val", "test": "test"},
-    "flickr30k": {"train": "train", "val": "val", "test": "test"},
-    "json": {"train": "train", "val": "val"},
-    "folder": {"train": "train", "val": "val"},
-    "table": {"train": "train", "val": "val"},
-}
-KARPATHY_FILES = {"karpathy_coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
-# Model selection (dataset.selection): without a test split, a seeded holdout of train
-# images named SELECT_SPLIT selects the model and val is reported.
-SELECT_SPLIT = "select"
-SELECT_IMAGES = 5000
-COCO_TRAIN_IMAGES = 82783  # train2014: the demo's holdout keeps COCO's fraction
-COCO_DOWNLOAD_ROOT = "resources/coco2014"
-# dataset.download: kaggle (Flickr30k): the image folder link; results.csv goes beside it.
-KAGGLE_IMAGES = "resources/flickr30k_kaggle/flickr30k_images"
-DEMO_ROOT = "resources/{name}"
 
 
 def deep_merge(base: Mapping, override: Mapping | None) -> dict:
@@ -79,7 +58,7 @@ def load_config(config: Mapping) -> dict:
     cfg = deep_merge(DEFAULTS, config)
     if space is not None:  # a given space replaces the default one (keys left out: not searched)
         cfg["hpo"]["space"] = copy.deepcopy(dict(space))
-    _resolve_dataset(cfg["dataset"], config["dataset"])
+    resolve_dataset(cfg["dataset"], config["dataset"])
     variants = cfg["variants"]
     for name, override in variants.items():
         given = {*(config.get("train") or {}), *((override or {}).get("train") or {})}
@@ -91,7 +70,7 @@ def load_config(config: Mapping) -> dict:
         )
     if "train" not in cfg["dataset"]["splits"]:
         raise ConfigError("config error: dataset.splits needs a 'train' entry")
-    _resolve_selection(cfg)
+    resolve_selection(cfg)
     _resolve_search(cfg)
     names = split_names(cfg["dataset"])
     for name in variants:
@@ -114,49 +93,6 @@ def _check_zero_shot_form(config: Mapping) -> None:
             "config error: report.zero_shot.classes is now per task: write report.zero_shot."
             f"tasks: {{objects: {{classes: {zero_shot['classes']!r}, labels: <coco|demo|"
             "captions|none>}}} (config/README.md, docs/report.md)")
-
-
-def carves_selection(ds: Mapping) -> bool:
-    """True when the selection split is a holdout carved out of train by the captions stage."""
-    return ds["selection"]["split"] == SELECT_SPLIT and SELECT_SPLIT not in ds["splits"]
-
-
-def split_names(ds: Mapping) -> list[str]:
-    """Every cliptune split the captions stage writes: dataset.splits plus the holdout."""
-    return list(ds["splits"]) + ([SELECT_SPLIT] if carves_selection(ds) else [])
-
-
-def _resolve_selection(cfg: dict) -> None:
-    """Per-source defaults of the selection split, its holdout size and the reported split.
-
-    With a test split (Karpathy COCO, Flickr30k) select on val and report on test;
-    without one (official COCO 2014, demo, user data with train/val) select on a
-    seeded holdout of train images and report on val.
-    """
-    ds = cfg["dataset"]
-    has_test = "test" in ds["splits"]
-    sel = ds["selection"]
-    sel["split"] = sel["split"] or ("val" if has_test else SELECT_SPLIT)
-    cfg["eval"]["split"] = cfg["eval"]["split"] or ("test" if has_test else "val")
-    if sel["split"] == "train" or sel["split"] not in split_names(ds):
-        raise ConfigError(
-            f"config error: dataset.selection.split = {sel['split']!r} is not a split to select "
-            f"on; use one of {sorted(set(split_names(ds)) - {'train'})} or {SELECT_SPLIT!r} (a "
-            "holdout of train images)"
-        )
-    if not carves_selection(ds):
-        sel["images"] = None  # no holdout: a count would only cause spurious reruns
-        return
-    if sel["images"] is None:
-        sel["images"] = SELECT_IMAGES
-        if ds["source"] == "demo":
-            share = ds["demo"]["train_images"] * SELECT_IMAGES / COCO_TRAIN_IMAGES
-            sel["images"] = max(2, round(share))
-    if ds["source"] == "demo" and sel["images"] >= ds["demo"]["train_images"] - 1:
-        raise ConfigError(
-            f"config error: dataset.selection.images = {sel['images']} leaves no demo train "
-            f"images (dataset.demo.train_images = {ds['demo']['train_images']}); lower it"
-        )
 
 
 def _given_space(config: Mapping) -> Mapping | None:
@@ -211,65 +147,6 @@ def _check_train_keys(variant: str, given: set, train: Mapping) -> None:
             f"optimizer: sgd (it uses {train['optimizer']}); remove it or set optimizer: sgd")
 
 
-def _resolve_dataset(ds: dict, raw: Mapping) -> None:
-    """Fill the source-dependent dataset defaults and reject combinations that cannot work."""
-    source = ds["source"]
-    # Given splits replace the per-source default (a deep merge would keep stale entries).
-    ds["splits"] = dict(raw.get("splits") or SOURCE_SPLITS[source])
-    if ds["download"] == "kaggle":
-        _resolve_kaggle(ds)
-    elif ds["download"] and source not in ("coco", "karpathy_coco"):
-        other = " (Flickr30k: download: kaggle)" if source == "flickr30k" else ""
-        raise ConfigError(
-            f"config error: dataset.download: true downloads COCO 2014 only{other}; with "
-            f"dataset.source = {source!r} set download: false and point dataset.root at "
-            "your data"
-        )
-    if ds["download"] is True and source == "coco":
-        bad = sorted(set(ds["splits"].values()) - {"train2014", "val2014"})
-        if bad:
-            raise ConfigError(
-                f"config error: dataset.splits names folder(s) {bad} that dataset.download "
-                "cannot fetch; COCO 2014 has train2014 and val2014"
-            )
-    if ds["annotations"] is None and source in ("json", "table"):
-        kind = "the JSON file" if source == "json" else "the CSV or Parquet file"
-        raise ConfigError(
-            f"config error: dataset.annotations is required when dataset.source is "
-            f"{source!r}; point it at {kind} with the captions"
-        )
-    if ds["root"] is None:
-        if source == "demo":
-            ds["root"] = DEMO_ROOT.format(name=ds["name"])
-        elif ds["download"] is True:
-            ds["root"] = COCO_DOWNLOAD_ROOT
-        elif source in ("json", "table") and ds["annotations"]:
-            ds["root"] = str(Path(ds["annotations"]).parent)  # image paths relative to it
-        else:
-            what = {
-                "coco": "a folder holding annotations/ and the image folders (or set "
-                        "dataset.download: true)",
-                "karpathy_coco": "the folder holding train2014/ and val2014/ (or set "
-                                 "dataset.download: true)",
-                "flickr30k": "the folder holding the Flickr30k images",
-                "folder": "the folder holding one subfolder of images per split",
-            }.get(source, "the folder the image paths are relative to")
-            raise ConfigError(
-                f"config error: dataset.root is required when dataset.source is "
-                f"{source!r}; point it at {what}"
-            )
-    if ds["annotations"] is None and source in KARPATHY_FILES:
-        ds["annotations"] = str(Path(ds["root"]) / KARPATHY_FILES[source])
-    images = ds["subset"]["images"]
-    if isinstance(images, Mapping):
-        unknown = sorted(set(images) - set(ds["splits"]) - {SELECT_SPLIT})
-        if unknown:
-            raise ConfigError(
-                f"config error: dataset.subset.images names split(s) {unknown} that are not "
-                f"in dataset.splits; use one of {sorted(ds['splits'])}"
-            )
-
-
 def _resolve_search(cfg: dict) -> None:
     """search.variant null -> the baseline, search.queries null -> report.queries (the
     schema's documented defaults); a variant that does not exist fails at start-up."""
@@ -280,21 +157,6 @@ def _resolve_search(cfg: dict) -> None:
         raise ConfigError(
             f"config error: search.variant = {search['variant']!r} is not a variant; use one "
             f"of {variant_names(cfg)}")
-
-
-def _resolve_kaggle(ds: dict) -> None:
-    """``download: kaggle``: Flickr30k's Kaggle copy; root = its image folder (a link the
-    download makes), annotations = its results.csv beside that folder."""
-    if ds["source"] != "flickr30k":
-        raise ConfigError(
-            f"config error: dataset.download: kaggle fetches Flickr30k only (dataset.source: "
-            f"flickr30k), not {ds['source']!r}; use download: true (COCO) or false")
-    ds["root"] = ds["root"] or KAGGLE_IMAGES
-    ds["annotations"] = ds["annotations"] or str(Path(ds["root"]).parent / "results.csv")
-    if Path(ds["annotations"]).suffix.lower() != ".csv":
-        raise ConfigError(
-            f"config error: dataset.annotations = {ds['annotations']!r}: download: kaggle "
-            "writes the Kaggle copy's results.csv there; name a .csv path or leave it unset")
 
 
 def variant_names(cfg: Mapping) -> list[str]:

@@ -18,9 +18,9 @@ from cliptune.config import (
     load_config,
     resolve_run,
     run_names,
-    split_names,
     variant_names,
 )
+from cliptune.dataset_config import split_names
 
 try:
     # --config values arrive as strings; read them as YAML before validating.

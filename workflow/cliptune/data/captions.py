@@ -20,10 +20,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from cliptune.config import SELECT_SPLIT, carves_selection
 from cliptune.data.caption_tidy import tidy_captions
 from cliptune.data.dataset_formats import DatasetFormatError, clean_caption, read_source
 from cliptune.data.selection import carve_selection
+from cliptune.dataset_config import SELECT_SPLIT, carves_selection
 from cliptune.io_utils import write_json, write_parquet
 from cliptune.runtime import setup_logging
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from cliptune.config import SELECT_SPLIT
 from cliptune.data.dataset_formats import DatasetFormatError
+from cliptune.dataset_config import SELECT_SPLIT
 
 if TYPE_CHECKING:
     from cliptune.data.captions import SplitRead
