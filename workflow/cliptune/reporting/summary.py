@@ -37,6 +37,7 @@ from cliptune.reporting.observations import (
     selection_paragraph,
 )
 from cliptune.reporting.pretrained_table import pretrained_section
+from cliptune.reporting.zero_shot_section import zero_shot_section
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
 ANCHORS = {
@@ -176,7 +177,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     lines += comparison_section(comparison) if comparison is not None else []
     lines += pretrained_section({n: d["metrics"] for n, d in run.data.items()},
                                 {n: d["report"] for n, d in run.data.items()}, run.ks)
-    lines += _zero_shot(run)
+    lines += zero_shot_section(run.names, run.data)
     lines += _figures(run, ablation_png, overlay_png, queries_png) + _hyperparameters(run)
     lines += _hardware(run) + _loss_in_words(run)
     lines += stability_section(run.data, run.names) + LLM_REFLECTION
@@ -246,42 +247,6 @@ def _anchors(run: _Run) -> list[str]:
         table(["model"] + [f"{d} R@{k}" for d in ("i2t", "t2i") for k in anchor_ks], arows),
         "",
     ]
-
-
-def _task_names(run: _Run) -> list[str]:
-    """Zero-shot tasks in the configured order (each zero_shot.json's task_order)."""
-    names: dict[str, None] = {}
-    for n in run.names:
-        zs = run.data[n]["zero_shot"] or {}
-        names.update(dict.fromkeys(zs.get("task_order") or zs.get("tasks", {})))
-    return list(names)
-
-
-def _zero_shot(run: _Run) -> list[str]:
-    """One table per zero-shot task; a task without labels says so (no accuracy)."""
-    tasks = _task_names(run)
-    if not tasks:
-        return []
-    lines = ["## Zero-shot classification", "",
-             "Each task's class prompts are ensembled over its templates; an image counts as "
-             "correct at top-K when one of its K most probable classes is present in it.", ""]
-    for task in tasks:
-        per = {n: run.data[n]["zero_shot"]["tasks"][task] for n in run.names
-               if task in (run.data[n]["zero_shot"] or {}).get("tasks", {})}
-        first = next(iter(per.values()))
-        lines += [f"### Task `{task}` ({len(first['classes'])} classes)", ""]
-        if first["labels"] == "none":
-            lines += ["No labels: this task has no ground truth, so no accuracy is reported; "
-                      "its figure shows each variant's class probabilities.", ""]
-            continue
-        rows = [[n, fmt(acc["top1_accuracy"]), fmt(acc.get("chance_top1_accuracy")),
-                 fmt(acc.get("top5_accuracy")), fmt(acc.get("mAP")), acc["n_images"]]
-                for n, r in per.items() if "top1_accuracy" in (acc := r["accuracy"] or {})]
-        lines += [f"Accuracy over {first['accuracy_over']}.", ""]
-        lines += [table(["variant", "top-1 (%)", "top-1 by chance (%)", "top-5 (%)",
-                         "class mAP (%)", "images"], rows), ""] if rows else [
-            "No evaluated image carries any of these labels, so no accuracy.", ""]
-    return lines
 
 
 FIGURE_TITLES = {"text_to_image": "text query → top images",
