@@ -121,7 +121,7 @@ def test_finished_run_has_nothing_to_do(finished_run, repo):
 
 
 # Jobs that summarise all variants: they legitimately rerun when any variant changes.
-AGGREGATES = {"aggregate", "loss_overlay", "summary", "all"}
+AGGREGATES = {"aggregate", "loss_overlay", "queries_across_variants", "summary", "all"}
 
 
 def planned(proc: subprocess.CompletedProcess) -> list[tuple[str, str]]:
