@@ -222,3 +222,18 @@ def test_needed_weights_per_variant(tmp_path):
                                                                 "model.safetensors"]
     assert hub_files(["config.json", "pytorch_model.bin"]) == ["config.json",
                                                                "pytorch_model.bin"]
+
+
+def test_packaged_names_match_their_modules_without_importing_torch():
+    import subprocess
+    import sys
+
+    from cliptune.models import text_encoder, weights
+
+    assert weights.OFFLINE_ALIAS == text_encoder.OFFLINE_ALIAS
+    # The Snakefile imports weights while it is parsed: torch must stay out of that.
+    code = "import sys, cliptune.models.weights; sys.exit(2 * ('torch' in sys.modules))"
+    workflow_dir = str(Path(weights.__file__).parents[2])
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ,
+                          "PYTHONPATH": workflow_dir}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr or "importing weights imported torch"

@@ -61,16 +61,18 @@ def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     are, since bilinear resampling of an identity grid is not bit-exact."""
     identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=theta.device)
     moved = (theta != identity).flatten(1).any(dim=1)
-    if not moved.any():
-        return x.clone()
-    grid = F.affine_grid(theta[moved], [int(moved.sum()), *x.shape[1:]], align_corners=False)
-    warped = F.grid_sample(x[moved], grid.to(x.dtype), mode="bilinear",
-                           padding_mode="reflection", align_corners=False)
-    if moved.all():
-        return warped
+    if moved.all():  # the usual case: warp the batch as it is (a mask would copy it)
+        return _grid_sample(x, theta)
     out = x.clone()
-    out[moved] = warped
+    if moved.any():
+        out[moved] = _grid_sample(x[moved], theta[moved])
     return out
+
+
+def _grid_sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
+                         align_corners=False)
 
 
 def augment_captions(texts: list[str], word_dropout: float, rng: np.random.Generator,

@@ -20,14 +20,17 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 from cliptune.io_utils import write_json
+from cliptune.models.clip_bpe import CLIP_BPE
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = "resources/weights"
-OFFLINE_ALIAS = "offline-minilm"  # cliptune.models.text_encoder: a packaged model
+# Not imported from cliptune.models.text_encoder, which imports torch: this module is
+# read while the Snakefile is parsed (test_weights checks the two agree).
+OFFLINE_ALIAS = "offline-minilm"
 # Model settings that name something installed with a package, never a hub repo:
-# the packaged MiniLM and CLIP's BPE tokenizer (cliptune.models.clip_bpe.CLIP_BPE).
-PACKAGED = frozenset({OFFLINE_ALIAS, "clip-bpe"})
+# the packaged MiniLM and CLIP's BPE tokenizer.
+PACKAGED = frozenset({OFFLINE_ALIAS, CLIP_BPE})
 # Weight formats a hub repo may carry besides the one transformers loads.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".ot", ".pt", ".pth",
                     ".ckpt", ".tflite", ".gguf")

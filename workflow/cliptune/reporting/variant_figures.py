@@ -124,7 +124,9 @@ def _labels(task: Task, dataset: Mapping, art: EvalArtifacts,
     if task.labels == "coco":
         if instances is None:
             raise ValueError(f"zero-shot task {task.name!r} uses labels: coco but no COCO "
-                             "instances file was given (the figures rule passes it)")
+                             "instances file was found; put instances_<split folder>.json "
+                             "(from annotations_trainval2014.zip) in the dataset's "
+                             "annotations/ folder, or set the task's labels: none")
         return coco_labels(instances, art.image_id, bare)
     if task.labels == "demo":
         demo = {**DEFAULTS["dataset"]["demo"], **dataset.get("demo", {})}  # partial: defaults

@@ -69,9 +69,10 @@ def drop_epochs_after(state_path: Path, epoch: int) -> None:
     later = [e for e in kept_epochs(state_path) if e > epoch]
     for e in later:
         epoch_path(state_path, e).unlink(missing_ok=True)
-    if later:
-        log.info("removed the kept checkpoints of epochs %s: this run restarts after "
-                 "epoch %d and writes its own", later, epoch)
+    if later:  # a warning: these files were the user's to resume from
+        log.warning("removed the kept checkpoints of epochs %s in %s: this run starts after "
+                    "epoch %d (a new or changed run) and keeps its own", later,
+                    epoch_path(state_path, later[0]).parent, epoch)
 
 
 def restart_from_epoch(state_path: Path, ts: TrainState, epoch: int, variant: str) -> Path:
