@@ -146,6 +146,11 @@ def open_cache(array_path: Path, index_path: Path) -> tuple[np.ndarray, pd.DataF
     return arr, index
 
 
+def cache_rows(index: pd.DataFrame) -> pd.Series:
+    """image id -> row of the cache array, for the index rows given."""
+    return pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--captions", type=Path, required=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cliptune.data.image_cache import open_cache
+from cliptune.data.image_cache import cache_rows, open_cache
 from cliptune.data.text_cache import load_text_cache
 
 
@@ -32,8 +32,7 @@ class PairData:
              image_index: Path) -> PairData:
         captions = pd.read_parquet(captions_parquet)
         pixels, index = open_cache(image_array, image_index)
-        good = index[index["ok"]]
-        row_of = pd.Series(good["row"].to_numpy(), index=good["image_id"].to_numpy())
+        row_of = cache_rows(index[index["ok"]])
         captions = captions[captions["image_id"].isin(row_of.index)].reset_index(drop=True)
         if captions.empty:
             raise ValueError(f"{captions_parquet}: no caption has a usable image")

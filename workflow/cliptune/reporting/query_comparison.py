@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from cliptune.data.image_cache import open_cache
+from cliptune.data.image_cache import cache_rows, open_cache
 from cliptune.reporting import figures
 
 TOP = 3  # images per (query, variant) cell: enough to compare at a glance
@@ -39,7 +38,7 @@ class _CachePixels:
 
     def __init__(self, array: Path, index: Path):
         self.pixels, idx = open_cache(array, index)
-        self.row = pd.Series(idx["row"].to_numpy(), index=idx["image_id"].to_numpy())
+        self.row = cache_rows(idx)
 
     def __call__(self, image_id: int) -> np.ndarray:
         return np.asarray(self.pixels[int(self.row.loc[int(image_id)])])

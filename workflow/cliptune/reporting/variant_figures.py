@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from cliptune.config import DEFAULTS
-from cliptune.data.image_cache import open_cache
+from cliptune.data.image_cache import cache_rows, open_cache
 from cliptune.evaluation.evaluate import variant_text_encoder
 from cliptune.evaluation.prompts import render
 from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
@@ -66,9 +66,8 @@ class EvalArtifacts:
                 "delete the variant's embeddings.safetensors and rerun evaluate"
             ) from exc
         pixels, index = open_cache(image_array, image_index)
-        row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
         self._pixels = pixels
-        self._rows = row_of.loc[self.image_id].to_numpy(np.int64)
+        self._rows = cache_rows(index).loc[self.image_id].to_numpy(np.int64)
         # First caption row of every image (evaluate guarantees each image has one).
         images, first = np.unique(self.text_image, return_index=True)
         self.first_caption = np.full(len(self.image_id), -1, dtype=np.int64)
