@@ -101,13 +101,16 @@ def test_sigterm_checkpoints_exits_nonzero_and_resumes(reference):
                       name="terminated")
     state = tmp / "terminated" / "ckpt" / "state.pt"
     proc = start(spec, 0.3)
-    wait_for_step_checkpoint(state, proc)  # the signal handler is installed by now
+    seen = wait_for_step_checkpoint(state, proc)  # the signal handler is installed by now
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 3, out  # non-zero: Snakemake retries / SLURM requeues
     assert "stopped by signal" in out
     saved = torch.load(state, weights_only=True)
-    assert saved["partial"] is not None and saved["partial"]["step"] > 3
+    # The handler wrote a fresh checkpoint past the periodic one it interrupted; on a loaded
+    # machine the signal may land in the next epoch, so compare (epoch, step), not the step.
+    assert saved["partial"] is not None
+    assert (saved["epoch"], saved["partial"]["step"]) > (seen["epoch"], seen["partial"]["step"])
 
     proc = start(spec, 0.0)
     out, _ = proc.communicate(timeout=300)
