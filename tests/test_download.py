@@ -198,7 +198,7 @@ def test_unreachable_host_fails_fast_with_manual_hint(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(DownloadError) as exc:
         download(url, dest, md5=MD5, retries=2, **FAST)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # a hang (no timeout) would take minutes
     msg = str(exc.value)
     assert url in msg and str(dest.resolve()) in msg and "manually" in msg
     assert not dest.exists()
