@@ -183,3 +183,11 @@ def test_hpo_rule_is_its_own_target(tmp_path, repo):
     assert "hpo" not in all_jobs
     jobs = planned_jobs(snakemake(tmp_path, repo, "-n", "results/tiny/hpo/baseline/best_overlay.yaml"))
     assert jobs.get("hpo") == 1 and "train" not in jobs
+    # A key the searched variant's model never reads fails the dry run, before any queueing.
+    cfg["hpo"]["space"] = {"model.dual_encoder.text.depth": {"choices": [2, 4]}}
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, repo, "-n", "results/tiny/hpo/baseline/best_overlay.yaml",
+                     check=False)
+    assert proc.returncode != 0
+    assert "hpo.space.model.dual_encoder.text.depth applies to model.kind dual_encoder" in (
+        proc.stdout + proc.stderr)

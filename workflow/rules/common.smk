@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 from cliptune.cli_config import typed_cli_overrides
 from cliptune.data.captions import annotation_file, check_sources
 from cliptune.gpus import GpuRequestError, gpu_request, local_gpu_limit
+from cliptune.hpo_space import check_applies
 from cliptune.job_resources import grow
 from cliptune.models.weights import WEIGHTS_DIR, encoder_markers, needed_weights, weight_key
 from cliptune.models.weights import marker_path as weights_marker

@@ -3,6 +3,13 @@
 HPO_DIR = f"{RESULTS}/hpo/{{variant}}"
 
 
+def hpo_json(variant):
+    # Checked while the DAG is built: a model key of another model kind fails at `-n`,
+    # not after the job has queued.
+    check_applies(CFG["hpo"]["space"], RESOLVED[variant])
+    return canonical_json(CFG["hpo"])
+
+
 rule hpo:
     # Configured variants only: a {variant}/seed{s} replicate run has no overrides to search.
     wildcard_constraints:
@@ -24,7 +31,7 @@ rule hpo:
         override=lambda w: canonical_json(CFG["variants"].get(w.variant) or {}),
         # A function: a plain string would be formatted with wildcards, and a tied space
         # key such as model.dual_encoder.{vision,text}.dropout reads as one.
-        hpo=lambda w: canonical_json(CFG["hpo"]),
+        hpo=lambda w: hpo_json(w.variant),
         # The study journal is not an output: a failed or killed search keeps it and resumes.
         storage=f"{HPO_DIR}/study.journal",
     threads: 8
