@@ -504,3 +504,16 @@ def test_train_temperature_sets_a_pretrained_clip_scale_and_null_keeps_its_own(t
            "train": {"temperature": None}}
     with pytest.raises(ConfigError, match="temperature: null"):
         load_config(cfg)
+
+
+def test_pixel_normalize_is_the_mean_std_formula_and_the_cache_path_matches_it():
+    from cliptune.models.image_tower import CLIP_MEAN, CLIP_STD, PixelNormalize, to_unit_float
+
+    norm = PixelNormalize()
+    images = torch.randint(0, 256, (4, 9, 7, 3), dtype=torch.uint8)
+    x01 = to_unit_float(images, "cpu")
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(norm(x01), (x01 - mean) / std, rtol=0, atol=1e-6)
+    cached = norm.from_uint8(images)  # the feature cache's path: bit-equal to the pixel path
+    assert torch.equal(cached, norm(x01)) and cached.shape == (4, 3, 9, 7)
+    assert cached.is_contiguous(memory_format=torch.channels_last)
