@@ -44,7 +44,7 @@ def documented_commands() -> list[tuple[str, str]]:
     found = {}
     for doc in DOCS:
         text = (REPO / doc).read_text()
-        inline = re.findall(r"`(snakemake (?:-|results/|resources/)[^`\n]*)`", text)
+        inline = re.findall(r"`(snakemake (?:-|results/|resources/|search )[^`\n]*)`", text)
         for cmd in _fenced_commands(text) + inline:
             if re.search(r"\{\w+\}|\.\.\.|<", cmd) or any(s in cmd for s in SKIP):
                 continue
