@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tiny_pairs import tiny_variant
 
 from cliptune.data.image_cache import load_rgb
@@ -170,6 +170,38 @@ def test_embed_folder_skips_bad_files_and_matches_evaluate(folder, model_file, t
     pixels = np.stack([load_rgb(folder / f, v["image_size"]) for f in GOOD])
     expected = encode_pixels(model, pixels, torch.device("cpu"), None)
     assert torch.allclose(emb, expected, atol=1e-5)
+
+
+def test_a_changed_folder_re_embeds_only_new_and_edited_files(model_file, tmp_path):
+    from cliptune.evaluation.search import REUSE_DIR
+
+    v, weights = model_file
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for i, colour in enumerate((RED, BLUE, (20, 200, 20))):
+        _halves(first=colour).save(photos / f"p{i}.png")
+    assert embed_folder(v, weights, 16, photos, out, show_progress=False)["embedded"] == 3
+    _halves(first=BLUE, second=RED).save(photos / "p1.png")  # edited
+    os.utime(photos / "p1.png", ns=(1, 1))  # a new mtime even on coarse clocks
+    _halves(first=(200, 200, 20)).save(photos / "p3.png")  # new
+    (photos / "p2.png").unlink()  # removed
+    stats = embed_folder(v, weights, 16, photos, out, show_progress=False)
+    assert (stats["images"], stats["embedded"], stats["reused"]) == (3, 2, 1)
+    emb, files = load_folder_embeddings(out / EMBEDDINGS, out / MANIFEST)
+    fresh = embed_folder(v, weights, 16, photos, tmp_path / "fresh", show_progress=False)
+    assert fresh["reused"] == 0
+    emb_fresh, files_fresh = load_folder_embeddings(tmp_path / "fresh" / EMBEDDINGS,
+                                                    tmp_path / "fresh" / MANIFEST)
+    assert files == files_fresh == ["p0.png", "p1.png", "p3.png"]
+    torch.testing.assert_close(emb, emb_fresh, rtol=0, atol=1e-6)
+    # Other weights: nothing is reused, and only the current model's leftovers stay.
+    other = tmp_path / "other.safetensors"
+    state = load_file(str(weights))
+    first = next(k for k, t in state.items() if t.is_floating_point())
+    state[first] = state[first] + 1.0
+    save_file(state, str(other))
+    assert embed_folder(v, other, 16, photos, out, show_progress=False)["reused"] == 0
+    assert len(list((out / REUSE_DIR).iterdir())) == 1
 
 
 def test_a_folder_without_a_readable_image_fails_with_the_reasons(model_file, tmp_path):

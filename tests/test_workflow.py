@@ -241,6 +241,9 @@ def test_search_your_own_images(finished_run, repo, tmp_path):
     # A new photo changes the folder: it is embedded again.
     Image.new("RGB", (40, 40), (230, 20, 20)).save(photos / "p3.png")
     assert planned_jobs(search("-n")).get("search_embed") == 1
+    search()  # ... and only it: the unchanged photos keep their embeddings
+    assert "4 images of" in (log := (finished_run / "logs/tiny/search/baseline/embed.log")
+                             .read_text()) and "1 embedded" in log and "3 unchanged" in log, log
     # Without a folder the target stops before any job and says what to set.
     proc = snakemake(finished_run, repo, "-n", "search", check=False)
     assert proc.returncode != 0 and "search.images is not set" in proc.stdout + proc.stderr

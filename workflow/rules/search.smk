@@ -2,7 +2,8 @@
 # photos"): snakemake search --config search='{images: ~/Pictures}'. Not part of `all`.
 # search_embed depends on the folder and the model only, so new queries never re-embed;
 # its `folder` param (a fingerprint of every file's name, size and mtime) reruns it
-# exactly when the folder changes.
+# exactly when the folder changes; the job then embeds only new or changed files
+# (cliptune.evaluation.search keeps the last run's embeddings beside the outputs).
 from cliptune.data.image_folder import folder_state, searched_folder
 
 SEARCH = CFG["search"]

@@ -9,7 +9,10 @@ variant's own text tower, or the evaluation split's captions as ``evaluate`` emb
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.pool import ThreadPool
@@ -20,6 +23,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from cliptune.config import short_hash
 from cliptune.data.image_cache import try_load_rgb
 from cliptune.data.image_folder import FolderEntry, ImageFolderError, scan_folder
 from cliptune.evaluation.evaluate import encode_pixels
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 
 EMBEDDINGS, MANIFEST, SKIPPED = "image_embeddings.safetensors", "image_manifest.csv", "skipped.txt"
 DECODE_WINDOW = 512  # images decoded ahead of the model at most
+# Last run's embeddings, kept beside the outputs because Snakemake removes a job's outputs
+# before it reruns: a changed folder re-embeds only its new and edited files.
+REUSE_DIR = ".reuse"
 
 
 def _decoded(folder: Path, entries: list[FolderEntry], size: int, workers: int,
@@ -75,21 +82,72 @@ def write_skipped(path: Path, folder: Path, skipped: list[tuple[str, str]]) -> N
     write_text(path, "\n".join(lines) + "\n")
 
 
+def _model_key(variant: dict, weights: Path, embed_dim: int, folder: Path) -> str:
+    """Identity of everything an embedding depends on besides the file itself: the
+    weights' bytes, the variant's settings (preprocessing included), the folder."""
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return short_hash({"weights": digest.hexdigest(), "variant": variant, "dim": embed_dim,
+                       "folder": str(folder)}, 16)
+
+
+def _reusable(reuse: Path) -> dict[tuple, torch.Tensor]:
+    """(file, size, mtime_ns) -> embedding from the last run with the same model key."""
+    if not (reuse / EMBEDDINGS).exists() or not (reuse / MANIFEST).exists():
+        return {}
+    try:
+        emb, _ = load_folder_embeddings(reuse / EMBEDDINGS, reuse / MANIFEST)
+        table = pd.read_csv(reuse / MANIFEST, keep_default_na=False)
+    except Exception as err:  # a damaged leftover only costs a full re-embed
+        log.warning("not reusing %s (%s): embedding every file", reuse, err)
+        return {}
+    keys = zip(table["file"].astype(str), table["size"], table["mtime_ns"], strict=True)
+    return {(f, int(s), int(m)): emb[i] for i, (f, s, m) in enumerate(keys)}
+
+
+def _keep_for_reuse(out_dir: Path, key: str) -> None:
+    """Hard-link this run's outputs under REUSE_DIR/key (copy where links fail); other
+    keys' leftovers go: only the current model's embeddings can be reused."""
+    root = out_dir / REUSE_DIR
+    if root.exists():
+        shutil.rmtree(root)
+    (root / key).mkdir(parents=True)
+    for name in (EMBEDDINGS, MANIFEST):
+        try:
+            os.link(out_dir / name, root / key / name)
+        except OSError:
+            shutil.copy2(out_dir / name, root / key / name)
+
+
 def embed_folder(variant: dict, weights: Path, embed_dim: int, folder: Path, out_dir: Path,
                  batch_size: int = 64, workers: int = 2, show_progress: bool = True) -> dict:
     """Embed every readable image below ``folder`` with the variant's image tower, as
     evaluate does (same preprocessing as the dataset cache: RGB, shorter side to
-    ``image_size``, centre crop). Writes EMBEDDINGS, MANIFEST (row, file, size, mtime_ns)
-    and SKIPPED into ``out_dir``; returns counts and the measured images per second."""
+    ``image_size``, centre crop). Files unchanged since the last run with the same model
+    (name, size, mtime) keep their embeddings. Writes EMBEDDINGS, MANIFEST (row, file, size,
+    mtime_ns) and SKIPPED into ``out_dir``; returns counts and the measured images/s."""
     out_dir, entries = Path(out_dir), scan_folder(Path(folder))
+    key = _model_key(variant, Path(weights), embed_dim, Path(folder))
+    previous = _reusable(out_dir / REUSE_DIR / key)
+    todo = [e for e in entries if (e.file, e.size, e.mtime_ns) not in previous]
     device = pick_device(variant["train"]["device"])
-    amp_dtype = autocast_dtype(variant["train"]["precision"], device)
-    model = load_variant_model(variant, weights, embed_dim, device)
     start = time.perf_counter()
-    emb, kept, skipped = _embed_entries(model, Path(folder), entries, variant["image_size"],
-                                        batch_size, device, amp_dtype,
-                                        workers, show_progress)
+    new_emb, new_kept, skipped = torch.empty(0), [], []
+    if todo:
+        amp_dtype = autocast_dtype(variant["train"]["precision"], device)
+        model = load_variant_model(variant, weights, embed_dim, device)
+        start = time.perf_counter()
+        new_emb, new_kept, skipped = _embed_entries(model, Path(folder), todo,
+                                                    variant["image_size"], batch_size,
+                                                    device, amp_dtype, workers, show_progress)
     seconds = time.perf_counter() - start
+    fresh = {(e.file, e.size, e.mtime_ns): new_emb[i] for i, e in enumerate(new_kept)}
+    rows = {**previous, **fresh}
+    kept = [e for e in entries if (e.file, e.size, e.mtime_ns) in rows]
+    emb = (torch.stack([rows[(e.file, e.size, e.mtime_ns)] for e in kept]) if kept
+           else torch.empty(0))
     write_skipped(out_dir / SKIPPED, folder, skipped)
     for file, why in skipped[:50]:  # also in the log: a failed job's outputs are removed
         log.warning("skipped %s: %s", file, why)
@@ -107,11 +165,13 @@ def embed_folder(variant: dict, weights: Path, embed_dim: int, folder: Path, out
             "image_size": str(variant["image_size"])}
     with atomic_path(out_dir / EMBEDDINGS) as tmp:
         save_file({"image": emb.contiguous()}, str(tmp), metadata=meta)
-    rate = len(kept) / max(seconds, 1e-9)  # decoding included: what a user waits for
-    log.info("%s: embedded %d images of %s (%d skipped) in %.1f s: %.1f img/s on %s",
-             variant["name"], len(kept), folder, len(skipped), seconds, rate, device)
-    return {"embedded": len(kept), "skipped": len(skipped), "seconds": seconds,
-            "images_per_second": rate}
+    _keep_for_reuse(out_dir, key)
+    rate = len(new_kept) / max(seconds, 1e-9)  # decoding included: what a user waits for
+    log.info("%s: %d images of %s: %d embedded in %.1f s (%.1f img/s on %s), %d unchanged "
+             "since the last run reused, %d skipped", variant["name"], len(kept), folder,
+             len(new_kept), seconds, rate, device, len(kept) - len(new_kept), len(skipped))
+    return {"images": len(kept), "embedded": len(new_kept), "reused": len(kept) - len(new_kept),
+            "skipped": len(skipped), "seconds": seconds, "images_per_second": rate}
 
 
 def load_folder_embeddings(embeddings: Path, manifest: Path) -> tuple[torch.Tensor, list[str]]:
