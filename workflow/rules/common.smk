@@ -91,6 +91,13 @@ def train_json(wildcards):
     return canonical_json(variant)
 
 
+def hpo_json(variant):
+    # Checked while the DAG is built: an hpo.space model key of another model kind fails
+    # at `-n`, not after the HPO job has queued.
+    check_applies(CFG["hpo"]["space"], RESOLVED[variant])
+    return canonical_json(CFG["hpo"])
+
+
 def pair_inputs(variant, split, prefix):
     """Captions, text cache and image cache of one split as seen by one variant."""
     v = RESOLVED[variant]

@@ -3,13 +3,6 @@
 HPO_DIR = f"{RESULTS}/hpo/{{variant}}"
 
 
-def hpo_json(variant):
-    # Checked while the DAG is built: a model key of another model kind fails at `-n`,
-    # not after the job has queued.
-    check_applies(CFG["hpo"]["space"], RESOLVED[variant])
-    return canonical_json(CFG["hpo"])
-
-
 rule hpo:
     # Configured variants only: a {variant}/seed{s} replicate run has no overrides to search.
     wildcard_constraints:
