@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import http.client
 import logging
 import os
@@ -27,6 +26,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from cliptune.file_hash import file_digests
 
 log = logging.getLogger("cliptune.data.download")  # stable name even under -m
 
@@ -66,23 +67,12 @@ COCO2014_FILES: dict[str, dict] = {
     },
 }
 
-_HASH_CHUNK = 1 << 20
 _MAX_BACKOFF = 60.0
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
 class _Retryable(Exception):
     """Transient failure: connection error, truncated body or 5xx answer."""
-
-
-def _file_digests(path: Path, algos: list[str]) -> dict[str, str]:
-    # One pass over the file for all requested algorithms: archives are many GB.
-    hashers = {a: hashlib.new(a) for a in algos}
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            for h in hashers.values():
-                h.update(chunk)
-    return {a: h.hexdigest() for a, h in hashers.items()}
 
 
 def verify_file(
@@ -107,7 +97,7 @@ def verify_file(
     expected = {a: h.lower() for a, h in (("sha256", sha256), ("md5", md5)) if h}
     if not expected:
         return
-    got = _file_digests(path, list(expected))
+    got = file_digests(path, list(expected))
     bad = [a for a in expected if got[a] != expected[a]]
     if bad:
         details = "; ".join(f"expected {a} {expected[a]}, got {got[a]}" for a in bad)

@@ -9,7 +9,6 @@ variant's own text tower, or the evaluation split's captions as ``evaluate`` emb
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ from cliptune.data.image_cache import try_load_rgb
 from cliptune.data.image_folder import FolderEntry, ImageFolderError, scan_folder
 from cliptune.evaluation.evaluate import encode_pixels
 from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
+from cliptune.file_hash import file_sha256
 from cliptune.io_utils import atomic_path, write_text
 from cliptune.models.factory import load_variant_model
 from cliptune.runtime import autocast_dtype, pick_device, progress
@@ -85,26 +85,25 @@ def write_skipped(path: Path, folder: Path, skipped: list[tuple[str, str]]) -> N
 def _model_key(variant: dict, weights: Path, embed_dim: int, folder: Path) -> str:
     """Identity of everything an embedding depends on besides the file itself: the
     weights' bytes, the variant's settings (preprocessing included), the folder."""
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return short_hash({"weights": digest.hexdigest(), "variant": variant, "dim": embed_dim,
+    return short_hash({"weights": file_sha256(weights), "variant": variant, "dim": embed_dim,
                        "folder": str(folder)}, 16)
 
 
-def _reusable(reuse: Path) -> dict[tuple, torch.Tensor]:
-    """(file, size, mtime_ns) -> embedding from the last run with the same model key."""
+def _reusable(reuse: Path) -> dict[FolderEntry, torch.Tensor]:
+    """Embedding per file (name, size, mtime) from the last run with the same model key."""
     if not (reuse / EMBEDDINGS).exists() or not (reuse / MANIFEST).exists():
         return {}
     try:
-        emb, _ = load_folder_embeddings(reuse / EMBEDDINGS, reuse / MANIFEST)
+        emb = load_file(str(reuse / EMBEDDINGS))["image"]
         table = pd.read_csv(reuse / MANIFEST, keep_default_na=False)
+        entries = [FolderEntry(str(f), int(n), int(m)) for f, n, m in
+                   zip(table["file"], table["size"], table["mtime_ns"], strict=True)]
+        if len(entries) != len(emb):
+            raise ValueError(f"{len(emb)} embeddings for {len(entries)} files")
     except Exception as err:  # a damaged leftover only costs a full re-embed
         log.warning("not reusing %s (%s): embedding every file", reuse, err)
         return {}
-    keys = zip(table["file"].astype(str), table["size"], table["mtime_ns"], strict=True)
-    return {(f, int(s), int(m)): emb[i] for i, (f, s, m) in enumerate(keys)}
+    return dict(zip(entries, emb, strict=True))
 
 
 def _keep_for_reuse(out_dir: Path, key: str) -> None:
@@ -131,10 +130,9 @@ def embed_folder(variant: dict, weights: Path, embed_dim: int, folder: Path, out
     out_dir, entries = Path(out_dir), scan_folder(Path(folder))
     key = _model_key(variant, Path(weights), embed_dim, Path(folder))
     previous = _reusable(out_dir / REUSE_DIR / key)
-    todo = [e for e in entries if (e.file, e.size, e.mtime_ns) not in previous]
+    todo = [e for e in entries if e not in previous]
     device = pick_device(variant["train"]["device"])
-    start = time.perf_counter()
-    new_emb, new_kept, skipped = torch.empty(0), [], []
+    new_emb, new_kept, skipped, seconds = torch.empty(0), [], [], 0.0
     if todo:
         amp_dtype = autocast_dtype(variant["train"]["precision"], device)
         model = load_variant_model(variant, weights, embed_dim, device)
@@ -142,12 +140,10 @@ def embed_folder(variant: dict, weights: Path, embed_dim: int, folder: Path, out
         new_emb, new_kept, skipped = _embed_entries(model, Path(folder), todo,
                                                     variant["image_size"], batch_size,
                                                     device, amp_dtype, workers, show_progress)
-    seconds = time.perf_counter() - start
-    fresh = {(e.file, e.size, e.mtime_ns): new_emb[i] for i, e in enumerate(new_kept)}
-    rows = {**previous, **fresh}
-    kept = [e for e in entries if (e.file, e.size, e.mtime_ns) in rows]
-    emb = (torch.stack([rows[(e.file, e.size, e.mtime_ns)] for e in kept]) if kept
-           else torch.empty(0))
+        seconds = time.perf_counter() - start
+    rows = {**previous, **dict(zip(new_kept, new_emb, strict=True))}
+    kept = [e for e in entries if e in rows]
+    emb = torch.stack([rows[e] for e in kept]) if kept else torch.empty(0)
     write_skipped(out_dir / SKIPPED, folder, skipped)
     for file, why in skipped[:50]:  # also in the log: a failed job's outputs are removed
         log.warning("skipped %s: %s", file, why)

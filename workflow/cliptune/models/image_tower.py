@@ -196,10 +196,10 @@ class PixelNormalize(nn.Module):
     def __init__(self, mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        std_ = torch.tensor(std).view(1, 3, 1, 1)
         # (x - mean) / std as one multiply-add: one pass instead of two allocating ones.
-        self.register_buffer("inv_std", 1.0 / self.std, persistent=False)
-        self.register_buffer("bias", -self.mean / self.std, persistent=False)
+        self.register_buffer("inv_std", 1.0 / std_, persistent=False)
+        self.register_buffer("bias", -self.mean / std_, persistent=False)
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         """float NCHW in [0, 1] -> normalised."""

@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
+from cliptune.file_hash import file_sha256
 from cliptune.io_utils import write_json
 from cliptune.models.clip_bpe import CLIP_BPE
 
@@ -100,14 +101,6 @@ def use_local_weights(root: str | Path = WEIGHTS_DIR,
     log.info("pretrained weights load from %s only (HF_HUB_OFFLINE=1)", root)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _git_blob_sha1(path: Path) -> str:
     # What the hub reports as blob_id for a file stored in git (not LFS).
     data = path.read_bytes()
@@ -169,7 +162,7 @@ def _verify_hub_file(path: Path, sibling, repo: str) -> dict:
         raise WeightsError(f"{repo}: {path.name} has {size} bytes, the hub says "
                            f"{sibling.size}; delete {path} and rerun")
     if sibling.lfs is not None:
-        got, want = _sha256(path), sibling.lfs.sha256
+        got, want = file_sha256(path), sibling.lfs.sha256
     else:
         got, want = _git_blob_sha1(path), sibling.blob_id
     if want and got != want:
@@ -194,7 +187,7 @@ def fetch_torchvision_file(url: str, torch_home: Path) -> dict:
             raise WeightsError(f"cannot download {url} ({type(exc).__name__}: {exc}); run the "
                                "weights rule where there is internet, or place the file at "
                                f"{dest}") from exc
-    digest = _sha256(dest)
+    digest = file_sha256(dest)
     if prefix and not digest.startswith(prefix):
         raise WeightsError(f"{dest} has sha256 {digest}, its name promises {prefix}...; "
                            "delete it and rerun")
