@@ -128,7 +128,8 @@ def test_lab_config_follows_the_handout(repo):
     base = resolve_variant(cfg, "baseline")
     assert base["text_encoder"]["model"] == "openai/clip-vit-base-patch32"
     m, t = base["model"], base["train"]
-    assert (m["backbone"], m["weights"], m["pooling"]) == ("resnet50", "IMAGENET1K_V2", "avg")
+    # resnet50(pretrained=True) of the handout = torchvision's IMAGENET1K_V1.
+    assert (m["backbone"], m["weights"], m["pooling"]) == ("resnet50", "IMAGENET1K_V1", "avg")
     assert m["freeze_backbone"] is False and m["trainable_stages"] is None
     assert m["head"] == {"hidden_dim": 1024, "depth": 2, "norm": "none", "dropout": 0.0}
     assert (t["optimizer"], t["lr"], t["weight_decay"], t["warmup_steps"], t["grad_clip"],
@@ -140,6 +141,10 @@ def test_lab_config_follows_the_handout(repo):
     assert flags == {"baseline": ("none", "avg"), "bn": ("batchnorm", "avg"),
                      "attn": ("none", "attention"), "bn_attn": ("batchnorm", "attention")}
     assert resolve_variant(cfg, "frozen_trunk")["model"]["freeze_backbone"] is True
+    # The evaluation notebook's zero-shot classes, a figure without labels.
+    assert cfg["report"]["zero_shot"]["tasks"]["lab_classes"]["classes"] == [
+        "a person", "an animal", "a landscape"]
+    assert cfg["report"]["zero_shot"]["tasks"]["lab_classes"]["labels"] == "none"
 
 
 def test_demo_is_a_miniature_of_the_lab(demo):
@@ -151,6 +156,10 @@ def test_demo_is_a_miniature_of_the_lab(demo):
     assert set(variant_names(cfg)) == {"baseline", "bn", "attn", "bn_attn", "frozen_trunk",
                                        "untrained"}
     assert resolve_variant(cfg, "frozen_trunk")["model"]["freeze_backbone"] is True
+    # The lab fixes the InfoNCE temperature at 0.07 (the schema's default learns it).
+    for name in variant_names(cfg):
+        train = resolve_variant(cfg, name)["train"]
+        assert (train["temperature"], train["learnable_temperature"]) == (0.07, False), name
 
 
 def test_one_seed_is_the_default_and_keeps_single_run_names(demo):

@@ -147,5 +147,8 @@ def test_study_a_config_has_the_spec_architecture():
     assert (train["loss"], train["temperature"], train["batch_size"], train["lr"],
             train["weight_decay"], train["epochs"], train["tensorboard"]) == (
         "infonce", 0.07, 64, 1e-4, 1e-4, 20, True)
+    # The spec's loader augments (transforms unnamed): crop, flip and jitter on train.
+    aug = train["augment"]
+    assert aug["enabled"] and aug["scale"] == [0.8, 1.0] and aug["flip"] == 0.5
     # Selected on the val holdout, reported on test: never the same images.
     assert cfg["dataset"]["selection"]["split"] == "val" and v["eval"]["split"] == "test"
