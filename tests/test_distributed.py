@@ -127,7 +127,8 @@ def test_two_process_training_run_writes_outputs_once(tmp_path):
     assert len(hist) == 1 and np.isfinite(hist["val_loss"]).all()
     log = (tmp_path / "ddp" / "train.log").read_text()
     assert "rank 0 of 2" in log and "rank1" not in log  # only rank 0 writes the log file
-    # The per-step / per-epoch logs too (steps.csv, epochs.csv: logs/{DS}/train/{variant}/).
-    logs = tmp_path / "ddp" / "logs"
-    assert len(pd.read_csv(logs / "epochs.csv")) == 1 and len(pd.read_csv(logs / "steps.csv")) == 4
+    assert len(pd.read_csv(out / "steps.csv")) == 4  # every optimiser step, once
+    # The live log lines (log_every_steps: 1) and TensorBoard events, from rank 0 only.
+    assert log.count("step 1 (epoch 1)") == 1 and "step 4 (epoch 1)" in log
+    assert list((tmp_path / "ddp" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "ddp" / "ckpt" / "state.pt").is_file()

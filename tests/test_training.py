@@ -14,6 +14,7 @@ import torch
 from tiny_pairs import load_train_val, tiny_variant
 
 from cliptune.config import deep_merge
+from cliptune.training.train_log import STEP_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -301,18 +302,14 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     a = torch.load(tmp_path / "a" / "ckpt" / "state.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "ckpt" / "state.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
-    # Logs: per-step and per-epoch CSV plus TensorBoard events, appended across the resume.
-    steps = pd.read_csv(logs / "steps.csv")
-    assert list(steps.columns[:6]) == ["step", "epoch", "loss", "lr", "temperature", "grad_norm"]
-    assert steps["step"].tolist() == list(range(1, 5))  # 2 steps x 2 epochs, no duplicates
-    epochs = pd.read_csv(logs / "epochs.csv")
-    assert epochs["epoch"].tolist() == [1, 2] and "val_recall" in epochs
+    # The live TensorBoard events continue across the resume.
     assert list((logs / "tensorboard").glob("events.out.tfevents.*"))
     report = json.loads((tmp_path / "b" / "out" / "train_report.json").read_text())
     assert report["epochs_run"] == 2
     # steps.csv (an output) keeps every optimiser step across the resume, exactly once.
     out_steps = pd.read_csv(tmp_path / "b" / "out" / "steps.csv")
     assert out_steps["step"].tolist() == [1, 2, 3, 4] and out_steps["epoch"].tolist() == [1, 1, 2, 2]
+    assert list(out_steps.columns) == STEP_COLUMNS
     assert report["selected_on"] == {"split": "select", "images": pairs[1].n_images,
                                      "monitor": "val_loss"}
 

@@ -56,7 +56,7 @@ class TrainState:
     restarts: int = 0  # divergence recoveries
     bad_epochs: int = 0  # epochs without improvement (early stopping)
     stopped: bool = False  # early stopping fired
-    # One outputs.STEP_COLUMNS row per optimiser step (steps.csv), restarted epochs included.
+    # One train_log.STEP_COLUMNS row per optimiser step (steps.csv), restarted epochs included.
     step_log: list = field(default_factory=list)
     # train.resume_from: the kept epoch checkpoint this run started from (train_report.json).
     resumed_from: dict | None = None

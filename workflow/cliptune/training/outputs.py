@@ -1,6 +1,6 @@
 """What a finished training run leaves in its output folder: model.safetensors (the
-best epoch), history.csv (one row per epoch), steps.csv (one row per optimiser step)
-and train_report.json."""
+best epoch), history.csv (one row per epoch), steps.csv (one row per optimiser step;
+the columns: cliptune.training.train_log) and train_report.json."""
 
 from __future__ import annotations
 
@@ -17,15 +17,8 @@ from cliptune.io_utils import atomic_path, write_json
 from cliptune.runtime import device_name, hardware_info
 from cliptune.training.checkpoint import TrainState
 from cliptune.training.optim import describe_param_groups
+from cliptune.training.train_log import HISTORY_COLUMNS, STEP_COLUMNS
 from cliptune.training.validation import validation_images
-
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_acc_i2t", "train_acc_t2i",
-                   "val_acc_i2t", "val_acc_t2i", "lr", "temperature", "images_per_s",
-                   "skipped_steps", "seconds", "val_recall", "grad_norm", "grad_norm_min",
-                   "grad_norm_max", "restarts"]
-# steps.csv: the per-step training loss, the learning rate the step used (the warmup),
-# in-batch accuracy (%) both ways, the pre-clipping gradient norm, 1 if skipped.
-STEP_COLUMNS = ["step", "epoch", "loss", "lr", "acc_i2t", "acc_t2i", "grad_norm", "skipped"]
 
 
 def write_train_outputs(variant: dict, ts: TrainState, out_dir: Path, device: torch.device,

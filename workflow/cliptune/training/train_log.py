@@ -1,98 +1,66 @@
-"""Per-step and per-epoch training logs: CSV files plus TensorBoard event files.
-
-Written under ``logs/{dataset}/train/{variant}/`` (not Snakemake outputs):
-``steps.csv`` (step, epoch, loss, lr, temperature, grad_norm, images_per_s,
-skipped), ``epochs.csv`` (the history rows) and ``tensorboard/``. A resumed run first
-drops what was logged after the resumed checkpoint (work that is redone), then
-appends; a fresh run starts new files.
+"""The live view of a training run. The complete records are the run's outputs,
+``steps.csv`` (one row per optimiser step, :data:`STEP_COLUMNS`) and ``history.csv``
+(one row per epoch, :data:`HISTORY_COLUMNS`), written by cliptune.training.outputs
+from the rows the trainer keeps in its resumable state. While the job runs, every
+``train.log_every_steps`` steps a line goes to the job's log and, with
+``train.tensorboard``, the same rows go to TensorBoard under
+``logs/{dataset}/train/{variant}/tensorboard/``.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-STEP_COLUMNS = ["step", "epoch", "loss", "lr", "temperature", "grad_norm", "images_per_s",
-                "skipped"]
+# Per optimiser step: the learning rate the step used (before the scheduler moved it),
+# in-batch accuracy (%) both ways, the pre-clipping gradient norm, 1 if skipped (NaN/Inf).
+STEP_COLUMNS = ["step", "epoch", "loss", "lr", "temperature", "acc_i2t", "acc_t2i",
+                "grad_norm", "images_per_s", "skipped"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_acc_i2t", "train_acc_t2i",
+                   "val_acc_i2t", "val_acc_t2i", "lr", "temperature", "images_per_s",
+                   "skipped_steps", "seconds", "val_recall", "grad_norm", "grad_norm_min",
+                   "grad_norm_max", "restarts"]
 
 
 class TrainLogger:
-    def __init__(self, log_dir: Path | None, resume_step: int | None = None,
-                 resume_epoch: int = 0, tensorboard: bool = True, every: int = 1):
-        self.every = max(1, every)
-        self.dir = Path(log_dir) if log_dir else None
+    """Step and epoch rows to the job's log and TensorBoard. ``resume_step``: the step a
+    resumed run continues after; TensorBoard hides the events of the redone steps."""
+
+    def __init__(self, log_dir: Path | None, resume_step: int | None, tensorboard: bool,
+                 every: int):
+        self.every = every
         self.writer = None
-        self._files = {}
-        if self.dir is None:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        resume = resume_step is not None
-        for name, key, upto in (("steps", "step", resume_step), ("epochs", "epoch", resume_epoch)):
-            path = self.dir / f"{name}.csv"
-            new = not resume or not path.exists() or path.stat().st_size == 0
-            if not new:
-                _truncate(path, key, upto)
-            fh = path.open("w" if new else "a", newline="")
-            self._files[name] = (fh, csv.writer(fh), new)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if log_dir is not None and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-                # purge_step hides events of redone steps from an interrupted run.
-                self.writer = SummaryWriter(str(self.dir / "tensorboard"),
-                                            purge_step=resume_step + 1 if resume else None)
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                log.warning("tensorboard is not installed; writing CSV logs only")
-
-    def _row(self, name: str, columns: list[str], row: dict) -> None:
-        if name not in self._files:
-            return
-        fh, writer, new = self._files[name]
-        if new:
-            writer.writerow(columns)
-            self._files[name] = (fh, writer, False)
-        writer.writerow([row.get(c, "") for c in columns])
-        fh.flush()
+            self.writer = SummaryWriter(str(Path(log_dir) / "tensorboard"),
+                                        purge_step=None if resume_step is None
+                                        else resume_step + 1)
 
     def step(self, row: dict) -> None:
-        if row["step"] % self.every and not row.get("skipped"):
+        if row["step"] % self.every:
             return
-        self._row("steps", STEP_COLUMNS, row)
+        log.info("step %d (epoch %d): loss %.4f, lr %.3g, T %.4f, grad norm %.3g, %.0f img/s",
+                 row["step"], row["epoch"], row["loss"], row["lr"], row["temperature"],
+                 row["grad_norm"], row["images_per_s"])
         if self.writer is not None:
-            for key in ("loss", "lr", "temperature", "grad_norm", "images_per_s"):
-                value = row.get(key)
-                if value is not None and math.isfinite(value):
-                    self.writer.add_scalar(f"step/{key}", value, row["step"])
+            for key in STEP_COLUMNS[2:-1]:
+                if math.isfinite(row[key]):
+                    self.writer.add_scalar(f"step/{key}", row[key], row["step"])
 
-    def epoch(self, row: dict, columns: list[str], step: int) -> None:
+    def epoch(self, row: dict, step: int) -> None:
         """One history row; TensorBoard plots it at global ``step`` (same axis as steps)."""
-        self._row("epochs", columns, row)
-        if self.writer is not None:
-            for key, value in row.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self.writer.add_scalar(f"epoch/{key}", value, step)
-            self.writer.flush()
+        if self.writer is None:
+            return
+        for key in HISTORY_COLUMNS[1:]:
+            if math.isfinite(row[key]):
+                self.writer.add_scalar(f"epoch/{key}", row[key], step)
+        self.writer.flush()
 
     def close(self) -> None:
-        for fh, _, _ in self._files.values():
-            fh.close()
-        self._files = {}
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def _truncate(path: Path, key: str, upto: int) -> None:
-    """Keep the header and the rows whose ``key`` column is <= ``upto``."""
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return
-    col = rows[0].index(key) if key in rows[0] else 0
-    kept = [rows[0]] + [r for r in rows[1:] if r and float(r[col]) <= upto]
-    with path.open("w", newline="") as fh:
-        csv.writer(fh).writerows(kept)

@@ -56,7 +56,7 @@ from cliptune.training.distributed import (
 )
 from cliptune.training.epoch_checkpoints import drop_epochs_after, keep_epoch, restart_from_epoch
 from cliptune.training.hard_negatives import build_index
-from cliptune.training.outputs import HISTORY_COLUMNS, write_train_outputs
+from cliptune.training.outputs import write_train_outputs
 from cliptune.training.preemption import CheckpointTimer, PreemptedError, SignalGuard
 from cliptune.training.step import (
     StepContext,
@@ -141,7 +141,6 @@ class Trainer:
         """All remaining epochs; a diverged one restarts from its first state."""
         ts = self._log_plan()
         self.logger = TrainLogger(self.log_dir, resume_step=ts.step if self.start_epoch else None,
-                                  resume_epoch=self.start_epoch,
                                   tensorboard=self.tcfg["tensorboard"],
                                   every=self.tcfg["log_every_steps"])
         try:
@@ -249,14 +248,14 @@ class Trainer:
                         ts.step, cause, loss.item())
         ts.scheduler.step()
         ts.step += 1
-        ts.step_log.append([ts.step, run.epoch + 1, loss.item(), lr_used,
-                            *(100.0 * acc).tolist(), norm, int(cause is not None)])
-        self.logger.step({"step": ts.step, "epoch": run.epoch + 1, "loss": loss.item(),
-                          "lr": ts.optimizer.param_groups[0]["lr"],
-                          "temperature": float(1.0 / ts.model.scale().detach()),
-                          "grad_norm": norm,
-                          "images_per_s": len(rows) / max(1e-9, time.perf_counter() - t_step),
-                          "skipped": int(norm is None or not math.isfinite(norm))})
+        row = {"step": ts.step, "epoch": run.epoch + 1, "loss": loss.item(), "lr": lr_used,
+               "temperature": float(1.0 / ts.model.scale().detach()),
+               "acc_i2t": 100.0 * float(acc[0]), "acc_t2i": 100.0 * float(acc[1]),
+               "grad_norm": math.nan if norm is None else norm,
+               "images_per_s": len(rows) / max(1e-9, time.perf_counter() - t_step),
+               "skipped": int(cause is not None)}
+        ts.step_log.append(row)
+        self.logger.step(row)
 
     def _maybe_checkpoint(self, run: EpochRun, step: int) -> None:
         """Mid-epoch state on a signal or when the timer is due; on a signal, then stop."""
@@ -321,7 +320,7 @@ class Trainer:
         row = self._history_row(run, seconds, val)
         val_loss = val["val_loss"]
         ts.history.append(row)
-        self.logger.epoch(row, HISTORY_COLUMNS, ts.step)
+        self.logger.epoch(row, ts.step)
         log.info("epoch %d: loss train %.4f val %.4f, in-batch acc i2t/t2i train %.1f/%.1f "
                  "val %.1f/%.1f, R@1 %.1f, T %.4f, %.0f img/s", row["epoch"], row["train_loss"],
                  val_loss, row["train_acc_i2t"], row["train_acc_t2i"], val["val_acc_i2t"],
