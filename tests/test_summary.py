@@ -10,14 +10,30 @@ import pandas as pd
 import pytest
 import yaml
 
+from cliptune.config import UNTRAINED, load_config, resolve_variant
 from cliptune.reporting.summary import build_summary, convergence
 
 REPORT = {"anchors_comparable": False}
+# The shared sections of the synthetic runs; each variant's own settings go over them.
+BASE = {"dataset": {"name": "demo", "source": "demo"}, "image_size": 64,
+        "text_encoder": {"model": "offline-minilm", "max_length": 64},
+        "model": {"backbone": "resnet18", "pooling": "avg"},
+        "train": {"lr": 1e-3, "weight_decay": 0.05, "temperature": 0.07,
+                  "learnable_temperature": True}}
+
+
+def resolved(name: str, override: dict, base: dict = BASE) -> dict:
+    """The resolved config of variant ``name``: ``override`` over the shared ``base``
+    (``untrained``: the baseline ``override`` at zero epochs)."""
+    own = "baseline" if name == UNTRAINED else name
+    return resolve_variant(load_config({**base, "variants": {own: override},
+                                        "baseline": own}), name)
 
 
 def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
                  batch_size: int = 32, norm: str = "none", select: str = "select",
-                 monitor: str = "val_loss", val_recalls: list[float] | None = None) -> dict:
+                 monitor: str = "val_loss", val_recalls: list[float] | None = None,
+                 config: dict | None = None) -> dict:
     d = root / name
     d.mkdir(parents=True)
     m = {f"{dr}_R@{k}": min(100.0, recall * k ** 0.5) for dr in ("i2t", "t2i") for k in (1, 5, 10)}
@@ -25,14 +41,11 @@ def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
           "n_images": 300, "n_texts": 1500, "split": "val", "temperature": 0.05,
           "reported_on": {"split": "val", "images": 300}}
     (d / "metrics.json").write_text(json.dumps(m))
-    cfg = {"name": name, "image_size": 64,
-           "model": {"backbone": "resnet18", "pooling": "avg", "head": {"norm": norm}},
-           "train": {"batch_size": batch_size, "lr": 1e-3, "epochs": len(val_losses),
-                     "weight_decay": 0.05, "temperature": 0.07, "learnable_temperature": True,
-                     "sampler": "one_caption_per_image", "precision": "auto"},
-           "text_encoder": {"model": "offline-minilm", "pooling": "auto", "max_length": 64}}
+    cfg = config or resolved(name, {"model": {"head": {"norm": norm}},
+                                    "train": {"batch_size": batch_size,
+                                              "epochs": len(val_losses)}})
     (d / "train_report.json").write_text(json.dumps({
-        "config": cfg, "device": "cpu (x86_64, 2 cores)", "torch": "2.x",
+        "variant": name, "config": cfg, "device": "cpu (x86_64, 2 cores)", "torch": "2.x",
         "epochs_run": len(val_losses), "wall_seconds": 125.0 * len(val_losses),
         "images_per_s": 40.0 + recall, "parameters": 1000, "trainable_parameters": 900,
         "train_images": 2000, "train_captions": 10000,
@@ -93,7 +106,8 @@ def test_summary_has_table_observations_and_relative_figures(runs):
     assert "`model.head.norm=batchnorm`" in text
     assert "cpu (x86_64, 2 cores)" in text and "Total training time" in text
     assert "**not comparable**" in text and "50.1" in text
-    assert "**negatives**" in text and "31 negatives (batch size 32)" in text
+    assert "**negatives**" in text
+    assert "`baseline`, `bn_head`: 31 negatives per anchor (batch size 32)" in text
     # figures linked relative to results/
     assert "](ablation_bar.png)" in text and "](loss_overlay.png)" in text
     assert "](demo/variants/bn_head/figures/text_to_image.png)" in text
@@ -241,8 +255,9 @@ def test_report_rules_are_wired(tmp_path, repo):
 def _as_clip(paths: dict, epochs: int, mrr: tuple[float, float], checkpoint: str) -> None:
     """Turn a synthetic run into a CLIP variant from ``checkpoint`` with the given MRRs."""
     rep = json.loads(paths["train_report"].read_text())
-    rep["config"]["model"] = {"kind": "clip", "clip": {"model": checkpoint}}
-    rep["config"]["train"]["epochs"] = epochs
+    rep["config"] = resolved(rep["variant"], {"model": {"kind": "clip",
+                                                        "clip": {"model": checkpoint}},
+                                              "train": {"epochs": epochs}})
     paths["train_report"].write_text(json.dumps(rep))
     m = json.loads(paths["metrics"].read_text())
     m["i2t_mrr"], m["t2i_mrr"] = mrr

@@ -37,6 +37,12 @@ from cliptune.reporting.observations import (
     selection_paragraph,
 )
 from cliptune.reporting.pretrained_table import pretrained_section
+from cliptune.reporting.variant_description import (
+    RESNET_COLUMNS,
+    describe,
+    resnet_columns,
+    trains,
+)
 from cliptune.reporting.zero_shot_section import zero_shot_section
 
 # Published zero-shot anchors (open_clip benchmark table), Karpathy COCO 5k test split.
@@ -89,20 +95,35 @@ def config_overrides(config: Mapping, reference: Mapping) -> str:
     return ", ".join(diff) or "–"
 
 
-CONTRASTIVE = """\
+INFONCE = """\
 Each training batch holds B images and one caption of each. The image tower turns
-every image into a vector, the frozen text tower does the same for every caption,
-and both are scaled to unit length, so their dot product is a cosine similarity.
-For one image (the **anchor**), its own caption is the **positive** and the other
-B − 1 captions in the batch are **negatives**. The loss is a B-way classification:
-a softmax over the anchor's similarities to all B captions, divided by the
-**temperature** τ, should put its probability on the positive (cross-entropy).
-The same is done from each caption towards the B images, and the two directions are
-averaged (the symmetric InfoNCE loss of CLIP). A small τ sharpens the softmax so
-that near misses are punished hard; CLIP starts at τ = 0.07 and learns it. Larger
-batches give more negatives per anchor, which is why contrastive training prefers
-them. {specific}
-"""
+every image into a vector and the text tower every caption (which towers train and
+which stay frozen differs per variant: see the table of variants above), and both
+are scaled to unit length, so their dot product is a cosine similarity. For one image
+(the **anchor**), its own caption is the **positive** and the other B − 1 captions in
+the batch are **negatives**. The loss is a B-way classification: a softmax over the
+anchor's similarities to all B captions, divided by the **temperature** τ, should put
+its probability on the positive (cross-entropy). The same is done from each caption
+towards the B images, and the two directions are averaged (the symmetric InfoNCE loss
+of CLIP). A small τ sharpens the softmax so that near misses are punished hard; CLIP
+starts at τ = 0.07 and learns it. Larger batches give more negatives per anchor, which
+is why contrastive training prefers them."""
+
+HARD_NEGATIVE = """\
+The **hard-negative** loss is InfoNCE whose softmax also holds, for every anchor, k
+extra negatives taken from an index of the whole training set, embedded with the
+current model and rebuilt as configured: `semantic` takes the k captions (images) of
+other images most similar to the anchor, `random` draws k of them uniformly (the
+control for what the similarity search buys). A hinge on the hardest in-batch
+negative (its similarity must stay the margin below the positive's) is added with its
+weight."""
+
+TRIPLET = """\
+The **triplet** loss is a bidirectional hinge on cosine similarities with in-batch
+negatives: the positive's similarity must exceed a negative's by the margin, or the
+difference is the loss. `hardest` mining takes each anchor's most similar negative,
+`semihard` the hardest one still below the positive within the margin (else the
+hardest). It has no softmax and so no temperature."""
 
 
 def _ks(metrics: Mapping) -> list[int]:
@@ -178,7 +199,8 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
     lines += pretrained_section({n: d["metrics"] for n, d in run.data.items()},
                                 {n: d["report"] for n, d in run.data.items()}, run.ks)
     lines += zero_shot_section(run.names, run.data)
-    lines += _figures(run, ablation_png, overlay_png, queries_png) + _hyperparameters(run)
+    lines += _figures(run, ablation_png, overlay_png, queries_png)
+    lines += _variants(run) + _hyperparameters(run)
     lines += _hardware(run) + _loss_in_words(run)
     lines += stability_section(run.data, run.names) + LLM_REFLECTION
     return "\n".join(lines).rstrip() + "\n"
@@ -288,33 +310,36 @@ def _figures(run: _Run, ablation_png: Path | None, overlay_png: Path | None,
     return lines
 
 
+def _config(run: _Run, name: str) -> Mapping:
+    """The resolved config a variant was trained with (its train_report.json)."""
+    return run.data[name]["report"]["config"]
+
+
+def _variants(run: _Run) -> list[str]:
+    """What each variant is, from its resolved config (cliptune.reporting.variant_description)."""
+    rows = [[f"`{d.name}`", d.model, d.image_tower, d.text_tower, d.loss, d.temperature,
+             d.tokenizer] for d in (describe(_config(run, n)) for n in run.names)]
+    return ["## Variants and hyperparameters", "",
+            table(["variant", "model", "image tower", "text tower", "loss", "temperature",
+                   "tokenizer"], rows), ""]
+
+
 def _hyperparameters(run: _Run) -> list[str]:
+    """Training settings per variant; the trunk + head columns are n/a for other kinds."""
     rows = []
     for n in run.names:
-        cfg = run.data[n]["report"].get("config", {})
-        t, mo = cfg.get("train", {}), cfg.get("model", {})
+        cfg = _config(run, n)
+        t = cfg["train"]
         rows.append([
-            n, mo.get("backbone", "–"), mo.get("pooling", "–"),
-            (mo.get("head") or {}).get("norm", "–"), t.get("batch_size", "–"),
-            f"{t['lr']:g}" if "lr" in t else "–", optimizer_label(t),
-            t.get("weight_decay", "–"), warmup_label(t), t.get("grad_clip", "–"),
-            f"{run.data[n]['report'].get('epochs_run', '–')}/{t.get('epochs', '–')}",
-            f"{t.get('temperature', '–')}" + (" (learned)" if t.get("learnable_temperature")
-                                              else " (fixed)"),
-            t.get("sampler", "–"), t.get("precision", "–"),
+            n, *resnet_columns(cfg), cfg["image_size"], t["batch_size"], f"{t['lr']:g}",
+            optimizer_label(t), t["weight_decay"], warmup_label(t), t["grad_clip"],
+            f"{run.data[n]['report']['epochs_run']}/{t['epochs']}", t["sampler"],
+            t["precision"],
             config_overrides(cfg, run.ref_cfg) if n != run.baseline else "(reference)",
         ])
-    lines = ["## Variants and hyperparameters", "",
-             table(["variant", "backbone", "pooling", "head norm", "batch", "lr", "optimizer",
-                     "weight decay", "warmup", "grad clip", "epochs run/set", "init. temperature", "sampler",
-                     "precision", "differs from baseline"], rows), ""]
-    ref = run.ref_cfg
-    text_enc = ref.get("text_encoder", {})
-    if text_enc:
-        lines += [f"Text tower (frozen): `{text_enc.get('model')}`, pooling "
-                  f"`{text_enc.get('pooling')}`, max length {text_enc.get('max_length')}; image "
-                  f"size {ref.get('image_size')} px.", ""]
-    return lines
+    return [table(["variant", *RESNET_COLUMNS, "image size", "batch", "lr", "optimizer",
+                   "weight decay", "warmup", "grad clip", "epochs run/set", "sampler",
+                   "precision", "differs from baseline"], rows), ""]
 
 
 def _hardware(run: _Run) -> list[str]:
@@ -334,21 +359,60 @@ def _hardware(run: _Run) -> list[str]:
             f"Total training time over all variants: {_duration(total)}.", ""]
 
 
+def _users(run: _Run, loss: str) -> list[str]:
+    """The trained variants whose training used ``loss``."""
+    return [n for n in run.names
+            if trains(_config(run, n)) and _config(run, n)["train"]["loss"] == loss]
+
+
+def _named(names: Sequence[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
 def _loss_in_words(run: _Run) -> list[str]:
-    """The contrastive loss explained, with this run's batch size and temperature."""
-    b_cfg = run.ref_cfg.get("train", {})
-    shown = next((n for n in (run.best, run.baseline) if n in run.data
+    """The losses the trained variants used, explained, with their own settings."""
+    contrastive = _users(run, "infonce") + _users(run, "hard_negative")
+    triplet = _users(run, "triplet")
+    if not contrastive and not triplet:
+        return ["## The training loss in plain words", "",
+                "No variant was trained (every one has `train.epochs: 0`).", ""]
+    lines = ["## The training loss in plain words", ""]
+    if contrastive:
+        batches = {n: _config(run, n)["train"]["batch_size"] for n in contrastive}
+        lines += [INFONCE, "", "Here: " + "; ".join(
+            f"{_named(ns)}: {b - 1} negatives per anchor (batch size {b})"
+            for b, ns in _group(batches).items()) + ". Temperature per variant: "
+            + "; ".join(f"`{n}` {describe(_config(run, n)).temperature}" for n in contrastive)
+            + "." + _temperature_moved(run, contrastive), ""]
+    hard = _users(run, "hard_negative")
+    if hard:
+        lines += [HARD_NEGATIVE, "", "Here: " + "; ".join(
+            f"`{n}`: {describe(_config(run, n)).loss}" for n in hard) + ".", ""]
+    if triplet:
+        lines += [TRIPLET, "", "Here: " + "; ".join(
+            f"`{n}`: {describe(_config(run, n)).loss}" for n in triplet) + ".", ""]
+    return lines
+
+
+def _group(values: Mapping[str, int]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for name, value in values.items():
+        out.setdefault(value, []).append(name)
+    return out
+
+
+def _temperature_moved(run: _Run, names: Sequence[str]) -> str:
+    """How far the learned temperature of the best (else the baseline) variant moved."""
+    learned = [n for n in names if _config(run, n)["train"]["learnable_temperature"]]
+    shown = next((n for n in (run.best, run.baseline) if n in learned
                   and not run.data[n]["history"].empty), None)
-    conv = (convergence(run.data[shown]["history"], monitor_of(run.data[shown]["report"]))
-            if shown else {})
-    specific = ""
-    if b_cfg:
-        specific = (f"Here each anchor had {b_cfg.get('batch_size', 0) - 1} negatives (batch "
-                    f"size {b_cfg.get('batch_size')}).")
-        if "temperature_end" in conv:
-            specific += (f" The temperature of `{shown}` went from "
-                         f"{conv['temperature_start']:.4f} to {conv['temperature_end']:.4f}.")
-    return ["## The contrastive loss in plain words", "", CONTRASTIVE.format(specific=specific)]
+    if shown is None:
+        return ""
+    conv = convergence(run.data[shown]["history"], monitor_of(run.data[shown]["report"]))
+    if "temperature_end" not in conv:
+        return ""
+    return (f" The learned temperature of `{shown}` went from {conv['temperature_start']:.4f} "
+            f"to {conv['temperature_end']:.4f}.")
 
 
 def write_summary(out: Path, variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
