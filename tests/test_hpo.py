@@ -191,3 +191,68 @@ def test_hpo_rule_is_its_own_target(tmp_path, repo):
     assert proc.returncode != 0
     assert "hpo.space.model.dual_encoder.text.depth applies to model.kind dual_encoder" in (
         proc.stdout + proc.stderr)
+
+
+class _JobKilled(BaseException):
+    """Stands for the job dying mid-trial: not an Exception, so the trial stays RUNNING."""
+
+
+def _cheap_search(storage, trials, kill_at=None):
+    from cliptune.training.hpo import open_study, run_trials
+
+    space = {"train.lr": {"low": 1e-5, "high": 1e-2, "log": True},
+             "train.batch_size": {"choices": [32, 64, 128]}}
+    study = open_study(storage, "cheap", "maximize", 0, space)
+    calls = []
+
+    def objective(trial, params):
+        if len(calls) == kill_at:
+            raise _JobKilled
+        calls.append(params)
+        return -abs(params["train.lr"] - 1e-3)
+
+    try:
+        run_trials(study, space, trials, objective)
+    except _JobKilled:
+        pass
+    return calls
+
+
+def test_a_resumed_search_continues_the_sequence_and_never_repeats(tmp_path):
+    import optuna
+
+    whole = _cheap_search(tmp_path / "whole.journal", 6)
+    first = _cheap_search(tmp_path / "cut.journal", 6, kill_at=3)  # dies in trial 3
+    assert first == whole[:3]
+    second = _cheap_search(tmp_path / "cut.journal", 6)  # the rerun
+    assert len(second) == 2  # trial 3 failed the job: counted, not run again
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "cut.journal")))
+    trials = optuna.load_study(study_name="cheap", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["FAIL"] + ["COMPLETE"] * 2
+    assert "killed" in trials[3].user_attrs["failed"]
+    configs = [t.params for t in trials]
+    # The sequence one uninterrupted run draws (the first 10 TPE trials are random), and
+    # 6 distinct configurations: the restarted random state would repeat trials 0 and 1.
+    assert configs == whole
+    assert len({tuple(sorted(c.items())) for c in configs}) == 6
+    # A third run has nothing left to do.
+    assert _cheap_search(tmp_path / "cut.journal", 6) == []
+
+
+def test_a_proposal_repeating_a_tried_configuration_is_not_run_or_counted(tmp_path):
+    import optuna
+
+    from cliptune.training.hpo import MAX_REPEATS, open_study, run_trials
+
+    space = {"train.batch_size": {"choices": [32, 64, 128]}}
+    study = open_study(tmp_path / "s.journal", "grid", "maximize", 0, space)
+    seen = []
+    counted = run_trials(study, space, 3, lambda t, p: seen.append(p) or 1.0)
+    assert counted == 3 and sorted(p["train.batch_size"] for p in seen) == [32, 64, 128]
+    repeats = [t for t in study.trials if "repeat_of" in t.user_attrs]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in repeats)
+    # A budget beyond the space's 3 points stops after MAX_REPEATS repeats in a row.
+    assert run_trials(study, space, 5, lambda t, p: seen.append(p) or 1.0) == 3
+    assert len(seen) == 3
+    assert len(study.trials) == 3 + len(repeats) + MAX_REPEATS

@@ -2,7 +2,9 @@
 dotted path, cliptune.hpo_space). The study lives in a journal file next to the
 outputs (not an output itself), so an interrupted search resumes where it stopped; a
 changed search config or variant starts a new study in the same file (the name
-carries a hash).
+carries a hash). A resumed search continues the sampler's sequence (open_study), counts
+the trial a killed job left running as failed, and never runs a configuration twice
+(run_trials): ``hpo.trials`` distinct configurations are tried in all.
 
 Each trial's variant is the variant deep-merged with the sampled keys and checked like
 any configured variant: a combination the config would reject (heads that do not divide
@@ -74,7 +76,30 @@ def saved_epoch_value(result: Mapping, metric: str) -> float:
     return float(saved[0][metric])
 
 
-def open_study(storage_path: Path, name: str, direction: str, seed: int):
+# A proposal that repeats a tried configuration is recorded as failed (user attribute
+# ``repeat_of``) and not counted; this many in a row means the space has no untried point
+# the sampler finds, and the search stops short of its budget with a warning.
+MAX_REPEATS = 100
+# Why a trial ended without a value (user attribute): the trainer raised, or the job
+# stopped during the trial (killed, out of memory) and a rerun found it still running.
+FAILED = "failed"
+JOB_STOPPED = "the job stopped during this trial (killed or out of memory); not retried"
+
+
+def _state(name: str):
+    import optuna
+
+    return getattr(optuna.trial.TrialState, name)
+
+
+def open_study(storage_path: Path, name: str, direction: str, seed: int, space: Mapping):
+    """The study in ``storage_path`` whose sampler continues where the last run stopped.
+
+    ``TPESampler(seed)`` starts its random state afresh in every process, so a resumed
+    study would propose its first configurations again. The sampler is instead replayed
+    through the recorded trials (:func:`continued_sampler`): the resumed search draws what
+    one uninterrupted run would have drawn after the same trials.
+    """
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -84,10 +109,97 @@ def open_study(storage_path: Path, name: str, direction: str, seed: int):
     study = optuna.create_study(study_name=name, storage=storage, direction=direction,
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 load_if_exists=True)
-    # Trials left RUNNING by a killed process would never finish: mark them failed.
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    # A trial left RUNNING was running when the job died: it failed the job, so it is
+    # marked failed (and counted, and never proposed again) rather than run again.
+    for t in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
+        study._storage.set_trial_user_attr(t._trial_id, FAILED, JOB_STOPPED)
+        study.tell(t.number, state=_state("FAIL"))
+        log.warning("trial %d %s: %s", t.number, JOB_STOPPED, t.params)
+    study.sampler = continued_sampler(study.trials, direction, seed, space)
     return study
+
+
+def continued_sampler(trials, direction: str, seed: int, space: Mapping):
+    """``TPESampler(seed)`` after proposing ``trials`` (in order) and hearing their outcomes.
+
+    Each recorded trial is asked again of a scratch in-memory study, sampled with the same
+    space and told the recorded outcome; the sampler's random state then stands where the
+    interrupted run left it. If a replayed proposal differs from the recorded one (another
+    Optuna version, a space edited outside the study's identity) the sequence cannot be
+    continued: the sampler is seeded with ``seed + len(trials)`` instead, a fresh stream
+    (the repeat guard of :func:`run_trials` still rules out tried configurations).
+    """
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    replay = optuna.create_study(direction=direction, sampler=sampler)
+    for t in sorted(trials, key=lambda t: t.number):
+        trial = replay.ask()
+        if suggest(trial, space) != t.params:
+            log.warning("HPO resume: trial %d's recorded parameters differ from the "
+                        "replayed sampler's; continuing with sampler seed %d + %d trials",
+                        t.number, seed, len(trials))
+            return optuna.samplers.TPESampler(seed=seed + len(trials))
+        if t.state == _state("COMPLETE"):
+            replay.tell(trial, t.value)
+        else:
+            replay.tell(trial, state=t.state)
+    return sampler
+
+
+def _config_key(params: Mapping) -> str:
+    return canonical_json(dict(params))
+
+
+def run_trials(study, space: Mapping, budget: int, objective, on_trial=None) -> int:
+    """Run trials until ``budget`` distinct configurations have an outcome.
+
+    ``objective(trial, params) -> value`` may raise optuna.TrialPruned (the trial is
+    pruned) or any other exception (the trial is marked failed and the exception
+    propagates). Completed, pruned and failed trials all count toward the budget and are
+    never proposed again: a proposal equal to one of them is recorded as a failed trial
+    with ``repeat_of`` and not counted. Returns the number of counted trials.
+    """
+    import optuna
+
+    tried: dict[str, int] = {}
+    for t in study.trials:
+        if t.state.is_finished() and "repeat_of" not in t.user_attrs:
+            tried.setdefault(_config_key(t.params), t.number)
+    counted, repeats = len(tried), 0
+    while counted < budget:
+        trial = study.ask()
+        params = suggest(trial, space)
+        key = _config_key(params)
+        if key in tried:
+            trial.set_user_attr("repeat_of", tried[key])
+            study.tell(trial, state=_state("FAIL"))
+            repeats += 1
+            if repeats >= MAX_REPEATS:
+                log.warning("HPO stops at %d of %d trials: the last %d proposals all "
+                            "repeated tried configurations (the space has few points "
+                            "left); enlarge hpo.space or lower hpo.trials", counted, budget,
+                            MAX_REPEATS)
+                break
+            continue
+        repeats = 0
+        tried[key] = trial.number
+        try:
+            value = objective(trial, params)
+        except optuna.TrialPruned as exc:
+            log.warning("trial %d pruned: %s", trial.number, exc)
+            trial.set_user_attr("pruned", str(exc))
+            study.tell(trial, state=_state("PRUNED"))
+        except Exception as exc:
+            trial.set_user_attr(FAILED, f"{type(exc).__name__}: {exc}")
+            study.tell(trial, state=_state("FAIL"))
+            raise
+        else:
+            study.tell(trial, value)
+        counted += 1
+        if on_trial is not None:
+            on_trial()
+    return counted
 
 
 def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
@@ -105,43 +217,41 @@ def run_search(variant: dict, variant_override: Mapping | None, hpo: Mapping,
     # The budget (trials) is not part of the identity: raising it extends the same study.
     search = {k: v for k, v in hpo.items() if k != "trials"}
     name = f"{variant['name']}-{short_hash({'variant': variant, 'hpo': search})}"
-    study = open_study(Path(storage_path), name, direction, hpo["seed"])
+    study = open_study(Path(storage_path), name, direction, hpo["seed"], hpo["space"])
     work = out_dir / "trials"
 
-    def objective(trial) -> float:
+    def objective(trial, params) -> float:
+        chosen = trial_variant(variant, params, hpo, trial.number, train_data.n_images)
+        trial_dir = work / str(trial.number)
         try:
-            chosen = trial_variant(variant, suggest(trial, hpo["space"]), hpo, trial.number,
-                                   train_data.n_images)
-            trial_dir = work / str(trial.number)
-            try:
-                result = train_variant(chosen, train_data, val_data, trial_dir,
-                                       trial_dir / "state.pt", show_progress=False,
-                                       write_outputs=False)
-            except DivergenceError as exc:
-                raise optuna.TrialPruned(f"diverged: {exc}") from exc
-            finally:
-                shutil.rmtree(trial_dir, ignore_errors=True)
-            return saved_epoch_value(result, metric)
-        except optuna.TrialPruned as exc:
-            log.warning("trial %d pruned: %s", trial.number, exc)
-            trial.set_user_attr("pruned", str(exc))
-            raise
+            result = train_variant(chosen, train_data, val_data, trial_dir,
+                                   trial_dir / "state.pt", show_progress=False,
+                                   write_outputs=False)
+        except DivergenceError as exc:
+            raise optuna.TrialPruned(f"diverged: {exc}") from exc
+        finally:
+            shutil.rmtree(trial_dir, ignore_errors=True)
+        return saved_epoch_value(result, metric)
 
-    done = [t for t in study.trials if t.state.is_finished()]
-    remaining = max(0, hpo["trials"] - len(done))
-    log.info("study %s in %s: %d finished trials, running %d more", name, storage_path,
-             len(done), remaining)
-    if remaining:
+    done = counted_trials(study)
+    log.info("study %s in %s: %d finished trials, running up to %d more", name,
+             storage_path, done, max(0, hpo["trials"] - done))
+    if done < hpo["trials"]:
         # One bar over the whole search (a resumed study starts at its finished trials).
-        bar = progress(total=hpo["trials"], initial=len(done), desc=f"hpo {name}",
-                       unit="trial")
+        bar = progress(total=hpo["trials"], initial=done, desc=f"hpo {name}", unit="trial")
         try:
-            study.optimize(objective, n_trials=remaining,
-                           callbacks=[lambda _study, _trial: bar.update(1)])
+            run_trials(study, hpo["space"], hpo["trials"], objective,
+                       on_trial=lambda: bar.update(1))
         finally:
             bar.close()
     shutil.rmtree(work, ignore_errors=True)
     return write_results(study, variant["name"], variant_override, metric, out_dir)
+
+
+def counted_trials(study) -> int:
+    """Finished trials that count toward ``hpo.trials`` (all but recorded repeats)."""
+    return sum(1 for t in study.trials
+               if t.state.is_finished() and "repeat_of" not in t.user_attrs)
 
 
 def write_results(study, name: str, variant_override: Mapping | None, metric: str,
@@ -154,7 +264,8 @@ def write_results(study, name: str, variant_override: Mapping | None, metric: st
 
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        reasons = sorted({t.user_attrs.get("pruned", t.state.name) for t in study.trials})
+        reasons = sorted({t.user_attrs.get("pruned", t.user_attrs.get(FAILED, t.state.name))
+                          for t in study.trials})
         raise RuntimeError(f"HPO for {name}: no trial completed (all pruned or failed: "
                            f"{reasons}); narrow hpo.space to settings the variant accepts")
     best = study.best_trial
@@ -165,11 +276,12 @@ def write_results(study, name: str, variant_override: Mapping | None, metric: st
               "# Use: snakemake --configfile <your config> <this file>\n")
     write_text(out_dir / "best_overlay.yaml", header + yaml.safe_dump(overlay, sort_keys=True))
     frame = study.trials_dataframe(attrs=("number", "value", "params", "state", "user_attrs"))
+    counted = counted_trials(study)
     write_json(out_dir / "best_params.json", {
         "variant": name, "overlay_variant": f"{name}_hpo", "metric": metric,
         "direction": study.direction.name.lower(), "best_value": best.value,
-        "best_trial": best.number, "params": dict(best.params), "trials": len(frame),
-        "complete": len(complete)})
+        "best_trial": best.number, "params": dict(best.params), "trials": counted,
+        "complete": len(complete), "repeats_skipped": len(frame) - counted})
     with atomic_path(out_dir / "trials.csv") as tmp:
         frame.to_csv(tmp, index=False)
 
@@ -189,4 +301,4 @@ def write_results(study, name: str, variant_override: Mapping | None, metric: st
     save_figure(fig, out_dir / "param_importances.png")
     log.info("best %s = %.4f with %s", metric, best.value, canonical_json(best.params))
     return {"best_value": best.value, "best_params": dict(best.params),
-            "trials": len(frame), "complete": len(complete)}
+            "trials": counted, "complete": len(complete)}
