@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pandas as pd
@@ -211,10 +212,8 @@ def _cheap_search(storage, trials, kill_at=None):
         calls.append(params)
         return -abs(params["train.lr"] - 1e-3)
 
-    try:
+    with contextlib.suppress(_JobKilled):
         run_trials(study, space, trials, objective)
-    except _JobKilled:
-        pass
     return calls
 
 
