@@ -54,6 +54,7 @@ rule all:
 localrules:
     all,
     aggregate,
+    loss_curves,
     loss_overlay,
     summary,
     samples,

@@ -120,7 +120,7 @@ def test_two_process_training_run_writes_outputs_once(tmp_path):
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "ddp" / "out"
-    # loss_curves.png is drawn by the train stage after the workers exit (test_workflow).
+    # Training draws nothing: loss_curves.png is the loss_curves rule's (report.smk).
     assert sorted(p.name for p in out.iterdir()) == ["history.csv", "model.safetensors",
                                                      "steps.csv", "train_report.json"]
     hist = pd.read_csv(out / "history.csv")

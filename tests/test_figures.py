@@ -350,11 +350,18 @@ def test_loss_curves_show_accuracy_per_step_loss_and_warmup(tmp_path):
                             for w in ("i2t", "t2i")}})
     steps = pd.DataFrame({"step": range(1, 31), "loss": np.linspace(3.2, 2.1, 30),
                           "lr": [min(k / 5, 1.0) * 1e-4 for k in range(1, 31)]})
-    fig = plot_loss_curves(hist, tmp_path / "curves.png", "baseline", steps=steps)
+    fig = plot_loss_curves(hist, tmp_path / "curves.png", "baseline", steps=steps,
+                           loss="symmetric InfoNCE")
     assert (tmp_path / "curves.png").stat().st_size > 0
     loss_ax, acc_ax, lr_ax, _ = fig.axes
-    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy", "learning rate",
-                                                  "temperature"]
+    assert [ax.get_title() for ax in fig.axes] == ["loss: symmetric InfoNCE", "accuracy",
+                                                  "learning rate", "temperature"]
+    # A triplet run names its loss and says the temperature plays no part in it.
+    fig = plot_loss_curves(hist, tmp_path / "triplet.png", "triplet", steps=steps,
+                           loss="bidirectional triplet hinge, margin 0.2, hardest mining",
+                           temperature_used=False)
+    assert fig.axes[0].get_title().startswith("loss: bidirectional triplet hinge")
+    assert fig.axes[3].get_title() == "temperature (unused by the loss)"
     assert len(loss_ax.lines[0].get_xdata()) == 30  # every optimiser step
     assert len(acc_ax.lines) == 4  # train/val x image->text/text->image
     lr = lr_ax.lines[0].get_ydata()

@@ -199,3 +199,36 @@ def test_summary_describes_every_variant_of_every_shipped_config(tmp_path, repo,
     assert ("**hard-negative** loss" in words) == ("hard_negative" in losses_used)
     assert ("**triplet** loss" in words) == ("triplet" in losses_used)
     assert "Text tower (frozen)" not in text
+
+
+def _render(repo: Path, template: str, **context) -> str:
+    """A report template rendered as `snakemake --report` does (Jinja, then docutils)."""
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+
+    text = (repo / "workflow" / "report" / template).read_text()
+    rst = Environment(trim_blocks=True, lstrip_blocks=True).from_string(text).render(**context)
+    return publish_parts(rst, writer="html")["html_body"]
+
+
+def test_html_report_intro_and_captions_follow_each_variant(repo):
+    from types import SimpleNamespace as NS
+
+    runs = _resolve(repo, "coco_hard_negatives.yaml")
+    lines = [vd.describe(v).sentence for v in runs.values()]
+    summary = NS(job=NS(rule=NS(name="summary"), params=NS(descriptions=lines)))
+    other = NS(job=NS(rule=NS(name="aggregate"), params=NS()))
+    html = _render(repo, "workflow.rst", snakemake=NS(config={"dataset": {"name": "hn"}}),
+                   categories={"1. Overview": {"": [other, summary]}}, files={})
+    items = html.split("<li>")[1:]
+    assert len(items) == len(runs)
+    for item, (name, v) in zip(items, runs.items(), strict=True):
+        assert f"<tt class=\"docutils literal\">{name}</tt>" in item
+        assert vd.loss(v).split(" ")[0] in item
+    assert "ResNet" not in html and "frozen text tower" not in html
+    triplet = runs["triplet"]
+    caption = _render(repo, "loss_curves.rst", snakemake=NS(
+        wildcards=NS(variant="triplet"),
+        params=NS(loss=vd.loss(triplet), temperature_used=vd.uses_temperature(triplet))))
+    assert "bidirectional triplet hinge, margin 0.5, hardest mining" in caption
+    assert "which this loss does not use" in caption and "InfoNCE" not in caption

@@ -112,9 +112,6 @@ def backbone_features(smk) -> None:
 
 
 def train(smk) -> None:
-    import pandas as pd
-
-    from cliptune.reporting.plots import plot_loss_curves
     from cliptune.training.distributed import launch, world_size
     from cliptune.training.trainer import train_variant
 
@@ -133,9 +130,16 @@ def train(smk) -> None:
     else:
         train_variant(variant, _pairs(smk, "train"), _pairs(smk, "val"), out_dir,
                       Path(smk.params.state), log_dir=log_dir)
-    # Drawn here, not in the trainer: training never imports reporting.
-    plot_loss_curves(pd.read_csv(smk.output.history), Path(smk.output.curves),
-                     title=variant["name"], steps=pd.read_csv(smk.output.steps))
+
+
+def loss_curves(smk) -> None:
+    import pandas as pd
+
+    from cliptune.reporting.plots import plot_loss_curves
+
+    plot_loss_curves(pd.read_csv(smk.input.history), Path(smk.output[0]),
+                     title=smk.wildcards.variant, steps=pd.read_csv(smk.input.steps),
+                     loss=smk.params.loss, temperature_used=smk.params.temperature_used)
 
 
 def hpo(smk) -> None:

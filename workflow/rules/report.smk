@@ -1,5 +1,7 @@
 # Aggregates over all variants, the summary and the `snakemake --report` wiring.
 # Every figure is flagged with report(): category, caption (.rst in workflow/report/).
+from cliptune.reporting.variant_description import describe, uses_temperature
+
 LOSS_OVERLAY_PNG = "results/loss_overlay.png"
 QUERIES_ACROSS_PNG = "results/queries_across_variants.png"
 SUMMARY_MD = "results/summary.md"
@@ -50,6 +52,35 @@ rule aggregate:
         ENV
     script:
         "../scripts/aggregate.py"
+
+
+# Drawn from the train job's logs, so a new plot never reruns training.
+rule loss_curves:
+    input:
+        history=f"{VARIANT_DIR}/history.csv",
+        steps=f"{VARIANT_DIR}/steps.csv",
+    output:
+        report(
+            f"{VARIANT_DIR}/loss_curves.png",
+            caption="../report/loss_curves.rst",
+            category="5. Training curves",
+            labels={"variant": "{variant}"},
+        ),
+    params:
+        # The loss in words, from the resolved config (caption and plot title).
+        loss=lambda w: describe(RESOLVED[w.variant]).loss,
+        temperature_used=lambda w: uses_temperature(RESOLVED[w.variant]),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{LOGS}/loss_curves/{{variant}}.log",
+    benchmark:
+        f"{LOGS}/loss_curves/{{variant}}.benchmark.tsv",
+    conda:
+        ENV
+    script:
+        "../scripts/loss_curves.py"
 
 
 rule loss_overlay:
@@ -140,6 +171,9 @@ rule summary:
         report=lambda w: canonical_json(CFG["report"]),
         dataset=canonical_json({"name": DS, "source": CFG["dataset"]["source"]}),
         tasks=list(ZERO_SHOT_TASKS),
+        # Every variant in one sentence, from its resolved config: the HTML report's
+        # introduction and the summary's caption list them.
+        descriptions=lambda w: [describe(RESOLVED[v]).sentence for v in VARIANTS],
     resources:
         mem_mb=4000,
         runtime=15,

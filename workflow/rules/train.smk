@@ -13,12 +13,6 @@ rule train:
         history=f"{VARIANT_DIR}/history.csv",
         steps=f"{VARIANT_DIR}/steps.csv",
         report=f"{VARIANT_DIR}/train_report.json",
-        curves=report(
-            f"{VARIANT_DIR}/loss_curves.png",
-            caption="../report/loss_curves.rst",
-            category="5. Training curves",
-            labels={"variant": "{variant}"},
-        ),
     params:
         variant=train_json,
         # Resume state lives outside the declared outputs: a failed job's cleanup keeps it.

@@ -21,7 +21,7 @@ def _step_epochs(steps: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
     return steps["step"] / per_epoch
 
 
-def _loss_panel(ax, history: pd.DataFrame, steps: pd.DataFrame) -> None:
+def _loss_panel(ax, history: pd.DataFrame, steps: pd.DataFrame, loss: str) -> None:
     if not steps.empty:
         ax.plot(_step_epochs(steps, history), steps["loss"], lw=0.6, alpha=0.45,
                 color="tab:blue", label="train (per step)")
@@ -30,7 +30,7 @@ def _loss_panel(ax, history: pd.DataFrame, steps: pd.DataFrame) -> None:
     val = history.dropna(subset=["val_loss"])  # train.eval_every skips epochs
     ax.plot(val["epoch"], val["val_loss"], marker="s", color="tab:orange",
             label="validation")
-    ax.set(xlabel="epoch", ylabel="InfoNCE loss", title="loss")
+    ax.set(xlabel="epoch", ylabel="training loss", title=f"loss: {loss}")
     ax.legend(fontsize=8)
 
 
@@ -53,9 +53,12 @@ def _lr_panel(ax, history: pd.DataFrame, steps: pd.DataFrame) -> None:
 
 
 def plot_loss_curves(history: pd.DataFrame, path: Path, title: str,
-                     steps: pd.DataFrame | None = None):
+                     steps: pd.DataFrame | None = None, *, loss: str,
+                     temperature_used: bool = True):
     """history.csv (per epoch) and steps.csv (per optimiser step) -> one 4-panel figure
-    (returned, already saved and closed, for inspection)."""
+    (returned, already saved and closed, for inspection). ``loss``: the training loss in
+    words (cliptune.reporting.variant_description.loss), the loss panel's title;
+    ``temperature_used``: False for a loss without one (triplet), said on its panel."""
     steps = steps if steps is not None else pd.DataFrame(columns=["step", "loss", "lr"])
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.9))
     if history.empty:
@@ -63,11 +66,12 @@ def plot_loss_curves(history: pd.DataFrame, path: Path, title: str,
             ax.text(0.5, 0.5, "not trained (0 epochs)", ha="center", va="center")
             ax.set_axis_off()
     else:
-        _loss_panel(axes[0], history, steps)
+        _loss_panel(axes[0], history, steps, loss)
         _accuracy_panel(axes[1], history)
         _lr_panel(axes[2], history, steps)
         axes[3].plot(history["epoch"], history["temperature"], marker="o", color="tab:red")
-        axes[3].set(xlabel="epoch", ylabel="temperature (1 / logit scale)", title="temperature")
+        axes[3].set(xlabel="epoch", ylabel="temperature (1 / logit scale)",
+                    title="temperature" if temperature_used else "temperature (unused by the loss)")
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
