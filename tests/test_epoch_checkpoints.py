@@ -1,5 +1,5 @@
 """train.keep_epoch_checkpoints (the last N epochs' resume states) and train.resume_from
-(restart from one of them): cliptune.training.epoch_checkpoints."""
+(restart from one of them): cliptune.training.checkpoint."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import yaml
 from tiny_pairs import load_train_val, tiny_variant
 
 from cliptune.config import ConfigError, deep_merge, load_config, resolve_variant
-from cliptune.training.checkpoint import resume_hash
-from cliptune.training.epoch_checkpoints import (
+from cliptune.training.checkpoint import (
     ResumeError,
     drop_epochs_after,
     epoch_path,
     keep_epoch,
     kept_epochs,
+    resume_hash,
 )
 
 

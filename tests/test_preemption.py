@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_pairs import tiny_variant, write_spec
 
-from cliptune.training.preemption import CheckpointTimer, SignalGuard
+from cliptune.training.checkpoint import CheckpointTimer, SignalGuard
 
 REPO = Path(__file__).resolve().parents[1]
 # Slow each batch read so a kill reliably lands mid-epoch; numerics are unaffected.

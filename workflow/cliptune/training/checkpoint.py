@@ -1,4 +1,5 @@
-"""The training state and its resume file.
+"""Checkpoints: the training state, its resume file, the kept epoch checkpoints and
+preemption.
 
 :class:`TrainState` is what a resume restores (open_clip keeps the same in its
 checkpoint dict): model, optimiser, scheduler, grad scaler, the epoch/step
@@ -7,14 +8,41 @@ progress, which a mid-epoch state saves as ``partial``. :func:`save_state` write
 atomically to a path that is not a Snakemake output, so a killed job loses at
 most the steps since the last checkpoint; :func:`load_state` restores it only
 when it was written for the same configuration (:func:`resume_hash`).
+
+Epoch checkpoints (``train.keep_epoch_checkpoints``): the resume state as it stood at
+the end of epoch k, kept as ``epochs/epoch_{k}.pt`` next to ``state.pt``. Like
+``state.pt`` it is not a Snakemake output: a failed or rerun job never deletes it. The
+folder always holds one chain of epochs, the current run's: when a run starts (fresh,
+from ``state.pt`` or from ``resume_from``), kept epochs after its starting epoch belong
+to the run it replaces and are removed. ``train.resume_from: k`` loads ``epoch_{k}.pt``
+whatever configuration wrote it (that is the point: continue with, say, a lower
+learning rate or more epochs), provided the model and the optimiser groups fit. It is
+part of the run's identity (the resolved variant and the resume hash), so Snakemake
+retrains and an old ``state.pt`` is not continued.
+
+Preemption: SLURM sends SIGTERM when it preempts a job or reaches its time limit
+(SIGKILL follows after KillWait, 30 s by default) and SIGUSR1 when a job asks for
+``--signal=USR1@seconds`` (under Snakemake's SLURM executor ask for
+``--signal=TERM@seconds`` instead: the job step's snakemake dies on SIGUSR1;
+docs/cluster.md). Dying on the spot would lose everything since the last checkpoint,
+so :class:`SignalGuard` only records the signal; the training loop checks it after
+every step, writes its state atomically and raises :class:`PreemptedError`, whose
+non-zero exit makes Snakemake (``retries``) or SLURM (requeue) run the job again, which
+then resumes. :class:`CheckpointTimer` says when a periodic mid-epoch checkpoint is due.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
+import logging
 import math
+import os
 import random
+import re
+import shutil
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +54,8 @@ from safetensors.torch import save_file
 
 from cliptune.config import short_hash
 from cliptune.io_utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 # Settings that change how training runs, not what it computes: a state written
 # under other values still resumes.
@@ -143,10 +173,10 @@ def load_state(path: Path, ts: TrainState, config_hash: str | None) -> tuple[boo
 
     Returns (restored, the mid-epoch ``partial`` or None)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    # The optimiser's named groups (schedule.param_groups) must match too: a state written
-    # before groups were named by role cannot be loaded into today's layout.
-    saved_groups = [g.get("name") for g in state["optimizer"]["param_groups"]]
-    if ((config_hash is not None and state.get("config_hash") != config_hash)
+    # The optimiser's named groups (optim.param_groups) must match too: another set of
+    # trainable parameters cannot continue this optimiser state.
+    saved_groups = [g["name"] for g in state["optimizer"]["param_groups"]]
+    if ((config_hash is not None and state["config_hash"] != config_hash)
             or saved_groups != [g["name"] for g in ts.optimizer.param_groups]):
         return False, None
     ts.model.load_state_dict(state["model"])
@@ -156,17 +186,17 @@ def load_state(path: Path, ts: TrainState, config_hash: str | None) -> tuple[boo
     torch.set_rng_state(state["torch_rng"])
     ts.history = state["history"]
     ts.best = Best(state["best_val_loss"], state["best_epoch"], state["best_model"],
-                   state.get("best_score", -state["best_val_loss"]))
+                   state["best_score"])
     ts.epoch = state["epoch"]
-    progress = state.get("progress", {})
-    ts.step = progress.get("step", 0)
-    ts.restarts = progress.get("restarts", 0)
-    ts.bad_epochs = progress.get("bad_epochs", 0)
-    ts.stopped = progress.get("stopped", False)
-    ts.step_log = list(progress.get("step_log", []))
-    ts.resumed_from = progress.get("resumed_from")
+    progress = state["progress"]
+    ts.step = progress["step"]
+    ts.restarts = progress["restarts"]
+    ts.bad_epochs = progress["bad_epochs"]
+    ts.stopped = progress["stopped"]
+    ts.step_log = list(progress["step_log"])
+    ts.resumed_from = progress["resumed_from"]
     _set_rng_state(state)
-    return True, state.get("partial")
+    return True, state["partial"]
 
 
 def _rng_state() -> dict:
@@ -179,10 +209,151 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    if "numpy_rng" in state:
-        np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32),
-                             state["numpy_rng_pos"], 0, 0.0))
-    if "python_rng" in state:
-        random.setstate(ast.literal_eval(state["python_rng"]))
+    np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32),
+                         state["numpy_rng_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python_rng"]))
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+# Epoch checkpoints (train.keep_epoch_checkpoints, train.resume_from)
+
+EPOCH_DIR = "epochs"
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+class ResumeError(RuntimeError):
+    """``train.resume_from`` names a checkpoint that is missing or does not fit."""
+
+
+def epoch_path(state_path: Path, epoch: int) -> Path:
+    return Path(state_path).parent / EPOCH_DIR / f"epoch_{epoch}.pt"
+
+
+def kept_epochs(state_path: Path) -> list[int]:
+    """Epochs with a kept checkpoint next to ``state_path``, ascending."""
+    folder = Path(state_path).parent / EPOCH_DIR
+    found = (_EPOCH_FILE.match(p.name) for p in folder.glob("epoch_*.pt"))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def keep_epoch(state_path: Path, epoch: int, keep: int) -> None:
+    """Keep ``state_path`` (just written at the end of ``epoch``) as that epoch's
+    checkpoint, then delete all but the last ``keep``. A hard link costs no disk: the
+    next save replaces ``state.pt`` by rename, leaving the linked file untouched."""
+    dest = epoch_path(state_path, epoch)
+    with atomic_path(dest) as tmp:
+        try:
+            tmp.unlink()
+            os.link(state_path, tmp)
+        except OSError:  # no hard links on this file system
+            shutil.copyfile(state_path, tmp)
+    for old in kept_epochs(state_path)[:-keep]:
+        epoch_path(state_path, old).unlink(missing_ok=True)
+    log.info("kept epoch %d checkpoint %s (last %d kept: %s)", epoch, dest, keep,
+             kept_epochs(state_path))
+
+
+def drop_epochs_after(state_path: Path, epoch: int) -> None:
+    """Remove kept checkpoints after ``epoch``: a run starting there replaces them."""
+    later = [e for e in kept_epochs(state_path) if e > epoch]
+    for e in later:
+        epoch_path(state_path, e).unlink(missing_ok=True)
+    if later:  # a warning: these files were the user's to resume from
+        log.warning("removed the kept checkpoints of epochs %s in %s: this run starts after "
+                    "epoch %d (a new or changed run) and keeps its own", later,
+                    epoch_path(state_path, later[0]).parent, epoch)
+
+
+def restart_from_epoch(state_path: Path, ts: TrainState, epoch: int, variant: str) -> Path:
+    """Restore ``ts`` from the kept checkpoint of ``epoch`` (``train.resume_from``)."""
+    path = epoch_path(state_path, epoch)
+    if not path.is_file():
+        kept = kept_epochs(state_path)
+        have = (f"the kept epochs are {kept}" if kept else
+                "no epoch is kept there (train.keep_epoch_checkpoints was 0)")
+        raise ResumeError(
+            f"{variant}: train.resume_from = {epoch} but {path} does not exist; {have}. "
+            "Set train.resume_from to one of the kept epochs (or null to train from "
+            "scratch); train.keep_epoch_checkpoints: N keeps the last N epochs")
+    try:
+        restored, partial = load_state(path, ts, config_hash=None)
+    except (RuntimeError, ValueError) as exc:  # load_state_dict: keys / shapes / groups
+        raise ResumeError(
+            f"{variant}: {path} does not fit this variant's model ({exc}). train.resume_from "
+            "continues the same architecture: keep the model section as it was") from exc
+    if not restored or partial is not None or ts.epoch != epoch:
+        raise ResumeError(
+            f"{variant}: {path} cannot be resumed here (epoch {ts.epoch}, optimiser groups "
+            "or a mid-epoch state that do not match); train.resume_from needs the same "
+            "model and trainable parameters as the run that wrote it")
+    ts.stopped = False  # continuing is the request, even after early stopping fired
+    ts.resumed_from = {"epoch": epoch, "checkpoint": str(path)}
+    return path
+
+
+# Preemption
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class PreemptedError(RuntimeError):
+    """Training stopped on request after saving its state; rerunning resumes it."""
+
+
+class SignalGuard:
+    """Context manager recording SIGTERM/SIGUSR1 instead of terminating.
+
+    Outside the main thread Python cannot install handlers; the guard then
+    does nothing (the periodic checkpoints still bound the loss)."""
+
+    def __init__(self, signals=SIGNALS):
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.received is None:
+            log.warning("received %s: saving a checkpoint after this step, then exiting",
+                        signal.Signals(signum).name)
+        self.received = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+
+class CheckpointTimer:
+    """Due every ``every_steps`` optimizer steps and/or ``every_minutes`` of wall
+    time since the last checkpoint; 0 disables either."""
+
+    def __init__(self, every_steps: int = 0, every_minutes: float = 0.0, clock=time.monotonic):
+        if every_steps < 0 or every_minutes < 0:
+            raise ValueError("checkpoint intervals must be >= 0 (0 turns them off)")
+        self.every_steps = int(every_steps)
+        self.every_seconds = float(every_minutes) * 60.0
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Call after every checkpoint (periodic or end of epoch)."""
+        self._steps = 0
+        self._since = self.clock()
+
+    def step(self) -> bool:
+        """Count one optimizer step; True when a checkpoint is due now."""
+        self._steps += 1
+        if self.every_steps and self._steps >= self.every_steps:
+            return True
+        return bool(self.every_seconds) and self.clock() - self._since >= self.every_seconds

@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cliptune.training.preemption import PreemptedError
+from cliptune.training.checkpoint import PreemptedError
 
 log = logging.getLogger("cliptune.training.torchrun_entry")
 

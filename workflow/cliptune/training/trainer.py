@@ -38,10 +38,16 @@ from cliptune.runtime import (
 from cliptune.training.build import build_state
 from cliptune.training.checkpoint import (
     Best,
+    CheckpointTimer,
     EpochRun,
+    PreemptedError,
+    SignalGuard,
     TrainState,
     all_finite,
+    drop_epochs_after,
+    keep_epoch,
     load_state,
+    restart_from_epoch,
     resume_hash,
     save_state,
     state_dict_cpu,
@@ -54,10 +60,8 @@ from cliptune.training.distributed import (
     shard_micro,
     sync_gradients,
 )
-from cliptune.training.epoch_checkpoints import drop_epochs_after, keep_epoch, restart_from_epoch
 from cliptune.training.hard_negatives import build_index
 from cliptune.training.outputs import write_train_outputs
-from cliptune.training.preemption import CheckpointTimer, PreemptedError, SignalGuard
 from cliptune.training.step import (
     StepContext,
     accumulated_backward,
@@ -116,7 +120,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from the state file when it was written for this configuration, else
-        restart from the kept epoch ``train.resume_from`` names (epoch_checkpoints)."""
+        restart from the kept epoch ``train.resume_from`` names."""
         source = None
         if self.state_path.exists():
             restored, self.partial = load_state(self.state_path, self.ts, self.config_hash)
@@ -190,7 +194,7 @@ class Trainer:
             p, self.partial = self.partial, None
             run.batches, run.first = list(p["plan"].numpy()), p["step"]
             run.losses, run.norms, run.skipped = list(p["losses"]), list(p["norms"]), p["skipped"]
-            run.accs = list(p.get("accs", []))
+            run.accs = list(p["accs"])
             self.ctx.image_gen.set_state(p["image_gen"])
             self.ctx.caption_rng.bit_generator.state = p["caption_rng"]
             run.prior_seconds = p["seconds"]
@@ -389,7 +393,7 @@ def train_variant(variant: dict, train_data: PairData, val_data: PairData, out_d
     ``dist_ctx`` of several ranks (cliptune.training.distributed, under torchrun): each rank
     takes its slice of every global micro-batch, the loss sees the global batch,
     only rank 0 writes. SIGTERM/SIGUSR1 save a mid-epoch state, then raise
-    PreemptedError; a rerun resumes at that step (cliptune.training.preemption)."""
+    PreemptedError; a rerun resumes at that step (cliptune.training.checkpoint)."""
     seed_everything(variant["train"]["seed"])
     dist_ctx = dist_ctx or DistContext.single(pick_device(variant["train"]["device"]))
     if not dist_ctx.is_main:
