@@ -2,8 +2,8 @@
 
 Images: random resized crop (area ``scale``, aspect ``ratio``), horizontal flip and a small rotation composed into
 one affine warp per sample (a single ``grid_sample``), then colour jitter
-(brightness, contrast, saturation) with per-sample factors. Captions (only for
-text towers that are trained): random word dropout.
+(brightness, contrast, saturation) with per-sample factors. Captions are augmented
+by cliptune.data.caption_variations.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -73,16 +72,3 @@ def _grid_sample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
                          align_corners=False)
-
-
-def augment_captions(texts: list[str], word_dropout: float, rng: np.random.Generator,
-                     ) -> list[str]:
-    """Drop each word with probability ``word_dropout``, always keeping one."""
-    if not word_dropout:
-        return list(texts)
-    out = []
-    for text in texts:
-        words = text.split()
-        keep = [w for w in words if rng.random() >= word_dropout]
-        out.append(" ".join(keep) if keep else (words[rng.integers(len(words))] if words else text))
-    return out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cliptune.data.augment import augment_captions, augment_images
+from cliptune.data.augment import augment_images
 from cliptune.data.caption_variations import vary_captions
 from cliptune.data.pairs import PairData
 from cliptune.models.image_tower import to_unit_float
@@ -62,9 +62,6 @@ def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Te
     if train:
         captions = vary_captions(captions, rows, ctx.tcfg["caption_augment"],
                                  ctx.tcfg["seed"], ctx.caption_rng)
-    dropout = ctx.tcfg["caption_word_dropout"]
-    if train and dropout:
-        captions = augment_captions(captions, dropout, ctx.caption_rng)
     return x, captions, features
 
 
