@@ -97,21 +97,6 @@ def test_coco_layout(small_dataset):
     assert len(set(all_ann_ids)) == len(all_ann_ids) == 150
 
 
-def test_cli(tmp_path, capsys):
-    dd.main(["--root", str(tmp_path), "--train-images", "2", "--val-images", "1",
-             "--image-size", "32", "--seed", "1", "--captions-per-image", "3"])  # fmt: skip
-    out = json.loads(capsys.readouterr().out)
-    assert out["train"] == {**out["train"], "images": 2, "captions": 6}
-    assert len(list((tmp_path / "val2014").glob("*.jpg"))) == 1
-
-
-def test_cli_defaults_are_the_config_defaults():
-    from cliptune.config import DEFAULTS
-
-    args = vars(dd.build_parser().parse_args(["--root", "x"]))
-    assert {k: v for k, v in args.items() if k != "root"} == DEFAULTS["dataset"]["demo"]
-
-
 # ---------------------------------------------------------------------- content
 
 

@@ -235,13 +235,6 @@ def test_verify_file(tmp_path):
         verify_file(tmp_path / "missing")
 
 
-def test_cli(server, tmp_path):
-    dest = tmp_path / "c.zip"
-    assert dl.main([server.url, str(dest), "--sha256", SHA256, "--no-progress"]) == 0
-    assert dest.read_bytes() == DATA
-    assert dl.main([server.url, str(tmp_path / "d"), "--md5", "0" * 32, "--no-progress"]) == 1
-
-
 def test_coco_table_shape():
     assert set(COCO2014_FILES) == {
         "train2014.zip",

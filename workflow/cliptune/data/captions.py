@@ -10,7 +10,6 @@ subset kept and which images had no caption (for the data report).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import zlib
@@ -25,7 +24,6 @@ from cliptune.data.dataset_formats import DatasetFormatError, clean_caption, rea
 from cliptune.data.selection import carve_selection
 from cliptune.dataset_config import SELECT_SPLIT, carves_selection
 from cliptune.io_utils import write_json, write_parquet
-from cliptune.runtime import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -326,18 +324,3 @@ def check_sources(dataset: dict) -> None:
         missing.append(f"{root}/ (dataset.root, the image folder)")
     if missing:
         raise DatasetLayoutError(f"dataset.source {source!r}: missing " + "; ".join(missing))
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--root", type=Path, required=True)
-    ap.add_argument("--folder", required=True, help="COCO folder stem, e.g. val2014")
-    ap.add_argument("--split", required=True)
-    ap.add_argument("--output", type=Path, required=True)
-    args = ap.parse_args(argv)
-    setup_logging()
-    build_captions(args.root, args.folder, args.split, args.output)
-
-
-if __name__ == "__main__":
-    main()

@@ -21,12 +21,10 @@ fixed settings yields identical bytes run to run.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import time
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -182,28 +180,3 @@ def generate_demo_dataset(
         }
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m cliptune.data.demo_data",
-        description="Generate the synthetic shapes dataset in MS COCO 2014 captions layout.",
-    )
-    parser.add_argument("--root", required=True, help="output directory")
-    # One option per dataset.demo key with its config default: the CLI writes what the
-    # workflow would, and a key added to the schema becomes an option here.
-    for key, value in DEMO.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value,
-                            help=f"dataset.demo.{key} (default {value})")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = vars(build_parser().parse_args(argv))
-    summary = generate_demo_dataset(args.pop("root"), **args)
-    print(json.dumps(summary, indent=2))
-    return summary
-
-
-if __name__ == "__main__":
-    main()

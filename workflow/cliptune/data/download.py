@@ -6,32 +6,28 @@ half-written or corrupt file under the final name (data land in ``<dest>.part`` 
 moved into place only after size/checksum verification), and must fail with a message
 that tells the user how to proceed offline (place the file manually at ``dest``).
 
-Only the standard library is used for networking; tqdm draws the progress bar.
-
-CLI::
-
-    python -m cliptune.data.download URL DEST [--sha256 H] [--md5 H] [--size N]
+Only the standard library is used for networking; the progress bar is
+cliptune.runtime.progress.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import http.client
 import logging
 import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from cliptune.file_hash import file_digests
+from cliptune.runtime import progress as run_progress
 
-log = logging.getLogger("cliptune.data.download")  # stable name even under -m
+log = logging.getLogger(__name__)
 
-__all__ = ["COCO2014_FILES", "DownloadError", "download", "verify_file", "main"]
+__all__ = ["COCO2014_FILES", "DownloadError", "download", "verify_file"]
 
 
 class DownloadError(RuntimeError):
@@ -108,34 +104,6 @@ def _part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a declared dependency
-        enabled = False
-        tqdm = None
-    if not enabled or tqdm is None:
-        return _NullBar()
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=desc,
-        dynamic_ncols=True,
-        leave=False,
-    )
-
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _fetch_once(
     url: str,
     part: Path,
@@ -169,7 +137,8 @@ def _fetch_once(
         total = offset + length if length is not None else size
         if size is not None and total is not None and total != size:
             log.warning("server reports %d bytes for %s, expected %d", total, url, size)
-        bar = _progress_bar(total, offset, desc, progress)
+        bar = run_progress(total=total, initial=offset, desc=desc, disable=not progress,
+                           unit="B", unit_scale=True, unit_divisor=1024, leave=False)
         try:
             received = _stream(response, part, mode, chunk_size, bar)
         finally:
@@ -323,39 +292,3 @@ def _with_retries(fetch, url: str, part: Path, dest: Path, retries: int,
                         attempt + 1, retries, delay)
             time.sleep(delay)
             attempt += 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m cliptune.data.download",
-        description="Resumable, checksum-verified download of URL to DEST.",
-    )
-    parser.add_argument("url")
-    parser.add_argument("dest", type=Path)
-    parser.add_argument("--sha256")
-    parser.add_argument("--md5")
-    parser.add_argument("--size", type=int, help="expected size in bytes")
-    parser.add_argument("--retries", type=int, default=5)
-    parser.add_argument("--timeout", type=float, default=60)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        download(
-            args.url,
-            args.dest,
-            sha256=args.sha256,
-            md5=args.md5,
-            size=args.size,
-            retries=args.retries,
-            timeout=args.timeout,
-            progress=not args.no_progress,
-        )
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

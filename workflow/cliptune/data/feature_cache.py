@@ -13,7 +13,6 @@ fetches features instead of pixels and runs only pooling + head.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -29,12 +28,11 @@ from cliptune.data.image_cache import open_cache
 from cliptune.data.pairs import PairData
 from cliptune.io_utils import atomic_path, write_json
 from cliptune.models.image_tower import (
-    TRUNK_CHANNELS,
     PixelNormalize,
     build_trunk,
     input_stats,
 )
-from cliptune.runtime import autocast_dtype, pick_device, progress, seed_everything, setup_logging
+from cliptune.runtime import autocast_dtype, pick_device, progress, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -156,26 +154,3 @@ def check_features_match(model: torch.nn.Module, *datasets: PairData) -> None:
                 f"cached features {feature_key(meta['spec'])} were computed by different trunk "
                 "weights than this variant's (seed or torchvision weights changed?); delete "
                 "results/<dataset>/features/ and rerun")
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--array", type=Path, required=True, help="image cache .npy")
-    ap.add_argument("--index", type=Path, required=True, help="image cache .index.parquet")
-    ap.add_argument("--backbone", required=True, choices=sorted(TRUNK_CHANNELS))
-    ap.add_argument("--weights", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mode", choices=["pooled", "map"], default="pooled")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--meta", type=Path, required=True)
-    ap.add_argument("--device", default="auto")
-    args = ap.parse_args(argv)
-    setup_logging()
-    spec = {"backbone": args.backbone, "weights": args.weights, "mode": args.mode}
-    if args.weights is None:
-        spec["seed"] = args.seed
-    build_feature_cache(args.array, args.index, spec, args.out, args.meta, device=args.device)
-
-
-if __name__ == "__main__":
-    main()

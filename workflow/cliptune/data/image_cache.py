@@ -9,7 +9,6 @@ device, so the cache stays a compact uint8 NHWC array.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from multiprocessing import get_context
@@ -20,7 +19,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cliptune.io_utils import atomic_path, write_parquet
-from cliptune.runtime import progress, setup_logging
+from cliptune.runtime import progress
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +148,3 @@ def open_cache(array_path: Path, index_path: Path) -> tuple[np.ndarray, pd.DataF
 def cache_rows(index: pd.DataFrame) -> pd.Series:
     """image id -> row of the cache array, for the index rows given."""
     return pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--captions", type=Path, required=True)
-    ap.add_argument("--root", type=Path, required=True)
-    ap.add_argument("--size", type=int, required=True)
-    ap.add_argument("--array", type=Path, required=True)
-    ap.add_argument("--index", type=Path, required=True)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--max-bad-fraction", type=float, default=0.001)
-    args = ap.parse_args(argv)
-    setup_logging()
-    build_image_cache(args.captions, args.root, args.size, args.array, args.index, args.workers,
-                      args.max_bad_fraction)
-
-
-if __name__ == "__main__":
-    main()

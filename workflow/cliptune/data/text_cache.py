@@ -6,7 +6,6 @@ with the caption ids so readers can prove the order matches.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cliptune.io_utils import atomic_path
-from cliptune.models.text_encoder import OFFLINE_ALIAS, TextEncoder, encode_texts
-from cliptune.runtime import pick_device, setup_logging
+from cliptune.models.text_encoder import TextEncoder, encode_texts
+from cliptune.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -67,22 +66,3 @@ def load_text_cache(path: Path, captions: pd.DataFrame) -> torch.Tensor:
             "delete it and rerun so Snakemake rebuilds it"
         ) from exc
     return data["embeddings"][torch.from_numpy(np.array(rows, dtype=np.int64))]
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("captions", type=Path)
-    ap.add_argument("output", type=Path)
-    ap.add_argument("--model", default=OFFLINE_ALIAS)
-    ap.add_argument("--pooling", default="auto", choices=["auto", "clip", "mean"])
-    ap.add_argument("--max-length", type=int, default=77)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--device", default="auto")
-    args = ap.parse_args(argv)
-    setup_logging()
-    build_text_cache(args.captions, args.output, args.model, args.pooling, args.max_length,
-                     args.batch_size, args.device)
-
-
-if __name__ == "__main__":
-    main()
