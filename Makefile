@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PYTHONPATH := $(CURDIR)/workflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test test-slurm test-slurm-ci lint bench clean-demo config-docs
+.PHONY: venv demo test test-slurm test-slurm-ci lint bench bench-gpu clean-demo config-docs
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "make: '$(PY)' not found. Install Python >= 3.11 (e.g. apt install python3.11 python3.11-venv) and run: make PY=python3.11"; exit 1; }
@@ -60,6 +60,10 @@ bench: venv
 	$(BIN)/python benchmarks/bench_retrieval.py
 	$(BIN)/python benchmarks/bench_batch_loader.py
 	$(BIN)/python benchmarks/bench_grad_sync.py
+
+# On a GPU: results/gpu.md (at most 8 minutes on one H100); without one, a tiny CPU mode.
+bench-gpu: venv
+	$(BIN)/python benchmarks/bench_gpu.py
 
 print-venv:
 	@echo $(VENV)
