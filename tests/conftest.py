@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,3 +70,23 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     CLIPModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def snakemake_batch(requests: list[dict], workdir: Path) -> list[subprocess.CompletedProcess]:
+    """Run several `snakemake <args>` (each {"args", "cwd", optional "env"}) in one
+    process that imports torch and the rules' modules once, then forks per command
+    (tests/snakemake_batch.py): a dry run costs its parse, not its imports. Returns one
+    CompletedProcess per request, stdout holding its stdout and stderr."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = [{"args": [str(a) for a in r["args"]], "cwd": str(r["cwd"]),
+             "env": r.get("env", env), "log": str(workdir / f"{i}.log")}
+            for i, r in enumerate(requests)]
+    (workdir / "requests.json").write_text(json.dumps(full))
+    subprocess.run([sys.executable, str(REPO / "tests" / "snakemake_batch.py"),
+                    str(workdir / "requests.json"), str(workdir / "results.json")],
+                   check=True, env=env)
+    codes = json.loads((workdir / "results.json").read_text())
+    return [subprocess.CompletedProcess(["snakemake", *r["args"]], code,
+                                        Path(r["log"]).read_text(errors="replace"), "")
+            for r, code in zip(full, codes, strict=True)]

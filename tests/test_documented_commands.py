@@ -6,17 +6,18 @@ values and would read the target as a config file.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import snakemake_batch
 from PIL import Image
 
-pytestmark = pytest.mark.slow  # one dry run per documented command (about 3 s CPU each)
+SLURM_PLUGIN = "snakemake_executor_plugin_slurm"
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "config/README.md", *sorted(p.relative_to(REPO).as_posix()
@@ -61,17 +62,10 @@ def project_dir(tmp_path_factory):
     return run
 
 
-def test_the_docs_have_commands():
-    commands = [c for _, c in documented_commands()]
-    assert len(commands) >= 10
-    assert any("profiles/slurm" in c for c in commands)
-
-
-@pytest.mark.parametrize(("doc", "command"), documented_commands())
-def test_documented_command_dry_runs(doc, command, project_dir):
+def prepare(command: str, project_dir: Path) -> dict:
+    """The dry-run request for ``command``: files and folders the reader makes first are
+    made here."""
     args = shlex.split(command)[1:]
-    if "profiles/slurm" in command:
-        pytest.importorskip("snakemake_executor_plugin_slurm")
     # Config files the reader writes first (my.yaml, an overlay, an HPO result) stand in
     # as the demo config when named first, as an empty overlay after another file.
     for i, arg in enumerate(args):
@@ -90,10 +84,32 @@ def test_documented_command_dry_runs(doc, command, project_dir):
                     if folder.startswith("~") else project_dir / folder)
         path.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), (200, 30, 30)).save(path / "photo.png")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], cwd=project_dir,
-                          capture_output=True, text=True, timeout=300, env=env)
-    out = proc.stdout + proc.stderr
+    return {"args": ["-n", *args], "cwd": project_dir, "env": env}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(project_dir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Every documented command dry-run once, all in one batch (conftest.snakemake_batch)."""
+    commands = [c for _, c in documented_commands()
+                if "profiles/slurm" not in c or importlib.util.find_spec(SLURM_PLUGIN)]
+    requests = [prepare(c, project_dir) for c in commands]
+    procs = snakemake_batch(requests, tmp_path_factory.mktemp("docs_batch"))
+    return dict(zip(commands, procs, strict=True))
+
+
+def test_the_docs_have_commands():
+    commands = [c for _, c in documented_commands()]
+    assert len(commands) >= 10
+    assert any("profiles/slurm" in c for c in commands)
+
+
+@pytest.mark.parametrize(("doc", "command"), documented_commands())
+def test_documented_command_dry_runs(doc, command, dry_runs):
+    if "profiles/slurm" in command:
+        pytest.importorskip(SLURM_PLUGIN)
+    proc = dry_runs[command]
+    out = proc.stdout
     assert proc.returncode == 0, f"{doc}: `{command}` failed:\n{out[-3000:]}"
-    for arg in args:
+    for arg in shlex.split(command)[1:]:
         if arg.startswith(("results/", "resources/")) and not arg.endswith(".yaml"):
             assert arg in out or "Nothing to be done" in out, f"{doc}: target {arg} not planned"
