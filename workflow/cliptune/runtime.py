@@ -119,3 +119,26 @@ def autocast_dtype(precision: str, device):
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def embed_all(encode, batches, device, amp_dtype, sink=None):
+    """``encode(batch)`` for every batch of ``batches``, without gradients and under
+    autocast at ``amp_dtype`` (None: full precision): the one loop that embeds a whole set
+    (evaluation, the folder search, hard-negative mining, the trunk feature cache).
+
+    Returns the outputs concatenated (an empty tensor for no batches), or None when every
+    output went to ``sink`` instead (a set too large to hold in memory)."""
+    import torch
+
+    outs = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                         enabled=amp_dtype is not None):
+        for batch in batches:
+            out = encode(batch)
+            if sink is None:
+                outs.append(out)
+            else:
+                sink(out)
+    if sink is not None:
+        return None
+    return torch.cat(outs) if outs else torch.empty(0)

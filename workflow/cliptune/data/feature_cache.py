@@ -32,7 +32,7 @@ from cliptune.models.image_tower import (
     build_trunk,
     input_stats,
 )
-from cliptune.runtime import autocast_dtype, pick_device, progress, seed_everything
+from cliptune.runtime import autocast_dtype, embed_all, pick_device, progress, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +78,37 @@ def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out
     dtype = POOLED_DTYPE if spec["mode"] == "pooled" else MAP_DTYPE
     with atomic_path(out_array) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        for start in progress(range(0, n, batch_size), desc=f"trunk features {size}px",
-                              disable=not show_progress, unit="batch"):
-            batch = torch.from_numpy(np.array(pixels[start:start + batch_size]))  # writable copy
-            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                feats = trunk(norm.from_uint8(batch))
+        def encode(start: int) -> torch.Tensor:
+            batch = torch.from_numpy(np.array(pixels[start:start + batch_size]))  # writable
+            feats = trunk(norm.from_uint8(batch))
             if spec["mode"] == "pooled":
-                feats = feats.float().mean(dim=(2, 3))  # == AdaptiveAvgPool2d(1) + Flatten
-            out[start:start + len(batch)] = feats.float().cpu().numpy().astype(dtype)
+                return feats.float().mean(dim=(2, 3))  # == AdaptiveAvgPool2d(1) + Flatten
+            return feats
+
+        store = _row_writer(out)
+        embed_all(encode, progress(range(0, n, batch_size), desc=f"trunk features {size}px",
+                                   disable=not show_progress, unit="batch"),
+                  dev, amp, sink=store)
         out.flush()
-        del out
+        del out, store  # the memmap is closed before the file is moved into place
     meta = {"spec": dict(spec), "trunk_sha256": fingerprint, "rows": n, "image_size": size,
             "shape": list(shape), "dtype": np.dtype(dtype).name,
             "image_ids": index["image_id"].astype(int).tolist()}
     write_json(out_meta, meta)
     log.info("cached %s features %s for %d images", feature_key(spec), shape[1:], n)
     return meta
+
+
+def _row_writer(out: np.ndarray):
+    """A sink writing consecutive batches into ``out`` from row 0 on."""
+    done = 0
+
+    def store(feats: torch.Tensor) -> None:
+        nonlocal done
+        out[done:done + len(feats)] = feats.float().cpu().numpy().astype(out.dtype)
+        done += len(feats)
+
+    return store
 
 
 @dataclass

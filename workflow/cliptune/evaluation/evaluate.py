@@ -23,31 +23,25 @@ from cliptune.io_utils import atomic_path, write_json
 from cliptune.models.factory import load_variant_model
 from cliptune.models.text_encoder import frozen_encoder_fn
 from cliptune.models.towers import reads_text_cache
-from cliptune.runtime import autocast_dtype, pick_device, progress
+from cliptune.runtime import autocast_dtype, embed_all, pick_device, progress
 
 log = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
 def embed_images(model, data: PairData, batch_size: int, device, amp_dtype,
                  show_progress: bool = True) -> torch.Tensor:
-    out = []
-    for start in progress(range(0, data.n_images, batch_size), desc="embed images",
-                      disable=not show_progress, unit="batch"):
-        rows = data.image_rows[start:start + batch_size]
-        out.append(encode_pixels(model, data.pixels[rows], device, amp_dtype))
-    return torch.cat(out)
+    starts = progress(range(0, data.n_images, batch_size), desc="embed images",
+                      disable=not show_progress, unit="batch")
+    return embed_all(
+        lambda s: encode_pixels(model, data.pixels[data.image_rows[s:s + batch_size]]),
+        starts, device, amp_dtype)
 
 
-@torch.inference_mode()
-def encode_pixels(model, pixels: np.ndarray, device, amp_dtype) -> torch.Tensor:
-    """One uint8 NHWC batch through the variant's image tower at evaluation precision:
-    float32 [n, D] on the CPU. Evaluation and the folder search both embed this way."""
-    batch = torch.from_numpy(np.ascontiguousarray(pixels))
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None):
-        # Every model kind (cliptune.models.factory.build_model) embeds uint8 NHWC batches.
-        return model.encode_images(batch).float().cpu()
+def encode_pixels(model, pixels: np.ndarray) -> torch.Tensor:
+    """One uint8 NHWC batch through the variant's image tower: float32 [n, D] on the CPU.
+    Evaluation and the folder search both embed this way (inside runtime.embed_all)."""
+    # Every model kind (cliptune.models.factory.build_model) embeds uint8 NHWC batches.
+    return model.encode_images(torch.from_numpy(np.ascontiguousarray(pixels))).float().cpu()
 
 
 @torch.inference_mode()

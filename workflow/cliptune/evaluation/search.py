@@ -30,7 +30,7 @@ from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
 from cliptune.file_hash import file_sha256
 from cliptune.io_utils import atomic_path, write_text
 from cliptune.models.factory import load_variant_model
-from cliptune.runtime import autocast_dtype, pick_device, progress
+from cliptune.runtime import autocast_dtype, embed_all, pick_device, progress
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +59,26 @@ def _embed_entries(model, folder: Path, entries: list[FolderEntry], size: int,
                    batch_size: int, device, amp_dtype, workers: int, show_progress: bool,
                    ) -> tuple[torch.Tensor, list[FolderEntry], list[tuple[str, str]]]:
     """Embeddings of every decodable file, the files kept, and (file, reason) skipped."""
-    chunks, kept, skipped, batch = [], [], [], []
-    for entry, pixels, problem in progress(_decoded(folder, entries, size, workers),
-                                           total=len(entries), desc="embed folder",
-                                           unit="img", disable=not show_progress):
-        if pixels is None:
-            skipped.append((entry.file, problem))
-            continue
-        kept.append(entry)
-        batch.append(pixels)
-        if len(batch) == batch_size:
-            chunks.append(encode_pixels(model, np.stack(batch), device, amp_dtype))
-            batch = []
-    if batch:
-        chunks.append(encode_pixels(model, np.stack(batch), device, amp_dtype))
-    return (torch.cat(chunks) if chunks else torch.empty(0)), kept, skipped
+    kept, skipped = [], []
+
+    def batches() -> Iterator[np.ndarray]:
+        batch = []
+        for entry, pixels, problem in progress(_decoded(folder, entries, size, workers),
+                                               total=len(entries), desc="embed folder",
+                                               unit="img", disable=not show_progress):
+            if pixels is None:
+                skipped.append((entry.file, problem))
+                continue
+            kept.append(entry)
+            batch.append(pixels)
+            if len(batch) == batch_size:
+                yield np.stack(batch)
+                batch = []
+        if batch:
+            yield np.stack(batch)
+
+    emb = embed_all(lambda b: encode_pixels(model, b), batches(), device, amp_dtype)
+    return emb, kept, skipped
 
 
 def write_skipped(path: Path, folder: Path, skipped: list[tuple[str, str]]) -> None:

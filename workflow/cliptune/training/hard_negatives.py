@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cliptune.data.pairs import PairData
+from cliptune.runtime import embed_all
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +83,16 @@ def build_index(model, data: PairData, k: int, device, amp_dtype, batch_size: in
                 ) -> NegativeIndex:
     was_training = model.training
     model.eval()
-    images = []
-    for start in range(0, data.n_images, batch_size):
-        rows = data.image_rows[start:start + batch_size]
+
+    def encode(rows: np.ndarray) -> torch.Tensor:
         batch = torch.from_numpy(np.ascontiguousarray(data.pixels[rows]))
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
-            if batch.is_floating_point():  # cached frozen-trunk features (feature_cache)
-                emb = model.image.forward_features(batch.float().to(device))
-            else:
-                emb = model.encode_images(batch)
-            images.append(emb.float())
-    image_bank = torch.cat(images)
+        if batch.is_floating_point():  # cached frozen-trunk features (feature_cache)
+            return model.image.forward_features(batch.float().to(device)).float()
+        return model.encode_images(batch).float()
+
+    image_bank = embed_all(encode, (data.image_rows[s:s + batch_size]
+                                    for s in range(0, data.n_images, batch_size)),
+                           device, amp_dtype)
     if model.text_from_cache:
         text_bank = data.text.to(device).float()
     else:
