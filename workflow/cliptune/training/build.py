@@ -15,8 +15,8 @@ from cliptune.models.image_tower import ClipHead
 from cliptune.runtime import autocast_dtype
 from cliptune.training.checkpoint import Best, TrainState, state_dict_cpu
 from cliptune.training.distributed import DistContext, prepare_model
-from cliptune.training.optim import build_optimizer, warmup_steps
-from cliptune.training.schedule import warmup_cosine
+from cliptune.training.optim import build_optimizer
+from cliptune.training.schedule import warmup_cosine, warmup_steps
 
 log = logging.getLogger(__name__)
 
