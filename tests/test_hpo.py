@@ -130,6 +130,7 @@ BASE = {"dataset": {"name": "t", "source": "demo"}, "variants": {"baseline": {}}
     ("train.lr", {"choices": [1e-4], "low": 1e-5}, r"mixes choices with \['low'\]"),
     ("model.kind", {"choices": ["resnet", "clip"]}, r"model.kind cannot be searched"),
     ("train.resume_from", {"choices": [3]}, r"resume_from cannot be searched: every trial"),
+    ("train.subset", {"choices": [{"images": 10}]}, r"train.subset cannot be searched: it picks"),
     ("image_size", {"choices": [224]}, r"image_size is not a searchable config key"),
     ("text_encoder.max_length", {"choices": [32]}, r"not a searchable config key"),
     ("model.dual_encoder.{vision,txt}.depth", {"choices": [2]},

@@ -21,6 +21,8 @@ from toy_overlay import (
     BATCH_SIZE,
     EPOCHS,
     IMAGE_SIZE,
+    SELECT_IMAGES,
+    SUBSET_IMAGES,
     TINY_DUAL,
     TRAIN_IMAGES,
     VAL_IMAGES,
@@ -147,6 +149,28 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
     assert summary_rows(summary) >= set(variants), summary
     if "hpo" in toy:
         check_hpo_outputs(tmp_path / hpo_dir(full), full)
+    if path.name == "coco20k_lora.yaml":
+        check_three_lora_models(vdir, summary)
+
+
+def check_three_lora_models(vdir: Path, summary: str) -> None:
+    """Study C's three models: the full-COCO one trains on its own, larger training split
+    (train.subset), all three are reported on the same images and in one table."""
+    reports = {n: json.loads((vdir / n / "train_report.json").read_text())
+               for n in ("pretrained", "lora_text", "lora_full")}
+    assert reports["lora_text"]["config"]["train_split"] == "train"
+    assert reports["lora_full"]["config"]["train_split"] == "train-all"
+    # The stand-in's 24 train images less the 4-image holdout; the study's subset keeps 12.
+    assert reports["lora_text"]["train_images"] == SUBSET_IMAGES
+    assert reports["lora_full"]["train_images"] == TRAIN_IMAGES - SELECT_IMAGES
+    assert {r["selected_on"]["images"] for r in reports.values()} == {SELECT_IMAGES}
+    evaluated = [json.loads((vdir / n / "metrics.json").read_text())["reported_on"]
+                 for n in reports]
+    assert evaluated == [{"split": "val", "images": SUBSET_IMAGES}] * 3, evaluated
+    table = summary.split("## Pretrained vs fine-tuned", 1)[1].split("\n## ", 1)[0]
+    assert "| pretrained (`pretrained`) |" in table
+    assert f"| fine-tuned (`lora_text`) | {SUBSET_IMAGES} images |" in table
+    assert f"| fine-tuned (`lora_full`) | {TRAIN_IMAGES - SELECT_IMAGES} images |" in table
 
 
 def check_hpo_outputs(out: Path, full: dict) -> None:

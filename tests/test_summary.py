@@ -278,13 +278,14 @@ def test_pretrained_vs_fine_tuned_table_has_mrr_both_ways(tmp_path):
     section = text.split("## Pretrained vs fine-tuned", 1)[1].split("\n## ", 1)[0]
     rows = [r for r in section.splitlines() if r.startswith("| ")]
     assert rows[0].split(" | ")[1:] == [
-        "image→text R@1", "image→text R@5", "image→text R@10", "image→text MRR",
+        "trained on", "image→text R@1", "image→text R@5", "image→text R@10", "image→text MRR",
         "text→image R@1", "text→image R@5", "text→image R@10", "text→image MRR |"]
     # R@K = recall * sqrt(k) (make_variant), MRR as set; the other checkpoint is not a row.
-    assert rows[1] == ("| pretrained (`pretrained`) | 20.0 | 44.7 | 63.2 | 0.552 | 20.0 | "
+    assert rows[1] == ("| pretrained (`pretrained`) | – | 20.0 | 44.7 | 63.2 | 0.552 | 20.0 | "
                        "44.7 | 63.2 | 0.401 |")
-    assert rows[2].startswith("| fine-tuned (`lora_text`) | 25.0 | 55.9 | 79.1 | 0.623 | 25.0")
-    assert rows[3] == ("| change (`lora_text`) | +5.0 | +11.2 | +15.8 | +0.071 | +5.0 | "
+    assert rows[2].startswith("| fine-tuned (`lora_text`) | 2,000 images | 25.0 | 55.9 | 79.1 | "
+                              "0.623 | 25.0")
+    assert rows[3] == ("| change (`lora_text`) |  | +5.0 | +11.2 | +15.8 | +0.071 | +5.0 | "
                        "+11.2 | +15.8 | +0.069 |")
     assert len(rows) == 4 and "other_ckpt" not in section
     # Both MRRs, and mAP/NDCG of both directions, also stand in the Results table.

@@ -13,7 +13,9 @@ and nothing else, so a variant added to a shipped config is exercised as shipped
   (``TINY_DUAL``; MLP ratio, dropout and context length stay as shipped);
 * torchvision ImageNet weights (downloaded on first use) -> none; weights that ship in
   an installed package (``PACKAGED_WEIGHTS``) run offline and are kept;
-* image size, epochs, batch sizes, HPO trials and a selection holdout -> small;
+* image size, epochs, batch sizes, HPO trials, a selection holdout and a dataset subset
+  (``dataset.subset.images``: at most ``SUBSET_IMAGES`` per split, so a variant's own
+  ``train.subset`` still trains on more or fewer images than the study's) -> small;
 * an ``hpo.space`` key over sizes shrunk above (batch size, dual-encoder sizes) -> the
   toy value as its only choice; the other searched keys stay as shipped.
 
@@ -38,6 +40,7 @@ EPOCHS = 1
 BATCH_SIZE = 8
 HPO_TRIALS = 2
 SELECT_IMAGES = 4  # a COCO-style selection holdout of 5,000 train images cannot fit in 24
+SUBSET_IMAGES = 12  # dataset.subset: a 20k subset of COCO is half the stand-in's images
 # model.dual_encoder sizes at toy scale (patch 8 on the 32 px input: 16 patches).
 TINY_DUAL = {"embed_dim": 16, "vision": {"patch_size": 8, "width": 32, "depth": 1, "heads": 2},
              "text": {"width": 32, "depth": 1, "heads": 2}}
@@ -52,7 +55,8 @@ TOUCHABLE = (
     "model.dual_encoder.vision.width", "model.dual_encoder.vision.depth",
     "model.dual_encoder.vision.heads", "model.dual_encoder.text.width",
     "model.dual_encoder.text.depth", "model.dual_encoder.text.heads",
-    "model.weights", "train.epochs", "train.batch_size",
+    "model.weights", "train.epochs", "train.batch_size", "dataset.subset.images",
+    *(f"dataset.subset.images.{split}" for split in ("train", "val", "test", "select")),
     "hpo.trials", "hpo.epochs",
 )  # fmt: skip
 # hpo.space.<key>.<field> may change when every path <key> sets is in TOUCHABLE.
@@ -177,6 +181,12 @@ def _toy_dataset(ds: dict, sources: Mapping[str, Path]) -> None:
             "tests/toy_overlay.write_toy_sources that layout")
     ds["root"] = str(sources[source])
     ds["download"] = False
+    images = (ds.get("subset") or {}).get("images")
+    if isinstance(images, int):
+        ds["subset"]["images"] = min(images, SUBSET_IMAGES)
+    elif isinstance(images, Mapping):
+        ds["subset"]["images"] = {split: n if n is None else min(n, SUBSET_IMAGES)
+                                  for split, n in images.items()}
     karpathy = {"karpathy_coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
     if "annotations" in ds and source in karpathy:  # else the default name under root
         ds["annotations"] = str(sources[source] / karpathy[source])

@@ -29,7 +29,12 @@ from cliptune.config_schema import (  # noqa: F401
     subschema,
     validate,
 )
-from cliptune.dataset_config import resolve_dataset, resolve_selection, split_names
+from cliptune.dataset_config import (
+    resolve_dataset,
+    resolve_selection,
+    split_names,
+    training_split,
+)
 from cliptune.hpo_space import check_space
 
 # Sections a variant may override; everything else is shared by all variants.
@@ -176,6 +181,12 @@ def _merged_variant(cfg: Mapping, name: str) -> dict:
     resolved["name"] = name
     # Training validates on it, so a different selection split retrains the variant.
     resolved["select_split"] = cfg["dataset"]["selection"]["split"]
+    # train.subset: the study's subset mode and seed unless the variant sets its own.
+    own = resolved["train"]["subset"]
+    if own is not None:
+        sub = cfg["dataset"]["subset"]
+        resolved["train"]["subset"] = {"mode": sub["mode"], "seed": sub["seed"], **own}
+    resolved["train_split"] = training_split(cfg["dataset"], resolved["train"]["subset"])
     return resolved
 
 

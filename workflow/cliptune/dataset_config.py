@@ -8,6 +8,7 @@ and reports test (config.py calls :func:`resolve_dataset` and :func:`resolve_sel
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,6 +44,58 @@ def carves_selection(ds: Mapping) -> bool:
 def split_names(ds: Mapping) -> list[str]:
     """Every cliptune split the captions stage writes: dataset.splits plus the holdout."""
     return list(ds["splits"]) + ([SELECT_SPLIT] if carves_selection(ds) else [])
+
+
+# A variant's own training images (train.subset) live in a split of their own, named by
+# the subset so that variants with the same train.subset share its caches.
+TRAIN_SPLIT = "train"
+_OWN_TRAIN = re.compile(
+    r"^train-(?:(?P<all>all)|(?P<n>[1-9][0-9]*)-(?:(?P<first>first)|random(?P<seed>-?[0-9]+)))$")
+
+
+def _normal_subset(images: int | None, mode: str, seed: int) -> dict:
+    """A subset as the captions stage applies it: mode and seed only when they matter."""
+    if images is None:
+        return {"images": None}
+    return {"images": images, "mode": mode, "seed": seed}
+
+
+def split_subset(ds: Mapping, split: str) -> dict:
+    """The subset the captions stage applies to ``split``: ``dataset.subset`` (its entry for
+    the split), or for a variant's training split the ``train.subset`` its name encodes."""
+    own = _OWN_TRAIN.match(split)
+    if own:
+        if own["all"]:
+            return {"images": None}
+        if own["first"]:  # the seed plays no part: the study's, as its own splits carry
+            return _normal_subset(int(own["n"]), "first", ds["subset"]["seed"])
+        return _normal_subset(int(own["n"]), "random", int(own["seed"]))
+    images = ds["subset"]["images"]
+    if isinstance(images, Mapping):
+        images = images.get(split)
+    return _normal_subset(images, ds["subset"]["mode"], ds["subset"]["seed"])
+
+
+def base_split(split: str) -> str:
+    """The ``dataset.splits`` entry a split is drawn from (a variant's train split: train)."""
+    return TRAIN_SPLIT if _OWN_TRAIN.match(split) else split
+
+
+def training_split(ds: Mapping, subset: Mapping | None) -> str:
+    """The split a variant trains on: ``train``, or for a ``train.subset`` (resolved: images,
+    mode, seed) that differs from the study's, ``train-all`` / ``train-{N}-random{seed}`` /
+    ``train-{N}-first``."""
+    if subset is None:
+        return TRAIN_SPLIT
+    mode = subset["mode"]
+    seed = ds["subset"]["seed"] if mode == "first" else subset["seed"]
+    own = _normal_subset(subset["images"], mode, seed)
+    if own == split_subset(ds, TRAIN_SPLIT):
+        return TRAIN_SPLIT
+    if own["images"] is None:
+        return f"{TRAIN_SPLIT}-all"
+    tail = "first" if mode == "first" else f"random{seed}"
+    return f"{TRAIN_SPLIT}-{own['images']}-{tail}"
 
 
 def resolve_selection(cfg: dict) -> None:
@@ -127,6 +180,12 @@ def resolve_dataset(ds: dict, raw: Mapping) -> None:
             )
     if ds["annotations"] is None and source in KARPATHY_FILES:
         ds["annotations"] = str(Path(ds["root"]) / KARPATHY_FILES[source])
+    reserved = sorted(name for name in ds["splits"] if _OWN_TRAIN.match(name))
+    if reserved:
+        raise ConfigError(
+            f"config error: dataset.splits names {reserved}: names of the form train-all / "
+            "train-{N}-random{seed} / train-{N}-first hold a variant's train.subset; rename "
+            "the split")
     images = ds["subset"]["images"]
     if isinstance(images, Mapping):
         unknown = sorted(set(images) - set(ds["splits"]) - {SELECT_SPLIT})

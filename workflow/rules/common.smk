@@ -58,6 +58,9 @@ WEIGHT_SPECS = {weight_key(s): s for v in RESOLVED.values() for s in needed_weig
 VARIANT_WEIGHTS = {n: [weights_marker(s) for s in needed_weights(v)] for n, v in RESOLVED.items()}
 # Encoder cache key -> encoder settings, for every encoder some variant uses.
 ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
+# Splits with caches: the study's, plus the training split of each variant whose
+# train.subset differs from the study's (train-all, train-{N}-random{seed}, ...).
+CACHE_SPLITS = list(dict.fromkeys([*SPLITS, *(v["train_split"] for v in RESOLVED.values())]))
 
 RESULTS = f"results/{DS}"
 LOGS = f"logs/{DS}"
@@ -74,7 +77,7 @@ except FileNotFoundError as exc:
 
 
 wildcard_constraints:
-    split="|".join(SPLITS),
+    split="|".join(re.escape(split) for split in CACHE_SPLITS),
     variant="|".join(re.escape(run) for run in ALL_RUNS),
     encoder="|".join(ENCODERS),
     size=r"\d+",

@@ -8,7 +8,7 @@ rule hpo:
     wildcard_constraints:
         variant="|".join(re.escape(v) for v in VARIANTS),
     input:
-        unpack(lambda w: pair_inputs(w.variant, "train", "train")),
+        unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["train_split"], "train")),
         # Trials are scored on the selection split, never on the reported eval.split.
         unpack(lambda w: pair_inputs(w.variant, SELECT, "val")),
         # Pretrained weights this job loads, fetched on the submit host (weights.smk).

@@ -1,10 +1,10 @@
 rule train:
     input:
-        unpack(lambda w: pair_inputs(w.variant, "train", "train")),
+        unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["train_split"], "train")),
         # The selection split (dataset.selection), never the reported eval.split.
         unpack(lambda w: pair_inputs(w.variant, SELECT, "val")),
         # Cached trunk features, only for fully frozen, un-augmented variants (features.smk).
-        unpack(lambda w: feature_inputs(w.variant, "train", "train")),
+        unpack(lambda w: feature_inputs(w.variant, RESOLVED[w.variant]["train_split"], "train")),
         unpack(lambda w: feature_inputs(w.variant, SELECT, "val")),
         # Pretrained weights this job loads, fetched on the submit host (weights.smk).
         weights=lambda w: VARIANT_WEIGHTS[w.variant],

@@ -22,7 +22,7 @@ import pandas as pd
 from cliptune.data.caption_tidy import tidy_captions
 from cliptune.data.dataset_formats import DatasetFormatError, clean_caption, read_source
 from cliptune.data.selection import carve_selection
-from cliptune.dataset_config import SELECT_SPLIT, carves_selection
+from cliptune.dataset_config import SELECT_SPLIT, base_split, carves_selection, split_subset
 from cliptune.io_utils import write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,9 @@ def build_captions(root: Path, folder: str, split: str, output: Path) -> pd.Data
 
 
 def source_split(dataset: dict, split: str) -> str:
-    """The ``dataset.splits`` entry a split reads: the selection holdout reads train's."""
-    return "train" if split == SELECT_SPLIT and carves_selection(dataset) else split
+    """The ``dataset.splits`` entry a split reads: the selection holdout and a variant's own
+    training split (train.subset) read train's."""
+    return "train" if split == SELECT_SPLIT and carves_selection(dataset) else base_split(split)
 
 
 def split_labels(dataset: dict, split: str) -> list[str]:
@@ -140,19 +141,20 @@ def split_labels(dataset: dict, split: str) -> list[str]:
 
 
 def split_spec(dataset: dict, split: str) -> dict:
-    """Everything the captions stage of one split depends on (becomes a rule param)."""
-    images = dataset["subset"]["images"]
-    if isinstance(images, dict):
-        images = images.get(split)
+    """Everything the captions stage of one split depends on (becomes a rule param).
+
+    A variant's own training split (``train-all``, ``train-{N}-random{seed}``: train.subset)
+    reads train with its own subset; its rows are labelled ``train``, and its subset draws
+    as train's would, so ``{images: N}`` equal to the study's picks the same images.
+    """
+    base = base_split(split)
     spec = {
         "source": dataset["source"],
         "root": str(dataset["root"]),
-        "split": split,
+        "split": base,
         "labels": split_labels(dataset, split),
         # Mode and seed only matter to a split that is subset: others must not rerun.
-        "subset": {"images": None} if images is None else {
-            "images": images, "mode": dataset["subset"]["mode"],
-            "seed": dataset["subset"]["seed"]},
+        "subset": split_subset(dataset, split),
     }
     if dataset["source"] not in ("demo", "coco"):
         spec["annotations"] = dataset.get("annotations")
@@ -165,7 +167,7 @@ def split_spec(dataset: dict, split: str) -> dict:
         # train and select both read the source's train images and split them the same way.
         sel = dataset["selection"]
         spec["selection"] = {"images": sel["images"], "seed": sel["seed"],
-                             "keep": "holdout" if split == SELECT_SPLIT else "rest"}
+                             "keep": "holdout" if base == SELECT_SPLIT else "rest"}
     return spec
 
 

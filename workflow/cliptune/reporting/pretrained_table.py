@@ -41,12 +41,13 @@ def _cells(m: Mapping, ks: Sequence[int]) -> list[float]:
             for key in [*(f"R@{k}" for k in ks), "mrr"]]
 
 
-def _fmt_row(label: str, values: Sequence[float], n_ks: int, sign: str = "") -> str:
+def _fmt_row(label: str, images: str, values: Sequence[float], n_ks: int,
+             sign: str = "") -> str:
     per = n_ks + 1  # R@K columns then MRR, per direction
     cells = [("–" if not math.isfinite(v) else
               f"{v:{sign}.3f}" if i % per == n_ks else f"{v:{sign}.1f}")
              for i, v in enumerate(values)]
-    return "| " + " | ".join([label, *cells]) + " |"
+    return "| " + " | ".join([label, images, *cells]) + " |"
 
 
 def pretrained_section(metrics: Mapping[str, Mapping], reports: Mapping[str, Mapping],
@@ -55,20 +56,23 @@ def pretrained_section(metrics: Mapping[str, Mapping], reports: Mapping[str, Map
     found = pairs(reports)
     if not found:
         return []
-    header = ["model"] + [f"{label} {c}" for d, label in DIRECTIONS
-                          for c in [*(f"R@{k}" for k in ks), "MRR"]]
+    header = ["model", "trained on"] + [f"{label} {c}" for d, label in DIRECTIONS
+                                        for c in [*(f"R@{k}" for k in ks), "MRR"]]
     lines = ["## Pretrained vs fine-tuned", "",
              "The pretrained checkpoint evaluated as it is (zero-shot) beside the variants "
-             "fine-tuned from it, on the same split. Recall in percent, MRR (mean reciprocal "
-             "rank of the first relevant item) in [0, 1]; the change rows are fine-tuned "
-             "minus pretrained.", "",
+             "fine-tuned from it, on the same split; \"trained on\" counts each one's training "
+             "images (`train.subset`). Recall in percent, MRR (mean reciprocal rank of the "
+             "first relevant item) in [0, 1]; the change rows are fine-tuned minus "
+             "pretrained.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for pre, tuned in found:
         base = _cells(metrics.get(pre, {}), ks)
-        lines.append(_fmt_row(f"pretrained (`{pre}`)", base, len(ks)))
+        lines.append(_fmt_row(f"pretrained (`{pre}`)", "–", base, len(ks)))
         for name in tuned:
             vals = _cells(metrics.get(name, {}), ks)
-            lines.append(_fmt_row(f"fine-tuned (`{name}`)", vals, len(ks)))
-            lines.append(_fmt_row(f"change (`{name}`)", [v - b for v, b in zip(vals, base, strict=True)],
+            images = f"{reports[name]['train_images']:,} images"
+            lines.append(_fmt_row(f"fine-tuned (`{name}`)", images, vals, len(ks)))
+            lines.append(_fmt_row(f"change (`{name}`)", "",
+                                  [v - b for v, b in zip(vals, base, strict=True)],
                                   len(ks), sign="+"))
     return lines + [""]
