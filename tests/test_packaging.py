@@ -43,3 +43,21 @@ def test_optuna_bound_admits_the_journal_backend(repo):
     # training/hpo.py imports optuna.storages.journal.JournalFileBackend (optuna 4.0+).
     deps = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "optuna>=4.0" in deps
+
+
+def test_every_rule_script_runs_a_stage_of_its_name(repo):
+    """Every rule's script: is run_stage.py, which dispatches on the rule name: each such
+    rule has a stage of that name, and every stage a rule."""
+    from cliptune.stages import STAGES
+
+    rules = set()
+    for smk in (repo / "workflow" / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule \w+:|\Z)",
+                                     smk.read_text(), flags=re.M | re.S):
+            scripts = re.findall(r"script:\s*\n\s*\"([^\"]+)\"", body)
+            assert scripts in ([], ["../scripts/run_stage.py"]), (name, scripts)
+            if scripts:
+                rules.add(name)
+    assert rules == set(STAGES)
+    assert sorted(p.name for p in (repo / "workflow" / "scripts").iterdir()
+                  if p.suffix == ".py") == ["run_stage.py"]

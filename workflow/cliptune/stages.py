@@ -1,8 +1,10 @@
 """Adapters from a Snakemake ``script:`` job to the stage functions.
 
-Each takes the ``snakemake`` object (inputs, outputs, params, threads, log),
-sets up logging into the rule's log file and calls one cliptune function, so
-rules stay declarative and all logic stays testable without Snakemake.
+Every rule runs workflow/scripts/run_stage.py, which calls :func:`run`: it looks the
+rule's name up in :data:`STAGES`, sets up logging into the rule's log file and calls the
+stage, which takes the ``snakemake`` object (inputs, outputs, params, threads, log) and
+calls one cliptune function, so rules stay declarative and all logic stays testable
+without Snakemake.
 """
 
 from __future__ import annotations
@@ -279,15 +281,26 @@ def summary(smk) -> None:
                   queries_png=Path(smk.input.queries_png))
 
 
-def run(smk, stage: Callable) -> None:
-    """Run ``stage`` (one function above) with logging to the rule's log; failures are
-    logged there too."""
+# Rule name -> its stage. Only the weights rule reaches the network (for the weights
+# every other stage then loads from disk).
+STAGES: dict[str, Callable] = {f.__name__: f for f in (
+    weights, demo_dataset, coco_archive, kaggle_flickr30k, coco_extract, captions, data_report,
+    samples, image_cache, text_embeddings, backbone_features, train, loss_curves, hpo,
+    evaluate, aggregate, figures, queries_across_variants, search_embed, search_text_to_image,
+    search_image_to_text, loss_overlay, summary)}
+FETCHES_WEIGHTS = {"weights"}
+
+
+def run(smk) -> None:
+    """Run the stage of the rule ``smk.rule`` with logging to the rule's log; failures
+    are logged there too."""
+    stage = STAGES[smk.rule]
     setup_logging(str(smk.log[0]) if smk.log else None)
     set_threads(smk.threads)
     try:
         # Before torch starts CUDA: the job sees only the GPUs its `gpu` resource got.
         assign_gpus(int(getattr(smk.resources, "gpu", 0) or 0))
-        if stage is not weights:
+        if smk.rule not in FETCHES_WEIGHTS:
             # Models load only what the weights rule fetched, never from the network
             # (compute nodes are often offline). Set before transformers is imported.
             from cliptune.models.weights import use_local_weights
@@ -295,5 +308,5 @@ def run(smk, stage: Callable) -> None:
             use_local_weights()
         stage(smk)
     except Exception:
-        log.exception("stage %s failed", stage.__name__)
+        log.exception("stage %s failed", smk.rule)
         raise

@@ -31,7 +31,7 @@ if CFG["dataset"]["source"] == "demo":
         conda:
             ENV
         script:
-            "../scripts/demo_dataset.py"
+            "../scripts/run_stage.py"
 
 
 DATASET = CFG["dataset"]
@@ -64,7 +64,7 @@ if DATASET["download"] == "kaggle":
         conda:
             ENV
         script:
-            "../scripts/kaggle_flickr30k.py"
+            "../scripts/run_stage.py"
 
 
 if DATASET["download"] is True:
@@ -98,7 +98,7 @@ if DATASET["download"] is True:
         conda:
             ENV
         script:
-            "../scripts/coco_archive.py"
+            "../scripts/run_stage.py"
 
     # The completion marker, written after the last member is in place, is what
     # captions depend on: an interrupted extraction has none and is redone.
@@ -119,7 +119,7 @@ if DATASET["download"] is True:
         conda:
             ENV
         script:
-            "../scripts/coco_extract.py"
+            "../scripts/run_stage.py"
 
 
 rule captions:
@@ -140,7 +140,7 @@ rule captions:
     conda:
         ENV
     script:
-        "../scripts/captions.py"
+        "../scripts/run_stage.py"
 
 
 rule image_cache:
@@ -163,7 +163,7 @@ rule image_cache:
     conda:
         ENV
     script:
-        "../scripts/image_cache.py"
+        "../scripts/run_stage.py"
 
 
 rule data_report:
@@ -190,7 +190,7 @@ rule data_report:
     conda:
         ENV
     script:
-        "../scripts/data_report.py"
+        "../scripts/run_stage.py"
 
 
 rule samples:
@@ -214,4 +214,4 @@ rule samples:
     conda:
         ENV
     script:
-        "../scripts/samples.py"
+        "../scripts/run_stage.py"

@@ -20,4 +20,4 @@ rule text_embeddings:
     conda:
         ENV
     script:
-        "../scripts/text_embeddings.py"
+        "../scripts/run_stage.py"

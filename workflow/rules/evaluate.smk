@@ -23,7 +23,7 @@ rule evaluate:
     conda:
         ENV
     script:
-        "../scripts/evaluate.py"
+        "../scripts/run_stage.py"
 
 
 
@@ -124,7 +124,7 @@ rule figures:
     conda:
         ENV
     script:
-        "../scripts/figures.py"
+        "../scripts/run_stage.py"
 
 
 # Each figure is written out above as its own report() output (own caption and category);

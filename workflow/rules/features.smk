@@ -48,4 +48,4 @@ rule backbone_features:
     conda:
         ENV
     script:
-        "../scripts/backbone_features.py"
+        "../scripts/run_stage.py"

@@ -39,4 +39,4 @@ rule hpo:
     conda:
         ENV
     script:
-        "../scripts/hpo.py"
+        "../scripts/run_stage.py"

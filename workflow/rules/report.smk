@@ -51,7 +51,7 @@ rule aggregate:
     conda:
         ENV
     script:
-        "../scripts/aggregate.py"
+        "../scripts/run_stage.py"
 
 
 # Drawn from the train job's logs, so a new plot never reruns training.
@@ -80,7 +80,7 @@ rule loss_curves:
     conda:
         ENV
     script:
-        "../scripts/loss_curves.py"
+        "../scripts/run_stage.py"
 
 
 rule loss_overlay:
@@ -106,7 +106,7 @@ rule loss_overlay:
     conda:
         ENV
     script:
-        "../scripts/loss_overlay.py"
+        "../scripts/run_stage.py"
 
 
 # Rows = report.queries, columns = variants: each variant's top images, as its figures
@@ -137,7 +137,7 @@ rule queries_across_variants:
     conda:
         ENV
     script:
-        "../scripts/queries_across_variants.py"
+        "../scripts/run_stage.py"
 
 
 rule summary:
@@ -184,4 +184,4 @@ rule summary:
     conda:
         ENV
     script:
-        "../scripts/summary.py"
+        "../scripts/run_stage.py"

@@ -41,7 +41,7 @@ rule search_embed:
     conda:
         ENV
     script:
-        "../scripts/search_embed.py"
+        "../scripts/run_stage.py"
 
 
 rule search_text_to_image:
@@ -76,7 +76,7 @@ rule search_text_to_image:
     conda:
         ENV
     script:
-        "../scripts/search_text_to_image.py"
+        "../scripts/run_stage.py"
 
 
 rule search_image_to_text:
@@ -109,7 +109,7 @@ rule search_image_to_text:
     conda:
         ENV
     script:
-        "../scripts/search_image_to_text.py"
+        "../scripts/run_stage.py"
 
 
 rule search:

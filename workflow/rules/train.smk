@@ -34,4 +34,4 @@ rule train:
     conda:
         ENV
     script:
-        "../scripts/train.py"
+        "../scripts/run_stage.py"

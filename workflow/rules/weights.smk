@@ -27,4 +27,4 @@ rule weights:
     conda:
         ENV
     script:
-        "../scripts/weights.py"
+        "../scripts/run_stage.py"
