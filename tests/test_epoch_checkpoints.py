@@ -1,5 +1,6 @@
-"""train.keep_epoch_checkpoints (the last N epochs' resume states) and train.resume_from
-(restart from one of them): cliptune.training.checkpoint."""
+"""train.keep_epoch_checkpoints (the last N epochs' resume states),
+train.keep_epoch_checkpoints_every (every Nth epoch's) and train.resume_from (restart from
+one of them): cliptune.training.checkpoint."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cliptune.training.checkpoint import (
     drop_epochs_after,
     epoch_path,
     keep_epoch,
+    keeps_epoch,
     kept_epochs,
     resume_hash,
 )
@@ -48,11 +50,46 @@ def test_keep_prunes_and_a_restart_drops_the_replaced_chain(tmp_path):
         new = tmp_path / "new.pt"  # save_state writes a new file and renames it over
         new.write_text(f"state after epoch {epoch}")
         os.replace(new, state)
-        keep_epoch(state, epoch, keep=3)
+        keep_epoch(state, epoch, keep=3, every=0)
     assert kept_epochs(state) == [2, 3, 4]
     assert epoch_path(state, 2).read_text() == "state after epoch 2"
     drop_epochs_after(state, 2)  # a run restarting after epoch 2 replaces epochs 3-4
     assert kept_epochs(state) == [2]
+
+
+def test_a_cadence_keeps_every_nth_epoch_for_good_beside_the_last_n(tmp_path):
+    state = tmp_path / "state.pt"
+    for keep, every, kept in ((0, 5, [5, 10, 15, 20]), (2, 5, [5, 10, 15, 19, 20]),
+                              (3, 0, [18, 19, 20]), (1, 7, [7, 14, 20])):
+        for old in kept_epochs(state):
+            epoch_path(state, old).unlink()
+        for epoch in range(1, 21):
+            new = tmp_path / "new.pt"  # save_state writes a new file and renames it over
+            new.write_text(f"state after epoch {epoch}")
+            os.replace(new, state)
+            if keeps_epoch(epoch, keep, every):
+                keep_epoch(state, epoch, keep, every)
+        assert kept_epochs(state) == kept, (keep, every)
+    assert epoch_path(state, 14).read_text() == "state after epoch 14"
+    assert not keeps_epoch(4, 0, 5) and keeps_epoch(10, 0, 5) and keeps_epoch(4, 1, 0)
+
+
+def test_resumes_from_an_epoch_the_cadence_kept_after_the_run_ended(pairs, tmp_path):
+    """Seed 002's "every 5 epochs", in small: epochs 2 and 4 of 4 are kept, and a restart
+    from epoch 2 after the run retrains epochs 3-4 exactly as the run did."""
+    every = variant(epochs=4, keep_epoch_checkpoints_every=2)
+    straight = train(every, pairs, tmp_path)
+    state = tmp_path / "ckpt" / "state.pt"
+    assert kept_epochs(state) == [2, 4]
+    resumed = train(variant(epochs=4, keep_epoch_checkpoints_every=2, resume_from=2), pairs,
+                    tmp_path)
+    for a, b in zip(straight["history"], resumed["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert kept_epochs(state) == [2, 4]
+    with pytest.raises(ResumeError, match=r"kept epochs are \[2, 4\]"):
+        train(variant(epochs=4, keep_epoch_checkpoints_every=2, resume_from=3), pairs,
+              tmp_path)
 
 
 def test_keeps_the_last_epochs_and_resumes_from_one_exactly(pairs, tmp_path):
@@ -110,3 +147,17 @@ variants: {baseline: {}, longer: {train: {resume_from: 3}}}
     cfg = load_config(raw)
     assert resolve_variant(cfg, "baseline")["train"]["resume_from"] == 2
     assert resolve_variant(cfg, "untrained")["train"]["resume_from"] is None  # random init
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "5"])
+def test_a_bad_cadence_is_rejected_naming_the_key(value):
+    raw = {"dataset": {"name": "t", "source": "demo"}, "variants": {"baseline": {}},
+           "train": {"keep_epoch_checkpoints_every": value}}
+    with pytest.raises(ConfigError, match="keep_epoch_checkpoints_every"):
+        load_config(raw)
+
+
+def test_the_flickr_study_keeps_every_fifth_epoch(repo):
+    cfg = load_config(yaml.safe_load((repo / "config" / "flickr30k_scratch.yaml").read_text()))
+    train = resolve_variant(cfg, cfg["baseline"])["train"]
+    assert (train["keep_epoch_checkpoints_every"], train["epochs"]) == (5, 20)

@@ -131,6 +131,7 @@ BASE = {"dataset": {"name": "t", "source": "demo"}, "variants": {"baseline": {}}
     ("model.kind", {"choices": ["resnet", "clip"]}, r"model.kind cannot be searched"),
     ("train.resume_from", {"choices": [3]}, r"resume_from cannot be searched: every trial"),
     ("train.subset", {"choices": [{"images": 10}]}, r"train.subset cannot be searched: it picks"),
+    ("train.keep_epoch_checkpoints_every", {"choices": [5]}, r"every cannot be searched"),
     ("image_size", {"choices": [224]}, r"image_size is not a searchable config key"),
     ("text_encoder.max_length", {"choices": [32]}, r"not a searchable config key"),
     ("model.dual_encoder.{vision,txt}.depth", {"choices": [2]},

@@ -42,6 +42,7 @@ FIXED = {
     "train.nodes": "the job's node count is fixed when it is scheduled",
     "train.resume_from": "every trial trains from scratch in a scratch folder of its own",
     "train.keep_epoch_checkpoints": "a trial's folder is deleted when it ends",
+    "train.keep_epoch_checkpoints_every": "a trial's folder is deleted when it ends",
     "train.subset": "it picks the training images the job reads (their caches)",
 }
 RANGE_KEYS = {"low", "high", "log", "step"}

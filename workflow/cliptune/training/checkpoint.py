@@ -9,8 +9,10 @@ atomically to a path that is not a Snakemake output, so a killed job loses at
 most the steps since the last checkpoint; :func:`load_state` restores it only
 when it was written for the same configuration (:func:`resume_hash`).
 
-Epoch checkpoints (``train.keep_epoch_checkpoints``): the resume state as it stood at
-the end of epoch k, kept as ``epochs/epoch_{k}.pt`` next to ``state.pt``. Like
+Epoch checkpoints (``train.keep_epoch_checkpoints``: the last N epochs, and
+``train.keep_epoch_checkpoints_every``: every Nth epoch, kept for good): the resume
+state as it stood at the end of epoch k, kept as ``epochs/epoch_{k}.pt`` next to
+``state.pt``. Like
 ``state.pt`` it is not a Snakemake output: a failed or rerun job never deletes it. The
 folder always holds one chain of epochs, the current run's: when a run starts (fresh,
 from ``state.pt`` or from ``resume_from``), kept epochs after its starting epoch belong
@@ -60,7 +62,8 @@ log = logging.getLogger(__name__)
 # Settings that change how training runs, not what it computes: a state written
 # under other values still resumes.
 RUNTIME_KEYS = ("devices", "nodes", "checkpoint_every_steps", "checkpoint_every_minutes",
-                "checkpoint_every_epochs", "keep_epoch_checkpoints")
+                "checkpoint_every_epochs", "keep_epoch_checkpoints",
+                "keep_epoch_checkpoints_every")
 
 
 @dataclass
@@ -216,7 +219,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-# Epoch checkpoints (train.keep_epoch_checkpoints, train.resume_from)
+# Epoch checkpoints (train.keep_epoch_checkpoints[_every], train.resume_from)
 
 EPOCH_DIR = "epochs"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -237,10 +240,22 @@ def kept_epochs(state_path: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def keep_epoch(state_path: Path, epoch: int, keep: int) -> None:
+def on_cadence(epoch: int, every: int) -> bool:
+    """Whether ``epoch`` is one ``keep_epoch_checkpoints_every: every`` keeps for good."""
+    return every > 0 and epoch % every == 0
+
+
+def keeps_epoch(epoch: int, keep: int, every: int) -> bool:
+    """Whether the state at the end of ``epoch`` is kept: every epoch while a count is set
+    (``keep``: the last N, older ones pruned), else the epochs on the cadence."""
+    return keep > 0 or on_cadence(epoch, every)
+
+
+def keep_epoch(state_path: Path, epoch: int, keep: int, every: int) -> None:
     """Keep ``state_path`` (just written at the end of ``epoch``) as that epoch's
-    checkpoint, then delete all but the last ``keep``. A hard link costs no disk: the
-    next save replaces ``state.pt`` by rename, leaving the linked file untouched."""
+    checkpoint, then delete every kept epoch that is neither among the last ``keep``
+    epochs nor on the ``every`` cadence. A hard link costs no disk: the next save
+    replaces ``state.pt`` by rename, leaving the linked file untouched."""
     dest = epoch_path(state_path, epoch)
     with atomic_path(dest) as tmp:
         try:
@@ -248,10 +263,11 @@ def keep_epoch(state_path: Path, epoch: int, keep: int) -> None:
             os.link(state_path, tmp)
         except OSError:  # no hard links on this file system
             shutil.copyfile(state_path, tmp)
-    for old in kept_epochs(state_path)[:-keep]:
-        epoch_path(state_path, old).unlink(missing_ok=True)
-    log.info("kept epoch %d checkpoint %s (last %d kept: %s)", epoch, dest, keep,
-             kept_epochs(state_path))
+    for old in kept_epochs(state_path):
+        if old <= epoch - keep and not on_cadence(old, every):
+            epoch_path(state_path, old).unlink(missing_ok=True)
+    log.info("kept epoch %d checkpoint %s (last %d and every %s kept: %s)", epoch, dest, keep,
+             every or "-", kept_epochs(state_path))
 
 
 def drop_epochs_after(state_path: Path, epoch: int) -> None:
@@ -271,11 +287,13 @@ def restart_from_epoch(state_path: Path, ts: TrainState, epoch: int, variant: st
     if not path.is_file():
         kept = kept_epochs(state_path)
         have = (f"the kept epochs are {kept}" if kept else
-                "no epoch is kept there (train.keep_epoch_checkpoints was 0)")
+                "no epoch is kept there (train.keep_epoch_checkpoints and "
+                "keep_epoch_checkpoints_every were 0)")
         raise ResumeError(
             f"{variant}: train.resume_from = {epoch} but {path} does not exist; {have}. "
             "Set train.resume_from to one of the kept epochs (or null to train from "
-            "scratch); train.keep_epoch_checkpoints: N keeps the last N epochs")
+            "scratch); train.keep_epoch_checkpoints: N keeps the last N epochs, "
+            "keep_epoch_checkpoints_every: N every Nth")
     try:
         restored, partial = load_state(path, ts, config_hash=None)
     except (RuntimeError, ValueError) as exc:  # load_state_dict: keys / shapes / groups

@@ -49,7 +49,8 @@ def trial_variant(variant: Mapping, params: Mapping, hpo: Mapping, number: int,
     merged["name"] = f"{variant['name']}-trial{number}"
     # A trial trains from scratch in a folder of its own that is deleted afterwards:
     # neither the variant's kept epochs nor new ones apply.
-    merged["train"].update(resume_from=None, keep_epoch_checkpoints=0)
+    merged["train"].update(resume_from=None, keep_epoch_checkpoints=0,
+                           keep_epoch_checkpoints_every=0)
     try:
         check_variant(merged, set(override.get("train", {})))
     except ConfigError as exc:

@@ -46,6 +46,7 @@ from cliptune.training.checkpoint import (
     all_finite,
     drop_epochs_after,
     keep_epoch,
+    keeps_epoch,
     load_state,
     restart_from_epoch,
     resume_hash,
@@ -342,11 +343,12 @@ class Trainer:
                      ts.best.epoch)
         ts.epoch += 1
         last = ts.epoch == tcfg["epochs"] or ts.stopped
-        keep = tcfg["keep_epoch_checkpoints"]
-        if (last or keep or ts.epoch % tcfg["checkpoint_every_epochs"] == 0) and self.dist.is_main:
+        keep, every = tcfg["keep_epoch_checkpoints"], tcfg["keep_epoch_checkpoints_every"]
+        kept = keeps_epoch(ts.epoch, keep, every)
+        if (last or kept or ts.epoch % tcfg["checkpoint_every_epochs"] == 0) and self.dist.is_main:
             save_state(self.state_path, ts, self.config_hash)
-            if keep:  # the state just written, kept as this epoch's checkpoint
-                keep_epoch(self.state_path, ts.epoch, keep)
+            if kept:  # the state just written, kept as this epoch's checkpoint
+                keep_epoch(self.state_path, ts.epoch, keep, every)
         self.timer.reset()
 
     def _history_row(self, run: EpochRun, seconds: float, val: dict[str, float]) -> dict:
