@@ -92,7 +92,7 @@ def test_spec_only_for_frozen_unaugmented_resnets():
     unfrozen_bn["model"]["freeze_bn_stats"] = False
     assert feature_spec(unfrozen_bn) is None
     augmented = _variant()
-    augmented["train"]["augment"] = {"hflip": 0.5}
+    augmented["train"]["augment"]["enabled"] = True
     assert feature_spec(augmented) is None
     partly = _variant()
     partly["model"]["trainable_stages"] = 1

@@ -15,6 +15,7 @@ import yaml
 from cliptune.config import load_config, resolve_run, run_names
 from cliptune.reporting import variant_description as vd
 from cliptune.reporting.summary import build_summary
+from cliptune.training.train_log import HISTORY_COLUMNS
 
 SHIPPED = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 
@@ -96,21 +97,27 @@ def _fake_run(root: Path, name: str, variant: dict, recall: float) -> dict:
     it: the resolved config without its eval section)."""
     d = root / name
     d.mkdir(parents=True)
-    m = {f"{dr}_R@{k}": recall * k ** 0.5 for dr in ("i2t", "t2i") for k in (1, 5, 10)}
-    m |= {"n_images": 50, "n_texts": 250, "split": "val", "temperature": 0.05}
+    m = {f"{dr}_{key}": recall * k ** 0.5 for dr in ("i2t", "t2i") for k in (1, 5, 10)
+         for key in (f"R@{k}", f"mAP@{k}", f"NDCG@{k}")}
+    m |= {f"{dr}_{key}": 2.0 for dr in ("i2t", "t2i") for key in ("medr", "mrr")}
+    m |= {"n_images": 50, "n_texts": 250, "split": "val", "temperature": 0.05,
+          "reported_on": {"split": "val", "images": 50}}
     (d / "metrics.json").write_text(json.dumps(m))
     epochs = variant["train"]["epochs"]
     (d / "train_report.json").write_text(json.dumps({
         "variant": name, "config": {k: c for k, c in variant.items() if k != "eval"}, "device": "cpu", "torch": "2.x",
+        "hardware": {"kind": "cpu", "cpu": "x86_64", "cpu_cores": 2, "torch_threads": 2},
         "epochs_run": min(epochs, 2), "wall_seconds": 10.0, "images_per_s": 5.0,
         "parameters": 10, "trainable_parameters": 5, "train_images": 100,
         "train_captions": 500, "selected_on": {"split": "select", "images": 20,
                                                "monitor": "val_loss"}}))
     n = min(epochs, 2)
     pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [2.0] * n, "val_loss": [2.5] * n,
-                  "temperature": [0.07] * n}).to_csv(d / "history.csv", index=False)
+                  "temperature": [0.07] * n, "skipped_steps": 0, "restarts": 0},
+                 columns=HISTORY_COLUMNS).to_csv(d / "history.csv", index=False)
+    (d / "zero_shot.json").write_text(json.dumps({"task_order": [], "tasks": {}}))
     return {"metrics": d / "metrics.json", "train_report": d / "train_report.json",
-            "history": d / "history.csv"}
+            "history": d / "history.csv", "zero_shot": d / "zero_shot.json", "figures": {}}
 
 
 def _table(text: str, heading: str, first_column: str) -> dict[str, dict[str, str]]:

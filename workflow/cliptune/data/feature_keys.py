@@ -12,41 +12,28 @@ from collections.abc import Mapping
 TRUNK_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0")
 
 
-def _augments(train_cfg: Mapping, variant: Mapping) -> bool:
-    """True when the variant augments its images (any spelling of an augmentation section)."""
-    for holder in (variant, train_cfg):
-        for key in ("augment", "augmentation"):
-            aug = holder.get(key)
-            if isinstance(aug, Mapping):
-                if aug.get("enabled", any(bool(v) for v in aug.values())):
-                    return True
-            elif aug:
-                return True
-    return False
-
-
 def feature_spec(variant: Mapping) -> dict | None:
-    """What to cache for ``variant``, or None when its trunk output can change during training.
+    """What to cache for the resolved ``variant``, or None when its trunk output can change
+    during training.
 
     Needs a trunk (ResNet or EfficientNet-Lite0) that is wholly frozen (``freeze_backbone:
     true``, no partially trainable stages, BatchNorm statistics frozen) and no
     image augmentation. A random-init trunk depends on the seed, so the seed is
     part of the key then.
     """
-    model = variant.get("model", {})
-    train = variant.get("train", {})
-    if model.get("kind", "resnet") != "resnet":  # whole-CLIP variants have no such trunk
+    model, train = variant["model"], variant["train"]
+    if model["kind"] != "resnet":  # whole-CLIP variants have no such trunk
         return None
-    if model.get("backbone") not in TRUNK_BACKBONES or model.get("freeze_backbone") is not True:
+    if model["backbone"] not in TRUNK_BACKBONES or model["freeze_backbone"] is not True:
         return None
-    if model.get("trainable_stages") or model.get("freeze_bn_stats", True) is False:
+    if model["trainable_stages"] or model["freeze_bn_stats"] is False:
         return None
-    if train.get("epochs", 1) == 0 or _augments(train, variant):
+    if train["epochs"] == 0 or train["augment"]["enabled"]:
         return None
-    spec = {"backbone": model["backbone"], "weights": model.get("weights"),
-            "mode": "pooled" if model.get("pooling", "avg") == "avg" else "map"}
+    spec = {"backbone": model["backbone"], "weights": model["weights"],
+            "mode": "pooled" if model["pooling"] == "avg" else "map"}
     if spec["weights"] is None:
-        spec["seed"] = int(train.get("seed", 0))
+        spec["seed"] = int(train["seed"])
     return spec
 
 

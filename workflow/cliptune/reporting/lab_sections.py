@@ -10,44 +10,42 @@ import pandas as pd
 
 from cliptune.reporting.markdown import fmt, table
 
+OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
+
 
 def optimizer_label(train: Mapping) -> str:
-    name = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}.get(train.get("optimizer"), "–")
-    return f"{name} (momentum {train.get('momentum')})" if name == "SGD" else name
+    name = OPTIMIZERS[train["optimizer"]]
+    return f"{name} (momentum {train['momentum']})" if name == "SGD" else name
 
 
 def warmup_label(train: Mapping) -> str:
-    if train.get("warmup_steps") is not None:
+    if train["warmup_steps"] is not None:
         return f"{train['warmup_steps']} steps"
-    frac = train.get("warmup_fraction")
-    return f"{100 * frac:g}% of steps" if frac is not None else "–"
+    return f"{100 * train['warmup_fraction']:g}% of steps"
 
 
 def hardware_label(report: Mapping) -> str:
     """GPU name (x count) on CUDA, CPU model and threads otherwise (train_report.hardware)."""
-    hw = report.get("hardware") or {}
-    if hw.get("kind") == "cuda":
-        count = f" x{hw['gpu_count']}" if hw.get("gpu_count", 1) > 1 else ""
+    hw = report["hardware"]
+    if hw["kind"] == "cuda":
+        count = f" x{hw['gpu_count']}" if hw["gpu_count"] > 1 else ""
         return f"{hw['gpu']}{count} ({hw['gpu_memory_gb']:.0f} GB)"
-    if hw.get("cpu"):
-        return f"CPU {hw['cpu']}, {hw['torch_threads']} threads of {hw['cpu_cores']} cores"
-    return report.get("device", "–")
+    return f"CPU {hw['cpu']}, {hw['torch_threads']} threads of {hw['cpu_cores']} cores"
 
 
 def peak_memory_label(report: Mapping) -> str:
-    peak = (report.get("hardware") or {}).get("peak_gpu_memory_gb")
-    return f"{peak:.2f} GB" if peak is not None else "– (CPU)"
+    hw = report["hardware"]
+    return f"{hw['peak_gpu_memory_gb']:.2f} GB" if hw["kind"] == "cuda" else "– (CPU)"
 
 
 def _stability_row(name: str, hist: pd.DataFrame) -> list:
-    skipped = int(hist["skipped_steps"].sum()) if "skipped_steps" in hist else 0
-    restarts = int(hist["restarts"].max()) if "restarts" in hist else 0
-    lo = hist["grad_norm_min"] if "grad_norm_min" in hist else hist.get("grad_norm")
-    hi = hist["grad_norm_max"] if "grad_norm_max" in hist else hist.get("grad_norm")
-    norms = "–" if lo is None or lo.isna().all() else f"{lo.min():.3g} – {hi.max():.3g}"
+    skipped = int(hist["skipped_steps"].sum())
+    restarts = int(hist["restarts"].max())
+    lo, hi = hist["grad_norm_min"], hist["grad_norm_max"]
+    norms = "–" if lo.isna().all() else f"{lo.min():.3g} – {hi.max():.3g}"
     last = hist.iloc[-1]
-    acc = [fmt(last.get(c)) for c in ("train_acc_i2t", "train_acc_t2i", "val_acc_i2t",
-                                        "val_acc_t2i")]
+    acc = [fmt(last[c]) for c in ("train_acc_i2t", "train_acc_t2i", "val_acc_i2t",
+                                  "val_acc_t2i")]
     return [name, skipped, restarts, norms, fmt(last["train_loss"], 3),
             fmt(last["val_loss"], 3), *acc]
 

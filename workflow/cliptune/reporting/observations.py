@@ -73,27 +73,19 @@ def convergence(hist: pd.DataFrame, monitor: str = "val_loss") -> dict:
 
 
 def monitor_of(report: Mapping) -> str:
-    """train.monitor of a run (train reports before `selected_on` existed: from its config)."""
-    selected = report.get("selected_on") or {}
-    return selected.get("monitor") or report.get("config", {}).get("train", {}).get(
-        "monitor", "val_loss")
+    """train.monitor of a run (train_report.json)."""
+    return report["selected_on"]["monitor"]
 
 
 def selection_paragraph(data: Mapping[str, Mapping]) -> str:
     """Where the model was selected and where it is reported; bold when those coincide."""
-    trained = [d["report"] for d in data.values() if d["report"].get("epochs_run")]
-    selected = {(r["selected_on"]["split"], r["selected_on"]["images"])
-                for r in trained if r.get("selected_on")}
-    reported = {(m["reported_on"]["split"], m["reported_on"]["images"])
-                for d in data.values() if (m := d["metrics"]).get("reported_on")}
-    if not reported:
-        return "Which split recall was measured on is not recorded; rerun `evaluate`."
+    trained = [d["report"] for d in data.values() if d["report"]["epochs_run"]]
+    selected = {(r["selected_on"]["split"], r["selected_on"]["images"]) for r in trained}
+    reported = {(d["metrics"]["reported_on"]["split"], d["metrics"]["reported_on"]["images"])
+                for d in data.values()}
     rep = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(reported))
     if not trained:
         return f"No variant was trained, so no model was selected; Recall@K is on split {rep}."
-    if any(not r.get("selected_on") for r in trained):
-        return (f"Recall@K is reported on split {rep}. Where models were selected is not "
-                "recorded in every train report; rerun training to record it.")
     sel = ", ".join(f"`{s}` ({n:,} images)" for s, n in sorted(selected))
     text = (f"Models were selected (the saved epoch by `train.monitor` and early stopping; "
             f"the HPO objective uses the same split) on split {sel}; Recall@K is reported on "
@@ -116,7 +108,7 @@ def observations(data, names, baseline, best, rsum, untrained, ks, comparison) -
         return ["no variant has metrics yet"]
     bm = data[best]["metrics"]
     line = (f"Best variant by rsum: **{best}** (rsum {rsum[best]:.1f}; image→text R@1 "
-            f"{bm.get('i2t_R@1', math.nan):.1f}, text→image R@1 {bm.get('t2i_R@1', math.nan):.1f})")
+            f"{bm['i2t_R@1']:.1f}, text→image R@1 {bm['t2i_R@1']:.1f})")
     if best != baseline and baseline in rsum:
         line += f", {rsum[best] - rsum[baseline]:+.1f} rsum over the baseline `{baseline}`"
         line += margin_note(comparison, best) if comparison is not None else ""
@@ -132,12 +124,11 @@ def observations(data, names, baseline, best, rsum, untrained, ks, comparison) -
     else:
         obs.append("No paired comparison with the baseline was computed, so no difference "
                    "above is called better or worse.")
-    i2t, t2i = bm.get("i2t_R@1"), bm.get("t2i_R@1")
-    if i2t is not None and t2i is not None:
-        easier = "image→text" if i2t > t2i else "text→image"
-        obs.append(f"For `{best}`, {easier} R@1 is higher ({max(i2t, t2i):.1f} vs "
-                   f"{min(i2t, t2i):.1f}): image→text needs any one of an image's captions, "
-                   "text→image must find the single right image.")
+    i2t, t2i = bm["i2t_R@1"], bm["t2i_R@1"]
+    easier = "image→text" if i2t > t2i else "text→image"
+    obs.append(f"For `{best}`, {easier} R@1 is higher ({max(i2t, t2i):.1f} vs "
+               f"{min(i2t, t2i):.1f}): image→text needs any one of an image's captions, "
+               "text→image must find the single right image.")
     convs = {n: convergence(data[n]["history"], monitor_of(data[n]["report"])) for n in names}
     trained = {n: c for n, c in convs.items() if c.get("epochs")}
     for n, c in trained.items():
@@ -151,7 +142,7 @@ def observations(data, names, baseline, best, rsum, untrained, ks, comparison) -
             + (" (validation loss above training loss: the model fits the training "
                "pairs better than unseen ones)." if gaps[worst] > 0 else "."))
     obs += _zero_shot_leaders(data, names)
-    speeds = {n: data[n]["report"].get("images_per_s") for n in trained}
+    speeds = {n: data[n]["report"]["images_per_s"] for n in trained}
     speeds = {n: v for n, v in speeds.items() if v}
     if len(speeds) > 1:
         fast, slow = max(speeds, key=speeds.get), min(speeds, key=speeds.get)
@@ -164,8 +155,8 @@ def _zero_shot_leaders(data: Mapping, names: list[str]) -> list[str]:
     """Per zero-shot task with labels: the variant with the best top-1 accuracy."""
     best: dict[str, tuple[str, float]] = {}
     for n in names:
-        for task, r in (data[n]["zero_shot"] or {}).get("tasks", {}).items():
-            top1 = (r.get("accuracy") or {}).get("top1_accuracy")
+        for task, r in data[n]["zero_shot"]["tasks"].items():
+            top1 = (r["accuracy"] or {}).get("top1_accuracy")  # absent: no labelled image
             if top1 is not None and (task not in best or top1 > best[task][1]):
                 best[task] = (n, top1)
     return [f"Zero-shot top-1 accuracy on task `{t}` is highest for `{n}` ({v:.1f}%)."

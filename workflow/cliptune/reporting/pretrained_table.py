@@ -15,12 +15,12 @@ DIRECTIONS = (("i2t", "image→text"), ("t2i", "text→image"))
 
 def _checkpoint(report: Mapping) -> str | None:
     """The pretrained CLIP a variant starts from (None for other model kinds)."""
-    model = report.get("config", {}).get("model", {})
-    return (model.get("clip") or {}).get("model") if model.get("kind") == "clip" else None
+    model = report["config"]["model"]
+    return model["clip"]["model"] if model["kind"] == "clip" else None
 
 
 def _trained(report: Mapping) -> bool:
-    return bool(report.get("config", {}).get("train", {}).get("epochs"))
+    return bool(report["config"]["train"]["epochs"])
 
 
 def pairs(reports: Mapping[str, Mapping]) -> list[tuple[str, list[str]]]:
@@ -37,7 +37,7 @@ def pairs(reports: Mapping[str, Mapping]) -> list[tuple[str, list[str]]]:
 
 
 def _cells(m: Mapping, ks: Sequence[int]) -> list[float]:
-    return [m.get(f"{d}_{key}", math.nan) for d, _ in DIRECTIONS
+    return [m[f"{d}_{key}"] for d, _ in DIRECTIONS
             for key in [*(f"R@{k}" for k in ks), "mrr"]]
 
 
@@ -66,10 +66,10 @@ def pretrained_section(metrics: Mapping[str, Mapping], reports: Mapping[str, Map
              "pretrained.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for pre, tuned in found:
-        base = _cells(metrics.get(pre, {}), ks)
+        base = _cells(metrics[pre], ks)
         lines.append(_fmt_row(f"pretrained (`{pre}`)", "–", base, len(ks)))
         for name in tuned:
-            vals = _cells(metrics.get(name, {}), ks)
+            vals = _cells(metrics[name], ks)
             images = f"{reports[name]['train_images']:,} images"
             lines.append(_fmt_row(f"fine-tuned (`{name}`)", images, vals, len(ks)))
             lines.append(_fmt_row(f"change (`{name}`)", "",

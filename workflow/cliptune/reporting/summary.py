@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 
 from cliptune.config import UNTRAINED
-from cliptune.evaluation.retrieval_metrics import DEFAULT_KS
 from cliptune.io_utils import write_text
 from cliptune.reporting.comparison import Comparison, comparison_section
 from cliptune.reporting.lab_sections import (
@@ -56,13 +55,7 @@ ANCHOR_SPLIT = "Karpathy COCO 5k test (5,000 images, 25,010 captions)"
 ANCHOR_IMAGES = 5000
 
 def _load(path) -> dict:
-    return json.loads(Path(path).read_text()) if path and Path(path).is_file() else {}
-
-
-def _history(path) -> pd.DataFrame:
-    if not path or not Path(path).is_file():
-        return pd.DataFrame()
-    return pd.read_csv(path)
+    return json.loads(Path(path).read_text())
 
 
 
@@ -91,7 +84,8 @@ def _flatten(d: Mapping, prefix: str = "") -> dict:
 def config_overrides(config: Mapping, reference: Mapping) -> str:
     """The settings in which ``config`` differs from ``reference`` (the baseline)."""
     a, b = _flatten(config), _flatten(reference)
-    diff = [f"`{k}={a[k]}`" for k in sorted(a) if k != "name" and a.get(k) != b.get(k)]
+    # A key only one side has (another model kind's section) is a difference too.
+    diff = [f"`{k}={a[k]}`" for k in sorted(a) if k != "name" and (k not in b or a[k] != b[k])]
     return ", ".join(diff) or "–"
 
 
@@ -131,7 +125,7 @@ def _ks(metrics: Mapping) -> list[int]:
 
 
 def _rsum(m: Mapping, ks: Sequence[int]) -> float:
-    return sum(m.get(f"{d}_R@{k}", math.nan) for d in ("i2t", "t2i") for k in ks)
+    return sum(m[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
 
 
 def _rel(path, base_dir: Path) -> str:
@@ -158,19 +152,19 @@ class _Run:
 
     @property
     def ref_cfg(self) -> Mapping:
-        return self.data.get(self.baseline, {}).get("report", {}).get("config", {})
+        return self.data[self.baseline]["report"]["config"]
 
 
 def _collect(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
              report: Mapping, out: Path, untrained: str) -> _Run:
-    data = {name: {"metrics": _load(paths.get("metrics")),
-                   "report": _load(paths.get("train_report")),
-                   "history": _history(paths.get("history")),
-                   "zero_shot": _load(paths.get("zero_shot")),
-                   "figures": dict(paths.get("figures", {}))}
+    data = {name: {"metrics": _load(paths["metrics"]),
+                   "report": _load(paths["train_report"]),
+                   "history": pd.read_csv(paths["history"]),
+                   "zero_shot": _load(paths["zero_shot"]),
+                   "figures": dict(paths["figures"])}
             for name, paths in variants.items()}
-    any_metrics = next((d["metrics"] for d in data.values() if d["metrics"]), {})
-    ks = _ks(any_metrics) or list(DEFAULT_KS)
+    any_metrics = next(iter(data.values()))["metrics"]
+    ks = _ks(any_metrics)
     rsum = {n: _rsum(d["metrics"], ks) for n, d in data.items()}
     ranked = sorted((n for n in data if math.isfinite(rsum[n])), key=lambda n: -rsum[n])
     return _Run(data, baseline, dataset, report, Path(out).parent, untrained, ks, rsum,
@@ -208,16 +202,16 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
 
 def _header(run: _Run) -> list[str]:
     m, dataset = run.metrics, run.dataset
-    return [f"# cliptune results: {dataset.get('name', '?')}", "",
-            f"Dataset `{dataset.get('name')}` (source: {dataset.get('source')}), evaluated on "
-            f"split `{m.get('split', '?')}`: {int(m.get('n_images', 0)):,} images against "
-            f"{int(m.get('n_texts', 0)):,} captions, every caption of every image (image→text: "
+    return [f"# cliptune results: {dataset['name']}", "",
+            f"Dataset `{dataset['name']}` (source: {dataset['source']}), evaluated on "
+            f"split `{m['split']}`: {int(m['n_images']):,} images against "
+            f"{int(m['n_texts']):,} captions, every caption of every image (image→text: "
             "a hit when any of the image's captions is in the top K; text→image: per caption). "
             "Recall in percent. " + selection_paragraph(run.data), ""]
 
 
 def _comparable(run: _Run) -> bool:
-    return bool(run.report.get("anchors_comparable")) and run.dataset.get("source") == "coco"
+    return bool(run.report["anchors_comparable"]) and run.dataset["source"] == "coco"
 
 
 def _results(run: _Run) -> list[str]:
@@ -233,11 +227,11 @@ def _results(run: _Run) -> list[str]:
         m = run.data[n]["metrics"]
         mark = " **(best)**" if n == run.best else ""
         mark += " (baseline)" if n == run.baseline and n != "baseline" else ""
-        rows.append([f"{n}{mark}"] + [fmt(m.get(f"i2t_R@{k}")) for k in ks]
-                    + [fmt(m.get(f"t2i_R@{k}")) for k in ks]
-                    + [fmt(run.rsum[n]), fmt(m.get("i2t_medr")), fmt(m.get("t2i_medr")),
-                       fmt(m.get("i2t_mrr"), 3), fmt(m.get("t2i_mrr"), 3)]
-                    + [fmt(m.get(c)) for c in rank_cols])
+        rows.append([f"{n}{mark}"] + [fmt(m[f"i2t_R@{k}"]) for k in ks]
+                    + [fmt(m[f"t2i_R@{k}"]) for k in ks]
+                    + [fmt(run.rsum[n]), fmt(m["i2t_medr"]), fmt(m["t2i_medr"]),
+                       fmt(m["i2t_mrr"], 3), fmt(m["t2i_mrr"], 3)]
+                    + [fmt(m[c]) for c in rank_cols])
     if _comparable(run):
         for a, vals in ANCHORS.items():
             rows.append([f"*{a}, published*"] + [fmt(vals.get(f"i2t_R@{k}")) for k in ks]
@@ -248,7 +242,7 @@ def _results(run: _Run) -> list[str]:
 
 def _anchors(run: _Run) -> list[str]:
     """Where the published anchors come from, or why they do not compare."""
-    n_images, split = int(run.metrics.get("n_images", 0)), run.metrics.get("split", "?")
+    n_images, split = int(run.metrics["n_images"]), run.metrics["split"]
     if _comparable(run):
         lines = [f"Published anchors are from open_clip's benchmark on the {ANCHOR_SPLIT}."]
         if n_images != ANCHOR_IMAGES:
@@ -262,7 +256,7 @@ def _anchors(run: _Run) -> list[str]:
     return [
         f"Published anchor, **not comparable** with the table above: it is measured on the "
         f"{ANCHOR_SPLIT}, while these results use split `{split}` with {n_images:,} images"
-        + (" of a synthetic dataset" if run.dataset.get("source") == "demo" else "")
+        + (" of a synthetic dataset" if run.dataset["source"] == "demo" else "")
         + ". Recall falls as the gallery grows, so only the same split compares. Set "
         "`report.anchors_comparable: true` when evaluating on that split.",
         "",
@@ -299,7 +293,7 @@ def _figures(run: _Run, ablation_png: Path | None, overlay_png: Path | None,
                   "ranked by that variant's own towers.", "",
                   f"![queries across variants]({_rel(queries_png, run.base_dir)})", ""]
     shown = run.best or run.baseline
-    figs = run.data.get(shown, {}).get("figures", {})
+    figs = run.data[shown]["figures"]
     if figs:
         lines += [f"Sample retrievals of the best variant, `{shown}`; every variant's figures "
                   "are in its folder and in the HTML report.", ""]
@@ -346,12 +340,12 @@ def _hardware(run: _Run) -> list[str]:
     rows = []
     for n in run.names:
         r = run.data[n]["report"]
-        rows.append([n, hardware_label(r), peak_memory_label(r), r.get("torch", "–"),
-                     _duration(r.get("wall_seconds")),
-                     fmt(r.get("images_per_s"), 0), f"{r.get('trainable_parameters', 0):,}"
-                     f" / {r.get('parameters', 0):,}",
-                     f"{r.get('train_images', 0):,} / {r.get('train_captions', 0):,}"])
-    total = sum(float(run.data[n]["report"].get("wall_seconds") or 0) for n in run.names)
+        rows.append([n, hardware_label(r), peak_memory_label(r), r["torch"],
+                     _duration(r["wall_seconds"]),
+                     fmt(r["images_per_s"], 0), f"{r['trainable_parameters']:,}"
+                     f" / {r['parameters']:,}",
+                     f"{r['train_images']:,} / {r['train_captions']:,}"])
+    total = sum(float(run.data[n]["report"]["wall_seconds"]) for n in run.names)
     return ["## Hardware and wall time", "",
             table(["variant", "hardware", "peak GPU memory", "torch", "training wall time",
                     "images/s",

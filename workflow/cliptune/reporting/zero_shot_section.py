@@ -12,8 +12,7 @@ def task_names(names: Sequence[str], data: Mapping[str, Mapping]) -> list[str]:
     """Zero-shot tasks in the configured order (each zero_shot.json's task_order)."""
     tasks: dict[str, None] = {}
     for n in names:
-        zs = data[n]["zero_shot"] or {}
-        tasks.update(dict.fromkeys(zs.get("task_order") or zs.get("tasks", {})))
+        tasks.update(dict.fromkeys(data[n]["zero_shot"]["task_order"]))
     return list(tasks)
 
 
@@ -28,15 +27,15 @@ def zero_shot_section(names: Sequence[str], data: Mapping[str, Mapping]) -> list
              "correct at top-K when one of its K most probable classes is present in it.", ""]
     for task in tasks:
         per = {n: data[n]["zero_shot"]["tasks"][task] for n in names
-               if task in (data[n]["zero_shot"] or {}).get("tasks", {})}
+               if task in data[n]["zero_shot"]["tasks"]}
         first = next(iter(per.values()))
         lines += [f"### Task `{task}` ({len(first['classes'])} classes)", ""]
         if first["labels"] == "none":
             lines += ["No labels: this task has no ground truth, so no accuracy is reported; "
                       "its figure shows each variant's class probabilities.", ""]
             continue
-        rows = [[n, fmt(acc["top1_accuracy"]), fmt(acc.get("chance_top1_accuracy")),
-                 fmt(acc.get("top5_accuracy")), fmt(acc.get("mAP")), acc["n_images"]]
+        rows = [[n, fmt(acc["top1_accuracy"]), fmt(acc["chance_top1_accuracy"]),
+                 fmt(acc["top5_accuracy"]), fmt(acc["mAP"]), acc["n_images"]]
                 for n, r in per.items() if "top1_accuracy" in (acc := r["accuracy"] or {})]
         lines += [f"Accuracy over {first['accuracy_over']}.", ""]
         lines += [table(["variant", "top-1 (%)", "top-1 by chance (%)", "top-5 (%)",
