@@ -34,7 +34,11 @@ import torch
 
 from cliptune.config import DEFAULTS
 from cliptune.evaluation.bootstrap import Ranks, metric_intervals, paired_differences
-from cliptune.evaluation.retrieval_metrics import DEFAULT_KS, retrieval_metrics_and_ranks
+from cliptune.evaluation.retrieval_metrics import (
+    DEFAULT_KS,
+    RSUM_KS,
+    retrieval_metrics_and_ranks,
+)
 
 HERE = Path(__file__).resolve().parent
 KS = DEFAULT_KS  # the config's eval.ks default
@@ -77,7 +81,7 @@ def clip_benchmark_metrics(img, txt, tii, batch_size: int, ks=KS) -> dict:
         out[f"t2i_R@{k}"] = 100.0 * _hits_at_k(scores, positives, k, batch_size).double().mean().item()
         out[f"i2t_R@{k}"] = 100.0 * _hits_at_k(scores.T, positives.T, k, batch_size
                                                ).double().mean().item()
-    out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
+    out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in RSUM_KS)
     return out
 
 

@@ -24,16 +24,25 @@ SETTINGS = {"resamples": 1000, "confidence": 0.95, "seed": 0}
 KS = (1, 5, 10)
 
 
-def test_point_metrics_match_retrieval_metrics():
+@pytest.mark.parametrize("ks", [KS, (1, 5, 10, 50), (2,)])
+def test_point_metrics_match_retrieval_metrics(ks):
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1)
     tii = torch.arange(30).repeat_interleave(3)[torch.randperm(90, generator=g)]
     txt = torch.nn.functional.normalize(img[tii] + 0.4 * torch.randn(90, 16, generator=g), dim=1)
-    metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=KS, block_size=7)
+    metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks, block_size=7)
     ranks = Ranks.of(r_i2t, r_t2i, tii, np.arange(30), np.arange(90))
-    got = point_metrics(ranks, KS)
-    for name in [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in KS] + ["rsum"]:
+    got = point_metrics(ranks, ks)
+    for name in [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks] + ["rsum"]:
         assert got[name] == pytest.approx(metrics[name], abs=1e-9)
+    # One rsum whatever eval.ks holds: R@1/5/10 of both directions, never R@50 or R@2.
+    standard = sum(got[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    assert metrics["rsum"] == pytest.approx(standard, abs=1e-9)
+    if 50 in ks:
+        assert got["i2t_R@50"] > 0 and metrics["rsum"] < standard + got["i2t_R@50"]
+    # The paired difference of a variant with itself is the same quantity: zero.
+    same = paired_differences(ranks, ranks, ks, {**SETTINGS, "resamples": 50})
+    assert same["differences"]["rsum"]["diff"] == 0
 
 
 def test_ranks_round_trip(tmp_path):

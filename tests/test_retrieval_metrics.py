@@ -74,7 +74,9 @@ def brute_force(img, txt, tii, ks):
     n_img, n_txt = sims.shape
     r_i2t, r_t2i = [], []
     ap = {k: [] for k in ks}
+    ap_min = {k: [] for k in ks}
     ndcg = {k: [] for k in ks}
+    ap_full, ndcg_full = [], []
     for i in range(n_img):
         order = np.argsort(-sims[i], kind="stable")
         positions = [p + 1 for p, m in enumerate(order) if tii[m] == i]
@@ -82,10 +84,15 @@ def brute_force(img, txt, tii, ks):
         n_rel = len(positions)
         for k in ks:
             hits = [p for p in positions if p <= k]
-            ap[k].append(sum((j + 1) / p for j, p in enumerate(hits)) / min(k, n_rel))
+            precision_sum = sum((j + 1) / p for j, p in enumerate(hits))
+            ap[k].append(precision_sum / len(hits) if hits else 0.0)
+            ap_min[k].append(precision_sum / min(k, n_rel))
             dcg = sum(1 / math.log2(p + 1) for p in hits)
             idcg = sum(1 / math.log2(j + 1) for j in range(1, min(k, n_rel) + 1))
             ndcg[k].append(dcg / idcg)
+        ap_full.append(sum((j + 1) / p for j, p in enumerate(positions)) / n_rel)
+        ndcg_full.append(sum(1 / math.log2(p + 1) for p in positions)
+                         / sum(1 / math.log2(j + 1) for j in range(1, n_rel + 1)))
     for m in range(n_txt):
         order = np.argsort(-sims[:, m], kind="stable")
         r_t2i.append(int(np.nonzero(order == tii[m])[0][0]) + 1)
@@ -98,13 +105,19 @@ def brute_force(img, txt, tii, ks):
         out[f"{name}_medr"] = srt[mid] if len(srt) % 2 else (srt[mid - 1] + srt[mid]) / 2
         out[f"{name}_meanr"] = sum(ranks) / len(ranks)
         out[f"{name}_mrr"] = sum(1 / r for r in ranks) / len(ranks)
-    out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
+    out["rsum"] = sum(100 * sum(r <= k for r in ranks) / len(ranks)
+                      for ranks in (r_i2t, r_t2i) for k in (1, 5, 10))
     for k in ks:
         out[f"i2t_mAP@{k}"] = 100 * sum(ap[k]) / n_img
+        out[f"i2t_mAP_minKR@{k}"] = 100 * sum(ap_min[k]) / n_img
         out[f"i2t_NDCG@{k}"] = 100 * sum(ndcg[k]) / n_img
         # text->image: one relevant image per caption, the same AP/NDCG definitions
         out[f"t2i_mAP@{k}"] = 100 * sum(1 / r for r in r_t2i if r <= k) / n_txt
         out[f"t2i_NDCG@{k}"] = 100 * sum(1 / math.log2(r + 1) for r in r_t2i if r <= k) / n_txt
+    out["i2t_mAP"] = 100 * sum(ap_full) / n_img
+    out["i2t_NDCG"] = 100 * sum(ndcg_full) / n_img
+    out["t2i_mAP"] = 100 * sum(1 / r for r in r_t2i) / n_txt
+    out["t2i_NDCG"] = 100 * sum(1 / math.log2(r + 1) for r in r_t2i) / n_txt
     out["n_images"], out["n_texts"] = n_img, n_txt
     return out, torch.tensor(r_i2t), torch.tensor(r_t2i), sims
 
@@ -249,16 +262,24 @@ def test_matches_torchmetrics():
     assert 100 * got["t2i_mrr"] == pytest.approx(
         tm_value(tm.RetrievalMRR(), preds_t2i, target_t2i, q_t2i), abs=1e-4
     )
-    # torchmetrics' AP@K divides by the hits found in the top K, ours by min(K, #relevant);
-    # over the full list both divide by #relevant.
-    assert got[f"i2t_mAP@{n_txt}"] == pytest.approx(
-        tm_value(tm.RetrievalMAP(), preds_i2t, target_i2t, q_i2t), abs=1e-4
-    )
-    # one relevant image per caption: both conventions agree at every K
+    # mAP@K is torchmetrics' (AP@K over the hits in the top K) in both directions, and
+    # mAP / NDCG without a cut-off are theirs over the full ranking.
     for k in KS:
+        assert got[f"i2t_mAP@{k}"] == pytest.approx(
+            tm_value(tm.RetrievalMAP(top_k=k), preds_i2t, target_i2t, q_i2t), abs=1e-4
+        )
         assert got[f"t2i_mAP@{k}"] == pytest.approx(
             tm_value(tm.RetrievalMAP(top_k=k), preds_t2i, target_t2i, q_t2i), abs=1e-4
         )
+    for d, preds, target, queries in (("i2t", preds_i2t, target_i2t, q_i2t),
+                                      ("t2i", preds_t2i, target_t2i, q_t2i)):
+        assert got[f"{d}_mAP"] == pytest.approx(
+            tm_value(tm.RetrievalMAP(), preds, target, queries), abs=1e-4)
+        assert got[f"{d}_NDCG"] == pytest.approx(
+            tm_value(tm.RetrievalNormalizedDCG(), preds, target, queries), abs=1e-4)
+    # The min(K, R) normalisation differs from it where an image has hits but misses
+    # some of its captions in the top K (only a perfect top K scores 100).
+    assert got["i2t_mAP_minKR@5"] < got["i2t_mAP@5"]
     assert 0 < got["i2t_R@1"] < 100 and 0 < got["t2i_R@1"] < 100  # not a degenerate case
 
 
@@ -274,14 +295,20 @@ def test_hand_computed_two_images_four_captions():
     tii = torch.tensor([0, 0, 1, 1])
     # image 0 ranks captions 0(1.0) 2(.8) 1(.6) 3(0): relevant at 1 and 3.
     # caption 1 scores image 0 at .6 and image 1 at .8: its image is 2nd; likewise caption 2.
-    got = retrieval_metrics(img, txt, tii, block_size=1)
+    got = retrieval_metrics(img, txt, tii, ks=(1, 2, 5, 10), block_size=1)
     assert i2t_ranks(img, txt, tii).tolist() == [1, 1]
     assert t2i_ranks(img, txt, tii).tolist() == [1, 2, 2, 1]
     assert got["i2t_R@1"] == 100 and got["t2i_R@1"] == 50 and got["t2i_R@5"] == 100
     assert got["rsum"] == 550
     assert got["t2i_medr"] == 1.5 and got["t2i_meanr"] == 1.5 and got["t2i_mrr"] == 0.75
     assert got["i2t_mAP@1"] == 100
+    # image 1 ranks captions 3(1.0) 1(.8) 2(.6) 0(0): relevant at 1 and 3 as well.
     assert got["i2t_mAP@5"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert got["i2t_mAP_minKR@5"] == got["i2t_mAP@5"]
+    # In the top 2 each image has one hit of its two captions: AP@2 = 1 over the hits
+    # found, 1/2 over min(K, R).
+    assert got["i2t_mAP@2"] == 100 and got["i2t_mAP_minKR@2"] == 50
+    assert got["i2t_mAP"] == got["i2t_mAP@5"]  # every caption lies within the top 5
     assert got["i2t_NDCG@5"] == pytest.approx(100 * 1.5 / (1 + 1 / math.log2(3)))
     # text->image ranks 1, 2, 2, 1: AP 1, 1/2, 1/2, 1; NDCG 1, 1/log2(3), 1/log2(3), 1
     assert got["t2i_mAP@1"] == 50 and got["t2i_mAP@5"] == 75

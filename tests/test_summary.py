@@ -41,8 +41,10 @@ def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
     m = {f"{dr}_R@{k}": min(100.0, recall * k ** 0.5) for dr in ("i2t", "t2i") for k in (1, 5, 10)}
     m |= {"i2t_medr": 3.0, "t2i_medr": 4.0, "i2t_mrr": 0.4, "t2i_mrr": 0.3,
           "i2t_mAP@10": 20.0, "t2i_mAP@10": math.nan, "i2t_NDCG@10": math.nan,
-          "t2i_NDCG@10": math.nan, "n_images": 300, "n_texts": 1500, "split": "val",
-          "temperature": 0.05, "reported_on": {"split": "val", "images": 300}}
+          "t2i_NDCG@10": math.nan, "i2t_mAP": math.nan, "t2i_mAP": math.nan,
+          "i2t_NDCG": math.nan, "t2i_NDCG": math.nan, "n_images": 300, "n_texts": 1500,
+          "split": "val", "temperature": 0.05, "reported_on": {"split": "val", "images": 300}}
+    m["rsum"] = sum(m[f"{dr}_R@{k}"] for dr in ("i2t", "t2i") for k in (1, 5, 10))
     (d / "metrics.json").write_text(json.dumps(m))
     cfg = config or resolved(name, {"model": {"head": {"norm": norm}},
                                     "train": {"batch_size": batch_size,
@@ -290,7 +292,7 @@ def test_pretrained_vs_fine_tuned_table_has_mrr_both_ways(tmp_path):
     # Both MRRs, and mAP/NDCG of both directions, also stand in the Results table.
     assert "| i2t MRR | t2i MRR | i2t mAP@10 | t2i mAP@10 | i2t NDCG@10 | t2i NDCG@10 |" in text
     row = next(r for r in text.split("## Results")[1].splitlines() if r.startswith("| lora_text"))
-    assert row.endswith("| 0.623 | 0.470 | 20.0 | 21.5 | – | – |")
+    assert row.endswith("| 0.623 | 0.470 | 20.0 | 21.5 | – | – | – | – | – | – |")
 
 
 def test_no_pretrained_table_without_a_zero_shot_clip(runs):
@@ -329,7 +331,8 @@ def test_summary_lab_sections_stability_llm_hardware_and_t2i_ranking(runs):
     text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
                          tmp / "results" / "summary.md")
     # t2i mAP / NDCG next to the i2t ones
-    assert "| i2t mAP@10 | t2i mAP@10 | i2t NDCG@10 | t2i NDCG@10 |" in text
+    assert ("| i2t mAP@10 | t2i mAP@10 | i2t NDCG@10 | t2i NDCG@10 | i2t mAP | t2i mAP | "
+            "i2t NDCG | t2i NDCG |") in text
     assert re.search(r"\| baseline \|.*\| 20\.0 \| 12\.3 \| 45\.6 \| 23\.4 \|", text)
     # stability from history.csv: skipped steps, restarts, grad-norm range, accuracies
     section = text.split("## Training stability and convergence")[1].split("\n## ")[0]
@@ -346,3 +349,21 @@ def test_summary_lab_sections_stability_llm_hardware_and_t2i_ranking(runs):
     # the lab's reflection section with its placeholder link
     llm = text.split("## Reflection on LLM usage")[1]
     assert "Link to the conversation" in llm and "TODO: paste the shared conversation URL" in llm
+
+
+def test_best_variant_and_margin_use_metrics_rsum_over_r1_5_10(runs):
+    """With eval.ks [1, 5, 10, 50] the summary's rsum is metrics.json's (R@1/5/10 both
+    ways): a variant ahead only at R@50 is not the best, and the margin is of that rsum."""
+    tmp, variants = runs
+    for name, r50 in (("baseline", 99.0), ("bn_head", 60.0), ("untrained", 5.0)):
+        path = Path(variants[name]["metrics"])
+        m = json.loads(path.read_text())
+        m["i2t_R@50"] = m["t2i_R@50"] = r50
+        path.write_text(json.dumps(m))
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+                         tmp / "results" / "summary.md")
+    rsum = {n: json.loads(Path(v["metrics"]).read_text())["rsum"] for n, v in variants.items()}
+    assert "| i2t R@50 |" in text
+    assert f"Best variant by rsum: **bn_head** (rsum {rsum['bn_head']:.1f}" in text
+    assert f"{rsum['bn_head'] - rsum['baseline']:+.1f} rsum over the baseline" in text
+    assert "rsum = R@1 + R@5 + R@10 of image→text plus the same of text→image" in text

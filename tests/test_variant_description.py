@@ -99,9 +99,10 @@ def _fake_run(root: Path, name: str, variant: dict, recall: float) -> dict:
     d.mkdir(parents=True)
     m = {f"{dr}_{key}": recall * k ** 0.5 for dr in ("i2t", "t2i") for k in (1, 5, 10)
          for key in (f"R@{k}", f"mAP@{k}", f"NDCG@{k}")}
-    m |= {f"{dr}_{key}": 2.0 for dr in ("i2t", "t2i") for key in ("medr", "mrr")}
+    m |= {f"{dr}_{key}": 2.0 for dr in ("i2t", "t2i") for key in ("medr", "mrr", "mAP", "NDCG")}
     m |= {"n_images": 50, "n_texts": 250, "split": "val", "temperature": 0.05,
           "reported_on": {"split": "val", "images": 50}}
+    m["rsum"] = sum(m[f"{dr}_R@{k}"] for dr in ("i2t", "t2i") for k in (1, 5, 10))
     (d / "metrics.json").write_text(json.dumps(m))
     epochs = variant["train"]["epochs"]
     (d / "train_report.json").write_text(json.dumps({

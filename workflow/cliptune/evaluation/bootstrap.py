@@ -1,4 +1,5 @@
-"""Cluster-bootstrap confidence intervals for Recall@K and rsum, from per-query ranks.
+"""Cluster-bootstrap confidence intervals for Recall@K and rsum (R@1/5/10 both ways, the
+definition of metrics.json), from per-query ranks.
 
 An image's captions are not independent queries (they share the image, and usually its
 difficulty), so the resampling unit is the **image**: a resample draws N images with
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from cliptune.evaluation.retrieval_metrics import RSUM_KS
 from cliptune.io_utils import atomic_path
 
 DIRECTIONS = ("i2t", "t2i")
@@ -107,28 +109,26 @@ def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
     return out
 
 
-def resampled_metrics(ranks: Ranks, ks: Sequence[int], counts: np.ndarray,
-                      rsum_ks: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-    """Every R@K and rsum (over ``rsum_ks``, default all ``ks``) on each resample:
-    name -> [B] (percent)."""
+def resampled_metrics(ranks: Ranks, ks: Sequence[int],
+                      counts: np.ndarray) -> dict[str, np.ndarray]:
+    """R@K for ``ks`` and R@1/5/10, and rsum (over R@1/5/10 both ways, RSUM_KS, as in
+    metrics.json) on each resample: name -> [B] (percent)."""
     if counts.shape[1] != ranks.n_images:
         raise ValueError(f"resample counts cover {counts.shape[1]} images, the ranks "
                          f"{ranks.n_images}")
-    names, cols = per_image_counts(ranks, ks)
+    names, cols = per_image_counts(ranks, sorted(set(ks) | set(RSUM_KS)))
     # Every sum is an integer at most N * max(cols) (a resample's counts sum to N): float32
     # is exact below 2**24 and halves the memory, float64 beyond. Divided in float64.
     dtype = np.float32 if counts.sum(axis=1).max() * cols.max() < 2**24 else np.float64
     sums = (counts.astype(dtype) @ cols.astype(dtype)).astype(np.float64)
     out = {n: 100.0 * sums[:, 2 * i] / sums[:, 2 * i + 1] for i, n in enumerate(names)}
-    rsum_ks = ks if rsum_ks is None else rsum_ks
-    out["rsum"] = np.sum([out[f"{d}_R@{k}"] for d in DIRECTIONS for k in rsum_ks], axis=0)
+    out["rsum"] = np.sum([out[f"{d}_R@{k}"] for d in DIRECTIONS for k in RSUM_KS], axis=0)
     return out
 
 
-def point_metrics(ranks: Ranks, ks: Sequence[int],
-                  rsum_ks: Sequence[int] | None = None) -> dict[str, float]:
+def point_metrics(ranks: Ranks, ks: Sequence[int]) -> dict[str, float]:
     """The full-sample statistics (all draw counts 1), equal to retrieval_metrics' values."""
-    stats = resampled_metrics(ranks, ks, np.ones((1, ranks.n_images)), rsum_ks)
+    stats = resampled_metrics(ranks, ks, np.ones((1, ranks.n_images)))
     return {k: float(v[0]) for k, v in stats.items()}
 
 
@@ -165,15 +165,14 @@ def check_same_queries(a: Ranks, b: Ranks, name_a: str, name_b: str) -> None:
 
 
 def paired_differences(variant: Ranks, baseline: Ranks, ks: Sequence[int], settings: Mapping,
-                       names: tuple[str, str] = ("variant", "baseline"),
-                       rsum_ks: Sequence[int] | None = None) -> dict:
+                       names: tuple[str, str] = ("variant", "baseline")) -> dict:
     """variant - baseline for every R@K and rsum on the same resamples:
     {"differences": {metric: {diff, lo, hi, excludes_zero}}} plus the settings."""
     check_same_queries(variant, baseline, *names)
     counts = resample_counts(baseline.n_images, settings["resamples"], settings["seed"])
-    sv = resampled_metrics(variant, ks, counts, rsum_ks)
-    sb = resampled_metrics(baseline, ks, counts, rsum_ks)
-    pv, pb = point_metrics(variant, ks, rsum_ks), point_metrics(baseline, ks, rsum_ks)
+    sv = resampled_metrics(variant, ks, counts)
+    sb = resampled_metrics(baseline, ks, counts)
+    pv, pb = point_metrics(variant, ks), point_metrics(baseline, ks)
     out = {}
     for name in sv:
         lo, hi = percentile_interval(sv[name] - sb[name], settings["confidence"])

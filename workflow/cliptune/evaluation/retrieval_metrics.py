@@ -9,19 +9,31 @@ Definitions follow CLIP_benchmark / LAVIS:
   own image. ``t2i_R@K`` is the percentage of captions with rank <= K.
 * ``*_medr`` is the median rank (the mean of the two middle ranks for an even count, as
   ``numpy.median``; the VSE++ code reports ``floor`` of that), ``*_meanr`` the mean rank,
-  ``*_mrr`` the mean reciprocal rank. ``rsum`` is the sum of all ``R@K`` reported, in percent.
+  ``*_mrr`` the mean reciprocal rank.
+* ``rsum`` is the retrieval literature's: R@1 + R@5 + R@10 of image->text plus the same
+  of text->image, in percent (max 600), whatever other cut-offs ``eval.ks`` adds. The
+  ablation table, the bootstrap intervals and the summary use this one definition.
 * Because an image has several relevant captions, i2t also reports, with binary relevance
   ``rel_i`` at position i and R = number of captions of the image:
 
-  - ``i2t_mAP@K``: AP@K = sum_{i<=K} P@i * rel_i / min(K, R), i.e. normalised by the best
-    attainable number of hits, so a perfect ranking scores 1 (in percent: 100).
+  - ``i2t_mAP@K``: AP@K = sum_{i<=K} P@i * rel_i / (number of hits in the top K), 0 for
+    an image without a hit in its top K: the usual definition (torchmetrics'
+    ``RetrievalMAP(top_k=K)``, tests/test_retrieval_metrics.py). A ranking that places one
+    of five captions first and the rest below K scores 100.
+  - ``i2t_mAP_minKR@K``: the same sum divided by min(K, R), the best attainable number of
+    hits (Kaggle's ``apk``), so missing relevant captions lower it and only a perfect
+    top K scores 100.
+  - ``i2t_mAP``: average precision over the full ranking (every caption of the image
+    counted, divided by R), averaged over images: seed 003's mAP.
   - ``i2t_NDCG@K``: DCG@K = sum_{i<=K} rel_i / log2(i + 1), divided by the IDCG of an ideal
-    ranking, i.e. min(K, R) hits at positions 1..min(K, R).
+    ranking, i.e. min(K, R) hits at positions 1..min(K, R) (torchmetrics'
+    ``RetrievalNormalizedDCG(top_k=K)``); ``i2t_NDCG`` the same over the full ranking.
 
-  Both are averaged over images and reported in percent like the recalls.
-* ``t2i_mAP@K`` / ``t2i_NDCG@K``: the same definitions for text->image, where each
-  caption has exactly one relevant image (R = 1): AP@K = 1/rank and NDCG@K =
-  1/log2(rank + 1) when rank <= K, else 0; averaged over captions, in percent.
+  All are averaged over images and reported in percent like the recalls.
+* ``t2i_mAP@K`` / ``t2i_NDCG@K`` / ``t2i_mAP`` / ``t2i_NDCG``: the same definitions for
+  text->image, where each caption has exactly one relevant image (R = 1): AP@K = 1/rank
+  and NDCG@K = 1/log2(rank + 1) when rank <= K, else 0 (both AP@K definitions agree);
+  over the full ranking ``t2i_mAP`` = 100 x ``t2i_mrr``. Averaged over captions.
 
 **Ties** are resolved exactly and deterministically: candidates are ordered by descending
 score, equal scores by ascending candidate index (the order of a stable argsort of
@@ -56,6 +68,7 @@ from cliptune.retrieval import blocked_topk, i2t_pass, t2i_pass
 __all__ = [
     "DEFAULT_KS",
     "RSUM_KS",
+    "rsum",
     "i2t_ranks",
     "retrieval_metrics",
     "retrieval_metrics_and_ranks",
@@ -69,6 +82,12 @@ DEFAULT_KS = tuple(DEFAULTS["eval"]["ks"])  # the schema's eval.ks default
 # The literature's "rsum": R@1/5/10 in both directions. A fixed convention (the ablation
 # table's columns, the published anchors), not a setting; eval.ks may add cut-offs.
 RSUM_KS = (1, 5, 10)
+
+
+def rsum(r_i2t, r_t2i) -> float:
+    """R@1 + R@5 + R@10 of both directions (percent) from the per-query ranks."""
+    return sum(100.0 * float(np.mean(np.asarray(r) <= k))
+               for r in (r_i2t, r_t2i) for k in RSUM_KS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,7 +204,8 @@ def i2t_ranks(
     idx = _check_index(text_image_index, image_emb.shape[0], text_emb.shape[0])
     block_size = _check_block_size(block_size)
     dev = _resolve_device(device, image_emb)
-    ranks, _ = i2t_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx, block_size, 0)
+    ranks, _, _ = i2t_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx,
+                           block_size, 0)
     return ranks
 
 
@@ -243,34 +263,60 @@ def _rank_summary(prefix: str, ranks: torch.Tensor, ks: tuple[int, ...]) -> dict
 
 
 def _map_ndcg(rel: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
-    """mAP@K and NDCG@K (percent) from top-list relevance [N, kk] and relevant counts [N]."""
+    """i2t mAP@K (hits in the top K), mAP_minKR@K and NDCG@K (percent) from top-list
+    relevance [N, kk] and relevant counts [N]."""
     relf = rel.to(torch.float64)
     kk = relf.shape[1]
     pos = torch.arange(1, kk + 1, dtype=torch.float64)
-    prec = relf.cumsum(dim=1) / pos
+    prec_sum = (relf.cumsum(dim=1) / pos * relf).cumsum(dim=1)  # sum_{i<=K} P@i rel_i
+    hits = relf.cumsum(dim=1)
     disc = 1.0 / torch.log2(pos + 1.0)
     ideal = disc.cumsum(dim=0)  # IDCG for 1..kk ideal hits
     out: dict[str, float] = {}
     for k in ks:
         kc = min(k, kk)  # the list cannot be longer than M
         n_best = torch.clamp(n_rel, max=k)  # min(K, R) <= kc since R <= M
-        ap = (prec[:, :kc] * relf[:, :kc]).sum(dim=1) / n_best
+        found = hits[:, kc - 1]
+        ap = torch.where(found > 0, prec_sum[:, kc - 1] / found.clamp(min=1), 0.0)
         dcg = (relf[:, :kc] * disc[:kc]).sum(dim=1)
-        ndcg = dcg / ideal[n_best - 1]
         out[f"i2t_mAP@{k}"] = 100.0 * float(ap.mean())
-        out[f"i2t_NDCG@{k}"] = 100.0 * float(ndcg.mean())
+        out[f"i2t_mAP_minKR@{k}"] = 100.0 * float((prec_sum[:, kc - 1] / n_best).mean())
+        out[f"i2t_NDCG@{k}"] = 100.0 * float((dcg / ideal[n_best - 1]).mean())
     return out
+
+
+def _full_ranking_i2t(pos_ranks: torch.Tensor, idx: torch.Tensor,
+                      n_images: int) -> dict[str, float]:
+    """i2t mAP and NDCG (percent) over the full ranking, from every caption's rank in its
+    own image's ranking [M] and the caption -> image map [M]."""
+    # Captions by (image, rank): the j-th relevant caption of an image (1-based j) found
+    # at rank r contributes precision j / r.
+    order = torch.argsort(idx * (int(pos_ranks.max()) + 1) + pos_ranks)
+    img, r = idx[order], pos_ranks[order].to(torch.float64)
+    counts = torch.bincount(img, minlength=n_images)
+    starts = torch.cumsum(counts, 0) - counts
+    j = (torch.arange(img.numel()) - starts[img] + 1).to(torch.float64)
+    ap = torch.zeros(n_images, dtype=torch.float64).index_add_(0, img, j / r) / counts
+    dcg = torch.zeros(n_images, dtype=torch.float64).index_add_(
+        0, img, 1.0 / torch.log2(r + 1.0))
+    ideal = (1.0 / torch.log2(torch.arange(2, int(counts.max()) + 2, dtype=torch.float64))
+             ).cumsum(0)
+    return {"i2t_mAP": 100.0 * float(ap.mean()),
+            "i2t_NDCG": 100.0 * float((dcg / ideal[counts - 1]).mean())}
 
 
 def _single_relevant_map_ndcg(prefix: str, ranks: torch.Tensor,
                               ks: tuple[int, ...]) -> dict[str, float]:
-    """mAP@K and NDCG@K (percent) when every query has one relevant item at ``ranks``."""
+    """mAP@K and NDCG@K (percent) when every query has one relevant item at ``ranks``,
+    and both over the full ranking."""
     r = ranks.to(torch.float64)
     out: dict[str, float] = {}
     for k in ks:
         hit = (r <= k).to(torch.float64)
         out[f"{prefix}_mAP@{k}"] = 100.0 * float((hit / r).mean())
         out[f"{prefix}_NDCG@{k}"] = 100.0 * float((hit / torch.log2(r + 1.0)).mean())
+    out[f"{prefix}_mAP"] = 100.0 * float((1.0 / r).mean())
+    out[f"{prefix}_NDCG"] = 100.0 * float((1.0 / torch.log2(r + 1.0)).mean())
     return out
 
 
@@ -296,10 +342,10 @@ def retrieval_metrics(
             ``block_size * max(N, M) * 4`` bytes (one float32 block of scores).
         device: where to compute (default: ``image_emb.device``).
 
-    Returns keys ``i2t_R@K``, ``t2i_R@K``, ``rsum``, ``{i2t,t2i}_{medr,meanr,mrr}``,
-    ``{i2t,t2i}_mAP@K``, ``{i2t,t2i}_NDCG@K`` (recalls, mAP and NDCG in percent; mrr in
-    [0, 1]),
-    ``n_images``, ``n_texts``.
+    Returns keys ``i2t_R@K``, ``t2i_R@K``, ``rsum`` (R@1/5/10 both ways),
+    ``{i2t,t2i}_{medr,meanr,mrr}``, ``{i2t,t2i}_mAP@K``, ``i2t_mAP_minKR@K``,
+    ``{i2t,t2i}_NDCG@K``, the full-ranking ``{i2t,t2i}_mAP`` and ``{i2t,t2i}_NDCG``
+    (recalls, mAP and NDCG in percent; mrr in [0, 1]), ``n_images``, ``n_texts``.
 
     Raises:
         ValueError: on malformed shapes/dtypes, non-finite embeddings, out-of-range
@@ -328,27 +374,31 @@ def retrieval_metrics_and_ranks(
     dev = _resolve_device(device, image_emb)
     img, txt = _prepare(image_emb, dev), _prepare(text_emb, dev)
 
-    r_i2t, rel = i2t_pass(img, txt, idx, block_size, kmax=max(ks))
+    r_i2t, rel, pos_ranks = i2t_pass(img, txt, idx, block_size, kmax=max(ks), all_ranks=True)
     r_t2i = t2i_pass(img, txt, idx, block_size)
-    return summarize(r_i2t, r_t2i, rel, torch.bincount(idx, minlength=n_img), ks), r_i2t, r_t2i
+    return summarize(r_i2t, r_t2i, rel, pos_ranks, idx, ks), r_i2t, r_t2i
 
 
 def summarize(
     r_i2t: torch.Tensor,
     r_t2i: torch.Tensor,
     i2t_rel: torch.Tensor,
-    n_relevant: torch.Tensor,
+    caption_ranks: torch.Tensor,
+    text_image_index: torch.Tensor,
     ks=DEFAULT_KS,
 ) -> dict[str, float]:
-    """Metrics dict from ranks [N] / [M], top-list relevance [N, >= min(max(ks), M)] and
-    captions per image [N]. Exposed so a reference implementation (benchmark) can share
-    the bookkeeping and differ only in how it ranks."""
+    """Metrics dict from ranks [N] / [M], top-list relevance [N, >= min(max(ks), M)],
+    every caption's rank in its own image's ranking [M] and the caption -> image map [M].
+    Exposed so a reference implementation (benchmark) can share the bookkeeping and
+    differ only in how it ranks."""
     ks = _check_ks(ks)
+    n_img = int(r_i2t.numel())
     out = _rank_summary("i2t", r_i2t, ks)
     out.update(_rank_summary("t2i", r_t2i, ks))
-    out["rsum"] = sum(out[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
-    out.update(_map_ndcg(i2t_rel, n_relevant, ks))
+    out["rsum"] = rsum(r_i2t.numpy(), r_t2i.numpy())
+    out.update(_map_ndcg(i2t_rel, torch.bincount(text_image_index, minlength=n_img), ks))
+    out.update(_full_ranking_i2t(caption_ranks, text_image_index, n_img))
     out.update(_single_relevant_map_ndcg("t2i", r_t2i, ks))
-    out["n_images"] = int(r_i2t.numel())
+    out["n_images"] = n_img
     out["n_texts"] = int(r_t2i.numel())
     return out

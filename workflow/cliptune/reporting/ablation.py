@@ -1,7 +1,8 @@
 """Aggregate per-variant metrics into the ablation table, the paired comparison and the chart.
 
 ``results/ablation.csv`` always starts with the standard columns (R@1/5/10 both ways and
-rsum over those six, the usual "rsum" of the retrieval literature), whatever extra
+rsum over those six, the usual "rsum" of the retrieval literature and the one
+metrics.json, the intervals and the summary report), whatever extra
 cut-offs ``eval.ks`` asks for; after them come, per metric, the bootstrap interval of the
 primary run (``_lo``/``_hi``), the mean and standard deviation over the ``train.seeds``
 runs (``_seed_mean``/``_seed_std``) and the paired rsum difference to the baseline.
@@ -48,7 +49,7 @@ def ablation_table(metric_files: dict[str, Path]) -> pd.DataFrame:
             if c not in m:
                 log.warning("%s has no %s (eval.ks lacks it); the table shows NaN", path, c)
             row[c] = float(m.get(c, math.nan))
-        row["rsum"] = sum(row[c] for c in COLUMNS[1:-1])
+        row["rsum"] = float(m["rsum"])
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -70,7 +71,7 @@ def interval_frame(ranks_files: Mapping[str, Path], settings: Mapping, ks=DEFAUL
         if n not in counts_by_size:
             counts_by_size[n] = resample_counts(n, settings["resamples"], settings["seed"])
         counts = counts_by_size[n]
-        stats = resampled_metrics(ranks, all_ks, counts, rsum_ks=RSUM_KS)
+        stats = resampled_metrics(ranks, all_ks, counts)
         row = {"variant": variant}
         for name, samples in stats.items():
             row[f"{name}_lo"], row[f"{name}_hi"] = percentile_interval(
@@ -89,7 +90,7 @@ def seed_frame(run_files: Mapping[str, Sequence[Path]], ks=DEFAULT_KS) -> pd.Dat
         for path in paths:
             m = json.loads(Path(path).read_text())
             v = {n: float(m.get(n, math.nan)) for n in names[:-1]}
-            v["rsum"] = sum(v[c] for c in METRICS[:-1])
+            v["rsum"] = float(m["rsum"])
             values.append(v)
         frame = pd.DataFrame(values, columns=names)
         row = {"variant": variant, "n_seeds": len(values)}
@@ -113,7 +114,7 @@ def paired_frame(ranks_files: Mapping[str, Path], baseline: str, settings: Mappi
         if variant == baseline:
             continue
         diffs = paired_differences(load_ranks(path), base, all_ks, settings,
-                                   names=(variant, baseline), rsum_ks=RSUM_KS)
+                                   names=(variant, baseline))
         for metric, d in diffs["differences"].items():
             rows.append({"variant": variant, "baseline": baseline, "metric": metric, **d,
                          "confidence": diffs["confidence"], "resamples": diffs["resamples"]})

@@ -124,8 +124,9 @@ def _ks(metrics: Mapping) -> list[int]:
     return sorted({int(k.split("@")[1]) for k in metrics if k.startswith("i2t_R@")})
 
 
-def _rsum(m: Mapping, ks: Sequence[int]) -> float:
-    return sum(m[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks)
+def _rsum(m: Mapping) -> float:
+    """metrics.json's rsum (R@1/5/10 both ways, whatever eval.ks adds)."""
+    return float(m["rsum"])
 
 
 def _rel(path, base_dir: Path) -> str:
@@ -165,7 +166,7 @@ def _collect(variants: Mapping[str, Mapping], baseline: str, dataset: Mapping,
             for name, paths in variants.items()}
     any_metrics = next(iter(data.values()))["metrics"]
     ks = _ks(any_metrics)
-    rsum = {n: _rsum(d["metrics"], ks) for n, d in data.items()}
+    rsum = {n: _rsum(d["metrics"]) for n, d in data.items()}
     ranked = sorted((n for n in data if math.isfinite(rsum[n])), key=lambda n: -rsum[n])
     return _Run(data, baseline, dataset, report, Path(out).parent, untrained, ks, rsum,
                 ranked[0] if ranked else None, any_metrics)
@@ -217,8 +218,9 @@ def _comparable(run: _Run) -> bool:
 def _results(run: _Run) -> list[str]:
     """The metrics table, with the published anchors as rows when they compare."""
     ks = run.ks
-    # mAP / NDCG at the largest K, image->text next to text->image
-    rank_cols = [f"{d}_{m}@{ks[-1]}" for m in ("mAP", "NDCG") for d in ("i2t", "t2i")]
+    # mAP / NDCG at the largest K, then over the full ranking; i2t next to t2i
+    rank_cols = [f"{d}_{m}@{ks[-1]}" for m in ("mAP", "NDCG") for d in ("i2t", "t2i")] + [
+        f"{d}_{m}" for m in ("mAP", "NDCG") for d in ("i2t", "t2i")]
     header = ["variant"] + [f"i2t R@{k}" for k in ks] + [f"t2i R@{k}" for k in ks] + [
         "rsum", "i2t medr", "t2i medr", "i2t MRR", "t2i MRR"] + [
         c.replace("_", " ") for c in rank_cols]
@@ -237,7 +239,17 @@ def _results(run: _Run) -> list[str]:
             rows.append([f"*{a}, published*"] + [fmt(vals.get(f"i2t_R@{k}")) for k in ks]
                         + [fmt(vals.get(f"t2i_R@{k}")) for k in ks]
                         + ["–"] * (5 + len(rank_cols)))
-    return ["## Results", "", table(header, rows), ""]
+    return ["## Results", "", table(header, rows), "", RESULTS_KEY, ""]
+
+
+RESULTS_KEY = (
+    "rsum = R@1 + R@5 + R@10 of image→text plus the same of text→image (the retrieval "
+    "literature's; other `eval.ks` cut-offs are shown but not summed); the best variant, "
+    "`ablation.csv` and the bootstrap intervals use the same rsum. mAP@K is the mean over "
+    "queries of AP@K, the precision at each hit in the top K averaged over those hits "
+    "(torchmetrics' `RetrievalMAP(top_k=K)`); mAP and NDCG without @K rank every candidate "
+    "(metrics.json also holds `i2t_mAP_minKR@K`, AP@K over min(K, relevant captions)). "
+    "Text→image has one relevant image per caption: its mAP equals its MRR.")
 
 
 def _anchors(run: _Run) -> list[str]:
