@@ -359,6 +359,7 @@ def test_best_variant_and_margin_use_metrics_rsum_over_r1_5_10(runs):
         path = Path(variants[name]["metrics"])
         m = json.loads(path.read_text())
         m["i2t_R@50"] = m["t2i_R@50"] = r50
+        m |= {f"{d}_{k}@50": 10.0 for d in ("i2t", "t2i") for k in ("mAP", "NDCG")}
         path.write_text(json.dumps(m))
     text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
                          tmp / "results" / "summary.md")
