@@ -148,14 +148,6 @@ def test_tasks_resolve_and_reject_what_cannot_be_labelled():
             resolve_tasks(dict(ZS, tasks=tasks_cfg), source)
 
 
-def test_the_old_classes_key_says_how_to_write_tasks():
-    from cliptune.config import load_config
-
-    with pytest.raises(ConfigError, match=r"tasks: \{objects: \{classes: \['a', 'b'\]"):
-        load_config({"dataset": {"name": "t", "source": "demo"}, "variants": {"a": {}},
-                     "baseline": "a", "report": {"zero_shot": {"classes": ["a", "b"]}}})
-
-
 def test_coco_labels_need_the_instances_file(tmp_path):
     """labels: coco waits for COCO's instances json (or, downloading, the annotations zip's
     marker); a missing file stops the workflow at parse time saying where it goes."""

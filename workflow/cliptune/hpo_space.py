@@ -85,7 +85,7 @@ def _leaf(path: str) -> dict:
                           "make each value its own variant instead")
     if path not in leaves:
         close = difflib.get_close_matches(path, leaves, n=1, cutoff=0.5)
-        if not close:  # the old shorthand (batch_size) lacks its section prefix
+        if not close:  # a key without its section prefix (batch_size)
             close = [p for p in leaves if p.endswith("." + path)][:1]
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(

