@@ -79,9 +79,12 @@ def test_slurm_jobs_keep_their_allocation(locks):
 
 
 def test_gpu_request_forms():
-    assert gpu_request("a", {"devices": 2, "nodes": 1}, None) == {"gpu": 2, "gres": ""}
-    assert gpu_request("a", {"devices": 4, "nodes": 2}, None) == {"gpu": 0, "gres": "gpu:4"}
-    assert gpu_request("a", {"devices": 2, "device": "cpu"}, 1) == {"gpu": 0, "gres": ""}
+    def train(devices, nodes=1, device="auto"):
+        return {"devices": devices, "nodes": nodes, "device": device}
+
+    assert gpu_request("a", train(2), None) == {"gpu": 2, "gres": ""}
+    assert gpu_request("a", train(4, nodes=2), None) == {"gpu": 0, "gres": "gpu:4"}
+    assert gpu_request("a", train(2, device="cpu"), 1) == {"gpu": 0, "gres": ""}
     with pytest.raises(GpuRequestError, match="would shrink the job to 1"):
-        gpu_request("a", {"devices": 2, "nodes": 1}, 1)
+        gpu_request("a", train(2), 1)
     assert local_gpu_limit({}) is None and local_gpu_limit({"gpu": 3}) == 3

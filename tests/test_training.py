@@ -279,7 +279,6 @@ def test_resume_continues_exactly(pairs, tmp_path, monkeypatch):
     v = variant(model={"freeze_backbone": True},
                 train={"epochs": 2, "augment": {"enabled": True}, "tensorboard": True,
                        "log_every_steps": 1, "batch_size": 16})
-    v["select_split"] = "select"  # what config.resolve_variant adds
     straight = train(v, pairs, tmp_path / "a", write_outputs=False)
 
     real, calls = tr.validate, {"n": 0}

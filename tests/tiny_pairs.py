@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 VARIANT_BASE = {
     "name": "tiny",
+    "select_split": "select",  # what config.resolve_variant adds
     "image_size": 32,
     "model": {"backbone": "resnet18", "weights": None, "pooling": "avg", "attention_heads": 4,
               "head": {"hidden_dim": 32, "depth": 2, "norm": "none", "dropout": 0.0},

@@ -39,9 +39,9 @@ class GpuRequestError(ValueError):
 
 def train_gpus(train: Mapping) -> int:
     """GPUs one training run occupies in total: a CPU run needs none."""
-    if train.get("device") == "cpu":
+    if train["device"] == "cpu":
         return 0
-    return int(train.get("devices", 1)) * int(train.get("nodes", 1))
+    return int(train["devices"]) * int(train["nodes"])
 
 
 def gpu_request(name: str, train: Mapping, local_limit: int | None) -> dict:
@@ -60,10 +60,10 @@ def gpu_request(name: str, train: Mapping, local_limit: int | None) -> dict:
             "many), lower train.devices, or set train.device: cpu. On a cluster, run with "
             "--profile profiles/slurm and no global gpu limit (docs/cluster.md)."
         )
-    nodes = int(train.get("nodes", 1))
+    nodes = int(train["nodes"])
     if total and nodes > 1:
         # --gpus=N would be a job total that SLURM may spread unevenly over the nodes.
-        return {"gpu": 0, "gres": f"gpu:{int(train.get('devices', 1))}"}
+        return {"gpu": 0, "gres": f"gpu:{int(train['devices'])}"}
     return {"gpu": total, "gres": ""}
 
 

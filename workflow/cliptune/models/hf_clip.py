@@ -171,7 +171,7 @@ class HFClip(nn.Module):
                     self.clip.logit_scale.fill_(math.log(1.0 / tcfg["temperature"]))
         else:
             dcfg = mcfg["dual_encoder"]
-            tok = dcfg.get("tokenizer") or variant["text_encoder"]["model"]
+            tok = dcfg["tokenizer"] or variant["text_encoder"]["model"]
             self.clip, self.tokenizer = _build_from_scratch(dcfg, tok, variant["image_size"])
             lock_image, lock_text, lora, freeze_proj = False, False, {}, False
             with torch.no_grad():

@@ -149,8 +149,8 @@ def frozen_trunk_modules(cfg: Mapping, n_modules: int = 8) -> int:
     """How many of the trunk's ``n_modules`` leading modules are frozen: all
     (freeze_backbone), the stem plus the first 4 - N ResNet stages
     (trainable_stages: N), or none."""
-    stages = cfg.get("trainable_stages")
-    if cfg.get("freeze_backbone"):
+    stages = cfg["trainable_stages"]
+    if cfg["freeze_backbone"]:
         if stages not in (None, 0):
             raise ValueError(
                 f"model.freeze_backbone = true conflicts with model.trainable_stages = {stages}; "
@@ -217,7 +217,7 @@ class PixelNormalize(nn.Module):
 class ImageEncoder(nn.Module):
     def __init__(self, cfg: Mapping, embed_dim: int, image_size: int):
         super().__init__()
-        self.trunk = build_trunk(cfg["backbone"], cfg.get("weights"))
+        self.trunk = build_trunk(cfg["backbone"], cfg["weights"])
         channels = TRUNK_CHANNELS[cfg["backbone"]]
         self.pool = build_pool(cfg, channels, image_size)
         head = cfg["head"]

@@ -24,7 +24,7 @@ def text_tower_trains(variant: Mapping) -> bool:
     if mcfg["kind"] == "dual_encoder":
         return True
     ccfg = mcfg["clip"]
-    towers = lora_towers(ccfg.get("lora"))
+    towers = lora_towers(ccfg["lora"])
     # With LoRA every base weight is frozen and only the adapted towers change.
     return "text" in towers if towers else not ccfg["lock_text"]
 

@@ -60,10 +60,10 @@ def needed_weights(variant: Mapping) -> list[dict]:
     if model["kind"] == "clip":
         repos.append(model["clip"]["model"])
     elif model["kind"] == "dual_encoder":
-        repos.append(model["dual_encoder"].get("tokenizer") or variant["text_encoder"]["model"])
+        repos.append(model["dual_encoder"]["tokenizer"] or variant["text_encoder"]["model"])
     specs = [{"source": "hf", "repo": r, "revision": "main"}
              for r in dict.fromkeys(filter(None, map(hub_repo, repos)))]
-    if (model["kind"] == "resnet" and model.get("weights")
+    if (model["kind"] == "resnet" and model["weights"]
             and model["backbone"] != "efficientnet_lite0"):  # that one ships in a package
         specs.append({"source": "torchvision", "backbone": model["backbone"],
                       "weights": model["weights"]})

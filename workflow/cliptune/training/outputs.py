@@ -41,7 +41,7 @@ def write_train_outputs(variant: dict, ts: TrainState, out_dir: Path, device: to
         "torch": torch.__version__, "train_images": train_data.n_images,
         "train_captions": len(train_data.captions), "val_images": val_data.n_images,
         # What chose the saved epoch (train.monitor, early stopping): never the reported split.
-        "selected_on": {"split": variant.get("select_split"),
+        "selected_on": {"split": variant["select_split"],
                         "images": validation_images(val_data, variant["train"]),
                         "monitor": variant["train"]["monitor"]},
         "epochs_run": len(ts.history), "best_epoch": ts.best.epoch,
