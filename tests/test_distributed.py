@@ -14,12 +14,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from tiny_pairs import tiny_variant, write_spec
 
 from cliptune.training.distributed import (
     DistContext,
-    clip_loss_local,
     gather_batch,
+    gather_with_grad,
     shard,
     shard_micro,
     sync_gradients,
@@ -36,6 +37,20 @@ def _model() -> torch.nn.Module:
     model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.Tanh(), torch.nn.Linear(16, DIM))
     model.logit_scale = torch.nn.Parameter(torch.tensor(2.0))
     return model
+
+
+def clip_loss_local(image_emb: torch.Tensor, text_emb: torch.Tensor,
+                    logit_scale: torch.Tensor | float, ctx: DistContext) -> torch.Tensor:
+    """Symmetric InfoNCE of this rank's rows against the global batch (open_clip's local
+    loss), the reference the gathered-batch loss is compared with. With one process it is
+    exactly ``losses.clip_loss``."""
+    image_emb, text_emb = image_emb.float(), text_emb.float()
+    all_images, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
+    n = image_emb.shape[0]
+    labels = torch.arange(n, device=image_emb.device) + ctx.rank * n
+    logits_i2t = logit_scale * image_emb @ all_text.T
+    logits_t2i = logit_scale * text_emb @ all_images.T
+    return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
 
 
 def _batch():

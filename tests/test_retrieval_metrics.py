@@ -10,15 +10,24 @@ import pytest
 import torch
 
 from cliptune.evaluation.retrieval_metrics import (
-    i2t_ranks,
-    retrieval_metrics,
     retrieval_metrics_and_ranks,
-    t2i_ranks,
     topk_images,
     topk_texts,
 )
 
 KS = (1, 2, 5, 10)
+
+
+def retrieval_metrics(*args, **kwargs) -> dict[str, float]:
+    return retrieval_metrics_and_ranks(*args, **kwargs)[0]
+
+
+def i2t_ranks(*args, **kwargs) -> torch.Tensor:
+    return retrieval_metrics_and_ranks(*args, **kwargs)[1]
+
+
+def t2i_ranks(*args, **kwargs) -> torch.Tensor:
+    return retrieval_metrics_and_ranks(*args, **kwargs)[2]
 
 
 # ---------------------------------------------------------------------------------------

@@ -69,11 +69,8 @@ __all__ = [
     "DEFAULT_KS",
     "RSUM_KS",
     "rsum",
-    "i2t_ranks",
-    "retrieval_metrics",
     "retrieval_metrics_and_ranks",
     "summarize",
-    "t2i_ranks",
     "topk_images",
     "topk_texts",
 ]
@@ -192,38 +189,6 @@ def _resolve_device(device, default: torch.Tensor) -> torch.device:
 # ---------------------------------------------------------------------------------------
 
 
-def i2t_ranks(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    text_image_index: torch.Tensor,
-    block_size: int = 1024,
-    device=None,
-) -> torch.Tensor:
-    """1-based rank of the first relevant caption for every image: LongTensor [N] (CPU)."""
-    _check_pair(image_emb, text_emb, "image_emb", "text_emb")
-    idx = _check_index(text_image_index, image_emb.shape[0], text_emb.shape[0])
-    block_size = _check_block_size(block_size)
-    dev = _resolve_device(device, image_emb)
-    ranks, _, _ = i2t_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx,
-                           block_size, 0)
-    return ranks
-
-
-def t2i_ranks(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    text_image_index: torch.Tensor,
-    block_size: int = 1024,
-    device=None,
-) -> torch.Tensor:
-    """1-based rank of its own image for every caption: LongTensor [M] (CPU)."""
-    _check_pair(image_emb, text_emb, "image_emb", "text_emb")
-    idx = _check_index(text_image_index, image_emb.shape[0], text_emb.shape[0])
-    block_size = _check_block_size(block_size)
-    dev = _resolve_device(device, image_emb)
-    return t2i_pass(_prepare(image_emb, dev), _prepare(text_emb, dev), idx, block_size)
-
-
 def _topk(queries: torch.Tensor, candidates: torch.Tensor, k: int, block_size: int, device,
           names: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
     _check_pair(queries, candidates, *names)
@@ -320,15 +285,18 @@ def _single_relevant_map_ndcg(prefix: str, ranks: torch.Tensor,
     return out
 
 
-def retrieval_metrics(
+def retrieval_metrics_and_ranks(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
     text_image_index: torch.Tensor,
     ks=DEFAULT_KS,
     block_size: int = 1024,
     device=None,
-) -> dict[str, float]:
-    """Bidirectional retrieval metrics (see the module docstring for definitions).
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """Bidirectional retrieval metrics (see the module docstring for definitions) and the
+    per-query ranks they were computed from: ``(metrics, i2t ranks LongTensor [N] (the
+    1-based rank of each image's first relevant caption), t2i ranks LongTensor [M] (of
+    each caption's own image))``, all on the CPU.
 
     Args:
         image_emb: [N, D] image embeddings, L2-normalised (scores are plain dot products,
@@ -351,21 +319,6 @@ def retrieval_metrics(
         ValueError: on malformed shapes/dtypes, non-finite embeddings, out-of-range
             ``text_image_index``, images without captions, or bad ``ks``/``block_size``.
     """
-    return retrieval_metrics_and_ranks(
-        image_emb, text_emb, text_image_index, ks=ks, block_size=block_size, device=device
-    )[0]
-
-
-def retrieval_metrics_and_ranks(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    text_image_index: torch.Tensor,
-    ks=DEFAULT_KS,
-    block_size: int = 1024,
-    device=None,
-) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """:func:`retrieval_metrics` plus the per-query ranks it was computed from, without
-    scoring twice: ``(metrics, i2t ranks LongTensor [N], t2i ranks LongTensor [M])``."""
     _check_pair(image_emb, text_emb, "image_emb", "text_emb")
     n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
     idx = _check_index(text_image_index, n_img, n_txt)

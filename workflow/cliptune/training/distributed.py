@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from cliptune.runtime import pick_device
 
@@ -142,20 +141,6 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
-
-
-def clip_loss_local(image_emb: torch.Tensor, text_emb: torch.Tensor,
-                    logit_scale: torch.Tensor | float, ctx: DistContext) -> torch.Tensor:
-    """Symmetric InfoNCE of this rank's rows against the global batch.
-
-    With one process it is exactly ``losses.clip_loss``."""
-    image_emb, text_emb = image_emb.float(), text_emb.float()
-    all_images, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
-    n = image_emb.shape[0]
-    labels = torch.arange(n, device=image_emb.device) + ctx.rank * n
-    logits_i2t = logit_scale * image_emb @ all_text.T
-    logits_t2i = logit_scale * text_emb @ all_images.T
-    return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
 
 
 def gather_batch(image_emb: torch.Tensor, text_emb: torch.Tensor
