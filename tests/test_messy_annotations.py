@@ -72,7 +72,7 @@ def test_coco_duplicate_ids_empty_captions_and_repeated_images(tmp_path):
         "caption_ids_reassigned": 1}
     assert info["cleaning"]["examples"]["caption_ids_reassigned"] == [11]
     assert info["images_without_captions"] == ["train2014/c.jpg"]
-    # What used to crash evaluate: the text cache lines up with the captions table.
+    # What evaluate needs: the text cache lines up with the captions table.
     text = _fake_text_cache(tmp_path / "t.safetensors", pd.read_parquet(out))
     assert load_text_cache(text, pd.read_parquet(out)).shape[0] == len(df)
     # ...and the ids are deterministic across runs.

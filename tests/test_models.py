@@ -419,8 +419,8 @@ def test_figures_encode_text_with_the_tower_evaluate_used(kind, tiny_clip_dir, p
         _saved_model(plain, tmp_path / "plain.safetensors")
         without = variant_text_encoder(plain, tmp_path / "plain.safetensors", 16)([captions[3]])
         assert not torch.allclose(without[0], evaluated[3], atol=1e-3)
-    # The figures job end to end from the trained model (the frozen 384-d encoder used to
-    # fail here with "embedding dims differ" for the dual encoder).
+    # The figures job end to end from the trained model: a dual encoder's texts must go
+    # through its own tower, not the frozen 384-d encoder ("embedding dims differ").
     from tiny_pairs import write_split
 
     split = write_split(tmp_path / "data", "val", 8, seed=2)

@@ -3,7 +3,7 @@
 Annotation files written by other tools repeat annotations, reuse caption ids,
 list one image twice under two ids or hold empty captions. Every later stage
 keys on ``caption_id`` (the text cache) and ``image_id`` (the image cache), so
-such a file used to train fine and then fail in ``evaluate`` with a shape
+such a file would train fine and then fail in ``evaluate`` with a shape
 error. Here each problem is either repaired and counted (the counts go to the
 split's ``source.json`` and from there to the data report) or, when no repair
 is safe, stops the run naming the first few offenders.
