@@ -110,6 +110,20 @@ def _write(src, dest: Path) -> None:
         shutil.copyfileobj(src, out, _COPY_CHUNK)
 
 
+def _extract(plan: list[tuple], open_member, target: Path, marker: Path,
+             archive: Path) -> int:
+    """Write every planned member (``open_member(member)`` reads one); returns the count."""
+    target.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)  # a stale marker must not outlive a crash below
+    # train2014.zip: 82k files, 13 GB; show how far extraction has got.
+    for member, dest, is_dir in progress(plan, desc=f"extract {archive.name}", unit="file"):
+        if is_dir:
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            _write(open_member(member), dest)
+    return len(plan)
+
+
 def _stamp(archive: Path) -> dict:
     # size+mtime instead of a hash: hashing 13 GB on every workflow run costs minutes,
     # and download.py replaces the file (new mtime) whenever its content changes.
@@ -142,29 +156,11 @@ def safe_extract(
 
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            plan = _plan_zip(zf, target, archive)
-            target.mkdir(parents=True, exist_ok=True)
-            marker.unlink(missing_ok=True)  # a stale marker must not outlive a crash below
-            # train2014.zip: 82k files, 13 GB; show how far extraction has got.
-            for info, dest, is_dir in progress(plan, desc=f"extract {archive.name}",
-                                               unit="file"):
-                if is_dir:
-                    dest.mkdir(parents=True, exist_ok=True)
-                else:
-                    _write(zf.open(info), dest)
-            count = len(plan)
+            count = _extract(_plan_zip(zf, target, archive), zf.open, target, marker, archive)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tf:
-            plan = _plan_tar(tf, target, archive)
-            target.mkdir(parents=True, exist_ok=True)
-            marker.unlink(missing_ok=True)
-            for member, dest, is_dir in progress(plan, desc=f"extract {archive.name}",
-                                                 unit="file"):
-                if is_dir:
-                    dest.mkdir(parents=True, exist_ok=True)
-                else:
-                    _write(tf.extractfile(member), dest)
-            count = len(plan)
+            count = _extract(_plan_tar(tf, target, archive), tf.extractfile, target, marker,
+                             archive)
     else:
         raise ValueError(f"{archive} is neither a zip nor a tar archive")
 
