@@ -60,6 +60,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_retrieval.py
 	$(BIN)/python benchmarks/bench_batch_loader.py
 	$(BIN)/python benchmarks/bench_grad_sync.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 # On a GPU: results/gpu.md (at most 8 minutes on one H100); without one, a tiny CPU mode.
 bench-gpu: venv
