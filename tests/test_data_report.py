@@ -40,9 +40,15 @@ TRAIN = _captions("train", [
 ])
 TRAIN_INDEX = _index([1, 2, 3, 4, 5], "train", {4: "truncated: OSError: Truncated File Read",
                                                 5: "missing"})
-SOURCE = {"source_splits": ["train", "restval"], "use_restval": True, "images_in_source": 6,
+SOURCE = {"source": "karpathy_coco", "source_splits": ["train", "restval"],
+          "use_restval": True, "images_in_source": 6,
           "images_without_captions": ["train/6.jpg"], "notes": ["a note"],
-          "subset": {"images": None, "mode": "random", "seed": 0, "images_kept": 5}}
+          "subset": {"images": None, "mode": "random", "seed": 0, "images_kept": 5},
+          "selection_holdout": None,
+          "cleaning": {"images_merged": 0, "empty_captions_dropped": 0,
+                       "repeated_captions_dropped": 0, "caption_ids_reassigned": 0,
+                       "examples": {"images_merged": [], "empty_caption_images": [],
+                                    "caption_ids_reassigned": []}}}
 
 
 def test_split_report_counts_everything():

@@ -240,7 +240,10 @@ def test_data_report_shows_every_repair():
                 "caption_ids_reassigned": 3,
                 "examples": {"caption_ids_reassigned": [11], "images_merged": ["b.jpg"],
                              "empty_caption_images": ["c.jpg"]}}
-    r = split_report(caps, index, {"cleaning": cleaning, "source_splits": ["train"]})
+    source = {"source": "coco", "source_splits": ["train"], "images_in_source": 1,
+              "subset": {"images": None}, "images_without_captions": [],
+              "selection_holdout": None, "cleaning": cleaning, "notes": []}
+    r = split_report(caps, index, source)
     assert r["empty_captions"] == 2 and r["empty_caption_images"] == ["c.jpg"]
     md = render_markdown({"dataset": "d", "source": "coco", "splits": {"train": r},
                           "images_in_two_splits": {}})

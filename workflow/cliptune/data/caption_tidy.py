@@ -21,6 +21,15 @@ log = logging.getLogger(__name__)
 MAX_EXAMPLES = 5  # offenders named in an error or kept as examples in the report
 
 
+def no_repairs() -> dict:
+    """The record (:meth:`Tidied.record`) of a split that made no repairs of its own."""
+    return Tidied(pd.DataFrame(), [], dict.fromkeys(
+        ("images_merged", "empty_captions_dropped", "repeated_captions_dropped",
+         "caption_ids_reassigned"), 0),
+        {"images_merged": [], "empty_caption_images": [], "caption_ids_reassigned": []}
+    ).record()
+
+
 class CaptionTableError(ValueError):
     """A caption table that cannot be repaired safely; the message names the offenders."""
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from cliptune.data.caption_tidy import no_repairs
 from cliptune.data.dataset_formats import DatasetFormatError
 from cliptune.dataset_config import SELECT_SPLIT
 
@@ -49,4 +50,4 @@ def carve_selection(read: SplitRead, selection: dict) -> SplitRead:
     # Images without a caption cannot select anything (train lists them), and the repairs
     # were made to the whole source train split (train's record counts them once).
     return read._replace(captions=read.captions[keep].reset_index(drop=True), no_caption=[],
-                         cleaning={})
+                         cleaning=no_repairs())

@@ -50,20 +50,20 @@ def split_report(captions: pd.DataFrame, index: pd.DataFrame, source: dict) -> d
     bad = index[~index["ok"]]
     problems = [{"file_name": r.file_name, "reason": _reason(r.problem), "detail": r.problem}
                 for r in bad.itertuples()]
-    no_caption = source.get("images_without_captions", [])
+    no_caption = source["images_without_captions"]
     # Repairs of the captions stage (cliptune.data.caption_tidy); empty captions were
-    # excluded there, so the Parquet itself holds none from a current run.
-    cleaning = source.get("cleaning") or {}
-    dropped_empty = int(cleaning.get("empty_captions_dropped", 0))
-    empty_names = (cleaning.get("examples") or {}).get("empty_caption_images", [])
+    # excluded there, so the Parquet itself holds none.
+    cleaning = source["cleaning"]
+    dropped_empty = int(cleaning["empty_captions_dropped"])
+    empty_names = cleaning["examples"]["empty_caption_images"]
     report = {
-        "source_splits": source.get("source_splits"),
+        "source_splits": source["source_splits"],
         "images": int(captions["image_id"].nunique()),
         "captions": len(captions),
         "usable_images": int(index["ok"].sum()),
         "problem_images": len(problems),
-        "images_in_source": source.get("images_in_source"),
-        "subset": source.get("subset"),
+        "images_in_source": source["images_in_source"],
+        "subset": source["subset"],
         "captions_per_image": {str(k): int(v) for k, v in
                                sorted(per_image.value_counts().items())},
         "caption_words": _stats(words),
@@ -72,7 +72,7 @@ def split_report(captions: pd.DataFrame, index: pd.DataFrame, source: dict) -> d
         "empty_caption_images": (empty_names + empty["file_name"].astype(str).tolist())[
             :MAX_LISTED],
         "cleaning": cleaning,
-        "selection_holdout": source.get("selection_holdout"),
+        "selection_holdout": source["selection_holdout"],
         "duplicate_captions_within_image": int(within.sum()),
         "captions_shared_by_several_images": int(len(shared)),
         "most_shared_captions": [{"caption": t, "images": int(n)}
@@ -82,7 +82,7 @@ def split_report(captions: pd.DataFrame, index: pd.DataFrame, source: dict) -> d
         "problem_reasons": dict(sorted(pd.Series([p["reason"] for p in problems],
                                                  dtype=object).value_counts().items())),
         "problems": problems,
-        "notes": source.get("notes", []),
+        "notes": source["notes"],
     }
     if "use_restval" in source:
         report["use_restval"] = source["use_restval"]
@@ -100,7 +100,7 @@ def build_data_report(splits: list[str], captions: list[Path], sources: list[Pat
         caps = pd.read_parquet(cap_path)
         index = pd.read_parquet(idx_path)
         source = json.loads(Path(src_path).read_text())
-        report["source"] = source.get("source")
+        report["source"] = source["source"]
         report["splits"][split] = split_report(caps, index, source)
         words = word_counts(caps["caption"])
         report["splits"][split]["vocabulary"] = vocabulary_report(words)
@@ -139,11 +139,11 @@ CLEANING_TEXT = {
 
 def _md_cleaning(cleaning: dict) -> list[str]:
     """One line per repair the captions stage made (nothing when the file was clean)."""
-    examples = cleaning.get("examples") or {}
+    examples = cleaning["examples"]
     lines = []
     for key, text in CLEANING_TEXT.items():
-        if cleaning.get(key):
-            ex = examples.get(key) or []
+        if cleaning[key]:
+            ex = examples.get(key, [])  # examples of the repairs that name offenders
             lines.append(f"- {text}: {cleaning[key]}"
                          + (f" (e.g. {', '.join(map(str, ex))})" if ex else ""))
     return lines
@@ -154,7 +154,7 @@ def _md_stats(s: dict) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# Data report: {report['dataset']} ({report.get('source')})", ""]
+    lines = [f"# Data report: {report['dataset']} ({report['source']})", ""]
     lines += ["| split | images | captions | usable | problem images | no caption | "
               "empty captions | words min/mean/median/p95/max |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -168,14 +168,14 @@ def render_markdown(report: dict) -> str:
         lines.append(f"- source splits: {', '.join(map(str, s['source_splits'] or []))}"
                      + (f" (restval {'used' if s['use_restval'] else 'not used'})"
                         if "use_restval" in s else ""))
-        hold = s.get("selection_holdout")
+        hold = s["selection_holdout"]
         if hold:
             lines.append(f"- selection holdout (dataset.selection): {hold['images']} train images "
                          f"(seed {hold['seed']}) "
                          + ("select the model here" if hold["keep"] == "holdout" else
                             "are held out of this split and select the model"))
-        sub = s.get("subset") or {}
-        if sub.get("images") is not None:
+        sub = s["subset"]
+        if sub["images"] is not None:
             lines.append(f"- subset: {sub['images_kept']} of {s['images_in_source']} images "
                          f"({sub['mode']}, seed {sub['seed']})")
         hist = ", ".join(f"{k}: {v}" for k, v in s["captions_per_image"].items())
@@ -188,7 +188,7 @@ def render_markdown(report: dict) -> str:
                      f"images: {s['captions_shared_by_several_images']}")
         for d in s["most_shared_captions"][:5]:
             lines.append(f"  - \"{d['caption']}\" ({d['images']} images)")
-        lines += _md_cleaning(s.get("cleaning") or {})
+        lines += _md_cleaning(s["cleaning"])
         if s["images_without_captions"]:
             lines.append(f"- images without captions (left out): "
                          f"{', '.join(s['images_without_captions_list'][:10])}"
