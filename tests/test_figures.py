@@ -336,6 +336,7 @@ def test_loss_curves_show_accuracy_per_step_loss_and_warmup(tmp_path):
     from cliptune.reporting.plots import plot_loss_curves
 
     hist = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3.0, 2.5, 2.2],
+                         "train_loss_in_batch": [2.0, 1.6, 1.4],  # mined negatives
                          "val_loss": [3.1, 2.7, 2.5], "temperature": [0.07, 0.06, 0.05],
                          "lr": [1e-4, 5e-5, 0.0],
                          **{f"{s}_acc_{w}": [10.0, 20.0, 30.0] for s in ("train", "val")
@@ -346,6 +347,9 @@ def test_loss_curves_show_accuracy_per_step_loss_and_warmup(tmp_path):
                            loss="symmetric InfoNCE")
     assert (tmp_path / "curves.png").stat().st_size > 0
     loss_ax, acc_ax, lr_ax, _ = fig.axes
+    # Mined negatives: the in-batch training loss, comparable with validation, is drawn too.
+    assert "train, in-batch negatives (as validation)" in [
+        line.get_label() for line in loss_ax.lines]
     assert [ax.get_title() for ax in fig.axes] == ["loss: symmetric InfoNCE", "accuracy",
                                                   "learning rate", "temperature"]
     # A triplet run names its loss and says the temperature plays no part in it.

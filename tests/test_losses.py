@@ -202,3 +202,82 @@ def test_random_negatives_are_seeded_other_images_and_not_the_nearest():
                     torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="semantic or random"):
         _pick("nearest", images, captions, torch.arange(40), owner, 5, None)
+
+
+def test_k_beyond_the_other_images_captions_stops_naming_the_largest_k():
+    from cliptune.training.hard_negatives import _pick
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    owner = torch.arange(3).repeat_interleave(5)  # 3 images x 5 captions
+    captions = torch.nn.functional.normalize(images[owner] + 0.01, dim=-1)
+    for strategy in ("semantic", "random"):
+        with pytest.raises(ValueError, match=r"k = 12.*only 10 candidates.*k <= 10"):
+            _pick(strategy, images, captions, torch.arange(3), owner, 12,
+                  torch.Generator().manual_seed(0))
+        # caption -> image: 2 other images
+        with pytest.raises(ValueError, match=r"k = 3.*only 2 candidates.*k <= 2"):
+            _pick(strategy, captions, images, owner, torch.arange(3), 3,
+                  torch.Generator().manual_seed(0))
+        hard = _pick(strategy, images, captions, torch.arange(3), owner, 10,
+                     torch.Generator().manual_seed(0))
+        assert hard.shape == (3, 10) and not (owner[hard] == torch.arange(3)[:, None]).any()
+
+
+def test_identical_captions_of_other_images_are_never_mined_as_negatives():
+    from cliptune.training.hard_negatives import _pick, copied_caption_pairs
+
+    texts = ["a dog on grass", "a red bus", "A  dog on grass", "a cat", "two birds", "a boat",
+             "a red bus.", "a kite"]
+    owner = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    img_keys, cap_keys = copied_caption_pairs(texts, owner.numpy())
+    n_cap, n_img = len(texts), 4
+    # captions 0 and 2 are one text (case and spaces differ) on images 0 and 1
+    assert sorted((k // n_cap, k % n_cap) for k in img_keys) == [(0, 2), (1, 0)]
+    assert sorted((k // n_img, k % n_img) for k in cap_keys) == [(0, 1), (2, 0)]
+    g = torch.Generator().manual_seed(1)
+    images = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    captions = images[owner].clone()
+    captions[2] = captions[0]  # the copied caption is image 0's nearest other caption
+    captions = torch.nn.functional.normalize(captions + 0.01, dim=-1)
+    img_forbid, cap_forbid = torch.from_numpy(img_keys), torch.from_numpy(cap_keys)
+    hard_t = _pick("semantic", images, captions, torch.arange(4), owner, 5, None, img_forbid)
+    assert 2 not in hard_t[0].tolist() and 0 not in hard_t[1].tolist()
+    hard_i = _pick("semantic", captions, images, owner, torch.arange(4), 2, None, cap_forbid)
+    assert 1 not in hard_i[0].tolist() and 0 not in hard_i[2].tolist()
+    # Without the copies' pairs, the copy is the first thing image 0 would mine.
+    assert _pick("semantic", images, captions, torch.arange(4), owner, 1, None)[0, 0] == 2
+    for seed in range(5):
+        drawn = _pick("random", images, captions, torch.arange(4), owner, 5,
+                      torch.Generator().manual_seed(seed), img_forbid)
+        assert 2 not in drawn[0].tolist() and 0 not in drawn[1].tolist()
+    # Caption 0 may not take image 1, so it has 2 of the 3 other images left.
+    with pytest.raises(ValueError, match=r"training caption 0 has only 2 candidates"):
+        _pick("semantic", captions, images, owner, torch.arange(4), 3, None, cap_forbid,
+              "training caption")
+
+
+def test_hard_negative_parts_are_infonce_hinge_and_the_in_batch_form():
+    from cliptune.training.losses import LOSS_PARTS, batch_loss, clip_loss, triplet_loss
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(img + 0.3 * torch.randn(4, 8, generator=g), dim=-1)
+    mined = tuple(torch.nn.functional.normalize(torch.randn(4, 3, 8, generator=g), dim=-1)
+                  for _ in range(2))
+    tcfg = {"loss": "hard_negative",
+            "hard_negatives": {"hardest_weight": 0.5, "margin": 0.2}}
+    parts = {}
+    loss = batch_loss(tcfg, img, txt, torch.tensor(10.0), mined, parts)
+    assert set(parts) == set(LOSS_PARTS)
+    hinge = triplet_loss(img, txt, 0.2, "hardest")
+    assert torch.isclose(parts["loss_hinge"], hinge)
+    assert torch.isclose(loss, parts["loss_infonce"] + 0.5 * hinge)
+    assert torch.isclose(parts["loss_in_batch"], clip_loss(img, txt, 10.0) + 0.5 * hinge)
+    assert parts["loss_in_batch"] < loss  # mined negatives only add to the denominators
+    plain = {}
+    batch_loss(tcfg, img, txt, torch.tensor(10.0), None, plain)  # validation: no mined
+    assert torch.isclose(plain["loss_in_batch"], parts["loss_in_batch"])
+    info = {}
+    batch_loss({"loss": "infonce"}, img, txt, torch.tensor(10.0), None, info)
+    assert torch.isnan(info["loss_hinge"]) and info["loss_infonce"] == info["loss_in_batch"]

@@ -58,6 +58,7 @@ def make_variant(root: Path, name: str, recall: float, val_losses: list[float],
         "selected_on": {"split": select, "images": 120, "monitor": monitor}}))
     n = len(val_losses)
     hist = pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [v - 0.3 for v in val_losses],
+                         "train_loss_in_batch": [v - 0.3 for v in val_losses],
                          "val_loss": val_losses, "lr": [1e-3] * n,
                          "val_recall": val_recalls or [10.0 * (i + 1) for i in range(n)],
                          "temperature": [0.07 - 0.002 * i for i in range(n)],
@@ -213,7 +214,8 @@ def test_selection_paragraph_without_trained_runs_or_records(tmp_path):
 
 def test_best_epoch_follows_train_monitor():
     h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3, 2, 1.0],
-                      "val_loss": [3, 2.5, 2.0], "val_recall": [10.0, 30.0, 20.0],
+                      "train_loss_in_batch": [3, 2, 1.0], "val_loss": [3, 2.5, 2.0],
+                      "val_recall": [10.0, 30.0, 20.0],
                       "temperature": [0.07] * 3})
     assert convergence(h, "val_loss")["best_epoch"] == 3
     c = convergence(h, "val_recall")
@@ -223,7 +225,8 @@ def test_best_epoch_follows_train_monitor():
 
 
 def test_convergence_states():
-    h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3, 2, 1.0], "val_loss": [3, 2.5, 2.0],
+    h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3, 2, 1.0],
+                      "train_loss_in_batch": [3, 2, 1.0], "val_loss": [3, 2.5, 2.0],
                       "temperature": [0.07] * 3})
     c = convergence(h)
     assert c["state"].startswith("still improving") and c["gap"] == pytest.approx(1.0)
@@ -231,6 +234,7 @@ def test_convergence_states():
     # train.eval_every: 2: epochs 1 and 3 were not validated (NaN) and are not judged.
     nan = float("nan")
     h = pd.DataFrame({"epoch": [1, 2, 3, 4], "train_loss": [3, 2, 1.5, 1.0],
+                      "train_loss_in_batch": [3, 2, 1.5, 1.0],
                       "val_loss": [nan, 2.0, nan, 1.999], "val_recall": [nan, 5, nan, 6],
                       "temperature": [0.07] * 4})
     c = convergence(h)
@@ -368,3 +372,17 @@ def test_best_variant_and_margin_use_metrics_rsum_over_r1_5_10(runs):
     assert f"Best variant by rsum: **bn_head** (rsum {rsum['bn_head']:.1f}" in text
     assert f"{rsum['bn_head'] - rsum['baseline']:+.1f} rsum over the baseline" in text
     assert "rsum = R@1 + R@5 + R@10 of image→text plus the same of text→image" in text
+
+
+def test_overfitting_gap_compares_the_in_batch_training_loss_with_validation(runs):
+    """A hard-negative run's train_loss includes the mined negatives; the gap uses the
+    in-batch form, which validation has too."""
+    tmp, variants = runs
+    path = Path(variants["baseline"]["history"])
+    hist = pd.read_csv(path)
+    hist["train_loss"] = hist["train_loss_in_batch"] + 1.8  # the mined negatives' share
+    hist.to_csv(path, index=False)
+    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+                         tmp / "results" / "summary.md")
+    gap = hist["val_loss"].iloc[-1] - hist["train_loss_in_batch"].iloc[-1]
+    assert f"`baseline` {gap:+.3f}" in text and gap > 0

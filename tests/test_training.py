@@ -71,6 +71,23 @@ def test_option_trains_a_few_steps(name, pairs, tmp_path):
     hist = pd.DataFrame(result["history"])
     assert len(hist) == 1 and np.isfinite(hist["train_loss"]).all()
     assert hist["skipped_steps"].iloc[0] == 0 and 0 <= hist["val_recall"].iloc[0] <= 100
+    row = hist.iloc[0]
+    if v["train"]["loss"] == "hard_negative":
+        # InfoNCE (with the mined negatives) + hardest_weight x hinge, per epoch and step;
+        # the in-batch form drops the mined negatives, like the validation loss.
+        assert row["train_loss"] == pytest.approx(
+            row["train_loss_infonce"] + row["train_loss_hinge"], rel=1e-5)
+        assert row["train_loss_in_batch"] < row["train_loss"]
+        assert row["val_loss"] == pytest.approx(
+            row["val_loss_infonce"] + row["val_loss_hinge"], rel=1e-5)
+    elif v["train"]["loss"] == "infonce":
+        assert row["train_loss_infonce"] == pytest.approx(row["train_loss"], rel=1e-6)
+        assert math.isnan(row["train_loss_hinge"]) and math.isnan(row["val_loss_hinge"])
+    else:  # triplet: the hinge is the loss, there is no InfoNCE part
+        assert row["train_loss_hinge"] == pytest.approx(row["train_loss"], rel=1e-6)
+        assert row["train_loss_in_batch"] == pytest.approx(row["train_loss"], rel=1e-6)
+        assert math.isnan(row["train_loss_infonce"]) and math.isnan(row["val_loss_infonce"])
+        assert row["val_loss_hinge"] == pytest.approx(row["val_loss"], rel=1e-5)
     state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
     after = state["model"]
     changed = [k for k in after if k in before and not torch.equal(before[k], after[k])]
@@ -138,7 +155,7 @@ def test_accumulation_gives_the_full_batch_gradient(pairs):
         model.zero_grad()
         micro = [prepare(ctx, pairs[0], rows[c], images[c], text[c], train=False)
                  for c in chunks]
-        loss, accuracy = accumulated_backward(ctx, micro, scaler)
+        loss, accuracy, _ = accumulated_backward(ctx, micro, scaler)
         grads.accuracy = accuracy
         return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

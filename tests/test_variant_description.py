@@ -113,7 +113,8 @@ def _fake_run(root: Path, name: str, variant: dict, recall: float) -> dict:
         "train_captions": 500, "selected_on": {"split": "select", "images": 20,
                                                "monitor": "val_loss"}}))
     n = min(epochs, 2)
-    pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [2.0] * n, "val_loss": [2.5] * n,
+    pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [2.0] * n,
+                  "train_loss_in_batch": [2.0] * n, "val_loss": [2.5] * n,
                   "temperature": [0.07] * n, "skipped_steps": 0, "restarts": 0},
                  columns=HISTORY_COLUMNS).to_csv(d / "history.csv", index=False)
     (d / "zero_shot.json").write_text(json.dumps({"task_order": [], "tasks": {}}))

@@ -36,7 +36,10 @@ def convergence(hist: pd.DataFrame, monitor: str = "val_loss") -> dict:
     hist = hist[hist["val_loss"].notna()] if hist["val_loss"].notna().any() else hist
     column, sign, words = MONITOR_COLUMNS[monitor]
     watched = hist[column].to_numpy(float)
-    val, train = hist["val_loss"].to_numpy(float), hist["train_loss"].to_numpy(float)
+    # The gap compares losses of one form: train_loss_in_batch is the training loss with
+    # in-batch negatives only, as val_loss (train_loss adds mined hard negatives).
+    val, train = (hist["val_loss"].to_numpy(float),
+                  hist["train_loss_in_batch"].to_numpy(float))
     # The first best epoch, as the trainer keeps it (it replaces only on strict improvement).
     best = int(np.where(np.isfinite(watched), sign * watched, -np.inf).argmax())
     out = {
@@ -137,7 +140,8 @@ def observations(data, names, baseline, best, rsum, untrained, ks, comparison) -
     if trained:
         gaps = {n: c["gap"] for n, c in trained.items()}
         worst = max(gaps, key=gaps.get)
-        obs.append("Overfitting gap (final validation minus training loss): " + ", ".join(
+        obs.append("Overfitting gap (final validation minus training loss, both with in-batch "
+                   "negatives only): " + ", ".join(
             f"`{n}` {g:+.3f}" for n, g in gaps.items()) + f"; largest for `{worst}`"
             + (" (validation loss above training loss: the model fits the training "
                "pairs better than unseen ones)." if gaps[worst] > 0 else "."))

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -27,6 +28,11 @@ def _loss_panel(ax, history: pd.DataFrame, steps: pd.DataFrame, loss: str) -> No
                 color="tab:blue", label="train (per step)")
     ax.plot(history["epoch"], history["train_loss"], marker="o", color="tab:blue",
             label="train (epoch mean)")
+    in_batch = history["train_loss_in_batch"].to_numpy(float)
+    if not np.allclose(in_batch, history["train_loss"].to_numpy(float), equal_nan=True):
+        # Mined negatives raise the training loss; validation has in-batch negatives only.
+        ax.plot(history["epoch"], in_batch, marker="o", ls="--", color="tab:blue",
+                label="train, in-batch negatives (as validation)")
     val = history.dropna(subset=["val_loss"])  # train.eval_every skips epochs
     ax.plot(val["epoch"], val["val_loss"], marker="s", color="tab:orange",
             label="validation")

@@ -120,6 +120,7 @@ class EpochRun:
     losses: list = field(default_factory=list)
     norms: list = field(default_factory=list)
     accs: list = field(default_factory=list)  # in-batch [i2t, t2i] accuracy per good step
+    parts: list = field(default_factory=list)  # losses.LOSS_PARTS values per good step
     skipped: int = 0
     causes: Counter = field(default_factory=Counter)
     prior_seconds: float = 0.0  # time spent before a mid-epoch resume

@@ -50,17 +50,27 @@ def triplet_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, margin: float 
     return 0.5 * (_triplet_one_way(sims, margin, mining) + _triplet_one_way(sims.T, margin, mining))
 
 
+# The parts of a loss logged beside it (steps.csv, history.csv), NaN where a loss has no
+# such part: ``loss_infonce`` the InfoNCE term (with the mined negatives in training),
+# ``loss_hinge`` the hinge term before ``hardest_weight`` (the triplet loss itself for
+# ``triplet``), ``loss_in_batch`` the loss with in-batch negatives only, the form the
+# validation loss has (it differs from the loss only for hard_negative with mined ones).
+LOSS_PARTS = ("loss_infonce", "loss_hinge", "loss_in_batch")
+
+
 def hard_negative_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
                        logit_scale: torch.Tensor | float,
                        mined_texts: torch.Tensor | None = None,
                        mined_images: torch.Tensor | None = None,
-                       hardest_weight: float = 1.0, margin: float = 0.2) -> torch.Tensor:
+                       hardest_weight: float = 1.0, margin: float = 0.2,
+                       parts: dict | None = None) -> torch.Tensor:
     """InfoNCE whose negatives are the batch plus mined ones, plus a hinge on the
     hardest in-batch negative (VSE++ max violation).
 
     ``mined_texts`` (B×k×D): for image anchor i, captions of other images mined from
     the training-set index; ``mined_images`` (B×k×D) likewise for caption anchor i.
     Mined embeddings come from the index (no gradient): memory-bank negatives.
+    ``parts``, if given, receives the detached :data:`LOSS_PARTS`.
     """
     img, txt = image_emb.float(), text_emb.float()
     sims = img @ txt.T
@@ -73,22 +83,43 @@ def hard_negative_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
     loss = 0.5 * (F.cross_entropy(logit_scale * i2t, labels)
                   + F.cross_entropy(logit_scale * t2i, labels))
     if hardest_weight:
-        loss = loss + hardest_weight * triplet_loss(img, txt, margin, "hardest")
+        hinge = triplet_loss(img, txt, margin, "hardest")
+    else:  # logged only: no graph
+        with torch.no_grad():
+            hinge = triplet_loss(img, txt, margin, "hardest")
+    if parts is not None:
+        with torch.no_grad():
+            in_batch = loss if mined_texts is None and mined_images is None else clip_loss(
+                img.detach(), txt.detach(), logit_scale.detach()
+                if isinstance(logit_scale, torch.Tensor) else logit_scale)
+            parts.update(loss_infonce=loss.detach(), loss_hinge=hinge.detach(),
+                         loss_in_batch=(in_batch + hardest_weight * hinge).detach())
+    if hardest_weight:
+        loss = loss + hardest_weight * hinge
     return loss
 
 
 def batch_loss(tcfg: Mapping, image_emb: torch.Tensor, text_emb: torch.Tensor,
-               logit_scale: torch.Tensor, mined: tuple | None = None) -> torch.Tensor:
-    """The loss ``train.loss`` names, on one (accumulated) batch."""
+               logit_scale: torch.Tensor, mined: tuple | None = None,
+               parts: dict | None = None) -> torch.Tensor:
+    """The loss ``train.loss`` names, on one (accumulated) batch; ``parts``, if given,
+    receives its detached :data:`LOSS_PARTS` (NaN for a part the loss lacks)."""
     name = tcfg["loss"]
+    nan = torch.tensor(float("nan"), device=image_emb.device)
     if name == "infonce":
-        return clip_loss(image_emb, text_emb, logit_scale)
+        loss = clip_loss(image_emb, text_emb, logit_scale)
+        if parts is not None:
+            parts.update(loss_infonce=loss.detach(), loss_hinge=nan, loss_in_batch=loss.detach())
+        return loss
     if name == "triplet":
         tri = tcfg["triplet"]
-        return triplet_loss(image_emb, text_emb, tri["margin"], tri["mining"])
+        loss = triplet_loss(image_emb, text_emb, tri["margin"], tri["mining"])
+        if parts is not None:
+            parts.update(loss_infonce=nan, loss_hinge=loss.detach(), loss_in_batch=loss.detach())
+        return loss
     if name == "hard_negative":
         hn = tcfg["hard_negatives"]
         mined_texts, mined_images = mined if mined is not None else (None, None)
         return hard_negative_loss(image_emb, text_emb, logit_scale, mined_texts, mined_images,
-                                  hn["hardest_weight"], hn["margin"])
+                                  hn["hardest_weight"], hn["margin"], parts)
     raise ValueError(f"train.loss = {name!r}; use infonce, triplet or hard_negative")

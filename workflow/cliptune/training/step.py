@@ -19,7 +19,7 @@ from cliptune.data.augment import augment_images
 from cliptune.data.caption_variations import vary_captions
 from cliptune.data.pairs import PairData
 from cliptune.models.image_tower import to_unit_float
-from cliptune.training.losses import batch_loss
+from cliptune.training.losses import LOSS_PARTS, batch_loss
 
 
 @dataclass
@@ -104,10 +104,16 @@ def in_batch_accuracy(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
                         (sims.argmax(0) == target).float().mean()])
 
 
+def stacked_parts(parts: dict) -> torch.Tensor:
+    """The loss parts in :data:`LOSS_PARTS` order, one float tensor (one host sync)."""
+    return torch.stack([parts[k].float() for k in LOSS_PARTS])
+
+
 def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward the loss of the whole accumulated batch; returns it (detached) and the
-    in-batch accuracy [i2t, t2i] over the whole accumulated batch.
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward the loss of the whole accumulated batch; returns it (detached), the
+    in-batch accuracy [i2t, t2i] over the whole accumulated batch and the loss parts
+    (:data:`LOSS_PARTS` order) of the pass whose loss is returned.
 
     With one micro-batch this is a plain step. With several, a no-grad pass caches
     every micro-batch's features; then each micro-batch is re-embedded with grad and
@@ -117,24 +123,26 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
     model, tcfg = ctx.model, ctx.tcfg
     if len(micro) == 1:
         img, txt = embed(ctx, *micro[0])
-        loss = batch_loss(tcfg, img, txt, model.scale(), mined)
+        parts: dict = {}
+        loss = batch_loss(tcfg, img, txt, model.scale(), mined, parts)
         scaler.scale(loss).backward()
-        return loss.detach(), in_batch_accuracy(img, txt)
+        return loss.detach(), in_batch_accuracy(img, txt), stacked_parts(parts)
     with torch.no_grad(), running_stats_unchanged(model):
         cached = [embed(ctx, *m) for m in micro]
-    loss = None
+    loss = kept = None
     for j, m in enumerate(micro):
         img_j, txt_j = embed(ctx, *m)
         imgs = torch.cat([c[0] for c in cached[:j]] + [img_j] + [c[0] for c in cached[j + 1:]])
         txts = torch.cat([c[1] for c in cached[:j]] + [txt_j] + [c[1] for c in cached[j + 1:]])
         # The temperature enters every pass; let its gradient count once.
         scale = model.scale() if j == 0 else model.scale().detach()
-        loss_j = batch_loss(tcfg, imgs, txts, scale, mined)
+        parts = {}
+        loss_j = batch_loss(tcfg, imgs, txts, scale, mined, parts)
         scaler.scale(loss_j).backward()
         if loss is None or not torch.isfinite(loss_j):
-            loss = loss_j.detach()
+            loss, kept = loss_j.detach(), parts
     acc = in_batch_accuracy(torch.cat([c[0] for c in cached]), torch.cat([c[1] for c in cached]))
-    return loss, acc
+    return loss, acc, stacked_parts(kept)
 
 
 def apply_gradients(model, optimizer, scaler, loss: torch.Tensor, grad_clip: float | None,

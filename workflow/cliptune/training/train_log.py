@@ -13,16 +13,23 @@ import logging
 import math
 from pathlib import Path
 
+from cliptune.training.losses import LOSS_PARTS
+
 log = logging.getLogger(__name__)
 
-# Per optimiser step: the learning rate the step used (before the scheduler moved it),
+# Per optimiser step: the loss and its parts (cliptune.training.losses.LOSS_PARTS: the
+# InfoNCE and hinge terms, NaN where the loss has none, and the loss with in-batch
+# negatives only), the learning rate the step used (before the scheduler moved it),
 # in-batch accuracy (%) both ways, the pre-clipping gradient norm, 1 if skipped (NaN/Inf).
-STEP_COLUMNS = ["step", "epoch", "loss", "lr", "temperature", "acc_i2t", "acc_t2i",
-                "grad_norm", "images_per_s", "skipped"]
+STEP_COLUMNS = ["step", "epoch", "loss", *LOSS_PARTS, "lr", "temperature", "acc_i2t",
+                "acc_t2i", "grad_norm", "images_per_s", "skipped"]
+# Per epoch; ``train_loss_in_batch`` has the form of ``val_loss`` (no mined negatives):
+# the overfitting gap compares those two.
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_acc_i2t", "train_acc_t2i",
                    "val_acc_i2t", "val_acc_t2i", "lr", "temperature", "images_per_s",
                    "skipped_steps", "seconds", "val_recall", "grad_norm", "grad_norm_min",
-                   "grad_norm_max", "restarts"]
+                   "grad_norm_max", "restarts", *(f"train_{p}" for p in LOSS_PARTS),
+                   "val_loss_infonce", "val_loss_hinge"]
 
 
 class TrainLogger:

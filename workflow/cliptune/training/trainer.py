@@ -62,6 +62,7 @@ from cliptune.training.distributed import (
     sync_gradients,
 )
 from cliptune.training.hard_negatives import build_index
+from cliptune.training.losses import LOSS_PARTS
 from cliptune.training.outputs import write_train_outputs
 from cliptune.training.step import (
     StepContext,
@@ -195,7 +196,7 @@ class Trainer:
             p, self.partial = self.partial, None
             run.batches, run.first = list(p["plan"].numpy()), p["step"]
             run.losses, run.norms, run.skipped = list(p["losses"]), list(p["norms"]), p["skipped"]
-            run.accs = list(p["accs"])
+            run.accs, run.parts = list(p["accs"]), list(p["parts"])
             self.ctx.image_gen.set_state(p["image_gen"])
             self.ctx.caption_rng.bit_generator.state = p["caption_rng"]
             run.prior_seconds = p["seconds"]
@@ -237,7 +238,8 @@ class Trainer:
                  for i in range(0, len(local), local_batch)]
         mined = self.negatives.lookup(rows) if self.negatives is not None else None
         ts.optimizer.zero_grad(set_to_none=True)
-        loss, acc = accumulated_backward(self.ctx, micro, ts.scaler, mined)
+        loss, acc, parts = accumulated_backward(self.ctx, micro, ts.scaler, mined)
+        parts = dict(zip(LOSS_PARTS, parts.tolist(), strict=True))
         lr_used = ts.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
         sync_gradients(ts.model, self.dist)
         norm, cause = apply_gradients(ts.model, ts.optimizer, ts.scaler, loss,
@@ -246,6 +248,7 @@ class Trainer:
             run.losses.append(loss.item())
             run.norms.append(norm)
             run.accs.append(acc.tolist())
+            run.parts.append(list(parts.values()))
         else:
             run.skipped += 1
             run.causes[cause] += 1
@@ -253,7 +256,8 @@ class Trainer:
                         ts.step, cause, loss.item())
         ts.scheduler.step()
         ts.step += 1
-        row = {"step": ts.step, "epoch": run.epoch + 1, "loss": loss.item(), "lr": lr_used,
+        row = {"step": ts.step, "epoch": run.epoch + 1, "loss": loss.item(), **parts,
+               "lr": lr_used,
                "temperature": float(1.0 / ts.model.scale().detach()),
                "acc_i2t": 100.0 * float(acc[0]), "acc_t2i": 100.0 * float(acc[1]),
                "grad_norm": math.nan if norm is None else norm,
@@ -273,7 +277,7 @@ class Trainer:
             save_state(self.state_path, self.ts, self.config_hash, partial={
                 "step": step + 1, "plan": torch.from_numpy(np.stack(run.batches)),
                 "losses": run.losses, "norms": run.norms, "skipped": run.skipped,
-                "accs": run.accs,
+                "accs": run.accs, "parts": run.parts,
                 "image_gen": self.ctx.image_gen.get_state(),
                 "caption_rng": self.ctx.caption_rng.bit_generator.state,
                 "seconds": run.seconds()})
@@ -318,7 +322,8 @@ class Trainer:
         ts, tcfg = self.ts, self.tcfg
         validated = val is not None
         val = val if validated else dict.fromkeys(
-            ("val_loss", "val_acc_i2t", "val_acc_t2i", "val_recall"), math.nan)
+            ("val_loss", "val_acc_i2t", "val_acc_t2i", "val_recall", "val_loss_infonce",
+             "val_loss_hinge"), math.nan)
         seconds = run.seconds()
         self.train_seconds += time.perf_counter() - run.t0
         self.train_images += (len(run.batches) - run.first) * self.step_batch
@@ -354,6 +359,8 @@ class Trainer:
     def _history_row(self, run: EpochRun, seconds: float, val: dict[str, float]) -> dict:
         ts = self.ts
         train_acc = (100.0 * np.mean(run.accs, axis=0)).tolist() if run.accs else [math.nan] * 2
+        train_parts = (np.mean(run.parts, axis=0).tolist() if run.parts
+                       else [math.nan] * len(LOSS_PARTS))
         return {
             "epoch": run.epoch + 1,
             "train_loss": sum(run.losses) / len(run.losses) if run.losses else math.nan,
@@ -372,6 +379,9 @@ class Trainer:
             "grad_norm_min": min(run.norms) if run.norms else math.nan,
             "grad_norm_max": max(run.norms) if run.norms else math.nan,
             "restarts": ts.restarts,
+            **{f"train_{p}": v for p, v in zip(LOSS_PARTS, train_parts, strict=True)},
+            "val_loss_infonce": val["val_loss_infonce"],
+            "val_loss_hinge": val["val_loss_hinge"],
         }
 
     def finish(self, out_dir: Path, write_outputs: bool) -> dict:

@@ -10,8 +10,8 @@ import torch
 
 from cliptune.data.pairs import PairData, validation_batches
 from cliptune.retrieval import mean_r1
-from cliptune.training.losses import batch_loss
-from cliptune.training.step import StepContext, embed, in_batch_accuracy, prepare
+from cliptune.training.losses import LOSS_PARTS, batch_loss
+from cliptune.training.step import StepContext, embed, in_batch_accuracy, prepare, stacked_parts
 
 log = logging.getLogger(__name__)
 
@@ -19,25 +19,32 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def validate(ctx: StepContext, data: PairData, batch_size: int,
              max_images: int | None = None) -> dict[str, float]:
-    """Validation loss (the training loss without mined negatives), in-batch top-1
-    accuracy both ways (the notebook's "Val Acc", batches of the training size, in %)
+    """Validation loss (the training loss without mined negatives) and its InfoNCE and
+    hinge parts (``val_loss_infonce``, ``val_loss_hinge``: NaN where the loss has none),
+    in-batch top-1 accuracy both ways (the notebook's "Val Acc", batches of the training size, in %)
     and recall: the mean of image->text and text->image R@1 over the first caption of
     each image against the whole split."""
     ctx.model.eval()
     total, count, images, texts = 0.0, 0, [], []
     correct = torch.zeros(2)
+    parts_total = torch.zeros(len(LOSS_PARTS), dtype=torch.float64)
     for rows in validation_batches(data, batch_size):
         if max_images and count >= max_images:
             break
         img, txt = embed(ctx, *prepare(ctx, data, rows, *data.fetch(rows), train=False))
-        total += float(batch_loss(ctx.tcfg, img, txt, ctx.model.scale())) * len(rows)
+        parts: dict = {}
+        total += float(batch_loss(ctx.tcfg, img, txt, ctx.model.scale(), parts=parts)) * len(rows)
+        parts_total += stacked_parts(parts).double().cpu() * len(rows)
         correct += in_batch_accuracy(img, txt).cpu() * len(rows)
         count += len(rows)
         images.append(img)
         texts.append(txt)
     img, txt = torch.cat(images), torch.cat(texts)
     acc = (100.0 * correct / max(1, count)).tolist()
-    out = {"val_loss": total / max(1, count), "val_acc_i2t": acc[0], "val_acc_t2i": acc[1]}
+    mean_parts = dict(zip(LOSS_PARTS, (parts_total / max(1, count)).tolist(), strict=True))
+    out = {"val_loss": total / max(1, count), "val_acc_i2t": acc[0], "val_acc_t2i": acc[1],
+           "val_loss_infonce": mean_parts["loss_infonce"],
+           "val_loss_hinge": mean_parts["loss_hinge"]}
     if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
         # Ranks of NaN scores mean nothing; the loss is NaN too, so the epoch is not "best".
         log.warning("validation embeddings are not finite: recall reported as NaN")
