@@ -28,6 +28,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/hpo.smk"
 include: "workflow/rules/search.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

@@ -176,6 +176,17 @@ def aggregate(smk) -> None:
                    Path(smk.output.paired), ks)
 
 
+def export(smk) -> None:
+    from cliptune.export.model_card import RunFiles
+    from cliptune.export.variant_export import export_variant
+
+    files = RunFiles(metrics=Path(smk.input.metrics), train_report=Path(smk.input.train_report),
+                     ablation=Path(smk.input.ablation), paired=Path(smk.input.paired),
+                     data_report=Path(smk.input.data_report))
+    export_variant(json.loads(smk.params.variant), Path(smk.input.model), _pairs(smk, "val"),
+                   files, smk.params.baseline, Path(smk.output[0]))
+
+
 def figures(smk) -> None:
     from cliptune.reporting.variant_figures import run_variant_figures
 
