@@ -176,15 +176,16 @@ def aggregate(smk) -> None:
                    Path(smk.output.paired), ks)
 
 
-def export(smk) -> None:
+def export_variant(smk) -> None:
+    from cliptune.export import variant_export
     from cliptune.export.model_card import RunFiles
-    from cliptune.export.variant_export import export_variant
 
     files = RunFiles(metrics=Path(smk.input.metrics), train_report=Path(smk.input.train_report),
                      ablation=Path(smk.input.ablation), paired=Path(smk.input.paired),
                      data_report=Path(smk.input.data_report))
-    export_variant(json.loads(smk.params.variant), Path(smk.input.model), _pairs(smk, "val"),
-                   files, smk.params.baseline, Path(smk.output[0]))
+    variant_export.export_variant(json.loads(smk.params.variant), Path(smk.input.model),
+                                  _pairs(smk, "val"), files, smk.params.baseline,
+                                  Path(smk.output[0]))
 
 
 def figures(smk) -> None:
@@ -298,7 +299,7 @@ STAGES: dict[str, Callable] = {f.__name__: f for f in (
     weights, demo_dataset, coco_archive, kaggle_flickr30k, coco_extract, captions, data_report,
     samples, image_cache, text_embeddings, backbone_features, train, loss_curves, hpo,
     evaluate, aggregate, figures, queries_across_variants, search_embed, search_text_to_image,
-    search_image_to_text, loss_overlay, summary)}
+    search_image_to_text, loss_overlay, summary, export_variant)}
 FETCHES_WEIGHTS = {"weights"}
 
 

@@ -33,7 +33,7 @@ rule export_variant:
     conda:
         ENV
     script:
-        "../scripts/export.py"
+        "../scripts/run_stage.py"
 
 
 rule export:

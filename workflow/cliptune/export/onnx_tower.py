@@ -62,6 +62,8 @@ def write_image_onnx(model: nn.Module, image_size: int, out: Path,
     tower = PixelTower(model).eval()
     dummy = torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8)
     path = out / ONNX_FILE
+    # dynamo=False: the TorchScript exporter needs only `onnx`; the torch.export-based one
+    # would add onnxscript to the extra. Deprecated in torch, present up to the 2.14 pin.
     with torch.no_grad():
         torch.onnx.export(tower, (dummy,), str(path), input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
