@@ -273,10 +273,11 @@ def _figures_report():
 
 
 def _run_figures(tmp_path, name="v"):
+    from cliptune.config import DEFAULTS
     from cliptune.reporting.variant_figures import run_variant_figures
 
     return run_variant_figures({"name": name, "eval": {"block_size": 4}}, _figures_report(),
-                               {"source": "demo", "demo": {"seed": 0}},
+                               {"source": "demo", "demo": DEFAULTS["dataset"]["demo"]},
                                tmp_path / "emb.safetensors", tmp_path / "metrics.json",
                                tmp_path / "caps.parquet", tmp_path / "img.npy",
                                tmp_path / "img.index.parquet", tmp_path / "figures",

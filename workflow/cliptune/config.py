@@ -205,7 +205,7 @@ def variant_seeds(cfg: Mapping, name: str) -> list[int]:
     if name == UNTRAINED:
         return [resolve_variant(cfg, name)["train"]["seed"]]
     train = _merged_variant(cfg, name)["train"]
-    return list(train["seeds"]) if train.get("seeds") else [train["seed"]]
+    return list(train["seeds"]) if train["seeds"] else [train["seed"]]
 
 
 def replicate_run(variant: str, seed: int) -> str:

@@ -157,7 +157,7 @@ def split_spec(dataset: dict, split: str) -> dict:
         "subset": split_subset(dataset, split),
     }
     if dataset["source"] not in ("demo", "coco"):
-        spec["annotations"] = dataset.get("annotations")
+        spec["annotations"] = dataset["annotations"]
         spec["holdout"] = dataset["holdout"]
     if dataset["source"] == "karpathy_coco":
         spec["use_restval"] = dataset["use_restval"]
@@ -274,7 +274,7 @@ def captions_inputs(dataset: dict, split: str) -> list[str]:
 
     label = dataset["splits"][source_split(dataset, split)]
     source, root = dataset["source"], dataset["root"]
-    if dataset.get("download") is True:
+    if dataset["download"] is True:
         names = needed_archives(dataset)
         if source == "coco":  # this split's images and the shared annotations zip
             names = [n for n in names if n in (ANNOTATIONS_ZIP, f"{label}.zip")]
@@ -295,7 +295,7 @@ def check_sources(dataset: dict) -> None:
     source, root = dataset["source"], Path(dataset["root"])
     if source == "demo":
         return
-    if dataset.get("download") == "kaggle":
+    if dataset["download"] == "kaggle":
         # The download rule writes both; captions placed by hand need their images too.
         if Path(dataset["annotations"]).is_file() and not root.is_dir():
             raise DatasetLayoutError(
@@ -304,11 +304,11 @@ def check_sources(dataset: dict) -> None:
                 f"{dataset['annotations']} to download both)")
         return
     if source == "coco":
-        if not dataset.get("download"):
+        if not dataset["download"]:
             check_coco_layout(root, sorted(set(dataset["splits"].values())))
         return
     missing = []
-    ann = dataset.get("annotations")
+    ann = dataset["annotations"]
     if ann and not Path(ann).is_file():
         hint = ""
         if source == "karpathy_coco":
@@ -317,12 +317,12 @@ def check_sources(dataset: dict) -> None:
         elif source == "flickr30k":
             hint = " (Karpathy's dataset_flickr30k.json or the Flickr30k results.csv)"
         missing.append(f"{ann}{hint}")
-    if source == "karpathy_coco" and not dataset.get("download"):
+    if source == "karpathy_coco" and not dataset["download"]:
         missing += [f"{root / f}/" for f in ("train2014", "val2014") if not (root / f).is_dir()]
     elif source == "folder":
         missing += [f"{root / f}/" for f in sorted(set(dataset["splits"].values()))
                     if not (root / f).is_dir()]
-    elif not root.is_dir() and not (source == "karpathy_coco" and dataset.get("download")):
+    elif not root.is_dir() and not (source == "karpathy_coco" and dataset["download"]):
         missing.append(f"{root}/ (dataset.root, the image folder)")
     if missing:
         raise DatasetLayoutError(f"dataset.source {source!r}: missing " + "; ".join(missing))

@@ -119,7 +119,7 @@ def instances_input(cfg: Mapping, split: str, tasks: Mapping[str, Task]) -> dict
     path = instances_file(cfg, split, tasks)
     if not path:
         return {}
-    if cfg["dataset"].get("download"):
+    if cfg["dataset"]["download"]:
         return {"instances": str(marker_path(cfg["dataset"]["root"], ANNOTATIONS_ZIP))}
     if not Path(path).is_file():
         coco = [t.name for t in tasks.values() if t.labels == "coco"]

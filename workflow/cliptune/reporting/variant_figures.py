@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from cliptune.config import DEFAULTS
 from cliptune.data.image_cache import cache_rows, open_cache
 from cliptune.evaluation.evaluate import variant_text_encoder
 from cliptune.evaluation.prompts import render
@@ -128,7 +127,7 @@ def _labels(task: Task, dataset: Mapping, art: EvalArtifacts,
                              "annotations/ folder, or set the task's labels: none")
         return coco_labels(instances, art.image_id, bare)
     if task.labels == "demo":
-        demo = {**DEFAULTS["dataset"]["demo"], **dataset.get("demo", {})}  # partial: defaults
+        demo = dataset["demo"]
         return demo_labels(art.image_id, bare, demo["seed"], demo["max_shapes"])
     if task.labels == "captions":
         return caption_labels(art.captions, art.text_image, art.n_images,
@@ -219,7 +218,7 @@ def _zero_shot_task(name: str, task: Task, top: int, dataset: Mapping, art: Eval
                     if "top1_accuracy" not in acc else
                     f"over {acc['n_images']} images: top-1 {acc['top1_accuracy']:.1f}% "
                     f"(chance {acc['chance_top1_accuracy']:.1f}%), top-5 "
-                    f"{acc.get('top5_accuracy', 0):.1f}%, mAP {acc['mAP']:.1f}%; labels from "
+                    f"{acc['top5_accuracy']:.1f}%, mAP {acc['mAP']:.1f}%; labels from "
                     f"{LABELS_OVER[task.labels]}")
     figures.plot_zero_shot(_Images(art, sample), task.names, probs[sample], png,
                            f"variant: {name} · task: {task.name}",

@@ -48,8 +48,7 @@ def main(argv=None) -> int:
     from cliptune.training.trainer import train_variant
 
     variant = spec["variant"]
-    if spec.get("threads"):
-        set_threads(spec["threads"])
+    set_threads(spec["threads"])
     ctx = init_from_env(variant["train"]["device"])
     try:
         log.info("rank %d of %d on %s", ctx.rank, ctx.world_size, ctx.device)
