@@ -43,7 +43,7 @@ def trial_variant(variant: Mapping, params: Mapping, hpo: Mapping, number: int,
     import optuna
 
     override = nest(params)
-    if hpo.get("epochs") is not None:
+    if hpo["epochs"] is not None:
         override = deep_merge(override, {"train": {"epochs": hpo["epochs"]}})
     merged = deep_merge(variant, override)
     merged["name"] = f"{variant['name']}-trial{number}"
