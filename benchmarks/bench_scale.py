@@ -363,15 +363,16 @@ def main(argv=None) -> int:
         f"{COCO_CAPTIONS:,} captions) = f + c * {COCO_IMAGES:,}. Evaluation grows with images "
         f"x captions, so its full-size figure is the val2014 ({VAL_IMAGES:,} x "
         f"{VAL_CAPTIONS:,}) run measured below, plus the bootstrap, not an extrapolation. "
-        "16 cores = the 2-core figure divided by 8 for image_cache, text_embeddings and "
-        "evaluate (parallel decode workers, torch threads: ideal scaling, an upper bound on "
-        "the speed-up); captions stays serial (one JSON parse). At these small sizes the "
+        "Every stage was measured with one thread / worker (the load left about one core "
+        "per job); 2 and 16 cores = that figure divided by 2 and 16 for image_cache, "
+        "text_embeddings and evaluate (decode workers, torch threads: ideal scaling, an upper "
+        "bound on the speed-up); captions stays serial (one JSON parse). At these small sizes the "
         "fixed costs and the load noise are a large share of each time, so treat the "
         "extrapolations as +-50%.",
         "",
-        "| stage | fixed f (s) | c: ms per image | exponent b | full COCO 2014, 2 cores "
-        "(this machine, under load) | 16 cores (ideal scaling) |",
-        "|---|---|---|---|---|---|"]
+        "| stage | fixed f (s) | c: ms per image | exponent b | full COCO 2014, 1 thread "
+        "(measured, under load) | 2 cores | 16 cores |",
+        "|---|---|---|---|---|---|---|"]
     full_times = {}
     for stage in STAGES:
         f, c, b = fit(sizes, [table[n][stage]["seconds"] for n in sizes])
@@ -384,12 +385,12 @@ def main(argv=None) -> int:
             est = f + c * COCO_IMAGES
             where = "all images"
         full_times[stage] = est
-        par = 1 if stage == "captions" else 8
+        serial = stage == "captions"
         lines.append(f"| {stage} | {f:.1f} | {1000 * c:.2f} | {b:.2f} | {_hms(est)} ({where}) | "
-                     f"{_hms(est / par)} |")
+                     f"{_hms(est if serial else est / 2)} | {_hms(est if serial else est / 16)} |")
     dominant = max(full_times, key=full_times.get)
     lines += ["", f"- Dominant stage at full COCO size: **{dominant}** "
-              f"({_hms(full_times[dominant])} of {_hms(sum(full_times.values()))} on 2 cores).",
+              f"({_hms(full_times[dominant])} of {_hms(sum(full_times.values()))} with one thread).",
               "- Peak RSS per stage at each size is in the first table: the caches stream "
               "(image_cache writes a memory-mapped array, text_embeddings holds only the "
               "M x 384 float32 result), and evaluation holds one block of scores at a time "
