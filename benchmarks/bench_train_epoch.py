@@ -301,8 +301,18 @@ def open_clip_table(variant: dict, steps: int, threads: int, repeats: int,
                      f"| {'met' if gap <= 0.05 else '**NOT met**'} |")
         notes.append(f"- {label}: per-repeat epoch seconds " + "; ".join(
             f"{k} " + ", ".join(f"{x:.2f}" for x in t[k])
-            for k in ("bare", "open_clip", "cliptune")) + ".")
+            for k in ("bare", "open_clip", "cliptune")) + ". " + noise_note(t, gap))
     return [*lines, "", *notes, ""]
+
+
+def noise_note(t: dict[str, list[float]], gap: float) -> str:
+    """Whether the gap exceeds what the same loop varied between its own repeats."""
+    spread = max(max(t[k]) / min(t[k]) - 1 for k in ("bare", "open_clip", "cliptune"))
+    if abs(gap) < spread:
+        return (f"The same loop varied by up to {spread * 100:.0f}% between its repeats, more "
+                f"than the {gap * 100:+.1f}% gap: under this load the comparison is "
+                "inconclusive; rerun on a quiet machine.")
+    return f"Largest repeat-to-repeat spread of one loop: {spread * 100:.0f}%."
 
 
 def _open_clip_version() -> str:
