@@ -170,7 +170,8 @@ def cliptune_epoch(variant: dict, data, device: torch.device, scratch: Path,
 
     trainer = Trainer(variant, data, data, scratch / "state.pt", DistContext.single(device),
                       show_progress=False, log_dir=None)
-    trainer.logger = TrainLogger(None, tensorboard=False, every=variant["train"]["log_every_steps"])
+    trainer.logger = TrainLogger(None, resume_step=None, tensorboard=False,
+                                 every=variant["train"]["log_every_steps"])
     for _ in range(warmup_epochs):  # cuDNN/cuBLAS selection, allocator, page cache
         trainer.run_epoch()
     sync(device)
