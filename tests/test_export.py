@@ -132,6 +132,23 @@ def consume(folder: Path, data, tmp: Path, lora_base: Path | None = None) -> dic
     return dict(np.load(tmp / "out.npz"))
 
 
+def run_card_usage(folder: Path) -> None:
+    """The card's usage snippet, run as written inside the exported folder (cliptune
+    unreachable) on a photo.jpg placed there."""
+    from PIL import Image
+
+    card = (folder / "README.md").read_text()
+    snippet = card.split("## Usage")[1].split("```python\n")[1].split("```")[0]
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(folder / "photo.jpg")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                              env=env, cwd=folder)
+    finally:
+        (folder / "photo.jpg").unlink()
+    assert proc.returncode == 0, f"{snippet}\n{proc.stderr[-2000:]}"
+
+
 def assert_matches_cliptune(got: dict, run: Path) -> None:
     ours = load_file(str(run / "embeddings.safetensors"))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -156,6 +173,8 @@ def test_export_loads_without_cliptune_and_embeds_as_cliptune(kind, tiny_clip_di
     assert card.startswith("---\n") and "model-index" in card
     metrics = json.loads(files.metrics.read_text())
     assert f"{metrics['i2t_R@1']:.1f} [" in card
+    if kind in ("trunk_head", "dual_encoder"):
+        run_card_usage(out)
     if kind == "trunk_head":
         assert manifest["format"] == "onnx" and (out / "image_tower.onnx").is_file()
         assert manifest["text_tower"]["pooling"] == "clip"
@@ -271,3 +290,4 @@ def test_snakemake_export_of_the_demo_baseline(repo, tmp_path):
     assert_matches_cliptune(consume(out, val, tmp_path), run)
     card = (out / "README.md").read_text()
     assert "efficientnet_lite0" in card and "baseline" in card
+    run_card_usage(out)

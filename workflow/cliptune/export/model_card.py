@@ -187,7 +187,7 @@ def render_card(variant: dict, baseline: str, files: RunFiles, library: str,
         f"- Image tower: {model['image']}",
         f"- Text tower: {model['text']}",
         f"- Trained: {model['trained']}; {report['trainable_parameters']:,} of "
-        f"{report['parameters']:,} parameters",
+        f"{report['parameters']:,} parameters trainable",
         f"- Loss: `{tcfg['loss']}`; temperature {temp}",
         f"- Input: {variant['image_size']} px images\n",
         "## Training data\n",

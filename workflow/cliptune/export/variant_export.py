@@ -33,11 +33,19 @@ out = model(**inputs); print(out.image_embeds @ out.text_embeds.T)  # both L2-no
 
 TOWER_USAGE = """\
 import numpy as np, onnxruntime as ort, torch; from PIL import Image, ImageOps
-from transformers import {loader} as M, AutoTokenizer
+from transformers import AutoTokenizer, {loader}
 img = np.asarray(ImageOps.fit(Image.open("photo.jpg").convert("RGB"), ({size}, {size}), Image.BICUBIC))[None]
 image_emb = ort.InferenceSession("{folder}/image_tower.onnx").run(None, {{"images": img}})[0]
-tok, text = AutoTokenizer.from_pretrained("{folder}/text"), M.from_pretrained("{folder}/text")  # then pool: {pooling} (README)
+tok, text = AutoTokenizer.from_pretrained("{folder}/text"), {loader}.from_pretrained("{folder}/text")
+batch = tok(["a red circle"], padding=True, truncation=True, max_length={max_length}, return_tensors="pt")
+{pool}
 """
+# How cliptune pools the frozen text tower (cliptune.models.text_encoder.TextEncoder).
+POOL_USAGE = {
+    "clip": "text_emb = torch.nn.functional.normalize(text(**batch).text_embeds, dim=-1)",
+    "mean": ("h, m = text(**batch).last_hidden_state, batch[\"attention_mask\"][..., None]\n"
+             "text_emb = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)"),
+}
 
 
 def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
@@ -106,7 +114,7 @@ def export_trunk_head(variant: dict, model, data: PairData, out: Path) -> tuple[
                 f"`text/`: the frozen text tower `{text['model']}` (save_pretrained)",
                 "`export.json`: preprocessing and pooling, machine-readable"]
     usage = TOWER_USAGE.format(folder=".", size=size, loader=text["loader"],
-                               pooling=text["pooling"])
+                               max_length=text["max_length"], pool=POOL_USAGE[text["pooling"]])
     return manifest, [contents, usage, notes]
 
 
