@@ -47,6 +47,8 @@ rule all:
             figure=[*VARIANT_FIGURES, *ZERO_SHOT_FIGURES],
         ),
         QUERIES_ACROSS_PNG,
+        # The current study's aggregates, copied to the top of results/ (report.smk).
+        expand("results/{file}", file=CURRENT_FILES),
 
 
 # Plots and reports take seconds: on a cluster (--profile profiles/slurm) they run
@@ -60,3 +62,4 @@ localrules:
     summary,
     samples,
     data_report,
+    current_study,

@@ -54,9 +54,9 @@ def dry_run(workdir: Path, repo: Path, *args: str) -> subprocess.CompletedProces
     return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), cwd=workdir)
 
 
-def trained_variants(proc: subprocess.CompletedProcess, dataset: str) -> set[str]:
+def trained_variants(proc: subprocess.CompletedProcess, study: str) -> set[str]:
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    prefix = f"results/{dataset}/variants/"
+    prefix = f"results/{study}/variants/"
     text = proc.stdout + proc.stderr
     return {line.split(prefix)[1].split("/")[0]
             for line in text.splitlines() if "output:" in line and prefix in line
@@ -71,20 +71,20 @@ def test_override_merges_over_the_default_config(workdir, repo):
     # The reported failure: "'dataset' is a required property".
     proc = dry_run(workdir, repo, "--config", "train={epochs: 1}")
     expected = set(shipped(repo, "config.yaml")["variants"]) | {"untrained"}
-    assert trained_variants(proc, "coco2014") == expected
+    assert trained_variants(proc, "lab") == expected
 
 
 def test_nested_and_top_level_overrides_keep_the_rest(workdir, repo):
     # dataset.name alone: source, root and splits must still come from config.yaml,
-    # and include_untrained=false must arrive as a boolean.
+    # and include_untrained=false must arrive as a boolean; study= moves the outputs.
     proc = dry_run(workdir, repo, "--config", "dataset={name: coco_small}",
-                   "include_untrained=false")
-    assert trained_variants(proc, "coco_small") == set(shipped(repo, "config.yaml")["variants"])
+                   "include_untrained=false", "study=lab_small")
+    assert trained_variants(proc, "lab_small") == set(shipped(repo, "config.yaml")["variants"])
 
 
 def test_configfile_replaces_the_default_and_overrides_merge_over_it(workdir, repo):
     proc = dry_run(workdir, repo, "--configfile", "config/demo.yaml",
-                   "--config", "dataset={name: demo_small, demo: {train_images: 50}}")
+                   "--config", "study=demo_small", "dataset={demo: {train_images: 50}}")
     # Only the demo's variants: nothing inherited from config.yaml (no lora_clip).
     assert trained_variants(proc, "demo_small") == set(shipped(repo, "demo.yaml")["variants"]) | {
         "untrained"}
@@ -92,7 +92,7 @@ def test_configfile_replaces_the_default_and_overrides_merge_over_it(workdir, re
 
 def test_configfiles_stack_left_to_right(workdir, repo):
     (workdir / "overlay.yaml").write_text(yaml.safe_dump(
-        {"dataset": {"name": "overlaid"}, "variants": {"extra": {"train": {"lr": 3e-4}}}}))
+        {"study": "overlaid", "variants": {"extra": {"train": {"lr": 3e-4}}}}))
     proc = dry_run(workdir, repo, "--configfile", "config/config.yaml", "overlay.yaml")
     expected = set(shipped(repo, "config.yaml")["variants"]) | {"extra", "untrained"}
     assert trained_variants(proc, "overlaid") == expected

@@ -94,7 +94,7 @@ def test_overlay_changes_only_what_cannot_run_here(path, toy_sources, tiny_clip_
 
 
 def hpo_dir(cfg: dict) -> Path:
-    return Path("results", cfg["dataset"]["name"], "hpo", cfg["baseline"])
+    return Path("results", load_config(cfg)["study"], "hpo", cfg["baseline"])
 
 
 def run_all(workdir: Path, cfg: dict) -> subprocess.CompletedProcess:
@@ -135,7 +135,7 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
     print(f"{path.name}: rule all in {seconds:.0f} s")  # recorded in README (tests)
     full = load_config(toy)
     variants = variant_names(full)
-    vdir = tmp_path / "results" / full["dataset"]["name"] / "variants"
+    vdir = tmp_path / "results" / full["study"] / "variants"
     for name in variants:
         metrics = json.loads((vdir / name / "metrics.json").read_text())
         assert 0 <= metrics["i2t_R@1"] <= 100 and 0 <= metrics["t2i_R@1"] <= 100, name
@@ -148,7 +148,7 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert summary_rows(summary) >= set(variants), summary
     if "hpo" in toy:
-        check_hpo_outputs(tmp_path / hpo_dir(full), full)
+        check_hpo_outputs(tmp_path / hpo_dir(toy), full)
     if path.name == "coco20k_lora.yaml":
         check_three_lora_models(vdir, summary)
 

@@ -63,6 +63,8 @@ def load_config(config: Mapping) -> dict:
     if space is not None:  # a given space replaces the default one (keys left out: not searched)
         cfg["hpo"]["space"] = copy.deepcopy(dict(space))
     resolve_dataset(cfg["dataset"], config["dataset"])
+    # The study's folder, results/{study}/: a study over a dataset is named after it by default.
+    cfg["study"] = cfg["study"] or cfg["dataset"]["name"]
     variants = cfg["variants"]
     for name, override in variants.items():
         given = {*(config.get("train") or {}), *((override or {}).get("train") or {})}

@@ -293,13 +293,19 @@ def summary(smk) -> None:
                   queries_png=Path(smk.input.queries_png))
 
 
+def current_study(smk) -> None:
+    from cliptune.study_outputs import copy_current
+
+    copy_current(Path(smk.input[0]), Path(smk.output[0]))
+
+
 # Rule name -> its stage. Only the weights rule reaches the network (for the weights
 # every other stage then loads from disk).
 STAGES: dict[str, Callable] = {f.__name__: f for f in (
     weights, demo_dataset, coco_archive, kaggle_flickr30k, coco_extract, captions, data_report,
     samples, image_cache, text_embeddings, backbone_features, train, loss_curves, hpo,
     evaluate, aggregate, figures, queries_across_variants, search_embed, search_text_to_image,
-    search_image_to_text, loss_overlay, summary, export_variant)}
+    search_image_to_text, loss_overlay, summary, export_variant, current_study)}
 FETCHES_WEIGHTS = {"weights"}
 
 

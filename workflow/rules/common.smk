@@ -22,6 +22,7 @@ from cliptune.config import (
     variant_names,
 )
 from cliptune.dataset_config import split_names
+from cliptune.study_outputs import CURRENT_FILES
 
 try:
     # --config values arrive as strings; read them as YAML before validating.
@@ -62,12 +63,15 @@ ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.
 # train.subset differs from the study's (train-all, train-{N}-random{seed}, ...).
 CACHE_SPLITS = list(dict.fromkeys([*SPLITS, *(v["train_split"] for v in RESOLVED.values())]))
 
-RESULTS = f"results/{DS}"
-LOGS = f"logs/{DS}"
+# Every output of this study lives in its own folder, so studies never overwrite each
+# other; results/<file> of CURRENT_FILES are copies of the current study's (report.smk).
+STUDY = CFG["study"]
+RESULTS = f"results/{STUDY}"
+LOGS = f"logs/{STUDY}"
 VARIANT_DIR = os.path.join(RESULTS, "variants", "{variant}")
-ABLATION_CSV = "results/ablation.csv"
-ABLATION_PNG = "results/ablation_bar.png"
-PAIRED_CSV = "results/paired_vs_baseline.csv"
+ABLATION_CSV = f"{RESULTS}/ablation.csv"
+ABLATION_PNG = f"{RESULTS}/ablation_bar.png"
+PAIRED_CSV = f"{RESULTS}/paired_vs_baseline.csv"
 
 # Name every missing dataset file before any job runs (downloaded files excepted).
 try:

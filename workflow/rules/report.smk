@@ -2,9 +2,9 @@
 # Every figure is flagged with report(): category, caption (.rst in workflow/report/).
 from cliptune.reporting.variant_description import describe, uses_temperature
 
-LOSS_OVERLAY_PNG = "results/loss_overlay.png"
-QUERIES_ACROSS_PNG = "results/queries_across_variants.png"
-SUMMARY_MD = "results/summary.md"
+LOSS_OVERLAY_PNG = f"{RESULTS}/loss_overlay.png"
+QUERIES_ACROSS_PNG = f"{RESULTS}/queries_across_variants.png"
+SUMMARY_MD = f"{RESULTS}/summary.md"
 
 
 report: "../report/workflow.rst"
@@ -181,6 +181,28 @@ rule summary:
         f"{LOGS}/summary.log",
     benchmark:
         f"{LOGS}/summary.benchmark.tsv",
+    conda:
+        ENV
+    script:
+        "../scripts/run_stage.py"
+
+
+# results/<file>: the current config's study, copied (Markdown links rewritten into the
+# study folder). Switching --configfile changes the input, so only these copies rerun.
+rule current_study:
+    input:
+        f"{RESULTS}/{{file}}",
+    output:
+        "results/{file}",
+    wildcard_constraints:
+        file="|".join(re.escape(f) for f in CURRENT_FILES),
+    params:
+        study=STUDY,
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    log:
+        f"{LOGS}/current_study/{{file}}.log",
     conda:
         ENV
     script:

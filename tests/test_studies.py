@@ -1,0 +1,99 @@
+"""Study folders: every study's outputs under results/{study}/, the current study's
+aggregates copied to results/, and two studies side by side in one working directory."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import planned, planned_jobs, snakemake, write_config
+
+from cliptune.config import DEFAULTS, ConfigError, load_config
+from cliptune.study_outputs import CURRENT_FILES, copy_current, relink_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_study_defaults_to_the_dataset_name():
+    assert DEFAULTS["study"] is None
+    cfg = {"dataset": {"name": "mine", "source": "demo"}, "variants": {"baseline": {}}}
+    assert load_config(cfg)["study"] == "mine"
+    assert load_config({**cfg, "study": "ablation_2"})["study"] == "ablation_2"
+    with pytest.raises(ConfigError, match="study"):
+        load_config({**cfg, "study": "a/b"})
+
+
+def test_every_shipped_config_names_its_own_study():
+    studies = {p.name: yaml.safe_load(p.read_text())["study"]
+               for p in sorted((REPO / "config").glob("*.yaml"))}
+    assert len(set(studies.values())) == len(studies), studies
+
+
+def test_relinked_markdown_points_into_the_study(tmp_path):
+    text = ("![chart](ablation_bar.png)\n![fig](variants/a/figures/x.png \"t\")\n"
+            "[web](https://example.org/x.png) [top](#results) [abs](/tmp/x.png)\n")
+    out = relink_markdown(text, Path("results/lab"), Path("results"))
+    assert out == ("![chart](lab/ablation_bar.png)\n![fig](lab/variants/a/figures/x.png \"t\")\n"
+                   "[web](https://example.org/x.png) [top](#results) [abs](/tmp/x.png)\n")
+    # Every relinked target exists when the study's files do.
+    study = tmp_path / "results" / "lab"
+    (study / "variants/a/figures").mkdir(parents=True)
+    (study / "variants/a/figures/x.png").write_bytes(b"png")
+    (study / "summary.md").write_text("![fig](variants/a/figures/x.png)\n")
+    copy_current(study / "summary.md", tmp_path / "results" / "summary.md")
+    link = (tmp_path / "results" / "summary.md").read_text().split("(")[1].split(")")[0]
+    assert (tmp_path / "results" / link).read_bytes() == b"png"
+
+
+def toy_study(study: str, variants: dict) -> dict:
+    """The demo config at toy scale under its own study name and variants."""
+    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    cfg = copy.deepcopy(cfg)
+    cfg["study"] = study
+    cfg["dataset"]["demo"].update(train_images=40, val_images=16, image_size=40)
+    cfg["dataset"]["selection"]["images"] = 4
+    cfg["image_size"] = 32
+    cfg["model"].update(backbone="resnet18", weights=None, head={"hidden_dim": 32, "depth": 2,
+                                                                 "norm": "none"})
+    cfg["train"].update(epochs=1, batch_size=8)
+    cfg["include_untrained"] = False
+    cfg["report"]["zero_shot"]["tasks"] = {"shapes": cfg["report"]["zero_shot"]["tasks"]["shapes"]}
+    cfg["variants"] = variants
+    cfg.pop("hpo")
+    return cfg
+
+
+@pytest.mark.slow
+def test_two_studies_in_one_working_directory(tmp_path, repo):
+    first = toy_study("first", {"baseline": {}})
+    second = toy_study("second", {"baseline": {}, "bn": {"model": {"head": {"norm": "batchnorm"}}}})
+    write_config(tmp_path, first)
+    snakemake(tmp_path, repo)
+    summary_first = (tmp_path / "results/first/summary.md").read_text()
+
+    write_config(tmp_path, second)
+    snakemake(tmp_path, repo)
+    for study, variants in (("first", ["baseline"]), ("second", ["baseline", "bn"])):
+        out = tmp_path / "results" / study
+        assert sorted(p.name for p in (out / "variants").iterdir()) == variants
+        for name in CURRENT_FILES:
+            assert (out / name).stat().st_size > 0, (study, name)
+        assert (tmp_path / "logs" / study / "summary.log").is_file()
+    # The first study's summary is untouched; the top-level copies are the second's.
+    assert (tmp_path / "results/first/summary.md").read_text() == summary_first
+    assert (tmp_path / "results/ablation.csv").read_bytes() == (
+        tmp_path / "results/second/ablation.csv").read_bytes()
+    assert "| bn" in (tmp_path / "results/summary.md").read_text()
+
+    # Back to the first study: only the top-level copies are redone.
+    write_config(tmp_path, first)
+    assert set(planned_jobs(snakemake(tmp_path, repo, "-n"))) == {"current_study", "all"}
+    jobs = planned(snakemake(tmp_path, repo, "-n"))
+    assert sorted(w for r, w in jobs if r == "current_study") == sorted(
+        f"file={name}" for name in CURRENT_FILES)
+    snakemake(tmp_path, repo)
+    assert (tmp_path / "results/ablation.csv").read_bytes() == (
+        tmp_path / "results/first/ablation.csv").read_bytes()
+    assert planned_jobs(snakemake(tmp_path, repo, "-n")) == {}
