@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cliptune.cache_keys import captions_paths
 from cliptune.config import ConfigError, load_config
 from cliptune.data import captions as cap
 from cliptune.data import dataset_formats as fmt
@@ -492,12 +493,13 @@ def test_download_rules_fetch_verify_extract(zip_server, tmp_path, repo):
                        "size": len(data), "md5": hashlib.md5(data).hexdigest()}
     work = tmp_path / "work"
     work.mkdir()
-    write_config(work, {"dataset": {"name": "dl", "source": "coco", "download": True,
-                                    "root": "coco", "download_files": files,
-                                    "selection": {"images": 1}},
-                        "variants": VARIANTS})
-    snakemake(work, repo, "results/dl/captions/train.parquet")
-    caps = pd.read_parquet(work / "results/dl/captions/train.parquet")
+    cfg = {"dataset": {"name": "dl", "source": "coco", "download": True, "root": "coco",
+                       "download_files": files, "selection": {"images": 1}},
+           "variants": VARIANTS}
+    write_config(work, cfg)
+    target = captions_paths(load_config(cfg)["dataset"], "train")["captions"]
+    snakemake(work, repo, target)
+    caps = pd.read_parquet(work / target)
     # 6 train2014 images, one held out to select the model.
     assert caps["image_id"].nunique() == 5 and (work / "coco/train2014").is_dir()
     assert (work / "coco/.train2014.zip.complete").is_file()

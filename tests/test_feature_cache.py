@@ -4,6 +4,7 @@ training from pixels."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -193,10 +194,12 @@ def test_backbone_list_matches_the_models():
 def test_feature_paths_only_for_cacheable_variants():
     from cliptune.data.feature_keys import feature_paths
 
-    paths = feature_paths("results/t", _variant(), "val", "val")
-    assert paths == {"val_features": "results/t/features/resnet18-random-s3-pooled/val_32.npy",
-                     "val_features_meta": "results/t/features/resnet18-random-s3-pooled/val_32.json"}
-    assert feature_paths("results/t", _variant(freeze_backbone=False), "val", "val") == {}
+    # Named by trunk and by the image cache the features are computed from.
+    paths = feature_paths("c/features", _variant(), "val-32px-abc", "val")
+    assert paths == {"val_features": "c/features/resnet18-random-s3-pooled/val-32px-abc.npy",
+                     "val_features_meta": "c/features/resnet18-random-s3-pooled/val-32px-abc.json"}
+    assert feature_paths("c/features", _variant(freeze_backbone=False), "val-32px-abc",
+                         "val") == {}
 
 
 def test_dag_builds_features_once_for_frozen_variants(tmp_path, repo):
@@ -209,5 +212,5 @@ def test_dag_builds_features_once_for_frozen_variants(tmp_path, repo):
     proc = snakemake(tmp_path, repo, "-n")
     # Both frozen variants share one trunk: one cache per split, not per variant.
     assert planned_jobs(proc)["backbone_features"] == 2
-    assert "resnet18-random-s0-pooled/train_32.npy" in proc.stdout
+    assert re.search(r"features/resnet18-random-s0-pooled/train-32px-[0-9a-f]+\.npy", proc.stdout)
     assert planned_jobs(proc)["train"] == 5

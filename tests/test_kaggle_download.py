@@ -159,11 +159,14 @@ def test_the_workflow_downloads_then_builds_captions_and_the_image_cache(tmp_pat
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(fake.parent), os.environ.get("PYTHONPATH", "")]))
-    target = "results/fk/images/train_32.npy"
+    from cliptune.cache_keys import captions_paths, image_paths
+
+    dataset = load_config(cfg)["dataset"]
+    target = image_paths(dataset, "train", 32)["array"]
     jobs = planned_jobs(snakemake(work, repo, "-n", target))
     assert jobs == {"kaggle_flickr30k": 1, "captions": 1, "image_cache": 1}
     snakemake(work, repo, target)
     assert (work / KAGGLE_IMAGES).is_symlink()
-    captions = pd.read_parquet(work / "results/fk/captions/train.parquet")
+    captions = pd.read_parquet(work / captions_paths(dataset, "train")["captions"])
     assert captions["file_name"].nunique() == N_IMAGES - 4  # 2 val + 2 test held out
     assert planned_jobs(snakemake(work, repo, "-n", target)) == {}  # nothing downloads again

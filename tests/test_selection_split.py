@@ -228,10 +228,10 @@ def test_train_and_hpo_read_the_selection_split_and_evaluate_the_reported_one(tm
                      "results/tiny/hpo/baseline/best_overlay.yaml")
     for rule in ("train", "hpo"):
         (inputs,) = job_inputs(proc, rule)
-        assert "captions/select.parquet" in inputs and "images/select_32.npy" in inputs
-        assert "captions/val.parquet" not in inputs and "val_32" not in inputs
+        assert "captions/select-" in inputs and "images/select-32px-" in inputs
+        assert "captions/val-" not in inputs and "val-32px" not in inputs
     (inputs,) = job_inputs(proc, "evaluate")
-    assert "captions/val.parquet" in inputs and "select" not in inputs
+    assert "captions/val-" in inputs and "select" not in inputs
 
 
 def test_hpo_with_a_test_split_selects_on_val_and_never_reads_test(tmp_path, repo):
@@ -243,5 +243,5 @@ def test_hpo_with_a_test_split_selects_on_val_and_never_reads_test(tmp_path, rep
     write_config(tmp_path, cfg)
     proc = snakemake(tmp_path, repo, "-n", "results/fk/hpo/baseline/best_overlay.yaml")
     (inputs,) = job_inputs(proc, "hpo")
-    assert "captions/train.parquet" in inputs and "captions/val.parquet" in inputs
+    assert "captions/train-" in inputs and "captions/val-" in inputs
     assert "test" not in inputs

@@ -1,5 +1,6 @@
 """Study folders: every study's outputs under results/{study}/, the current study's
-aggregates copied to results/, and two studies side by side in one working directory."""
+aggregates copied to results/, and two studies side by side in one working directory
+sharing one set of caches (results/cache/)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ def test_relinked_markdown_points_into_the_study(tmp_path):
     assert (tmp_path / "results" / link).read_bytes() == b"png"
 
 
+def cache_files(workdir: Path) -> dict[str, tuple[int, int]]:
+    """Every file under results/cache/ -> its size (with its mtime: rewritten files differ)."""
+    root = workdir / "results" / "cache"
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def toy_study(study: str, variants: dict) -> dict:
     """The demo config at toy scale under its own study name and variants."""
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
@@ -72,9 +80,16 @@ def test_two_studies_in_one_working_directory(tmp_path, repo):
     write_config(tmp_path, first)
     snakemake(tmp_path, repo)
     summary_first = (tmp_path / "results/first/summary.md").read_text()
+    cache = cache_files(tmp_path)
+    assert {p.split("/")[0] for p in cache} == {"captions", "images", "text"}
 
+    # The second study reads the same data: its caches are the first study's.
     write_config(tmp_path, second)
+    jobs = planned_jobs(snakemake(tmp_path, repo, "-n"))
+    assert not {"demo_dataset", "captions", "image_cache", "text_embeddings"} & set(jobs), jobs
     snakemake(tmp_path, repo)
+    assert cache_files(tmp_path) == cache  # not one cache file added or rewritten
+    print(f"results/cache after both studies: {sum(n for n, _ in cache.values()):,} bytes")
     for study, variants in (("first", ["baseline"]), ("second", ["baseline", "bn"])):
         out = tmp_path / "results" / study
         assert sorted(p.name for p in (out / "variants").iterdir()) == variants

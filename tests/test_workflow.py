@@ -55,6 +55,14 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
     return jobs
 
 
+def caption_table(split: str, cfg: dict = TINY) -> str:
+    """The shared caption cache of one split of ``cfg`` (cliptune.cache_keys)."""
+    from cliptune.cache_keys import captions_paths
+    from cliptune.config import load_config
+
+    return captions_paths(load_config(cfg)["dataset"], split)["captions"]
+
+
 def write_config(workdir: Path, cfg: dict) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
@@ -70,7 +78,7 @@ def finished_run(tmp_path_factory, repo):
 def test_outputs_of_every_stage(finished_run):
     w = finished_run
     assert (w / "resources/tiny/annotations/captions_train2014.json").is_file()
-    caps = pd.read_parquet(w / "results/tiny/captions/val.parquet")
+    caps = pd.read_parquet(w / caption_table("val"))
     assert list(caps.columns) == ["image_id", "caption_id", "caption", "file_name", "split"]
     assert caps["image_id"].is_monotonic_increasing and len(caps) == 40 * 5
     table = pd.read_csv(w / "results/ablation.csv")
@@ -100,8 +108,8 @@ def test_outputs_of_every_stage(finished_run):
         assert len(hist) == (0 if variant == "untrained" else 2)
         assert (vdir / "loss_curves.png").is_file()
     # Selection on the `select` holdout of train (6 = 96 x 5000/82783), reporting on val.
-    select = pd.read_parquet(w / "results/tiny/captions/select.parquet")
-    train = pd.read_parquet(w / "results/tiny/captions/train.parquet")
+    select = pd.read_parquet(w / caption_table("select"))
+    train = pd.read_parquet(w / caption_table("train"))
     assert select["image_id"].nunique() == 6 and train["image_id"].nunique() == 90
     assert not set(select["file_name"]) & (set(train["file_name"]) | set(caps["file_name"]))
     for variant in ("baseline", "bn_head"):
@@ -230,7 +238,7 @@ def test_search_your_own_images(finished_run, repo, tmp_path):
     assert set(t2i["file"]) <= {"p0.jpg", "p1.jpg", "p2.jpg"}
     i2t = pd.read_csv(out / "image_to_text.csv")
     assert i2t["file"].tolist() == ["p0.jpg", "p0.jpg", "p1.jpg", "p1.jpg", "p2.jpg", "p2.jpg"]
-    val = pd.read_parquet(finished_run / "results/tiny/captions/val.parquet")
+    val = pd.read_parquet(finished_run / caption_table("val"))
     assert set(i2t["caption"]) <= set(val["caption"])  # captions of the evaluation split
     for png in ("text_to_image.png", "image_to_text.png"):
         assert (out / png).stat().st_size > 10_000

@@ -82,7 +82,7 @@ def samples(smk) -> None:
 def image_cache(smk) -> None:
     from cliptune.data.image_cache import build_image_cache
 
-    build_image_cache(Path(smk.input.captions), Path(smk.params.root), int(smk.wildcards.size),
+    build_image_cache(Path(smk.input.captions), Path(smk.params.root), int(smk.params.size),
                       Path(smk.output.array), Path(smk.output.index), workers=smk.threads,
                       max_bad_fraction=smk.params.max_bad_fraction)
 

@@ -12,10 +12,19 @@ from cliptune.hpo_space import check_applies
 from cliptune.job_resources import grow
 from cliptune.models.weights import WEIGHTS_DIR, encoder_markers, needed_weights, weight_key
 from cliptune.models.weights import marker_path as weights_marker
+from cliptune.cache_keys import (
+    CACHE,
+    CACHE_LOGS,
+    captions_key,
+    captions_paths,
+    image_key,
+    image_paths,
+    text_key,
+    text_path,
+)
 from cliptune.config import (
     ConfigError,
     canonical_json,
-    encoder_key,
     load_config,
     resolve_run,
     run_names,
@@ -57,11 +66,19 @@ except GpuRequestError as exc:
 # key: its spec; per variant: the markers its model-loading jobs wait for.
 WEIGHT_SPECS = {weight_key(s): s for v in RESOLVED.values() for s in needed_weights(v)}
 VARIANT_WEIGHTS = {n: [weights_marker(s) for s in needed_weights(v)] for n, v in RESOLVED.items()}
-# Encoder cache key -> encoder settings, for every encoder some variant uses.
-ENCODERS = {encoder_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
+# Text cache key -> encoder settings, for every encoder some variant uses.
+ENCODERS = {text_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.values()}
 # Splits with caches: the study's, plus the training split of each variant whose
 # train.subset differs from the study's (train-all, train-{N}-random{seed}, ...).
 CACHE_SPLITS = list(dict.fromkeys([*SPLITS, *(v["train_split"] for v in RESOLVED.values())]))
+# The shared caches are addressed by content (cliptune.cache_keys), not by study, so
+# studies over the same data share them: key -> split, and image key -> (split, size).
+CAPTION_KEYS = {captions_key(CFG["dataset"], split): split for split in CACHE_SPLITS}
+IMAGE_KEYS = {
+    image_key(CFG["dataset"], split, size): (split, size)
+    for split in CACHE_SPLITS
+    for size in sorted({v["image_size"] for v in RESOLVED.values()})
+}
 
 # Every output of this study lives in its own folder, so studies never overwrite each
 # other; results/<file> of CURRENT_FILES are copies of the current study's (report.smk).
@@ -81,10 +98,10 @@ except FileNotFoundError as exc:
 
 
 wildcard_constraints:
-    split="|".join(re.escape(split) for split in CACHE_SPLITS),
     variant="|".join(re.escape(run) for run in ALL_RUNS),
-    encoder="|".join(ENCODERS),
-    size=r"\d+",
+    encoder="|".join(re.escape(key) for key in ENCODERS),
+    ckey="|".join(re.escape(key) for key in CAPTION_KEYS),
+    ikey="|".join(re.escape(key) for key in IMAGE_KEYS),
 
 
 def variant_json(wildcards):
@@ -108,11 +125,10 @@ def hpo_json(variant):
 def pair_inputs(variant, split, prefix):
     """Captions, text cache and image cache of one split as seen by one variant."""
     v = RESOLVED[variant]
-    key = encoder_key(v["text_encoder"])
-    size = v["image_size"]
+    images = image_paths(CFG["dataset"], split, v["image_size"])
     return {
-        f"{prefix}_captions": f"{RESULTS}/captions/{split}.parquet",
-        f"{prefix}_text": f"{RESULTS}/text/{key}/{split}.safetensors",
-        f"{prefix}_array": f"{RESULTS}/images/{split}_{size}.npy",
-        f"{prefix}_index": f"{RESULTS}/images/{split}_{size}.index.parquet",
+        f"{prefix}_captions": captions_paths(CFG["dataset"], split)["captions"],
+        f"{prefix}_text": text_path(CFG["dataset"], split, v["text_encoder"]),
+        f"{prefix}_array": images["array"],
+        f"{prefix}_index": images["index"],
     }

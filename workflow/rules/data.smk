@@ -1,6 +1,7 @@
 import re
 
-from cliptune.data.captions import captions_inputs, split_spec
+from cliptune.cache_keys import image_params, split_spec
+from cliptune.data.captions import captions_inputs
 from cliptune.data.coco_download import (
     archive_path,
     archive_specs,
@@ -25,9 +26,9 @@ if CFG["dataset"]["source"] == "demo":
             mem_mb=4000,
             runtime=30,
         log:
-            f"{LOGS}/demo_dataset.log",
+            f"{CACHE_LOGS}/demo_dataset/{DS}.log",
         benchmark:
-            f"{LOGS}/demo_dataset.benchmark.tsv",
+            f"{CACHE_LOGS}/demo_dataset/{DS}.benchmark.tsv",
         conda:
             ENV
         script:
@@ -58,9 +59,9 @@ if DATASET["download"] == "kaggle":
             mem_mb=2000,
             runtime=600,
         log:
-            f"{LOGS}/download/kaggle_flickr30k.log",
+            f"{CACHE_LOGS}/download/kaggle_flickr30k.log",
         benchmark:
-            f"{LOGS}/download/kaggle_flickr30k.benchmark.tsv",
+            f"{CACHE_LOGS}/download/kaggle_flickr30k.benchmark.tsv",
         conda:
             ENV
         script:
@@ -92,9 +93,9 @@ if DATASET["download"] is True:
             mem_mb=2000,
             runtime=600,
         log:
-            f"{LOGS}/download/{{archive}}.log",
+            f"{CACHE_LOGS}/download/{{archive}}.log",
         benchmark:
-            f"{LOGS}/download/{{archive}}.benchmark.tsv",
+            f"{CACHE_LOGS}/download/{{archive}}.benchmark.tsv",
         conda:
             ENV
         script:
@@ -113,9 +114,9 @@ if DATASET["download"] is True:
             mem_mb=4000,
             runtime=240,
         log:
-            f"{LOGS}/download/{{archive}}.extract.log",
+            f"{CACHE_LOGS}/download/{{archive}}.extract.log",
         benchmark:
-            f"{LOGS}/download/{{archive}}.extract.benchmark.tsv",
+            f"{CACHE_LOGS}/download/{{archive}}.extract.benchmark.tsv",
         conda:
             ENV
         script:
@@ -124,19 +125,19 @@ if DATASET["download"] is True:
 
 rule captions:
     input:
-        lambda w: captions_inputs(DATASET, w.split),
+        lambda w: captions_inputs(DATASET, CAPTION_KEYS[w.ckey]),
     output:
-        parquet=f"{RESULTS}/captions/{{split}}.parquet",
-        source=f"{RESULTS}/captions/{{split}}.source.json",
+        parquet=f"{CACHE}/captions/{{ckey}}.parquet",
+        source=f"{CACHE}/captions/{{ckey}}.source.json",
     params:
-        spec=lambda w: canonical_json(split_spec(DATASET, w.split)),
+        spec=lambda w: canonical_json(split_spec(DATASET, CAPTION_KEYS[w.ckey])),
     resources:
         mem_mb=8000,
         runtime=30,
     log:
-        f"{LOGS}/captions/{{split}}.log",
+        f"{CACHE_LOGS}/captions/{{ckey}}.log",
     benchmark:
-        f"{LOGS}/captions/{{split}}.benchmark.tsv",
+        f"{CACHE_LOGS}/captions/{{ckey}}.benchmark.tsv",
     conda:
         ENV
     script:
@@ -145,21 +146,22 @@ rule captions:
 
 rule image_cache:
     input:
-        captions=f"{RESULTS}/captions/{{split}}.parquet",
+        captions=lambda w: captions_paths(DATASET, IMAGE_KEYS[w.ikey][0])["captions"],
     output:
-        array=f"{RESULTS}/images/{{split}}_{{size}}.npy",
-        index=f"{RESULTS}/images/{{split}}_{{size}}.index.parquet",
+        array=f"{CACHE}/images/{{ikey}}.npy",
+        index=f"{CACHE}/images/{{ikey}}.index.parquet",
     params:
-        root=ROOT,
-        max_bad_fraction=CFG["dataset"]["max_bad_image_fraction"],
+        # Everything here is in the image key: a shared cache never sees two values.
+        size=lambda w: IMAGE_KEYS[w.ikey][1],
+        **image_params(DATASET),
     threads: CFG["image_cache"]["workers"]
     resources:
         mem_mb=16000,
         runtime=240,
     log:
-        f"{LOGS}/image_cache/{{split}}_{{size}}.log",
+        f"{CACHE_LOGS}/images/{{ikey}}.log",
     benchmark:
-        f"{LOGS}/image_cache/{{split}}_{{size}}.benchmark.tsv",
+        f"{CACHE_LOGS}/images/{{ikey}}.benchmark.tsv",
     conda:
         ENV
     script:
@@ -168,11 +170,9 @@ rule image_cache:
 
 rule data_report:
     input:
-        captions=expand(f"{RESULTS}/captions/{{split}}.parquet", split=SPLITS),
-        sources=expand(f"{RESULTS}/captions/{{split}}.source.json", split=SPLITS),
-        indexes=expand(
-            f"{RESULTS}/images/{{split}}_{REPORT_SIZE}.index.parquet", split=SPLITS
-        ),
+        captions=[captions_paths(DATASET, split)["captions"] for split in SPLITS],
+        sources=[captions_paths(DATASET, split)["source"] for split in SPLITS],
+        indexes=[image_paths(DATASET, split, REPORT_SIZE)["index"] for split in SPLITS],
     output:
         json=DATA_REPORT,
         md=f"{RESULTS}/data_report.md",
@@ -195,9 +195,8 @@ rule data_report:
 
 rule samples:
     input:
-        captions=f"{RESULTS}/captions/train.parquet",
-        array=f"{RESULTS}/images/train_{REPORT_SIZE}.npy",
-        index=f"{RESULTS}/images/train_{REPORT_SIZE}.index.parquet",
+        captions=captions_paths(DATASET, "train")["captions"],
+        **image_paths(DATASET, "train", REPORT_SIZE),
     output:
         SAMPLES_PNG,
     params:

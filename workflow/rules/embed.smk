@@ -1,10 +1,10 @@
 rule text_embeddings:
     input:
-        captions=f"{RESULTS}/captions/{{split}}.parquet",
+        captions=f"{CACHE}/captions/{{ckey}}.parquet",
         # Pretrained weights this job loads, fetched on the submit host (weights.smk).
         weights=lambda w: encoder_markers(ENCODERS[w.encoder]["model"]),
     output:
-        f"{RESULTS}/text/{{encoder}}/{{split}}.safetensors",
+        f"{CACHE}/text/{{encoder}}/{{ckey}}.safetensors",
     params:
         encoder=lambda w: canonical_json(ENCODERS[w.encoder]),
         device="auto",
@@ -14,9 +14,9 @@ rule text_embeddings:
         runtime=120,
         gpu=1,
     log:
-        f"{LOGS}/text/{{encoder}}/{{split}}.log",
+        f"{CACHE_LOGS}/text/{{encoder}}/{{ckey}}.log",
     benchmark:
-        f"{LOGS}/text/{{encoder}}/{{split}}.benchmark.tsv",
+        f"{CACHE_LOGS}/text/{{encoder}}/{{ckey}}.benchmark.tsv",
     conda:
         ENV
     script:

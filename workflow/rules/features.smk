@@ -15,21 +15,25 @@ for _name, _variant in RESOLVED.items():
         FEATURE_WEIGHTS[feature_key(_spec)] = VARIANT_WEIGHTS[_name]
 
 
-# Feature cache files of one split for a variant ({} when it trains on pixels).
+# Feature cache files of one split for a variant ({} when it trains on pixels), named by
+# trunk and by the image cache they are computed from (shared between studies too).
 feature_inputs = lambda variant, split, prefix: feature_paths(
-    RESULTS, RESOLVED[variant], split, prefix
+    f"{CACHE}/features",
+    RESOLVED[variant],
+    image_key(CFG["dataset"], split, RESOLVED[variant]["image_size"]),
+    prefix,
 )
 
 
 rule backbone_features:
     input:
-        array=f"{RESULTS}/images/{{split}}_{{size}}.npy",
-        index=f"{RESULTS}/images/{{split}}_{{size}}.index.parquet",
+        array=f"{CACHE}/images/{{ikey}}.npy",
+        index=f"{CACHE}/images/{{ikey}}.index.parquet",
         # Pretrained weights this job loads, fetched on the submit host (weights.smk).
         weights=lambda w: FEATURE_WEIGHTS[w.fkey],
     output:
-        array=f"{RESULTS}/features/{{fkey}}/{{split}}_{{size}}.npy",
-        meta=f"{RESULTS}/features/{{fkey}}/{{split}}_{{size}}.json",
+        array=f"{CACHE}/features/{{fkey}}/{{ikey}}.npy",
+        meta=f"{CACHE}/features/{{fkey}}/{{ikey}}.json",
     wildcard_constraints:
         # (?!) matches nothing: no frozen variant, no feature jobs.
         fkey="|".join(re.escape(k) for k in FEATURES) or "(?!)",
@@ -42,9 +46,9 @@ rule backbone_features:
         runtime=120,
         gpu=1,
     log:
-        f"{LOGS}/features/{{fkey}}/{{split}}_{{size}}.log",
+        f"{CACHE_LOGS}/features/{{fkey}}/{{ikey}}.log",
     benchmark:
-        f"{LOGS}/features/{{fkey}}/{{split}}_{{size}}.benchmark.tsv",
+        f"{CACHE_LOGS}/features/{{fkey}}/{{ikey}}.benchmark.tsv",
     conda:
         ENV
     script:

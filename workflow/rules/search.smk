@@ -85,7 +85,9 @@ rule search_image_to_text:
         manifest=f"{SEARCH_DIR}/image_manifest.csv",
         # The evaluation split's captions as evaluate embedded them (never re-encoded).
         eval_embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
-        captions=lambda w: f"{RESULTS}/captions/{RESOLVED[w.variant]['eval']['split']}.parquet",
+        captions=lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "v")[
+            "v_captions"
+        ],
     output:
         png=report(
             f"{SEARCH_DIR}/image_to_text.png",

@@ -21,9 +21,9 @@ rule weights:
         mem_mb=4000,
         runtime=120,
     log:
-        f"{LOGS}/weights/{{wkey}}.log",
+        f"{CACHE_LOGS}/weights/{{wkey}}.log",
     benchmark:
-        f"{LOGS}/weights/{{wkey}}.benchmark.tsv",
+        f"{CACHE_LOGS}/weights/{{wkey}}.benchmark.tsv",
     conda:
         ENV
     script:

@@ -19,10 +19,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+# split_spec is re-exported: the captions stage and its tests build a spec from here.
+from cliptune.cache_keys import source_split, split_spec  # noqa: F401
 from cliptune.data.caption_tidy import tidy_captions
 from cliptune.data.dataset_formats import DatasetFormatError, clean_caption, read_source
 from cliptune.data.selection import carve_selection
-from cliptune.dataset_config import SELECT_SPLIT, base_split, carves_selection, split_subset
 from cliptune.io_utils import write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -119,56 +120,6 @@ def build_captions(root: Path, folder: str, split: str, output: Path) -> pd.Data
 
 
 # --------------------------------------------------------------------------- any source
-
-
-def source_split(dataset: dict, split: str) -> str:
-    """The ``dataset.splits`` entry a split reads: the selection holdout and a variant's own
-    training split (train.subset) read train's."""
-    return "train" if split == SELECT_SPLIT and carves_selection(dataset) else base_split(split)
-
-
-def split_labels(dataset: dict, split: str) -> list[str]:
-    """Source split labels that make up cliptune split ``split``.
-
-    Karpathy's ``restval`` (the 30k COCO val2014 images outside val/test)
-    joins whichever split reads ``train`` when ``use_restval`` is on.
-    """
-    label = dataset["splits"][source_split(dataset, split)]
-    labels = [label]
-    if dataset["source"] == "karpathy_coco" and label == "train" and dataset["use_restval"]:
-        labels.append("restval")
-    return labels
-
-
-def split_spec(dataset: dict, split: str) -> dict:
-    """Everything the captions stage of one split depends on (becomes a rule param).
-
-    A variant's own training split (``train-all``, ``train-{N}-random{seed}``: train.subset)
-    reads train with its own subset; its rows are labelled ``train``, and its subset draws
-    as train's would, so ``{images: N}`` equal to the study's picks the same images.
-    """
-    base = base_split(split)
-    spec = {
-        "source": dataset["source"],
-        "root": str(dataset["root"]),
-        "split": base,
-        "labels": split_labels(dataset, split),
-        # Mode and seed only matter to a split that is subset: others must not rerun.
-        "subset": split_subset(dataset, split),
-    }
-    if dataset["source"] not in ("demo", "coco"):
-        spec["annotations"] = dataset["annotations"]
-        spec["holdout"] = dataset["holdout"]
-    if dataset["source"] == "karpathy_coco":
-        spec["use_restval"] = dataset["use_restval"]
-    if dataset["source"] == "table":
-        spec["columns"] = dataset["columns"]
-    if source_split(dataset, split) == "train" and carves_selection(dataset):
-        # train and select both read the source's train images and split them the same way.
-        sel = dataset["selection"]
-        spec["selection"] = {"images": sel["images"], "seed": sel["seed"],
-                             "keep": "holdout" if base == SELECT_SPLIT else "rest"}
-    return spec
 
 
 def subset_images(file_names: pd.Series, n: int | None, mode: str, seed: int,

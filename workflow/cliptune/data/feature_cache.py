@@ -168,4 +168,4 @@ def check_features_match(model: torch.nn.Module, *datasets: PairData) -> None:
             raise FeatureCacheMismatchError(
                 f"cached features {feature_key(meta['spec'])} were computed by different trunk "
                 "weights than this variant's (seed or torchvision weights changed?); delete "
-                "results/<dataset>/features/ and rerun")
+                f"results/cache/features/{feature_key(meta['spec'])}/ and rerun")

@@ -42,10 +42,12 @@ def feature_key(spec: Mapping) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{spec['backbone']}-{weights}-{spec['mode']}")
 
 
-def feature_paths(results: str, variant: Mapping, split: str, prefix: str) -> dict[str, str]:
-    """The feature cache files one split of ``variant`` trains on; {} when it trains on pixels."""
+def feature_paths(features_dir: str, variant: Mapping, image_key: str,
+                  prefix: str) -> dict[str, str]:
+    """The feature cache files ``variant`` trains on, computed from the image cache
+    ``image_key`` (cliptune.cache_keys); {} when it trains on pixels."""
     spec = feature_spec(variant)
     if spec is None:
         return {}
-    base = f"{results}/features/{feature_key(spec)}/{split}_{variant['image_size']}"
+    base = f"{features_dir}/{feature_key(spec)}/{image_key}"
     return {f"{prefix}_features": f"{base}.npy", f"{prefix}_features_meta": f"{base}.json"}
