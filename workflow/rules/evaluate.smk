@@ -28,7 +28,7 @@ rule evaluate:
 
 
 from cliptune.evaluation.zero_shot_tasks import instances_file, instances_input, resolve_tasks
-from cliptune.reporting.variant_figures import (
+from cliptune.reporting.figure_plan import (
     FIGURES as VARIANT_FIGURES,
     ZERO_SHOT_FIGURE,
     figures_gpus,

@@ -35,14 +35,13 @@ from cliptune.evaluation.zero_shot_labels import (
 )
 from cliptune.evaluation.zero_shot_tasks import Task, resolve_tasks
 from cliptune.io_utils import write_json
-from cliptune.models.towers import reads_text_cache
 from cliptune.reporting import figures
+
+# Re-exported: the figure names and the GPU request are planned without torch.
+from cliptune.reporting.figure_plan import FIGURES, ZERO_SHOT_FIGURE, figures_gpus  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("text_to_image", "image_to_text", "similarity_heatmap")
-# One zero-shot figure per task (report.zero_shot.tasks), under a variant's figures/.
-ZERO_SHOT_FIGURE = "zero_shot/{task}.png"
 
 
 class EvalArtifacts:
@@ -99,12 +98,6 @@ class _Captions:
 
     def __getitem__(self, i):
         return self.art.ground_truth_caption(i)
-
-
-def figures_gpus(variant: Mapping) -> int:
-    """GPUs the figures job asks for: one when it runs the variant's own text tower on
-    the variant's (non-CPU) device, as evaluate does; none for the frozen encoder."""
-    return int(not reads_text_cache(variant) and variant["train"]["device"] != "cpu")
 
 
 def figure_paths(out_dir: Path) -> dict[str, Path]:
