@@ -51,4 +51,4 @@ def test_seeds_run_as_separate_cached_jobs(tmp_path, repo):
     per_run = {(r, w) for r, w in jobs if r not in AGGREGATES}
     assert per_run == {("train", "variant=baseline/seed2"),
                        ("evaluate", "variant=baseline/seed2")}, jobs
-    assert {r for r, _ in jobs} - {"train", "evaluate"} == {"aggregate"}
+    assert {r for r, _ in jobs} - {"train", "evaluate"} == {"aggregate", "current_study"}
