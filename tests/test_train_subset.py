@@ -3,6 +3,8 @@ C's 20k and full-COCO models in one config), its split name and its captions spe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -80,3 +82,36 @@ def test_a_dataset_split_may_not_take_a_variant_split_name(lora):
     lora["dataset"]["subset"]["images"] = {"train": 18000}
     with pytest.raises(ConfigError, match="train-all"):
         load_config(lora)
+
+
+def test_the_full_coco_model_trains_on_its_own_caches_in_the_dag(tmp_path, tiny_clip_dir):
+    """Dry run of Study C at toy scale: lora_full's train job reads the caption, text and
+    image caches of its own split (train-all), lora_text's those of the study's train."""
+    import re
+    import subprocess
+    import sys
+
+    from toy_overlay import toy_overlay, write_toy_sources
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "config" / "coco20k_lora.yaml").read_text())
+    toy = toy_overlay(cfg, write_toy_sources(tmp_path / "sources"), tiny_clip_dir)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(toy))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "all", "-s", str(repo / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+         "--cores", "1"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    jobs = re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout)
+    train = {re.search(r"variant=(\w+)", j).group(1): j for j in jobs
+             if j.startswith("rule train:")}
+    assert set(train) == {"pretrained", "lora_text", "lora_full"}
+
+    def inputs(job: str) -> set[str]:
+        return set(re.search(r"input: (.*)", job).group(1).split(", "))
+
+    own = inputs(train["lora_full"]) - inputs(train["lora_text"])
+    assert own, train["lora_full"]
+    assert all("train-all" in Path(p).name or "train-all" in p for p in own), own
+    assert {p for p in inputs(train["lora_text"]) if "train-all" in p} == set()
+    assert inputs(train["pretrained"]) == inputs(train["lora_text"])
