@@ -136,8 +136,9 @@ def test_two_process_training_run_writes_outputs_once(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "ddp" / "out"
     # Training draws nothing: loss_curves.png is the loss_curves rule's (report.smk).
-    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "model.safetensors",
-                                                     "steps.csv", "train_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.csv", "model.safetensors", "model.safetensors.sha256", "steps.csv",
+        "train_report.json"]
     hist = pd.read_csv(out / "history.csv")
     assert len(hist) == 1 and np.isfinite(hist["val_loss"]).all()
     log = (tmp_path / "ddp" / "train.log").read_text()

@@ -13,8 +13,11 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path in the same folder; rename it over ``path`` only on success."""
+def atomic_path(path: str | os.PathLike, seal: bool = False) -> Iterator[Path]:
+    """Yield a temp path in the same folder; rename it over ``path`` only on success.
+
+    ``seal``: also record the finished file's size and digest (``cliptune.integrity``),
+    so loaders that verify it catch later damage."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -22,6 +25,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        if seal:
+            from cliptune.integrity import seal as seal_file
+
+            seal_file(tmp, path)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -47,8 +54,8 @@ def write_text(path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_parquet(path, df) -> None:
-    with atomic_path(path) as tmp:
+def write_parquet(path, df, seal: bool = False) -> None:
+    with atomic_path(path, seal=seal) as tmp:
         df.to_parquet(tmp, index=False)
 
 

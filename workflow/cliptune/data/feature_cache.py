@@ -26,6 +26,7 @@ import torch
 from cliptune.data.feature_keys import feature_key, feature_spec  # noqa: F401 - re-exported
 from cliptune.data.image_cache import open_cache
 from cliptune.data.pairs import PairData
+from cliptune.integrity import verify
 from cliptune.io_utils import atomic_path, write_json
 from cliptune.models.image_tower import (
     PixelNormalize,
@@ -76,7 +77,7 @@ def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out
         probe = trunk(norm.from_uint8(torch.zeros(1, size, size, 3, dtype=torch.uint8)))
     shape = (n, probe.shape[1]) if spec["mode"] == "pooled" else (n, *probe.shape[1:])
     dtype = POOLED_DTYPE if spec["mode"] == "pooled" else MAP_DTYPE
-    with atomic_path(out_array) as tmp:
+    with atomic_path(out_array, seal=True) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
         def encode(start: int) -> torch.Tensor:
             batch = torch.from_numpy(np.array(pixels[start:start + batch_size]))  # writable
@@ -127,6 +128,7 @@ class FeaturePairData(PairData):
 
 def with_features(pairs: PairData, array: Path, meta_path: Path) -> FeaturePairData:
     """Swap the pixels of ``pairs`` for the feature cache built from the same image cache."""
+    verify(array)
     meta = json.loads(Path(meta_path).read_text())
     feats = np.load(array, mmap_mode="r")
     if feats.shape[0] != pairs.pixels.shape[0] or meta["rows"] != feats.shape[0]:

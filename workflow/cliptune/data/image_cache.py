@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cliptune.integrity import verify
 from cliptune.io_utils import atomic_path, write_parquet
 from cliptune.runtime import progress
 
@@ -99,7 +100,7 @@ def build_image_cache(
         "problem": "",
     })
     jobs = [(i, str(Path(root) / f), size) for i, f in enumerate(index["file_name"])]
-    with atomic_path(array_out) as tmp:
+    with atomic_path(array_out, seal=True) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         ctx = get_context("fork") if workers > 1 else None
         pool = ctx.Pool(workers) if ctx else None
@@ -130,11 +131,13 @@ def build_image_cache(
                 f"{bad['file_name'].iloc[0]} ({bad['problem'].iloc[0]}). Fix or re-download "
                 "those files, or raise the threshold to exclude them"
             )
-    write_parquet(index_out, index)
+    write_parquet(index_out, index, seal=True)
     return index
 
 
 def open_cache(array_path: Path, index_path: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    verify(array_path)
+    verify(index_path)
     arr = np.load(array_path, mmap_mode="r")
     index = pd.read_parquet(index_path)
     if len(index) != arr.shape[0]:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from cliptune.integrity import verify
 from cliptune.io_utils import atomic_path
 from cliptune.models.text_encoder import TextEncoder, encode_texts
 from cliptune.runtime import pick_device
@@ -42,7 +43,7 @@ def build_text_cache(
         "caption_id": torch.from_numpy(captions["caption_id"].to_numpy(np.int64, copy=True)),
     }
     metadata = {"model": model, "pooling": encoder.pooling, "max_length": str(encoder.max_length)}
-    with atomic_path(output) as tmp:
+    with atomic_path(output, seal=True) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return {"n": len(captions), "dim": encoder.dim}
 
@@ -55,6 +56,7 @@ def load_text_cache(path: Path, captions: pd.DataFrame) -> torch.Tensor:
             f"captions table has duplicate caption ids (e.g. {dup}); rerun the captions rule "
             f"(snakemake --forcerun captions), which makes them unique, then {path.name}"
         )
+    verify(path)
     data = load_file(str(path))
     ids = data["caption_id"].numpy()
     pos = pd.Series(np.arange(len(ids)), index=ids)

@@ -32,10 +32,13 @@ def load_variant_model(variant: dict, weights: Path, embed_dim: int,
                        device: torch.device) -> ClipHead:
     from safetensors.torch import load_file
 
+    from cliptune.integrity import verify
+
     # Evaluating must never download backbone weights: they come from the checkpoint.
     # (A CLIP variant rebuilds its architecture from the local HF cache.)
     arch = copy.deepcopy(variant)
     arch["model"]["weights"] = None
     model = build_model(arch, embed_dim)
+    verify(weights)
     model.load_state_dict(load_file(str(weights)))
     return model.to(device).eval()

@@ -55,6 +55,7 @@ import torch
 from safetensors.torch import save_file
 
 from cliptune.config import short_hash
+from cliptune.integrity import sidecar, verify
 from cliptune.io_utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def save_state(path: Path, ts: TrainState, config_hash: str, partial: dict | Non
         "partial": partial,
         **_rng_state(),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path, seal=True) as tmp:
         torch.save(state, tmp)
     # The last weights as a plain checkpoint next to the resume state (best is the output).
     with atomic_path(Path(path).with_name("last.safetensors")) as tmp:
@@ -176,6 +177,8 @@ def load_state(path: Path, ts: TrainState, config_hash: str | None) -> tuple[boo
     whatever configuration wrote it, for train.resume_from).
 
     Returns (restored, the mid-epoch ``partial`` or None)."""
+    verify(path, fix=f"delete {path} to train this variant from the start (or set "
+                     "train.resume_from to a kept epoch checkpoint)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     # The optimiser's named groups (optim.param_groups) must match too: another set of
     # trainable parameters cannot continue this optimiser state.
@@ -264,9 +267,12 @@ def keep_epoch(state_path: Path, epoch: int, keep: int, every: int) -> None:
             os.link(state_path, tmp)
         except OSError:  # no hard links on this file system
             shutil.copyfile(state_path, tmp)
+        if sidecar(state_path).exists():
+            shutil.copyfile(sidecar(state_path), sidecar(dest))
     for old in kept_epochs(state_path):
         if old <= epoch - keep and not on_cadence(old, every):
             epoch_path(state_path, old).unlink(missing_ok=True)
+            sidecar(epoch_path(state_path, old)).unlink(missing_ok=True)
     log.info("kept epoch %d checkpoint %s (last %d and every %s kept: %s)", epoch, dest, keep,
              every or "-", kept_epochs(state_path))
 
@@ -276,6 +282,7 @@ def drop_epochs_after(state_path: Path, epoch: int) -> None:
     later = [e for e in kept_epochs(state_path) if e > epoch]
     for e in later:
         epoch_path(state_path, e).unlink(missing_ok=True)
+        sidecar(epoch_path(state_path, e)).unlink(missing_ok=True)
     if later:  # a warning: these files were the user's to resume from
         log.warning("removed the kept checkpoints of epochs %s in %s: this run starts after "
                     "epoch %d (a new or changed run) and keeps its own", later,
@@ -295,6 +302,8 @@ def restart_from_epoch(state_path: Path, ts: TrainState, epoch: int, variant: st
             "Set train.resume_from to one of the kept epochs (or null to train from "
             "scratch); train.keep_epoch_checkpoints: N keeps the last N epochs, "
             "keep_epoch_checkpoints_every: N every Nth")
+    verify(path, fix=f"set train.resume_from to another kept epoch ({kept_epochs(state_path)}) "
+                     "or null to train from scratch")
     try:
         restored, partial = load_state(path, ts, config_hash=None)
     except (RuntimeError, ValueError) as exc:  # load_state_dict: keys / shapes / groups

@@ -26,7 +26,7 @@ def write_train_outputs(variant: dict, ts: TrainState, out_dir: Path, device: to
                         val_data: PairData) -> None:
     """``seconds`` and ``images``: training time and images of this process (resumed
     epochs excluded), for the throughput in the report."""
-    with atomic_path(out_dir / "model.safetensors") as tmp:
+    with atomic_path(out_dir / "model.safetensors", seal=True) as tmp:
         save_file(ts.best.state, str(tmp), metadata={"variant": variant["name"],
                                                       "config_hash": short_hash(variant)})
     hist = pd.DataFrame(ts.history, columns=HISTORY_COLUMNS)
