@@ -52,13 +52,15 @@ rule all:
 
 
 # Plots and reports take seconds: on a cluster (--profile profiles/slurm) they run
-# on the submitting node instead of waiting in the queue. Downloads: data.smk.
-# Not `figures`: it may run a variant's own text tower on a GPU (resources gpu).
+# on the submitting node instead of waiting in the queue. Downloads: data.smk. They
+# read files only: evaluate computed every number and embedding they draw.
 localrules:
     all,
     aggregate,
+    figures,
     loss_curves,
     loss_overlay,
+    queries_across_variants,
     summary,
     samples,
     data_report,

@@ -142,7 +142,7 @@ def test_gpu_and_cpu_rules(slurm_plan):
     captions = sbatch_for(slurm_plan, "captions", "split=train")
     assert not any(f.startswith(("--gpus", "--gres")) for f in captions)
     assert "--ntasks=1" in captions and "--cpus-per-task=1" in captions
-    # Figures encode prompts on the CPU on the submit host: no GPU asked for.
+    # Figures read what evaluate wrote (no model): no GPU asked for.
     _, figures = slurm_plan[("figures", "variant=baseline")]
     assert not figures.get("gpu")
 

@@ -39,7 +39,7 @@ def test_two_runs_are_byte_identical(tmp_path, small_dataset):
     root_a, _ = small_dataset
     dd.generate_demo_dataset(tmp_path, **SMALL, seed=3)
     a, b = _hashes(root_a), _hashes(tmp_path)
-    assert len(a) == 2 + SMALL["train_images"] + SMALL["val_images"]
+    assert len(a) == 4 + SMALL["train_images"] + SMALL["val_images"]  # captions + scenes
     assert a == b
 
 
@@ -93,6 +93,15 @@ def test_coco_layout(small_dataset):
             assert all(c.strip() and c[0].isupper() and c.endswith(".") for c in caps)
         all_image_ids += [img["id"] for img in raw["images"]]
         all_ann_ids += [a["id"] for a in raw["annotations"]]
+        # Beside the captions, as COCO's instances: every image's ground-truth scene.
+        scenes = json.loads((root / "annotations" / f"scenes_{split}2014.json").read_text())
+        assert [s["image_id"] for s in scenes["scenes"]] == [img["id"] for img in raw["images"]]
+        assert scenes["info"] == raw["info"]
+        assert summary[split]["scenes_file"].endswith(f"scenes_{split}2014.json")
+        for s in scenes["scenes"]:
+            index = s["image_id"] - 1 - (dd.VAL_ID_OFFSET if split == "val" else 0)
+            assert s == {"image_id": s["image_id"],
+                         **dd.scene_for_image(split, index, seed=3).to_dict()}
     assert len(set(all_image_ids)) == len(all_image_ids) == 30
     assert len(set(all_ann_ids)) == len(all_ann_ids) == 150
 

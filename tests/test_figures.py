@@ -148,25 +148,25 @@ def test_tasks_resolve_and_reject_what_cannot_be_labelled():
             resolve_tasks(dict(ZS, tasks=tasks_cfg), source)
 
 
-def test_coco_labels_need_the_instances_file(tmp_path):
+def test_coco_labels_need_the_label_file(tmp_path):
     """labels: coco waits for COCO's instances json (or, downloading, the annotations zip's
     marker); a missing file stops the workflow at parse time saying where it goes."""
-    from cliptune.evaluation.zero_shot_tasks import instances_file, instances_input
+    from cliptune.evaluation.zero_shot_tasks import label_file, label_input
 
     tasks = resolve_tasks(dict(ZS, tasks=None), "coco")
     cfg = {"dataset": {"root": str(tmp_path), "download": False, "source": "coco",
                        "splits": {"train": "train2014", "val": "val2014"},
                        "selection": {"split": "select"}}}
     with pytest.raises(ConfigError, match=r"annotations/instances_val2014.json"):
-        instances_input(cfg, "val", tasks)
+        label_input(cfg, "val", tasks)
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "instances_val2014.json").write_text("{}")
-    assert instances_input(cfg, "val", tasks) == {"instances": instances_file(cfg, "val", tasks)}
+    assert label_input(cfg, "val", tasks) == {"labels": label_file(cfg, "val", tasks)}
     cfg["dataset"]["download"] = True
-    assert instances_input(cfg, "val", tasks)["instances"].endswith(
+    assert label_input(cfg, "val", tasks)["labels"].endswith(
         ".annotations_trainval2014.zip.complete")
     none = resolve_tasks(dict(ZS, tasks={"x": {"classes": ["a", "b"], "labels": "none"}}), "coco")
-    assert instances_input(cfg, "val", none) == {} and instances_file(cfg, "val", none) == ""
+    assert label_input(cfg, "val", none) == {} and label_file(cfg, "val", none) == ""
 
 
 def test_coco_labels_read_the_instance_annotations(tmp_path):
@@ -213,7 +213,19 @@ def test_zero_shot_probs_and_accuracy():
         (1 / 2 + 2 / 3) / 2)
 
 
-def test_demo_labels_match_the_generated_captions():
+def _scenes_file(path, ids, seed=0, max_shapes=3):
+    """The demo generator's scenes file for val images ``ids`` (as generate_demo_dataset
+    writes it), without drawing the images."""
+    from cliptune.data.demo_data import VAL_ID_OFFSET, scene_for_image
+
+    path.write_text(json.dumps({"scenes": [
+        {"image_id": int(i), **scene_for_image("val", int(i) - 1 - VAL_ID_OFFSET, seed=seed,
+                                               max_shapes=max_shapes).to_dict()}
+        for i in ids]}))
+    return path
+
+
+def test_demo_labels_match_the_generated_captions(tmp_path):
     from cliptune.data.demo_captions import describe_scene
     from cliptune.data.demo_data import image_id_for, image_rng
     from cliptune.data.demo_scenes import sample_scene
@@ -221,13 +233,17 @@ def test_demo_labels_match_the_generated_captions():
     rng = image_rng(0, "val", 3)
     scene = sample_scene(rng, 3)
     caption = " ".join(describe_scene(scene, rng, 5))
-    labels = demo_labels(np.array([image_id_for("val", 3)]), ["circle", "square", "triangle",
-                                                              "star", "cross", "ring"], 0, 3)
+    scenes = _scenes_file(tmp_path / "scenes.json", [image_id_for("val", i) for i in range(5)])
+    labels = demo_labels(scenes, np.array([image_id_for("val", 3)]),
+                         ["circle", "square", "triangle", "star", "cross", "ring"])
     shapes = {s.shape for s in scene.shapes}
     assert {c for c, hit in zip(["circle", "square", "triangle", "star", "cross", "ring"],
                                 labels[0], strict=True) if hit} == shapes
     assert any(word in caption for word in ("circle", "disc", "square", "triangle", "star",
                                             "cross", "plus", "ring", "hoop"))
+    # An image the file does not know is an error naming the fix, never an empty label row.
+    with pytest.raises(ValueError, match="belongs to another demo dataset"):
+        demo_labels(scenes, np.array([image_id_for("val", 7)]), ["circle", "square"])
 
 
 def _fake_evaluation(tmp_path, n=6, per=2, dim=8, seed=0):
@@ -272,29 +288,46 @@ def _figures_report():
     return report
 
 
+def _evaluate_prompts(tmp_path, name="v"):
+    """evaluate's prompt results (queries.json, zero_shot.json, prompts.safetensors) of a
+    fake evaluation, with the fake text tower."""
+    from safetensors.torch import load_file
+
+    from cliptune.evaluation.prompt_results import Evaluated, PromptSpec, write_prompt_results
+
+    emb = load_file(str(tmp_path / "emb.safetensors"))
+    ids = emb["image_id"].numpy()
+    captions = pd.read_parquet(tmp_path / "caps.parquet")["caption"].tolist()
+    ev = Evaluated(emb["image"], ids, captions, emb["text_image_index"].numpy(), 0.05, 4)
+    spec = PromptSpec.of(_figures_report(), "demo", _scenes_file(tmp_path / "scenes.json", ids))
+    return write_prompt_results(name, spec, _fake_encode, ev, tmp_path)
+
+
 def _run_figures(tmp_path, name="v"):
-    from cliptune.config import DEFAULTS
     from cliptune.reporting.variant_figures import run_variant_figures
 
-    return run_variant_figures({"name": name, "eval": {"block_size": 4}}, _figures_report(),
-                               {"source": "demo", "demo": DEFAULTS["dataset"]["demo"]},
-                               tmp_path / "emb.safetensors", tmp_path / "metrics.json",
-                               tmp_path / "caps.parquet", tmp_path / "img.npy",
-                               tmp_path / "img.index.parquet", tmp_path / "figures",
-                               tmp_path / "zs.json", encode=_fake_encode,
-                               queries_json=tmp_path / "queries.json")
+    result = _evaluate_prompts(tmp_path, name)
+    run_variant_figures(name, _figures_report(), 4, tmp_path / "emb.safetensors",
+                        tmp_path / "queries.json", tmp_path / "zero_shot.json",
+                        tmp_path / "prompts.safetensors", tmp_path / "caps.parquet",
+                        tmp_path / "img.npy", tmp_path / "img.index.parquet",
+                        tmp_path / "figures")
+    return result
 
 
 def test_variant_figures_from_saved_embeddings(tmp_path):
-    """The figures job end to end on a fake evaluation: files in, PNGs (one per zero-shot
-    task) + zero-shot JSON + the queries' ranking out."""
+    """evaluate's prompt results on a fake evaluation (zero-shot JSON, the queries' ranking,
+    probabilities and labels), then the figures job from those files alone: PNGs, one
+    per zero-shot task."""
+    from safetensors.numpy import load_file
+
     from cliptune.reporting.variant_figures import FIGURES
 
     ids = _fake_evaluation(tmp_path)
     result = _run_figures(tmp_path)
     for name in (*FIGURES, "zero_shot/shapes", "zero_shot/mentions", "zero_shot/mood"):
         assert_png(tmp_path / "figures" / f"{name}.png")
-    saved = json.loads((tmp_path / "zs.json").read_text())
+    saved = json.loads((tmp_path / "zero_shot.json").read_text())
     assert saved["temperature"] == 0.05
     assert saved["task_order"] == ["shapes", "mentions", "mood"] == list(result["tasks"])
     shapes, mentions, mood = (saved["tasks"][t] for t in ("shapes", "mentions", "mood"))
@@ -307,6 +340,34 @@ def test_variant_figures_from_saved_embeddings(tmp_path):
     assert queries["queries"] == ["a red circle", "a cat"]
     assert np.array(queries["image_id"]).shape == (2, 3)
     assert set(np.ravel(queries["image_id"])) <= set(ids.tolist())
+    # The saved probabilities and labels are what the accuracy was computed from.
+    tensors = load_file(str(tmp_path / "prompts.safetensors"))
+    assert tensors["queries"].shape == (2, 8) and tensors["shapes.classes"].shape == (3, 8)
+    assert tensors["shapes.probs"].shape == (len(ids), 3) and "mood.labels" not in tensors
+    assert zero_shot_accuracy(tensors["shapes.probs"], tensors["shapes.labels"]) == \
+        pytest.approx(shapes["accuracy"])
+
+
+def test_figures_job_reads_files_only(repo):
+    """The figures rule has no model or weights input and asks for no GPU, and it runs on
+    the submitting node (localrules); evaluate writes what it draws."""
+    evaluate = (repo / "workflow" / "rules" / "evaluate.smk").read_text()
+    figures_rule = evaluate.split("rule figures:", 1)[1].split("\nrule ", 1)[0]
+    assert "model" not in figures_rule.split("output:")[0]
+    assert "weights" not in figures_rule and "gpu" not in figures_rule
+    evaluate_rule = evaluate.split("rule evaluate:", 1)[1].split("\nrule ", 1)[0]
+    for output in ("queries=QUERIES_JSON", "zero_shot=ZERO_SHOT_JSON", "prompts=PROMPTS"):
+        assert output in evaluate_rule.split("params:")[0]
+    local = (repo / "Snakefile").read_text().split("localrules:", 1)[1]
+    for rule in ("figures", "queries_across_variants", "loss_curves"):
+        assert f"    {rule},\n" in local
+    search = (repo / "workflow" / "rules" / "search.smk").read_text()
+    assert "search_image_to_text," in search.split("localrules:", 1)[1]
+    import cliptune.reporting.variant_figures as vf
+
+    source = (repo / "workflow" / "cliptune" / "reporting" / "variant_figures.py").read_text()
+    assert "load_variant_model" not in source and "text_encoder" not in source
+    assert not hasattr(vf, "figures_gpus")
 
 
 def test_queries_across_variants_reuse_each_variants_ranking(tmp_path):

@@ -391,13 +391,21 @@ def _saved_model(v, path, lora_scale: float = 0.0):
 
 
 @pytest.mark.parametrize("kind", ["lora_text", "dual_encoder"])
-def test_figures_encode_text_with_the_tower_evaluate_used(kind, tiny_clip_dir, pairs,
-                                                          tmp_path):
-    """The figure code's embedding of a string is evaluate's embedding of it: the trained
-    LoRA text tower / the dual encoder's own (24-d, unlike the 16-d cache) tower."""
+def test_evaluate_computes_zero_shot_with_the_tower_it_evaluated_with(kind, tiny_clip_dir,
+                                                                      pairs, tmp_path):
+    """evaluate's zero-shot results and query embeddings are the variant's own tower's (the
+    trained LoRA text tower / the dual encoder's 24-d tower, unlike the 16-d cache): the
+    numbers equal those of the trained weights loaded anew, encoding the prompts and
+    scoring the saved image embeddings, as the figures job did before evaluate did it."""
     from cliptune.evaluation.evaluate import evaluate_variant, variant_text_encoder
-    from cliptune.models.towers import reads_text_cache
-    from cliptune.reporting.variant_figures import figures_gpus, run_variant_figures
+    from cliptune.evaluation.prompt_results import PromptSpec
+    from cliptune.evaluation.zero_shot import (
+        class_embeddings,
+        zero_shot_accuracy,
+        zero_shot_probs,
+    )
+    from cliptune.evaluation.zero_shot_labels import caption_labels
+    from cliptune.models.towers import reads_text_cache, text_tower_gpus
 
     if kind == "lora_text":
         v = clip_variant(tiny_clip_dir, clip={"lora": {"text": True, "r": 4, "alpha": 8}})
@@ -407,44 +415,45 @@ def test_figures_encode_text_with_the_tower_evaluate_used(kind, tiny_clip_dir, p
     weights = tmp_path / "model.safetensors"
     model = _saved_model(v, weights, lora_scale=0.5)
     assert not reads_text_cache(v) and not model.text_from_cache
-    evaluate_variant(v, weights, pairs[1], tmp_path / "eval",
-                     show_progress=False)
-    evaluated = load_file(str(tmp_path / "eval" / "embeddings.safetensors"))["text"]
+    report = {"queries": ["a red circle", "two shapes"], "top_k": 2, "zero_shot": {
+        "tasks": {"shapes": {"classes": ["circle", "square", "triangle"],
+                             "labels": "captions"}},
+        "templates": ["a photo of a {}.", "a {}."], "top_classes": 2}}
+    out = tmp_path / "eval"
+    metrics = evaluate_variant(v, weights, pairs[1], out, show_progress=False,
+                               prompts=PromptSpec.of(report, "coco", None))
+    saved = load_file(str(out / "embeddings.safetensors"))
     captions = pairs[1].captions["caption"].tolist()
     encode = variant_text_encoder(v, weights, pairs[1].text.shape[1])
-    assert torch.equal(encode(captions), evaluated)
-    assert torch.allclose(encode([captions[3]])[0], evaluated[3], atol=1e-6)
+    assert torch.equal(encode(captions), saved["text"])
+    prompts = load_file(str(out / "prompts.safetensors"))
+    assert torch.equal(prompts["queries"], encode(report["queries"]))
+    class_emb = class_embeddings(encode, ["circle", "square", "triangle"],
+                                 report["zero_shot"]["templates"])
+    assert torch.allclose(prompts["shapes.classes"], class_emb, atol=1e-6)
+    probs = zero_shot_probs(saved["image"], class_emb, metrics["temperature"]).numpy()
+    labels = caption_labels(captions, saved["text_image_index"].numpy(), len(saved["image"]),
+                            [["circle"], ["square"], ["triangle"]])
+    zero_shot = json.loads((out / "zero_shot.json").read_text())
+    assert zero_shot["temperature"] == metrics["temperature"]
+    assert zero_shot["tasks"]["shapes"]["accuracy"] == pytest.approx(
+        zero_shot_accuracy(probs, labels))
+    queries = json.loads((out / "queries.json").read_text())
+    assert np.array(queries["image_id"]).shape == (2, 2)
     if kind == "lora_text":  # the adapters matter: without them the tower embeds otherwise
         plain = clip_variant(tiny_clip_dir, clip={"lora": {"text": True, "r": 4, "alpha": 8}})
         _saved_model(plain, tmp_path / "plain.safetensors")
         without = variant_text_encoder(plain, tmp_path / "plain.safetensors", 16)([captions[3]])
-        assert not torch.allclose(without[0], evaluated[3], atol=1e-3)
-    # The figures job end to end from the trained model: a dual encoder's texts must go
-    # through its own tower, not the frozen 384-d encoder ("embedding dims differ").
-    from tiny_pairs import write_split
-
-    split = write_split(tmp_path / "data", "val", 8, seed=2)
-    (tmp_path / "metrics.json").write_text(json.dumps({"temperature": 0.07}))
-    report = {"seed": 0, "queries": ["a red circle"], "top_k": 2, "n_images": 2,
-              "heatmap_size": 3, "zero_shot": {
-                  "tasks": {"shapes": {"classes": ["circle", "square"], "labels": "captions"}},
-                  "templates": ["a photo of a {}."], "top_classes": 2}}
-    result = run_variant_figures(
-        v, report, {"source": "coco"}, tmp_path / "eval" / "embeddings.safetensors",
-        tmp_path / "metrics.json", split["val_captions"], split["val_array"],
-        split["val_index"], tmp_path / "figures", tmp_path / "zero_shot.json", model=weights)
-    assert result["tasks"]["shapes"]["classes"] == ["circle", "square"]
-    assert (tmp_path / "figures" / "zero_shot" / "shapes.png").is_file()
-    # Its own tower runs where evaluate ran it: a GPU unless the variant is a CPU one.
-    assert figures_gpus(deep_merge(v, {"train": {"device": "auto"}})) == 1
-    assert figures_gpus(v) == 0  # train.device: cpu
+        assert not torch.allclose(without[0], saved["text"][3], atol=1e-3)
+    # The folder search's queries run the variant's own tower where evaluate ran it.
+    assert text_tower_gpus(deep_merge(v, {"train": {"device": "auto"}})) == 1
+    assert text_tower_gpus(v) == 0  # train.device: cpu
 
 
 def test_towers_decide_text_cache_from_config(tiny_clip_dir):
     """cliptune.models.towers (what the rules ask) agrees with the built models."""
     from cliptune.models.factory import build_model
-    from cliptune.models.towers import reads_text_cache, text_tower_trains
-    from cliptune.reporting.variant_figures import figures_gpus
+    from cliptune.models.towers import reads_text_cache, text_tower_gpus, text_tower_trains
 
     cases = [tiny_variant(), clip_variant(tiny_clip_dir, text_model=str(tiny_clip_dir)),
              clip_variant(tiny_clip_dir, text_model=str(tiny_clip_dir),
@@ -459,7 +468,7 @@ def test_towers_decide_text_cache_from_config(tiny_clip_dir):
                      if n.startswith(("clip.text_model.", "clip.text_projection.")))
         assert reads_text_cache(v) == model.text_from_cache == cached
         assert text_tower_trains(v) == trains
-        assert figures_gpus(v) == int(not cached and v["train"]["device"] != "cpu")
+        assert text_tower_gpus(v) == int(not cached and v["train"]["device"] != "cpu")
 
 
 def test_train_temperature_sets_a_pretrained_clip_scale_and_null_keeps_its_own(tiny_clip_dir):

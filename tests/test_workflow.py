@@ -107,6 +107,14 @@ def test_outputs_of_every_stage(finished_run):
         hist = pd.read_csv(vdir / "history.csv")
         assert len(hist) == (0 if variant == "untrained" else 2)
         assert (vdir / "loss_curves.png").is_file()
+        # evaluate's zero-shot results and query ranking, which the figures job drew
+        zero_shot = json.loads((vdir / "zero_shot.json").read_text())
+        assert zero_shot["temperature"] == metrics["temperature"]
+        assert zero_shot["tasks"]["objects"]["accuracy"]["n_images"] > 0  # demo labels
+        assert (vdir / "prompts.safetensors").is_file() and (vdir / "queries.json").is_file()
+        assert (vdir / "figures" / "zero_shot" / "objects.png").is_file()
+    # The demo's zero-shot ground truth lies beside its captions.
+    assert (w / "resources/tiny/annotations/scenes_val2014.json").is_file()
     # Selection on the `select` holdout of train (6 = 96 x 5000/82783), reporting on val.
     select = pd.read_parquet(w / caption_table("select"))
     train = pd.read_parquet(w / caption_table("train"))
@@ -197,6 +205,20 @@ def test_bootstrap_change_rescores_nothing(finished_run, repo):
         jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
         assert jobs and set(jobs) <= AGGREGATES, jobs
         assert "aggregate" in jobs
+    finally:
+        write_config(finished_run, TINY)
+
+
+def test_figure_setting_redraws_without_evaluating(finished_run, repo):
+    """evaluate computed what the figures show: a figure-only report setting reruns the
+    figures (and the summary that links them), never a model-loading job."""
+    cfg = json.loads(json.dumps(TINY))
+    cfg["report"] = {"n_images": 3, "heatmap_size": 5}
+    write_config(finished_run, cfg)
+    try:
+        jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
+        assert jobs.get("figures") == 3, jobs  # baseline, bn_head, untrained
+        assert set(jobs) <= {"figures", "summary", "all"}, jobs
     finally:
         write_config(finished_run, TINY)
 

@@ -154,10 +154,14 @@ def hpo(smk) -> None:
 
 def evaluate(smk) -> None:
     from cliptune.evaluation.evaluate import evaluate_variant
+    from cliptune.evaluation.prompt_results import PromptSpec
 
     variant = json.loads(smk.params.variant)
+    # labels: "" unless a zero-shot task reads COCO's instances or the demo's scenes.
+    prompts = PromptSpec.of(json.loads(smk.params.prompts), smk.params.source,
+                            smk.params.labels)
     evaluate_variant(variant, Path(smk.input.model), _pairs(smk, "val"),
-                     Path(smk.output.metrics).parent)
+                     Path(smk.output.metrics).parent, prompts=prompts)
 
 
 def aggregate(smk) -> None:
@@ -191,14 +195,11 @@ def export_variant(smk) -> None:
 def figures(smk) -> None:
     from cliptune.reporting.variant_figures import run_variant_figures
 
-    instances = smk.params.instances  # "" unless a zero-shot task has labels: coco
     run_variant_figures(
-        json.loads(smk.params.variant), json.loads(smk.params.report),
-        json.loads(smk.params.dataset), Path(smk.input.embeddings), Path(smk.input.metrics),
-        Path(smk.input.val_captions), Path(smk.input.val_array), Path(smk.input.val_index),
-        Path(smk.output.text_to_image).parent, Path(smk.output.zero_shot_json),
-        instances=Path(instances) if instances else None, model=Path(smk.input.model),
-        queries_json=Path(smk.output.queries_json))
+        smk.wildcards.variant, json.loads(smk.params.report), smk.params.block_size,
+        Path(smk.input.embeddings), Path(smk.input.queries), Path(smk.input.zero_shot),
+        Path(smk.input.prompts), Path(smk.input.val_captions), Path(smk.input.val_array),
+        Path(smk.input.val_index), Path(smk.output.text_to_image).parent)
 
 
 def queries_across_variants(smk) -> None:
@@ -270,9 +271,9 @@ def loss_overlay(smk) -> None:
 
 
 def summary(smk) -> None:
+    from cliptune.evaluation.report_outputs import FIGURES, ZERO_SHOT_FIGURE
     from cliptune.reporting.comparison import Comparison
     from cliptune.reporting.summary import write_summary
-    from cliptune.reporting.variant_figures import FIGURES, ZERO_SHOT_FIGURE
 
     names = list(smk.params.variants)
     figs = list(smk.input.figures)  # expand order: variant-major, then FIGURES order

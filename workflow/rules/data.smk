@@ -14,9 +14,11 @@ if CFG["dataset"]["source"] == "demo":
 
     rule demo_dataset:
         output:
+            # Captions, and the scenes (the zero-shot ground truth) beside them.
             expand(
-                "{root}/annotations/captions_{folder}.json",
+                "{root}/annotations/{kind}_{folder}.json",
                 root=ROOT,
+                kind=["captions", "scenes"],
                 folder=sorted(set(CFG["dataset"]["splits"].values())),
             ),
         params:

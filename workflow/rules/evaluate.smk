@@ -1,6 +1,35 @@
+from cliptune.evaluation.report_outputs import (
+    FIGURES as VARIANT_FIGURES,
+    PROMPTS_FILE,
+    QUERIES_JSON as QUERIES_FILE,
+    ZERO_SHOT_FIGURE,
+    ZERO_SHOT_JSON as ZERO_SHOT_FILE,
+    prompt_params,
+)
+from cliptune.evaluation.zero_shot_tasks import label_file, label_input, resolve_tasks
+
+FIGURE_DIR = os.path.join(VARIANT_DIR, "figures")
+# report.zero_shot.tasks, checked now: a bad class list or label source fails at parse time.
+ZERO_SHOT_TASKS = resolve_tasks(CFG["report"]["zero_shot"], CFG["dataset"]["source"])
+# "zero_shot/<task>": figure names under a variant's figures/, as VARIANT_FIGURES are.
+ZERO_SHOT_FIGURES = [
+    ZERO_SHOT_FIGURE.format(task=t).removesuffix(".png") for t in ZERO_SHOT_TASKS
+]
+ZERO_SHOT_PNGS = [os.path.join(FIGURE_DIR, f"{f}.png") for f in ZERO_SHOT_FIGURES]
+# What evaluate computes from text (cliptune.evaluation.prompt_results): every report
+# query's top images (the cross-variant query figure), the zero-shot results, and the
+# query/class embeddings with every image's class probabilities and labels.
+QUERIES_JSON = f"{VARIANT_DIR}/{QUERIES_FILE}"
+ZERO_SHOT_JSON = f"{VARIANT_DIR}/{ZERO_SHOT_FILE}"
+PROMPTS = f"{VARIANT_DIR}/{PROMPTS_FILE}"
+
+
 rule evaluate:
     input:
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
+        # The ground truth of zero-shot tasks labelled coco (COCO's instances json) or
+        # demo (the generator's scenes file), when one is.
+        unpack(lambda w: label_input(CFG, RESOLVED[w.variant]["eval"]["split"], ZERO_SHOT_TASKS)),
         model=f"{VARIANT_DIR}/model.safetensors",
         # Pretrained weights this job loads, fetched on the submit host (weights.smk).
         weights=lambda w: VARIANT_WEIGHTS[w.variant],
@@ -9,8 +38,16 @@ rule evaluate:
         recall=f"{VARIANT_DIR}/recall.csv",
         embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
         ranks=f"{VARIANT_DIR}/ranks.safetensors",
+        queries=QUERIES_JSON,
+        zero_shot=ZERO_SHOT_JSON,
+        prompts=PROMPTS,
     params:
         variant=variant_json,
+        # Only the report settings evaluation reads: a figure size never reruns it.
+        # A function: Snakemake would read "{article}" in the templates as a wildcard.
+        prompts=lambda w: canonical_json(prompt_params(CFG["report"])),
+        source=CFG["dataset"]["source"],
+        labels=lambda w: label_file(CFG, RESOLVED[w.variant]["eval"]["split"], ZERO_SHOT_TASKS),
     threads: 8
     resources:
         mem_mb=grow(32000),
@@ -26,42 +63,15 @@ rule evaluate:
         "../scripts/run_stage.py"
 
 
-
-from cliptune.evaluation.zero_shot_tasks import instances_file, instances_input, resolve_tasks
-from cliptune.reporting.figure_plan import (
-    FIGURES as VARIANT_FIGURES,
-    ZERO_SHOT_FIGURE,
-    figures_gpus,
-)
-
-FIGURE_DIR = os.path.join(VARIANT_DIR, "figures")
-# report.zero_shot.tasks, checked now: a bad class list or label source fails at parse time.
-ZERO_SHOT_TASKS = resolve_tasks(CFG["report"]["zero_shot"], CFG["dataset"]["source"])
-# "zero_shot/<task>": figure names under a variant's figures/, as VARIANT_FIGURES are.
-ZERO_SHOT_FIGURES = [
-    ZERO_SHOT_FIGURE.format(task=t).removesuffix(".png") for t in ZERO_SHOT_TASKS
-]
-ZERO_SHOT_PNGS = [os.path.join(FIGURE_DIR, f"{f}.png") for f in ZERO_SHOT_FIGURES]
-# Every variant's top images of every report query (the cross-variant query figure).
-QUERIES_JSON = f"{VARIANT_DIR}/queries.json"
-
-
+# Files in, PNGs out: evaluate computed every number and embedding these figures show,
+# so this job loads no model and needs no GPU (a local rule, Snakefile).
 rule figures:
     input:
         unpack(lambda w: pair_inputs(w.variant, RESOLVED[w.variant]["eval"]["split"], "val")),
-        # COCO object annotations when a zero-shot task is labelled from them.
-        unpack(
-            lambda w: instances_input(
-                CFG, RESOLVED[w.variant]["eval"]["split"], ZERO_SHOT_TASKS
-            )
-        ),
         embeddings=f"{VARIANT_DIR}/embeddings.safetensors",
-        metrics=f"{VARIANT_DIR}/metrics.json",
-        # Queries and prompts go through the text tower evaluate used: the trained one
-        # (LoRA, unlocked or from-scratch towers) or the frozen text encoder.
-        model=f"{VARIANT_DIR}/model.safetensors",
-        # Pretrained weights this job loads, fetched on the submit host (weights.smk).
-        weights=lambda w: VARIANT_WEIGHTS[w.variant],
+        queries=QUERIES_JSON,
+        zero_shot=ZERO_SHOT_JSON,
+        prompts=PROMPTS,
     output:
         text_to_image=report(
             f"{FIGURE_DIR}/text_to_image.png",
@@ -93,30 +103,13 @@ rule figures:
             category="4. Similarity heatmaps",
             labels={"variant": "{variant}"},
         ),
-        zero_shot_json=f"{VARIANT_DIR}/zero_shot.json",
-        queries_json=QUERIES_JSON,
     params:
-        variant=variant_json,
         # A function: Snakemake would read "{article}" in the templates as a wildcard.
         report=lambda w: canonical_json(CFG["report"]),
-        instances=lambda w: instances_file(
-            CFG, RESOLVED[w.variant]["eval"]["split"], ZERO_SHOT_TASKS
-        ),
-        # Only what labels demo images; a new dataset size reruns everything anyway.
-        dataset=canonical_json(
-            {
-                "name": DS,
-                "source": CFG["dataset"]["source"],
-                "demo": {k: CFG["dataset"]["demo"][k] for k in ("seed", "max_shapes")},
-            }
-        ),
-    threads: 2
+        block_size=lambda w: RESOLVED[w.variant]["eval"]["block_size"],
     resources:
-        mem_mb=16000,
-        runtime=30,
-        # The frozen encoder runs its few hundred prompts on the CPU; a variant's own
-        # tower runs where evaluate ran it (cliptune.reporting.variant_figures.figures_gpus).
-        gpu=lambda w: figures_gpus(RESOLVED[w.variant]),
+        mem_mb=4000,
+        runtime=15,
     log:
         f"{LOGS}/figures/{{variant}}.log",
     benchmark:
@@ -131,7 +124,7 @@ rule figures:
 # the names must stay variant_figures.FIGURES (+ one zero_shot_<task> per task), which the
 # script and the summary read.
 _FIGURE_OUTPUTS = set(VARIANT_FIGURES) | {f"zero_shot_{t}" for t in ZERO_SHOT_TASKS}
-if set(rules.figures.output.keys()) - {"zero_shot_json", "queries_json"} != _FIGURE_OUTPUTS:
+if set(rules.figures.output.keys()) != _FIGURE_OUTPUTS:
     raise WorkflowError(
         f"rule figures outputs {sorted(rules.figures.output.keys())} do not match "
         f"cliptune.reporting.variant_figures.FIGURES {list(VARIANT_FIGURES)} and the "

@@ -109,7 +109,7 @@ rule loss_overlay:
         "../scripts/run_stage.py"
 
 
-# Rows = report.queries, columns = variants: each variant's top images, as its figures
+# Rows = report.queries, columns = variants: each variant's top images, as its evaluate
 # job ranked them (queries.json); nothing is encoded again.
 rule queries_across_variants:
     input:
@@ -145,7 +145,7 @@ rule summary:
         metrics=expand(f"{VARIANT_DIR}/metrics.json", variant=VARIANTS),
         train_reports=expand(f"{VARIANT_DIR}/train_report.json", variant=VARIANTS),
         histories=expand(f"{VARIANT_DIR}/history.csv", variant=VARIANTS),
-        zero_shot=expand(f"{VARIANT_DIR}/zero_shot.json", variant=VARIANTS),
+        zero_shot=expand(ZERO_SHOT_JSON, variant=VARIANTS),
         figures=expand(
             f"{FIGURE_DIR}/{{figure}}.png",
             variant=VARIANTS,

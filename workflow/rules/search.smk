@@ -5,6 +5,7 @@
 # exactly when the folder changes; the job then embeds only new or changed files
 # (cliptune.evaluation.search keeps the last run's embeddings beside the outputs).
 from cliptune.data.image_folder import folder_state, searched_folder
+from cliptune.models.towers import text_tower_gpus
 
 SEARCH = CFG["search"]
 SEARCH_DIR = os.path.join(RESULTS, "search", "{variant}")
@@ -68,7 +69,7 @@ rule search_text_to_image:
     resources:
         mem_mb=8000,
         runtime=15,
-        gpu=lambda w: figures_gpus(RESOLVED[w.variant]),
+        gpu=lambda w: text_tower_gpus(RESOLVED[w.variant]),
     log:
         f"{LOGS}/search/{{variant}}/text_to_image.log",
     benchmark:

@@ -39,6 +39,12 @@ def annotation_file(root: Path, folder: str) -> Path:
     return Path(root) / "annotations" / f"captions_{folder}.json"
 
 
+def scenes_file(root: Path, folder: str) -> Path:
+    """The demo generator's ground-truth scenes of a split folder, beside its captions
+    (as COCO's instances_<folder>.json sits beside captions_<folder>.json)."""
+    return Path(root) / "annotations" / f"scenes_{folder}.json"
+
+
 def check_coco_layout(root: Path, folders: list[str]) -> None:
     """Name every missing piece of a COCO-layout folder in one error."""
     root = Path(root)

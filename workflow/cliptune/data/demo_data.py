@@ -10,7 +10,10 @@ that a small image encoder learns within a few epochs.
 
 The output mirrors COCO exactly (``annotations/captions_{train,val}2014.json``,
 ``{train,val}2014/COCO_{split}2014_<12-digit id>.jpg``) so the same loaders run
-on the demo data and on the real dataset. Scenes and their rendering are
+on the demo data and on the real dataset. As COCO ships its object annotations
+beside the captions (``instances_*.json``), the generator writes every image's
+ground-truth scene to ``annotations/scenes_{train,val}2014.json``: zero-shot
+evaluation reads its labels from there. Scenes and their rendering are
 cliptune.data.demo_scenes, their captions cliptune.data.demo_captions.
 
 Everything is deterministic: each image draws from its own
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cliptune.data.captions import scenes_file
 from cliptune.data.demo_captions import describe_scene
 from cliptune.data.demo_scenes import DEMO, POSITIONS, SceneSpec, render_scene, sample_scene
 from cliptune.io_utils import atomic_path
@@ -83,12 +87,13 @@ def _build_split(
     img_dir = root / f"{split}2014"
     img_dir.mkdir(parents=True, exist_ok=True)
     base_date = datetime(2013, 11, 14, 8, 0, 0)
-    images, annotations = [], []
+    images, annotations, scenes = [], [], []
     for index in range(count):
         rng = image_rng(seed, split, index)
         scene = sample_scene(rng, max_shapes)
         captions = describe_scene(scene, rng, captions_per_image)
         image_id = image_id_for(split, index)
+        scenes.append({"image_id": image_id, **scene.to_dict()})
         file_name = coco_file_name(split, image_id)
         (img_dir / file_name).write_bytes(_jpeg_bytes(render_scene(scene, image_size)))
         images.append(
@@ -129,6 +134,7 @@ def _build_split(
                       "name": "CC0 1.0 (synthetic)"}],
         "images": images,
         "annotations": annotations,
+        "scenes": scenes,
     }
 
 
@@ -145,8 +151,8 @@ def generate_demo_dataset(
 ) -> dict:
     """Write the demo dataset under ``root`` and return a summary of counts.
 
-    Images are written first and each annotation JSON last (temp + rename), so
-    a present JSON file means its split is complete.
+    Images are written first, then each split's scenes and its caption JSON last
+    (temp + rename), so a present caption file means its split is complete.
     """
     if not 0 <= train_images < VAL_ID_OFFSET or val_images < 0:
         raise ValueError("train_images must be in [0, 1e6) and val_images >= 0")
@@ -169,6 +175,10 @@ def generate_demo_dataset(
             captions_per_image=captions_per_image,
             max_shapes=max_shapes,
         )
+        scenes = {"info": payload["info"], "scenes": payload.pop("scenes")}
+        scenes_path = scenes_file(root, f"{split}2014")
+        with atomic_path(scenes_path) as tmp:
+            tmp.write_text(json.dumps(scenes, separators=(",", ":")))
         ann_file = ann_dir / f"captions_{split}2014.json"
         with atomic_path(ann_file) as tmp:  # compact: the real COCO files are too
             tmp.write_text(json.dumps(payload, separators=(",", ":")))
@@ -176,6 +186,7 @@ def generate_demo_dataset(
             "images": len(payload["images"]),
             "captions": len(payload["annotations"]),
             "annotation_file": str(ann_file),
+            "scenes_file": str(scenes_path),
             "image_dir": str(root / f"{split}2014"),
         }
     summary["seconds"] = round(time.perf_counter() - start, 3)

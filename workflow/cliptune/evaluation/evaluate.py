@@ -2,7 +2,9 @@
 
 Recall@K follows the standard definition (image->text hits when ANY of the
 image's captions is in the top K; text->image per caption), over all images
-and all their captions, never one caption per image.
+and all their captions, never one caption per image. With one model load the
+same job also ranks the report queries and classifies zero-shot
+(cliptune.evaluation.prompt_results), so reporting never loads a model.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from safetensors.torch import save_file
 
 from cliptune.data.pairs import PairData
 from cliptune.evaluation.bootstrap import Ranks, save_ranks
+from cliptune.evaluation.prompt_results import Evaluated, PromptSpec, write_prompt_results
 from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
 from cliptune.io_utils import atomic_path, write_json
 from cliptune.models.factory import load_variant_model
@@ -48,8 +51,9 @@ def encode_pixels(model, pixels: np.ndarray) -> torch.Tensor:
 def encode_with_tower(model, texts: list[str], batch_size: int, device,
                       amp_dtype) -> torch.Tensor:
     """``texts`` through the variant's own text tower (LoRA / unlocked CLIP, dual encoder)
-    at evaluation precision: float32 [n, D] on the CPU. The one path both evaluation and
-    the figures (variant_text_encoder) take, so their embeddings agree."""
+    at evaluation precision: float32 [n, D] on the CPU. The one path evaluation (captions,
+    report queries, zero-shot prompts) and the folder search (variant_text_encoder) take,
+    so their embeddings agree."""
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None):
         return model.encode_texts(list(texts), batch_size).float().cpu()
@@ -63,24 +67,33 @@ def embed_texts(model, data: PairData, batch_size: int, device, amp_dtype) -> to
                              amp_dtype)
 
 
-def variant_text_encoder(variant: dict, weights: Path, embed_dim: int,
-                         ) -> Callable[[list[str]], torch.Tensor]:
-    """``encode(list[str]) -> [n, D]`` with the text tower evaluate used for this variant:
-    the frozen text encoder that built the text cache when the model reads it (run on the
-    CPU: a few hundred prompts), else the trained model's own tower, loaded from
-    ``weights`` on the variant's device and precision exactly as evaluate_variant does."""
+def text_encoder_of(variant: dict, model, device, amp_dtype
+                    ) -> Callable[[list[str]], torch.Tensor]:
+    """``encode(list[str]) -> [n, D]`` with the text tower that embeds this variant's
+    captions: the frozen text encoder that built the text cache when the model reads it
+    (run on the CPU: a few hundred prompts), else the loaded ``model``'s own tower."""
     if reads_text_cache(variant):
         return frozen_encoder_fn(variant["text_encoder"], torch.device("cpu"))
-    device = pick_device(variant["train"]["device"])
-    amp_dtype = autocast_dtype(variant["train"]["precision"], device)
-    model = load_variant_model(variant, weights, embed_dim, device)
     batch_size = variant["eval"]["batch_size"]
     return lambda texts: encode_with_tower(model, texts, batch_size, device, amp_dtype)
 
 
+def variant_text_encoder(variant: dict, weights: Path, embed_dim: int,
+                         ) -> Callable[[list[str]], torch.Tensor]:
+    """text_encoder_of a variant's trained ``weights``, loaded on the variant's device and
+    precision exactly as evaluate_variant does (the folder search's queries)."""
+    if reads_text_cache(variant):
+        return text_encoder_of(variant, None, None, None)
+    device = pick_device(variant["train"]["device"])
+    amp_dtype = autocast_dtype(variant["train"]["precision"], device)
+    model = load_variant_model(variant, weights, embed_dim, device)
+    return text_encoder_of(variant, model, device, amp_dtype)
+
+
 def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path,
-                     show_progress: bool = True) -> dict:
-    """metrics.json, recall.csv, embeddings and per-query ranks.
+                     show_progress: bool = True, prompts: PromptSpec | None = None) -> dict:
+    """metrics.json, recall.csv, embeddings and per-query ranks; with ``prompts`` also the
+    report queries' ranking and the zero-shot results (cliptune.evaluation.prompt_results).
 
     Bootstrap intervals are not computed here: the aggregate rule draws them from the saved
     ranks, so changing the ``bootstrap`` section never re-scores a variant.
@@ -121,4 +134,10 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
         }, str(tmp))
     log.info("%s: i2t R@1 %.2f  t2i R@1 %.2f  rsum %.1f", variant["name"], metrics["i2t_R@1"],
              metrics["t2i_R@1"], metrics["rsum"])
+    if prompts is not None:
+        evaluated = Evaluated(image_emb, data.image_ids, data.captions["caption"].tolist(),
+                              text_image.numpy(), metrics["temperature"], ecfg["block_size"])
+        write_prompt_results(variant["name"], prompts,
+                             text_encoder_of(variant, model, device, amp_dtype), evaluated,
+                             out_dir)
     return metrics

@@ -2,8 +2,8 @@
 
 * ``coco``: ``annotations/instances_<folder>.json`` lists the objects of every COCO
   image; an image's labels are its annotated categories.
-* ``demo``: the synthetic generator is deterministic, so the shapes, colours and
-  backgrounds of every image are recomputed from its id.
+* ``demo``: ``annotations/scenes_<folder>.json``, written by the demo generator beside
+  its captions, lists the background and shapes of every image.
 * ``captions``: a class is present when one of the image's own captions mentions one of
   its keywords (whole words, plural -s/-es allowed): weak labels, read as such.
 * ``none``: no ground truth; the task draws its figure and reports no accuracy.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,26 +66,30 @@ def demo_vocabulary() -> set[str]:
     return words | {f"{z} {s}" for z in SIZES for s in SHAPES}
 
 
-def demo_scene_words(image_id: int, seed: int, max_shapes: int) -> set[str]:
-    """Shapes, colours and 'colour shape' phrases present in a synthetic demo image."""
-    from cliptune.data.demo_data import VAL_ID_OFFSET, scene_for_image
-
-    split = "val" if image_id > VAL_ID_OFFSET else "train"
-    index = image_id - 1 - (VAL_ID_OFFSET if split == "val" else 0)
-    scene = scene_for_image(split, index, seed=seed, max_shapes=max_shapes)
-    words = {scene.background + " background"}
-    for s in scene.shapes:
-        words |= {s.shape, s.colour, f"{s.colour} {s.shape}", f"{s.size} {s.shape}"}
+def scene_words(scene: Mapping) -> set[str]:
+    """Shapes, colours, 'colour shape', 'size shape' and 'background background' phrases
+    of one scene of the demo generator's scenes file."""
+    words = {scene["background"] + " background"}
+    for s in scene["shapes"]:
+        words |= {s["shape"], s["colour"], f"{s['colour']} {s['shape']}",
+                  f"{s['size']} {s['shape']}"}
     return words
 
 
-def demo_labels(image_ids: np.ndarray, classes: Sequence[str], seed: int,
-                max_shapes: int) -> np.ndarray:
+def demo_labels(scenes_json: Path, image_ids: np.ndarray, classes: Sequence[str]
+                ) -> np.ndarray:
     """[N, C] 0/1: class c is present when it names a shape, colour, 'colour shape',
-    'size shape' or 'colour background' of the image (e.g. 'circle', 'red')."""
+    'size shape' or 'colour background' of the image (e.g. 'circle', 'red'), as the demo
+    generator recorded the image's scene in ``scenes_json``."""
+    scenes = {s["image_id"]: s for s in json.loads(Path(scenes_json).read_text())["scenes"]}
+    missing = [int(i) for i in np.asarray(image_ids) if int(i) not in scenes]
+    if missing:
+        raise ValueError(f"{scenes_json} has no scene for images {missing[:5]} "
+                         f"({len(missing)} in all); it belongs to another demo dataset: delete "
+                         "the demo dataset folder and rerun, so both are generated together")
     labels = np.zeros((len(image_ids), len(classes)), dtype=bool)
     for row, image_id in enumerate(np.asarray(image_ids).tolist()):
-        words = demo_scene_words(int(image_id), seed, max_shapes)
+        words = scene_words(scenes[int(image_id)])
         labels[row] = [c.lower().strip() in words for c in classes]
     return labels
 
@@ -107,3 +112,10 @@ def instances_json(dataset: Mapping, split: str) -> Path:
     """Where COCO's object annotations of ``split`` live (annotations_trainval2014.zip)."""
     folder = dataset["splits"][split]
     return Path(dataset["root"]) / "annotations" / f"instances_{folder}.json"
+
+
+def demo_scenes_json(dataset: Mapping, split: str) -> Path:
+    """Where the demo generator wrote the scenes of ``split`` (beside its captions)."""
+    from cliptune.data.captions import scenes_file
+
+    return scenes_file(dataset["root"], dataset["splits"][split])

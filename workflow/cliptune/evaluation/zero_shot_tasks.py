@@ -98,33 +98,41 @@ def _check_labels(where: str, labels: str, classes: tuple[ClassName, ...], sourc
             f"it knows, e.g. {sorted(vocab)[:8]} (or use labels: captions / none)")
 
 
-def instances_file(cfg: Mapping, split: str, tasks: Mapping[str, Task]) -> str:
-    """The COCO object annotations a task labelled ``coco`` reads ("" when none is), for
-    the figures rule's params; instances_input is what the rule waits for."""
+def label_file(cfg: Mapping, split: str, tasks: Mapping[str, Task]) -> str:
+    """The ground-truth file the tasks labelled ``coco`` or ``demo`` read ("" when none
+    is): COCO's object annotations, or the demo generator's scenes. Evaluation reads it;
+    label_input is what the evaluate rule waits for."""
     from cliptune.data.captions import source_split
-    from cliptune.evaluation.zero_shot_labels import instances_json
+    from cliptune.evaluation.zero_shot_labels import demo_scenes_json, instances_json
 
-    if not any(t.labels == "coco" for t in tasks.values()):
+    # labels: coco needs source coco and labels: demo source demo (_check_labels): one file.
+    sources = {t.labels for t in tasks.values()} & {"coco", "demo"}
+    if not sources:
         return ""
-    return str(instances_json(cfg["dataset"], source_split(cfg["dataset"], split)))
+    dataset = cfg["dataset"]
+    folder_split = source_split(dataset, split)
+    if sources == {"demo"}:
+        return str(demo_scenes_json(dataset, folder_split))
+    return str(instances_json(dataset, folder_split))
 
 
-def instances_input(cfg: Mapping, split: str, tasks: Mapping[str, Task]) -> dict[str, str]:
-    """Snakemake input when a task is labelled from COCO's object annotations: the json
-    itself, or, when downloading, the extracted annotations zip's completion marker (the
-    json is in that zip). A missing file is an error at parse time that says where it
-    goes, never a silently label-free task."""
+def label_input(cfg: Mapping, split: str, tasks: Mapping[str, Task]) -> dict[str, str]:
+    """Snakemake input of the tasks' ground truth: the demo generator's scenes file (a
+    demo_dataset output); COCO's instances json itself, or, when downloading, the
+    extracted annotations zip's completion marker (the json is in that zip). A missing
+    COCO file is an error at parse time that says where it goes, never a silently
+    label-free task."""
     from cliptune.data.coco_download import ANNOTATIONS_ZIP, marker_path
 
-    path = instances_file(cfg, split, tasks)
-    if not path:
-        return {}
+    path = label_file(cfg, split, tasks)
+    if not path or cfg["dataset"]["source"] == "demo":
+        return {"labels": path} if path else {}
     if cfg["dataset"]["download"]:
-        return {"instances": str(marker_path(cfg["dataset"]["root"], ANNOTATIONS_ZIP))}
+        return {"labels": str(marker_path(cfg["dataset"]["root"], ANNOTATIONS_ZIP))}
     if not Path(path).is_file():
         coco = [t.name for t in tasks.values() if t.labels == "coco"]
         raise ConfigError(
             f"config error: report.zero_shot.tasks {coco} use labels: coco, which reads {path} "
             f"(in COCO's {ANNOTATIONS_ZIP}); unzip it into {Path(path).parent} or set those "
             "tasks' labels to captions or none")
-    return {"instances": path}
+    return {"labels": path}

@@ -1,7 +1,7 @@
 """Which text tower embeds a variant's captions, decided from its config alone.
 
-Training, evaluation, the figures and the Snakemake rules (does the figures job
-need the trained model, and a GPU?) all ask the same question, so the answer
+Training, evaluation, the report and the Snakemake rules (does a job that encodes
+text need the trained model, and a GPU?) all ask the same question, so the answer
 lives here once. Pure config logic: importing this module loads no torch.
 """
 
@@ -43,3 +43,10 @@ def reads_text_cache(variant: Mapping) -> bool:
         return False
     te = variant["text_encoder"]
     return te["model"] == mcfg["clip"]["model"] and te["pooling"] in ("auto", "clip")
+
+
+def text_tower_gpus(variant: Mapping) -> int:
+    """GPUs a job that encodes text with the variant's text tower (the folder search's
+    queries) asks for: one when it runs the variant's own tower on the variant's
+    (non-CPU) device, as evaluate does; none for the frozen encoder (run on the CPU)."""
+    return int(not reads_text_cache(variant) and variant["train"]["device"] != "cpu")

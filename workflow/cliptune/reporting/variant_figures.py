@@ -1,47 +1,28 @@
 """The per-variant showcase: text->image and image->text retrieval grids, one zero-shot
-classification figure per task and a similarity heatmap, all from the embeddings saved
-by ``evaluate`` (never recomputed); only the query and class prompts are encoded, with
-the variant's own text tower. The queries' top images are saved too (``queries.json``),
-so the cross-variant query figure never encodes anything again.
+classification figure per task and a similarity heatmap, drawn from the files evaluate
+wrote (embeddings, the queries' top images, zero-shot probabilities and labels:
+cliptune.evaluation.prompt_results). Nothing is encoded here and no model is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 from cliptune.data.image_cache import cache_rows, open_cache
-from cliptune.evaluation.evaluate import variant_text_encoder
-from cliptune.evaluation.prompts import render
-from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
-from cliptune.evaluation.zero_shot import (
-    class_embeddings,
-    write_zero_shot_json,
-    zero_shot_accuracy,
-    zero_shot_probs,
-)
-from cliptune.evaluation.zero_shot_labels import (
-    LABELS_OVER,
-    caption_labels,
-    coco_labels,
-    demo_labels,
-)
-from cliptune.evaluation.zero_shot_tasks import Task, resolve_tasks
-from cliptune.io_utils import write_json
+from cliptune.evaluation.report_outputs import FIGURES, ZERO_SHOT_FIGURE
+from cliptune.evaluation.retrieval_metrics import topk_texts
+from cliptune.evaluation.zero_shot_labels import LABELS_OVER
 from cliptune.reporting import figures
 
-# Re-exported: the figure names and the GPU request are planned without torch.
-from cliptune.reporting.figure_plan import FIGURES, ZERO_SHOT_FIGURE, figures_gpus  # noqa: F401
-
 log = logging.getLogger(__name__)
-
 
 
 class EvalArtifacts:
@@ -108,76 +89,61 @@ def zero_shot_paths(out_dir: Path, tasks) -> dict[str, Path]:
     return {t: Path(out_dir) / ZERO_SHOT_FIGURE.format(task=t) for t in tasks}
 
 
-def _labels(task: Task, dataset: Mapping, art: EvalArtifacts,
-            instances: Path | None) -> np.ndarray | None:
-    """[N, C] ground truth of ``task`` from its label source; None for labels: none."""
-    bare = [c.bare for c in task.classes]
-    if task.labels == "coco":
-        if instances is None:
-            raise ValueError(f"zero-shot task {task.name!r} uses labels: coco but no COCO "
-                             "instances file was found; put instances_<split folder>.json "
-                             "(from annotations_trainval2014.zip) in the dataset's "
-                             "annotations/ folder, or set the task's labels: none")
-        return coco_labels(instances, art.image_id, bare)
-    if task.labels == "demo":
-        demo = dataset["demo"]
-        return demo_labels(art.image_id, bare, demo["seed"], demo["max_shapes"])
-    if task.labels == "captions":
-        return caption_labels(art.captions, art.text_image, art.n_images,
-                              [c.keywords for c in task.classes])
-    return None
+def _subtitle(result: Mapping) -> str:
+    acc = result["accuracy"]
+    if acc is None:
+        return "no labels for this task: probabilities only, no accuracy"
+    over = LABELS_OVER[result["labels"]]
+    if "top1_accuracy" not in acc:
+        return f"no image has a label ({over})"
+    return (f"over {acc['n_images']} images: top-1 {acc['top1_accuracy']:.1f}% "
+            f"(chance {acc['chance_top1_accuracy']:.1f}%), top-5 "
+            f"{acc['top5_accuracy']:.1f}%, mAP {acc['mAP']:.1f}%; labels from {over}")
 
 
-def build_variant_figures(
-    variant: Mapping,
-    report: Mapping,
-    dataset: Mapping,
-    art: EvalArtifacts,
-    temperature: float,
-    out_dir: Path,
-    zero_shot_json: Path,
-    encode: Callable[[list[str]], torch.Tensor],
-    instances: Path | None = None,
-    queries_json: Path | None = None,
-) -> dict:
-    """Draw the figures into ``out_dir``; write the zero-shot results (all tasks) and the
-    queries' top images (``queries_json``). Returns the zero-shot results."""
-    name = variant["name"]
+def build_variant_figures(name: str, report: Mapping, art: EvalArtifacts, queries: Mapping,
+                          zero_shot: Mapping, prompts: Mapping[str, np.ndarray],
+                          block_size: int, out_dir: Path) -> None:
+    """Draw the figures into ``out_dir`` from evaluate's results: ``queries``
+    (queries.json), ``zero_shot`` (zero_shot.json) and ``prompts`` (prompts.safetensors)."""
     paths = figure_paths(out_dir)
     rng = np.random.default_rng(report["seed"])
-    k = min(report["top_k"], art.n_images)
-    block = variant["eval"]["block_size"]
 
-    # text query -> top-K images
-    queries = list(report["queries"])
-    t_scores, t_idx = topk_images(encode(queries), art.image, k, block_size=block)
-    figures.plot_text_to_image(queries, t_idx.numpy(), t_scores.numpy(), _Images(art),
-                               _Captions(art), paths["text_to_image"], f"variant: {name}")
-    if queries_json is not None:
-        write_json(queries_json, {"variant": name, "queries": queries,
-                                  "image_id": art.image_id[t_idx.numpy()].tolist(),
-                                  "score": t_scores.numpy().tolist()})
+    # text query -> top-K images, as evaluate ranked them
+    position = {int(i): p for p, i in enumerate(art.image_id.tolist())}
+    try:
+        t_idx = np.array([[position[int(i)] for i in row] for row in queries["image_id"]])
+    except KeyError as exc:
+        raise RuntimeError(f"variant {name}: queries.json names image {exc} that its "
+                           "embeddings do not hold; rerun its evaluate job") from None
+    figures.plot_text_to_image(queries["queries"], t_idx, np.asarray(queries["score"]),
+                               _Images(art), _Captions(art), paths["text_to_image"],
+                               f"variant: {name}")
 
     # image -> top-K captions, on a fixed random sample (same images for every variant)
+    k = min(report["top_k"], art.n_images)
     sample = np.sort(rng.choice(art.n_images, size=min(report["n_images"], art.n_images),
                                 replace=False))
     i_scores, i_idx = topk_texts(art.image[sample], art.text, min(k, len(art.text)),
-                                 block_size=block)
+                                 block_size=block_size)
     correct = art.text_image[i_idx.numpy()] == sample[:, None]
     figures.plot_image_to_text(_Images(art, sample),
                                [[art.captions[m] for m in row] for row in i_idx.numpy()],
                                i_scores.numpy(), correct, paths["image_to_text"],
                                f"variant: {name}")
 
-    # zero-shot classification with prompt ensembling, one figure and result per task
-    tasks = resolve_tasks(report["zero_shot"], dataset["source"])
-    pngs = zero_shot_paths(out_dir, tasks)
-    # The JSON is written with sorted keys: task_order keeps the configured order.
-    result = {"variant": name, "temperature": temperature, "task_order": list(tasks), "tasks": {
-        t: _zero_shot_task(name, task, report["zero_shot"]["top_classes"], dataset, art,
-                           temperature, encode, instances, sample, pngs[t])
-        for t, task in tasks.items()}}
-    write_zero_shot_json(zero_shot_json, result)
+    # zero-shot classification: one figure per task, from evaluate's probabilities
+    tasks = zero_shot["task_order"]
+    for task, png in zero_shot_paths(out_dir, tasks).items():
+        result = zero_shot["tasks"][task]
+        # evaluate saved labels exactly for the tasks it could score
+        labels = prompts[f"{task}.labels"] if result["accuracy"] is not None else None
+        figures.plot_zero_shot(_Images(art, sample), result["classes"],
+                               prompts[f"{task}.probs"][sample], png,
+                               f"variant: {name} · task: {task}",
+                               labels=None if labels is None else labels[sample].astype(bool),
+                               top=report["zero_shot"]["top_classes"],
+                               subtitle=_subtitle(result))
 
     # similarity heatmap of a sample of images and their first captions
     n_heat = min(report["heatmap_size"], art.n_images)
@@ -186,57 +152,20 @@ def build_variant_figures(
     sims = (art.image[heat] @ art.text[caps].T).numpy()
     figures.plot_similarity_heatmap(_Images(art, heat), [art.captions[m] for m in caps], sims,
                                     paths["similarity_heatmap"], f"variant: {name}")
-    log.info("%s: figures written to %s; zero-shot %s", name, out_dir,
-             {t: r["accuracy"] for t, r in result["tasks"].items()})
-    return result
+    log.info("%s: figures written to %s", name, out_dir)
 
 
-def _zero_shot_task(name: str, task: Task, top: int, dataset: Mapping, art: EvalArtifacts,
-                    temperature: float, encode: Callable[[list[str]], torch.Tensor],
-                    instances: Path | None, sample: np.ndarray, png: Path) -> dict:
-    """One task: its figure of ``sample`` and its results (accuracy only with labels)."""
-    class_emb = class_embeddings(encode, task.classes, task.templates)
-    probs = zero_shot_probs(art.image, class_emb, temperature).numpy()
-    labels = _labels(task, dataset, art, instances)
-    result: dict = {"classes": task.names, "templates": list(task.templates),
-                    "labels": task.labels,
-                    "prompts": [render(task.templates[0], c) for c in task.classes],
-                    "accuracy": None, "accuracy_over": None}
-    subtitle = "no labels for this task: probabilities only, no accuracy"
-    if labels is not None:
-        result["accuracy"] = acc = zero_shot_accuracy(probs, labels)
-        result["accuracy_over"] = (f"{len(task.classes)} classes; labels from "
-                                   f"{LABELS_OVER[task.labels]}")
-        subtitle = (f"no image has a label ({LABELS_OVER[task.labels]})"
-                    if "top1_accuracy" not in acc else
-                    f"over {acc['n_images']} images: top-1 {acc['top1_accuracy']:.1f}% "
-                    f"(chance {acc['chance_top1_accuracy']:.1f}%), top-5 "
-                    f"{acc['top5_accuracy']:.1f}%, mAP {acc['mAP']:.1f}%; labels from "
-                    f"{LABELS_OVER[task.labels]}")
-    figures.plot_zero_shot(_Images(art, sample), task.names, probs[sample], png,
-                           f"variant: {name} · task: {task.name}",
-                           labels=None if labels is None else labels[sample],
-                           top=top, subtitle=subtitle)
-    return result
-
-
-def run_variant_figures(variant: Mapping, report: Mapping, dataset: Mapping, embeddings: Path,
-                        metrics_json: Path, captions_parquet: Path, image_array: Path,
-                        image_index: Path, out_dir: Path, zero_shot_json: Path,
-                        instances: Path | None = None, model: Path | None = None,
-                        encode: Callable[[list[str]], torch.Tensor] | None = None,
-                        queries_json: Path | None = None) -> dict:
-    """Load a variant's saved evaluation artifacts and draw its figures.
-
-    Queries and zero-shot prompts are encoded by the text tower evaluate used
-    (cliptune.evaluation.evaluate.variant_text_encoder, from the trained ``model``), or by
-    ``encode`` when given (tests)."""
+def run_variant_figures(name: str, report: Mapping, block_size: int, embeddings: Path,
+                        queries_json: Path, zero_shot_json: Path, prompts: Path,
+                        captions_parquet: Path, image_array: Path, image_index: Path,
+                        out_dir: Path) -> None:
+    """Read a variant's evaluation results and draw its figures (files only)."""
     art = EvalArtifacts(embeddings, captions_parquet, image_array, image_index)
-    temperature = float(json.loads(Path(metrics_json).read_text())["temperature"])
-    if encode is None:
-        if model is None:
-            raise ValueError("run_variant_figures needs the variant's model.safetensors "
-                             "(model=...) to encode text with its own tower")
-        encode = variant_text_encoder(dict(variant), Path(model), art.text.shape[1])
-    return build_variant_figures(variant, report, dataset, art, temperature, out_dir,
-                                 zero_shot_json, encode, instances, queries_json)
+    zero_shot = json.loads(Path(zero_shot_json).read_text())
+    tensors = load_numpy(str(prompts))
+    missing = [t for t in zero_shot["task_order"] if f"{t}.probs" not in tensors]
+    if missing:
+        raise RuntimeError(f"{prompts} lacks the zero-shot tasks {missing} of "
+                           f"{zero_shot_json}; rerun the variant's evaluate job")
+    build_variant_figures(name, report, art, json.loads(Path(queries_json).read_text()),
+                          zero_shot, tensors, block_size, out_dir)
