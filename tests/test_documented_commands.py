@@ -20,7 +20,7 @@ from PIL import Image
 SLURM_PLUGIN = "snakemake_executor_plugin_slurm"
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "config/README.md", *sorted(p.relative_to(REPO).as_posix()
+DOCS = ["README.md", "CONTRIBUTING.md", "config/README.md", *sorted(p.relative_to(REPO).as_posix()
                                                  for p in (REPO / "docs").glob("*.md"))]
 # Modes that need a finished run or change state rather than plan jobs.
 SKIP = ("--report", "--lint", "--generate-unit-tests", "--unlock")

@@ -132,7 +132,7 @@ def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, t
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, (f"{path.name}: rule all failed\n{proc.stderr[-6000:]}\n"
                                   f"{failed_logs(tmp_path)}")
-    print(f"{path.name}: rule all in {seconds:.0f} s")  # recorded in README (tests)
+    print(f"{path.name}: rule all in {seconds:.0f} s")  # recorded in benchmarks/results/shipped_configs.md
     full = load_config(toy)
     variants = variant_names(full)
     vdir = tmp_path / "results" / full["study"] / "variants"
