@@ -13,6 +13,7 @@ import pytest
 import torch
 from tiny_pairs import load_train_val, tiny_variant
 
+from cliptune import integrity
 from cliptune.config import deep_merge
 from cliptune.training.train_log import STEP_COLUMNS
 
@@ -360,6 +361,7 @@ def test_state_with_another_optimizer_layout_is_not_resumed(pairs, tmp_path, cap
     for group in state["optimizer"]["param_groups"]:
         group["name"] = "other." + group["name"]
     torch.save(state, path)
+    integrity.seal(path, path)  # a sound file of another layout, not a damaged one
     with caplog.at_level("WARNING"):  # same config: only the layout differs
         result = train(v, pairs, tmp_path, write_outputs=False)
     assert "optimiser layout" in caplog.text and len(result["history"]) == 1
