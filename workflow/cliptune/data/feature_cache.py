@@ -27,7 +27,7 @@ from cliptune.data.feature_keys import feature_key, feature_spec  # noqa: F401 -
 from cliptune.data.image_cache import open_cache
 from cliptune.data.pairs import PairData
 from cliptune.integrity import verify
-from cliptune.io_utils import atomic_path, write_json
+from cliptune.io_utils import atomic_path, reserve, write_json
 from cliptune.models.image_tower import (
     PixelNormalize,
     build_trunk,
@@ -77,8 +77,10 @@ def build_feature_cache(image_array: Path, image_index: Path, spec: Mapping, out
         probe = trunk(norm.from_uint8(torch.zeros(1, size, size, 3, dtype=torch.uint8)))
     shape = (n, probe.shape[1]) if spec["mode"] == "pooled" else (n, *probe.shape[1:])
     dtype = POOLED_DTYPE if spec["mode"] == "pooled" else MAP_DTYPE
-    with atomic_path(out_array, seal=True) as tmp:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    with atomic_path(out_array, seal=True, expected_bytes=nbytes) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        reserve(tmp)
         def encode(start: int) -> torch.Tensor:
             batch = torch.from_numpy(np.array(pixels[start:start + batch_size]))  # writable
             feats = trunk(norm.from_uint8(batch))

@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cliptune.integrity import verify
-from cliptune.io_utils import atomic_path, write_parquet
+from cliptune.io_utils import atomic_path, reserve, write_parquet
 from cliptune.runtime import progress
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,9 @@ def build_image_cache(
         "problem": "",
     })
     jobs = [(i, str(Path(root) / f), size) for i, f in enumerate(index["file_name"])]
-    with atomic_path(array_out, seal=True) as tmp:
+    with atomic_path(array_out, seal=True, expected_bytes=n * size * size * 3) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        reserve(tmp)
         ctx = get_context("fork") if workers > 1 else None
         pool = ctx.Pool(workers) if ctx else None
         try:
