@@ -29,10 +29,11 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 
+# --durations: the slowest tests stay visible in CI.
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # Opt-in (root + apt): a throw-away single-node SLURM runs the demo via profiles/slurm.
 test-slurm: venv

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -72,21 +75,60 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     return out
 
 
-def snakemake_batch(requests: list[dict], workdir: Path) -> list[subprocess.CompletedProcess]:
-    """Run several `snakemake <args>` (each {"args", "cwd", optional "env"}) in one
-    process that imports torch and the rules' modules once, then forks per command
-    (tests/snakemake_batch.py): a dry run costs its parse, not its imports. Returns one
-    CompletedProcess per request, stdout holding its stdout and stderr."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = [{"args": [str(a) for a in r["args"]], "cwd": str(r["cwd"]),
-             "env": r.get("env", env), "log": str(workdir / f"{i}.log")}
-            for i, r in enumerate(requests)]
-    (workdir / "requests.json").write_text(json.dumps(full))
-    subprocess.run([sys.executable, str(REPO / "tests" / "snakemake_batch.py"),
-                    str(workdir / "requests.json"), str(workdir / "results.json")],
-                   check=True, env=env)
-    codes = json.loads((workdir / "results.json").read_text())
-    return [subprocess.CompletedProcess(["snakemake", *r["args"]], code,
-                                        Path(r["log"]).read_text(errors="replace"), "")
-            for r, code in zip(full, codes, strict=True)]
+class SnakemakeServer:
+    """tests/snakemake_server.py, started on first use: runs each `snakemake` command
+    line in a fork of one process that imported torch and the rules' modules once, so a
+    dry run costs its parse, not its imports."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+        self.logs: Path | None = None
+        self.count = 0
+
+    def run(self, args: list, cwd: Path | str, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+        env = env or {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.logs = self.logs or Path(tempfile.mkdtemp(prefix="snakemake_server_"))
+                self.proc = subprocess.Popen(
+                    [sys.executable, str(REPO / "tests" / "snakemake_server.py")],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self.count += 1
+            out, err = self.logs / f"{self.count}.out", self.logs / f"{self.count}.err"
+            args = [str(a) for a in args]
+            request = {"args": args, "cwd": str(cwd), "env": env, "stdout": str(out),
+                       "stderr": str(err)}
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+            if not answer:
+                raise RuntimeError("tests/snakemake_server.py stopped; its stderr is above")
+            proc = subprocess.CompletedProcess(["snakemake", *args], json.loads(answer),
+                                               out.read_text(errors="replace"),
+                                               err.read_text(errors="replace"))
+            out.unlink()
+            err.unlink()
+            return proc
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait()
+        if self.logs is not None:
+            shutil.rmtree(self.logs, ignore_errors=True)
+
+
+SNAKEMAKE = SnakemakeServer()
+
+
+def pytest_unconfigure(config):
+    SNAKEMAKE.close()
+
+
+def snakemake_batch(requests: list[dict]) -> list[subprocess.CompletedProcess]:
+    """`snakemake <args>` for each request ({"args", "cwd", optional "env"}), in order,
+    through the one SnakemakeServer."""
+    return [SNAKEMAKE.run(r["args"], r["cwd"], r.get("env")) for r in requests]

@@ -88,12 +88,12 @@ def prepare(command: str, project_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def dry_runs(project_dir, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """Every documented command dry-run once, all in one batch (conftest.snakemake_batch)."""
+def dry_runs(project_dir) -> dict[str, subprocess.CompletedProcess]:
+    """Every documented command dry-run once (conftest.snakemake_batch)."""
     commands = [c for _, c in documented_commands()
                 if "profiles/slurm" not in c or importlib.util.find_spec(SLURM_PLUGIN)]
     requests = [prepare(c, project_dir) for c in commands]
-    procs = snakemake_batch(requests, tmp_path_factory.mktemp("docs_batch"))
+    procs = snakemake_batch(requests)
     return dict(zip(commands, procs, strict=True))
 
 
@@ -108,7 +108,7 @@ def test_documented_command_dry_runs(doc, command, dry_runs):
     if "profiles/slurm" in command:
         pytest.importorskip(SLURM_PLUGIN)
     proc = dry_runs[command]
-    out = proc.stdout
+    out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{doc}: `{command}` failed:\n{out[-3000:]}"
     for arg in shlex.split(command)[1:]:
         if arg.startswith(("results/", "resources/")) and not arg.endswith(".yaml"):

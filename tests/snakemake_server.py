@@ -1,15 +1,16 @@
-"""Run many `snakemake` command lines, paying the imports once.
+"""Run `snakemake` command lines for the tests, paying the imports once.
 
 A plain `snakemake -n` spends most of its CPU importing torch, torchvision and the
-cliptune modules the rules import. This script imports them once, then forks a child per
+cliptune modules the rules import. This server imports them once, then forks a child per
 command line: each child is a fresh snakemake process (its own cwd, environment, logging
-and exit status) that starts with those modules already loaded.
+and exit status) that starts with those modules already loaded. Jobs still run as
+Snakemake runs them (script jobs in their own processes).
 
-    python tests/snakemake_batch.py requests.json results.json
+    python tests/snakemake_server.py
 
-requests.json: a list of {"args": [...], "cwd": str, "env": {...}, "log": str}; each
-child's stdout and stderr go to its "log" file. results.json: the list of exit statuses.
-Called by conftest.py ``snakemake_batch``.
+reads one JSON request per stdin line, {"args": [...], "cwd": str, "env": {...},
+"stdout": path, "stderr": path}, and answers each with its exit status on one stdout
+line. Started by conftest.py (``snakemake``, ``snakemake_batch``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,8 @@ def run_one(request: dict) -> int:
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     code = 1
     try:
-        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -69,9 +69,9 @@ def run_one(request: dict) -> int:
 
 
 def main() -> None:
-    requests = json.loads(Path(sys.argv[1]).read_text())
     preload()
-    Path(sys.argv[2]).write_text(json.dumps([run_one(r) for r in requests]))
+    for line in sys.stdin:
+        print(json.dumps(run_one(json.loads(line))), flush=True)
 
 
 if __name__ == "__main__":
