@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PYTHONPATH := $(CURDIR)/workflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test test-slurm test-slurm-ci lint bench bench-gpu clean-demo config-docs
+.PHONY: venv demo test test-kills test-slurm test-slurm-ci lint bench bench-gpu clean-demo config-docs
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "make: '$(PY)' not found. Install Python >= 3.11 (e.g. apt install python3.11 python3.11-venv) and run: make PY=python3.11"; exit 1; }
@@ -34,6 +34,11 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/python -m pytest -q --durations=25 tests
+
+# Opt-in (~7 min): the toy DAG SIGKILLed at KILLS random moments finishes identical.
+KILLS ?= 3
+test-kills: venv
+	CLIPTUNE_KILLS=$(KILLS) $(BIN)/python -m pytest -q -s tests/test_random_kills.py
 
 # Opt-in (root + apt): a throw-away single-node SLURM runs the demo via profiles/slurm.
 test-slurm: venv
