@@ -104,6 +104,12 @@ def sbatch_for(plan, rule: str, wildcards: str = "") -> list[str]:
     return sbatch_args(rule, threads, resources)
 
 
+def cache_job(plan, rule: str, split: str) -> str:
+    """Wildcards of the one planned cache job of `split` (caches are keyed by content)."""
+    [wildcards] = [wc for r, wc in plan if r == rule and f"ckey={split}-" in wc]
+    return wildcards
+
+
 def test_workflow_profile_holds_no_machine_limits(repo):
     # profiles/default is loaded next to --profile profiles/slurm and wins over it.
     default = yaml.safe_load((repo / "profiles/default/config.yaml").read_text())
@@ -136,10 +142,10 @@ def test_cpu_variant_asks_for_no_gpu(slurm_plan):
 
 
 def test_gpu_and_cpu_rules(slurm_plan):
-    for rule, wc in [("evaluate", "variant=baseline"), ("text_embeddings",
-                     "encoder=offline-minilm_len32, split=train")]:
+    for rule, wc in [("evaluate", "variant=baseline"),
+                     ("text_embeddings", cache_job(slurm_plan, "text_embeddings", "train"))]:
         assert "--gpus=1" in sbatch_for(slurm_plan, rule, wc), rule
-    captions = sbatch_for(slurm_plan, "captions", "split=train")
+    captions = sbatch_for(slurm_plan, "captions", cache_job(slurm_plan, "captions", "train"))
     assert not any(f.startswith(("--gpus", "--gres")) for f in captions)
     assert "--ntasks=1" in captions and "--cpus-per-task=1" in captions
     # Figures read what evaluate wrote (no model): no GPU asked for.

@@ -427,3 +427,30 @@ def test_loss_curves_show_accuracy_per_step_loss_and_warmup(tmp_path):
     for ax in fig.axes:
         ticks = ax.get_xticks()
         assert np.allclose(ticks, np.round(ticks))  # integer epoch ticks
+
+
+def test_coco_labelled_task_is_saved_with_its_labels(tmp_path):
+    """A labels: coco task (a column selection of COCO's instance matrix) goes through
+    evaluate's prompt results into prompts.safetensors with its labels intact."""
+    from safetensors.torch import load_file
+
+    from cliptune.evaluation.prompt_results import Evaluated, PromptSpec, write_prompt_results
+
+    ids = _fake_evaluation(tmp_path)
+    cats = [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "cat"}]
+    anns = [{"id": i, "image_id": int(image_id), "category_id": 1 + i % 3, "bbox": [0, 0, 1, 1],
+             "area": 1.0, "iscrowd": 0} for i, image_id in enumerate(ids)]
+    instances = tmp_path / "instances_val2014.json"
+    instances.write_text(json.dumps({"images": [{"id": int(i)} for i in ids],
+                                     "annotations": anns, "categories": cats}))
+    report = _figures_report()
+    report["zero_shot"]["tasks"] = {"objects": {"classes": ["cat", "dog"], "labels": "coco"}}
+    emb = load_file(str(tmp_path / "emb.safetensors"))
+    captions = pd.read_parquet(tmp_path / "caps.parquet")["caption"].tolist()
+    ev = Evaluated(emb["image"], ids, captions, emb["text_image_index"].numpy(), 0.05, 4)
+    result = write_prompt_results("v", PromptSpec.of(report, "coco", instances),
+                                  _fake_encode, ev, tmp_path)
+    labels = load_file(str(tmp_path / "prompts.safetensors"))["objects.labels"].numpy()
+    expected = np.array([[i % 3 == 2, i % 3 == 1] for i in range(len(ids))], dtype=np.uint8)
+    np.testing.assert_array_equal(labels, expected)
+    assert result["tasks"]["objects"]["accuracy"]["n_images"] == sum(expected.any(axis=1))

@@ -203,6 +203,8 @@ rule current_study:
         runtime=5,
     log:
         f"{LOGS}/current_study/{{file}}.log",
+    benchmark:
+        f"{LOGS}/current_study/{{file}}.benchmark.tsv",
     conda:
         ENV
     script:

@@ -98,7 +98,8 @@ def _zero_shot_task(task: Task, encode: Callable[[list[str]], torch.Tensor], ev:
                     "prompts": [render(task.templates[0], c) for c in task.classes],
                     "accuracy": None, "accuracy_over": None}
     if labels is not None:
-        tensors[f"{task.name}.labels"] = torch.from_numpy(labels.astype(np.uint8))
+        # astype keeps a transposed (column-major) label matrix; safetensors needs C order.
+        tensors[f"{task.name}.labels"] = torch.from_numpy(np.ascontiguousarray(labels, np.uint8))
         result["accuracy"] = zero_shot_accuracy(probs.numpy(), labels)
         result["accuracy_over"] = (f"{len(task.classes)} classes; labels from "
                                    f"{LABELS_OVER[task.labels]}")
