@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
@@ -23,6 +28,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "shipped_rule_all: each shipped config's own toy `rule all` (make test-all)")
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +83,42 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     CLIPModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# ---------------------------------------------------------------- Snakemake in tests
+
+# A tiny demo study: the base of the workflow tests' own configs.
+TINY = {
+    "dataset": {
+        "name": "tiny",
+        "source": "demo",
+        "demo": {"train_images": 96, "val_images": 40, "image_size": 40, "seed": 1},
+    },
+    "image_size": 32,
+    "text_encoder": {"model": "offline-minilm", "max_length": 32},
+    "model": {"backbone": "resnet18", "weights": None, "attention_heads": 4,
+              "head": {"hidden_dim": 64}},
+    "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
+    "eval": {"block_size": 7},
+    "variants": {"baseline": {}, "bn_head": {"model": {"head": {"norm": "batchnorm"}}}},
+}
+# The one finished toy run the suite shares (``toy_run``): TINY plus what makes it run
+# every rule a shipped config's DAG has (tests/test_shipped_configs.py checks that):
+# a frozen-trunk variant (cached trunk features) and a one-trial HPO search; and a
+# replicate seed of bn_head (tests/test_seeds_workflow.py).
+TOY_RUN = {
+    **TINY,
+    "variants": {"baseline": {},
+                 "bn_head": {"model": {"head": {"norm": "batchnorm"}}, "train": {"seeds": [0, 1]}},
+                 "frozen": {"model": {"freeze_backbone": True}}},
+    "hpo": {"trials": 1, "epochs": 1,
+            "space": {"train.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}}},
+}
+TOY_HPO_TARGET = "results/tiny/hpo/baseline/best_overlay.yaml"
+# Jobs that summarise all variants: they legitimately rerun when any variant changes
+# (current_study: the top-level copies of the study's aggregates).
+AGGREGATES = {"aggregate", "loss_overlay", "queries_across_variants", "summary", "current_study",
+              "all"}
 
 
 class SnakemakeServer:
@@ -128,7 +174,168 @@ def pytest_unconfigure(config):
     SNAKEMAKE.close()
 
 
+def snakemake(workdir: Path, repo: Path, *args: str, check=True) -> subprocess.CompletedProcess:
+    """`snakemake --cores 2 <args>` on ``workdir``/config.yaml."""
+    cmd = ["-s", repo / "Snakefile", "--directory", workdir, "--configfile",
+           workdir / "config.yaml", "--cores", "2", *args]
+    proc = SNAKEMAKE.run(cmd, os.getcwd())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 def snakemake_batch(requests: list[dict]) -> list[subprocess.CompletedProcess]:
-    """`snakemake <args>` for each request ({"args", "cwd", optional "env"}), in order,
-    through the one SnakemakeServer."""
+    """`snakemake <args>` for each request ({"args", "cwd", optional "env"}), in order."""
     return [SNAKEMAKE.run(r["args"], r["cwd"], r.get("env")) for r in requests]
+
+
+def write_config(workdir: Path, cfg: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("Reasons:")[0]
+    jobs = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def planned(proc: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job a dry run plans."""
+    jobs, rule = [], None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            if rule:
+                jobs.append((rule, ""))
+            rule = m.group(1)
+            continue
+        m = re.match(r"^wildcards: (.*)$", line.strip())
+        if m and rule:
+            jobs.append((rule, m.group(1)))
+            rule = None
+        elif line.strip().startswith("jobid:") and rule in AGGREGATES:
+            jobs.append((rule, ""))
+            rule = None
+    if rule:
+        jobs.append((rule, ""))
+    return jobs
+
+
+def caption_table(split: str, cfg: dict = TINY) -> str:
+    """The shared caption cache of one split of ``cfg`` (cliptune.cache_keys)."""
+    from cliptune.cache_keys import captions_paths
+    from cliptune.config import load_config
+
+    return captions_paths(load_config(cfg)["dataset"], split)["captions"]
+
+
+@dataclass(frozen=True)
+class ToyRun:
+    workdir: Path
+    rules_run: frozenset[str]  # every rule a job of the run executed
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory) -> ToyRun:
+    """TOY_RUN finished: `rule all`, then its HPO search. Tests that change its
+    config.yaml put TOY_RUN back."""
+    workdir = tmp_path_factory.mktemp("toy_run")
+    write_config(workdir, TOY_RUN)
+    rules = set()
+    for targets in (["all"], [TOY_HPO_TARGET]):
+        proc = snakemake(workdir, REPO, *targets)
+        rules |= {rule for rule, _ in planned(proc)}
+    return ToyRun(workdir, frozenset(rules))
+
+
+def check_hpo_outputs(out: Path, full: dict) -> None:
+    """The search ran its trials over the configured space on the baseline, and the best
+    overlay sets every searched key (tied keys each) to the best trial's value."""
+    from cliptune.hpo_space import expand
+
+    trials = (out / "trials.csv").read_text().strip().splitlines()
+    assert len(trials) - 1 == full["hpo"]["trials"], trials
+    best = json.loads((out / "best_params.json").read_text())
+    assert set(best["params"]) == set(full["hpo"]["space"]), best
+    overlay = yaml.safe_load((out / "best_overlay.yaml").read_text())
+    variant = overlay["variants"][f"{full['baseline']}_hpo"]
+    for key, value in best["params"].items():
+        for path in expand(key):
+            node = variant
+            for part in path.split("."):
+                node = node[part]
+            assert node == value, (path, node, value)
+
+
+# ------------------------------------------------- a local stand-in for the HF hub
+
+REPO_ID = "acme/tiny-clip"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _sibling(name: str, data: bytes, lfs: bool) -> dict:
+    entry = {"rfilename": name, "size": len(data),
+             "blobId": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+    if lfs:
+        entry["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                        "pointerSize": 134}
+    return entry
+
+
+class FakeHub(ThreadingHTTPServer):
+    """Answers the three calls huggingface_hub makes: repo info, HEAD and GET of a file."""
+
+    def __init__(self, files: dict[str, bytes], served: dict[str, bytes] | None = None):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.files, self.served, self.requests = files, served or files, []
+        self.info = {"id": REPO_ID, "modelId": REPO_ID, "sha": COMMIT, "private": False,
+                     "siblings": [_sibling(n, d, n.endswith((".safetensors", ".h5", ".pth")))
+                                  for n, d in files.items()]}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _file(self):
+        prefix = f"/{REPO_ID}/resolve/"
+        if not self.path.startswith(prefix):
+            return None
+        name = self.path[len(prefix):].split("/", 1)[1].split("?")[0]
+        return name, self.server.served.get(name)
+
+    def _send(self, body: bytes | None, headers: dict, head: bool):
+        self.send_response(200 if body is not None else 404)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        if body is not None and not head:
+            self.wfile.write(body)
+
+    def do_HEAD(self, head=True):  # noqa: N802 - http.server naming
+        self.server.requests.append((self.command, self.path))
+        if self.path.startswith(f"/api/models/{REPO_ID}/revision/"):
+            return self._send(json.dumps(self.server.info).encode(),
+                              {"Content-Type": "application/json"}, head)
+        found = self._file()
+        if found is None or found[1] is None:
+            return self._send(None, {}, head)
+        name, body = found
+        etag = hashlib.sha256(self.server.files[name]).hexdigest()
+        return self._send(body, {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"'}, head)
+
+    def do_GET(self):  # noqa: N802
+        return self.do_HEAD(head=False)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from test_workflow import TINY
+from conftest import TINY
 
 from cliptune.config import deep_merge
 

@@ -475,7 +475,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.mark.slow
 def test_download_rules_fetch_verify_extract(zip_server, tmp_path, repo):
     """coco_archive -> coco_extract -> captions via Snakemake, from a local 'mirror'."""
-    from test_workflow import snakemake, write_config
+    from conftest import snakemake, write_config
 
     from cliptune.data.demo_data import generate_demo_dataset
 
@@ -510,7 +510,7 @@ def test_download_rules_fetch_verify_extract(zip_server, tmp_path, repo):
 @pytest.mark.slow
 def test_folder_dataset_through_captions_cache_and_report(tmp_path, repo):
     """A user folder dataset with every kind of bad image, through the real rules."""
-    from test_workflow import snakemake, write_config
+    from conftest import snakemake, write_config
 
     folder_dataset(tmp_path / "mydata")
     write_config(tmp_path, {

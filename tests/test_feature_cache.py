@@ -203,7 +203,7 @@ def test_feature_paths_only_for_cacheable_variants():
 
 
 def test_dag_builds_features_once_for_frozen_variants(tmp_path, repo):
-    from test_workflow import TINY, planned_jobs, snakemake, write_config
+    from conftest import TINY, planned_jobs, snakemake, write_config
 
     cfg = json.loads(json.dumps(TINY))
     cfg["variants"]["frozen"] = {"model": {"freeze_backbone": True}}

@@ -175,7 +175,7 @@ def test_trial_value_is_the_saved_epochs_not_the_best_of_all_epochs():
 
 
 def test_hpo_rule_is_its_own_target(tmp_path, repo):
-    from test_workflow import TINY, planned_jobs, snakemake, write_config
+    from conftest import TINY, planned_jobs, snakemake, write_config
 
     cfg = json.loads(json.dumps(TINY))
     # A tied key's braces must reach the job as text, not as a Snakemake wildcard.

@@ -145,7 +145,7 @@ def test_the_workflow_downloads_then_builds_captions_and_the_image_cache(tmp_pat
                                                                          monkeypatch):
     """The kaggle_flickr30k rule runs in its own job with the stand-in on PYTHONPATH."""
     import yaml
-    from test_workflow import TINY, planned_jobs, snakemake
+    from conftest import TINY, planned_jobs, snakemake
 
     fake = tmp_path / "fake_site" / "kagglehub"
     fake.mkdir(parents=True)

@@ -220,7 +220,7 @@ def job_inputs(proc, rule: str) -> list[str]:
 
 
 def test_train_and_hpo_read_the_selection_split_and_evaluate_the_reported_one(tmp_path, repo):
-    from test_workflow import TINY, snakemake, write_config
+    from conftest import TINY, snakemake, write_config
 
     write_config(tmp_path, TINY)
     base = "results/tiny/variants/baseline"
@@ -237,7 +237,7 @@ def test_train_and_hpo_read_the_selection_split_and_evaluate_the_reported_one(tm
 def test_hpo_with_a_test_split_selects_on_val_and_never_reads_test(tmp_path, repo):
     """Flickr30k (Study A's dataset, fetched by the kaggle rule, so nothing need exist
     here): trials train on train, are scored on val, and test is never an input."""
-    from test_workflow import TINY, snakemake, write_config
+    from conftest import TINY, snakemake, write_config
 
     cfg = {**TINY, "dataset": {"name": "fk", "source": "flickr30k", "download": "kaggle"}}
     write_config(tmp_path, cfg)

@@ -1,8 +1,12 @@
-"""Every variant of every shipped config (config/*.yaml) runs through `rule all`.
+"""Every shipped config (config/*.yaml) at toy scale.
 
 The configs run as shipped except for what cannot run here, which tests/toy_overlay.py
 replaces (dataset -> generated stand-in, hub ids -> a tiny local CLIP, ImageNet weights
--> none, small sizes); the first test checks the overlay touched nothing else.
+-> none, small sizes); the first tests check the overlay touched nothing else. Then:
+
+* every variant of every config builds and trains on its own inputs, in-process;
+* every config's DAG plans, and each of its rules ran in the suite's finished toy run;
+* (`make test-all`) every config's own `rule all`, end to end.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from conftest import check_hpo_outputs, planned_jobs, snakemake_batch
 from toy_overlay import (
     BATCH_SIZE,
     EPOCHS,
@@ -32,10 +38,16 @@ from toy_overlay import (
     write_toy_sources,
 )
 
-from cliptune.config import load_config, resolve_variant, variant_names
-from cliptune.data.captions import check_sources
+from cliptune.config import encoder_key, load_config, resolve_run, resolve_variant, variant_names
+from cliptune.data.captions import build_split_captions, check_sources, split_spec
 from cliptune.data.dataset_formats import read_karpathy
+from cliptune.data.demo_data import generate_demo_dataset
+from cliptune.data.feature_cache import build_feature_cache, load_split
+from cliptune.data.feature_keys import feature_paths, feature_spec
+from cliptune.data.image_cache import build_image_cache
+from cliptune.data.text_cache import build_text_cache
 from cliptune.models.weights import needed_weights
+from cliptune.training.trainer import train_variant
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +105,90 @@ def test_overlay_changes_only_what_cannot_run_here(path, toy_sources, tiny_clip_
             assert dual["text"]["depth"] == TINY_DUAL["text"]["depth"], dual
 
 
+# (config file, variant) for every variant of every shipped config, primary runs.
+SHIPPED_VARIANTS = [(path, name) for path in SHIPPED
+                    for name in variant_names(load_config(shipped(path)))]
+
+
+class ToyStudy:
+    """One shipped config at toy scale, its inputs built in-process by the functions its
+    rules call (captions, image cache, text cache, trunk features) and kept for the
+    other variants of the config: a variant then trains as its `train` job would."""
+
+    def __init__(self, full: dict, workdir: Path):
+        self.full, self.results = full, workdir / "results"
+        ds = full["dataset"]
+        if ds["source"] == "demo":  # the demo_dataset rule, into the study's own folder
+            ds["root"] = str(workdir / ds["root"])
+            generate_demo_dataset(Path(ds["root"]), **ds["demo"])
+        check_sources(ds)
+
+    def inputs(self, v: dict, split: str, prefix: str) -> dict[str, str]:
+        """The named inputs of one split as the `train` rule passes them (pair_inputs,
+        feature_inputs), each built on first use."""
+        ds, r = self.full["dataset"], self.results
+        caps = r / "captions" / f"{split}.parquet"
+        if not caps.exists():
+            caps.parent.mkdir(parents=True, exist_ok=True)
+            build_split_captions(split_spec(ds, split), caps, caps.with_suffix(".source.json"))
+        size = v["image_size"]
+        array, index = r / "images" / f"{split}_{size}.npy", r / "images" / f"{split}_{size}.index.parquet"
+        if not array.exists():
+            array.parent.mkdir(parents=True, exist_ok=True)
+            build_image_cache(caps, Path(ds["root"]), size, array, index, workers=1,
+                              max_bad_fraction=ds["max_bad_image_fraction"])
+        enc = v["text_encoder"]
+        text = r / "text" / encoder_key(enc) / f"{split}.safetensors"
+        if not text.exists():
+            text.parent.mkdir(parents=True, exist_ok=True)
+            build_text_cache(caps, text, enc["model"], enc["pooling"], enc["max_length"],
+                             enc["batch_size"], device="cpu")
+        inputs = {f"{prefix}_captions": str(caps), f"{prefix}_text": str(text),
+                  f"{prefix}_array": str(array), f"{prefix}_index": str(index)}
+        features = feature_paths(str(r), v, split, prefix)
+        if features and not Path(features[f"{prefix}_features"]).exists():
+            Path(features[f"{prefix}_features"]).parent.mkdir(parents=True, exist_ok=True)
+            build_feature_cache(array, index, feature_spec(v), Path(features[f"{prefix}_features"]),
+                                Path(features[f"{prefix}_features_meta"]), device="cpu",
+                                show_progress=False)
+        return {**inputs, **features}
+
+
+@pytest.fixture(scope="module")
+def toy_studies(toy_sources, tiny_clip_dir, tmp_path_factory):
+    studies: dict[str, ToyStudy] = {}
+
+    def study(path: Path) -> ToyStudy:
+        if path.name not in studies:
+            full = load_config(toy_overlay(shipped(path), toy_sources, tiny_clip_dir))
+            studies[path.name] = ToyStudy(full, tmp_path_factory.mktemp(path.stem))
+        return studies[path.name]
+
+    return study
+
+
+@pytest.mark.parametrize(("path", "name"), SHIPPED_VARIANTS,
+                         ids=[f"{p.name}-{n}" for p, n in SHIPPED_VARIANTS])
+def test_every_variant_builds_and_trains(path, name, toy_studies, tmp_path):
+    """Each variant of each shipped config, resolved as the workflow resolves it, builds
+    and trains its (toy) epochs on its own inputs through train_variant, the train job's
+    function; the end-to-end runs of the rules are in tests/test_workflow.py."""
+    study = toy_studies(path)
+    v = resolve_run(study.full, name)
+    select = study.full["dataset"]["selection"]["split"]
+    train = load_split(study.inputs(v, "train", "train"), "train")
+    val = load_split(study.inputs(v, select, "val"), "val")
+    out = tmp_path / "variant"
+    result = train_variant(v, train, val, out, tmp_path / "state.pt", show_progress=False)
+    epochs = v["train"]["epochs"]
+    assert len(result["history"]) == epochs
+    assert (out / "model.safetensors").stat().st_size > 0
+    steps = pd.read_csv(out / "steps.csv")
+    assert (len(steps) > 0) == (epochs > 0), steps
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["config"]["name"] == name
+
+
 def hpo_dir(cfg: dict) -> Path:
     return Path("results", load_config(cfg)["study"], "hpo", cfg["baseline"])
 
@@ -123,6 +219,32 @@ def summary_rows(summary: str) -> set[str]:
     return {m.group(1) for m in re.finditer(r"^\| ([A-Za-z0-9_-]+)\b", section, re.M)}
 
 
+def test_every_rule_of_every_shipped_config_runs_end_to_end(toy_run, toy_sources, tiny_clip_dir,
+                                                           tmp_path):
+    """Each shipped config's toy DAG (`rule all`, plus its HPO search when it has one)
+    plans, and each of its rules is one the suite's finished toy run (conftest.TOY_RUN)
+    executed through Snakemake."""
+    requests = []
+    for path in SHIPPED:
+        toy = toy_overlay(shipped(path), toy_sources, tiny_clip_dir)
+        work = tmp_path / path.stem
+        work.mkdir()
+        (work / "config.yaml").write_text(yaml.safe_dump(toy))
+        targets = ["all"] + ([str(hpo_dir(toy) / "best_overlay.yaml")] if "hpo" in toy else [])
+        requests.append({"args": ["-n", *targets, "-s", REPO / "Snakefile", "--directory", work,
+                                  "--configfile", work / "config.yaml", "--cores", "2"],
+                         "cwd": work})
+    for path, proc in zip(SHIPPED, snakemake_batch(requests), strict=True):
+        assert proc.returncode == 0, f"{path.name}: dry run failed\n{proc.stderr[-6000:]}"
+        rules = set(planned_jobs(proc))
+        assert "train" in rules, f"{path.name}: {rules}"
+        missing = rules - toy_run.rules_run
+        assert not missing, (f"{path.name}: rules {sorted(missing)} run in no end-to-end test; "
+                             "give conftest.TOY_RUN what makes them run")
+
+
+# The slower lane (`make test-all`): every shipped config's own toy `rule all`.
+@pytest.mark.shipped_rule_all
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_variant_runs_through_rule_all(path, toy_sources, tiny_clip_dir, tmp_path):
     toy = toy_overlay(shipped(path), toy_sources, tiny_clip_dir)
@@ -171,22 +293,3 @@ def check_three_lora_models(vdir: Path, summary: str) -> None:
     assert "| pretrained (`pretrained`) |" in table
     assert f"| fine-tuned (`lora_text`) | {SUBSET_IMAGES} images |" in table
     assert f"| fine-tuned (`lora_full`) | {TRAIN_IMAGES - SELECT_IMAGES} images |" in table
-
-
-def check_hpo_outputs(out: Path, full: dict) -> None:
-    """The search ran its trials over the configured space on the baseline, and the best
-    overlay sets every searched key (tied keys each) to the best trial's value."""
-    from cliptune.hpo_space import expand
-
-    trials = (out / "trials.csv").read_text().strip().splitlines()
-    assert len(trials) - 1 == full["hpo"]["trials"], trials
-    best = json.loads((out / "best_params.json").read_text())
-    assert set(best["params"]) == set(full["hpo"]["space"]), best
-    overlay = yaml.safe_load((out / "best_overlay.yaml").read_text())
-    variant = overlay["variants"][f"{full['baseline']}_hpo"]
-    for key, value in best["params"].items():
-        for path in expand(key):
-            node = variant
-            for part in path.split("."):
-                node = node[part]
-            assert node == value, (path, node, value)

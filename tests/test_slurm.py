@@ -24,9 +24,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO_ID, TINY, FakeHub
 from safetensors.torch import load_file
-from test_weights import REPO_ID, FakeHub
-from test_workflow import TINY
 
 from cliptune.config import deep_merge
 

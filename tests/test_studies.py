@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import planned_jobs, snakemake, write_config
+from conftest import planned_jobs, snakemake, write_config
 
 from cliptune.config import DEFAULTS, ConfigError, load_config
 from cliptune.study_outputs import CURRENT_FILES, copy_current, relink_markdown

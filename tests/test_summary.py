@@ -243,7 +243,7 @@ def test_convergence_states():
 
 
 def test_report_rules_are_wired(tmp_path, repo):
-    from test_workflow import TINY, planned_jobs, snakemake
+    from conftest import TINY, planned_jobs, snakemake
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
     jobs = planned_jobs(snakemake(tmp_path, repo, "-n"))

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import COMMIT, REPO_ID, FakeHub
 
 from cliptune.models.weights import (
     WeightsError,
@@ -23,69 +24,6 @@ from cliptune.models.weights import (
     needed_weights,
     weight_key,
 )
-
-REPO_ID = "acme/tiny-clip"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _sibling(name: str, data: bytes, lfs: bool) -> dict:
-    entry = {"rfilename": name, "size": len(data),
-             "blobId": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
-    if lfs:
-        entry["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                        "pointerSize": 134}
-    return entry
-
-
-class FakeHub(ThreadingHTTPServer):
-    """Answers the three calls huggingface_hub makes: repo info, HEAD and GET of a file."""
-
-    def __init__(self, files: dict[str, bytes], served: dict[str, bytes] | None = None):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files, self.served, self.requests = files, served or files, []
-        self.info = {"id": REPO_ID, "modelId": REPO_ID, "sha": COMMIT, "private": False,
-                     "siblings": [_sibling(n, d, n.endswith((".safetensors", ".h5", ".pth")))
-                                  for n, d in files.items()]}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _file(self):
-        prefix = f"/{REPO_ID}/resolve/"
-        if not self.path.startswith(prefix):
-            return None
-        name = self.path[len(prefix):].split("/", 1)[1].split("?")[0]
-        return name, self.server.served.get(name)
-
-    def _send(self, body: bytes | None, headers: dict, head: bool):
-        self.send_response(200 if body is not None else 404)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body or b"")))
-        self.end_headers()
-        if body is not None and not head:
-            self.wfile.write(body)
-
-    def do_HEAD(self, head=True):  # noqa: N802 - http.server naming
-        self.server.requests.append((self.command, self.path))
-        if self.path.startswith(f"/api/models/{REPO_ID}/revision/"):
-            return self._send(json.dumps(self.server.info).encode(),
-                              {"Content-Type": "application/json"}, head)
-        found = self._file()
-        if found is None or found[1] is None:
-            return self._send(None, {}, head)
-        name, body = found
-        etag = hashlib.sha256(self.server.files[name]).hexdigest()
-        return self._send(body, {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"'}, head)
-
-    def do_GET(self):  # noqa: N802
-        return self.do_HEAD(head=False)
 
 
 @pytest.fixture

@@ -3,76 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+from conftest import (
+    AGGREGATES,
+    TOY_HPO_TARGET,
+    TOY_RUN,
+    caption_table,
+    check_hpo_outputs,
+    planned,
+    planned_jobs,
+    snakemake,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "dataset": {
-        "name": "tiny",
-        "source": "demo",
-        "demo": {"train_images": 96, "val_images": 40, "image_size": 40, "seed": 1},
-    },
-    "image_size": 32,
-    "text_encoder": {"model": "offline-minilm", "max_length": 32},
-    "model": {"backbone": "resnet18", "weights": None, "attention_heads": 4,
-              "head": {"hidden_dim": 64}},
-    "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
-    "eval": {"block_size": 7},
-    "variants": {"baseline": {}, "bn_head": {"model": {"head": {"norm": "batchnorm"}}}},
-}
-
-
-def snakemake(workdir: Path, repo: Path, *args: str, check=True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Parse the 'Job stats' table of a dry run into {rule: count}."""
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:")[1].split("Reasons:")[0]
-    jobs = {}
-    for line in table.splitlines():
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if m and m.group(1) != "total":
-            jobs[m.group(1)] = int(m.group(2))
-    return jobs
-
-
-def caption_table(split: str, cfg: dict = TINY) -> str:
-    """The shared caption cache of one split of ``cfg`` (cliptune.cache_keys)."""
-    from cliptune.cache_keys import captions_paths
-    from cliptune.config import load_config
-
-    return captions_paths(load_config(cfg)["dataset"], split)["captions"]
-
-
-def write_config(workdir: Path, cfg: dict) -> None:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, repo):
-    workdir = tmp_path_factory.mktemp("e2e")
-    write_config(workdir, TINY)
-    snakemake(workdir, repo)
-    return workdir
+@pytest.fixture
+def finished_run(toy_run):
+    return toy_run.workdir
 
 
 def test_outputs_of_every_stage(finished_run):
@@ -86,17 +36,17 @@ def test_outputs_of_every_stage(finished_run):
                                        "t2i_R@5", "t2i_R@10", "rsum"]
     assert ((table["rsum_lo"] <= table["rsum"]) & (table["rsum"] <= table["rsum_hi"])).all()
     paired = pd.read_csv(w / "results/paired_vs_baseline.csv")
-    assert set(paired["variant"]) == {"bn_head", "untrained"}
+    assert set(paired["variant"]) == {"bn_head", "frozen", "untrained"}
     # The summary shows the intervals and words its verdicts by the paired interval.
     summary = (w / "results/summary.md").read_text()
     assert "## Compared with the baseline" in summary and "95% bootstrap interval" in summary
     verdicts = ("better than the baseline", "worse than the baseline",
                 "not distinguishable from the baseline at this size")
     assert any(v in summary.split("## Compared with the baseline")[1] for v in verdicts)
-    assert list(table["variant"]) == ["baseline", "bn_head", "untrained"]
+    assert list(table["variant"]) == ["baseline", "bn_head", "frozen", "untrained"]
     assert ((table.iloc[:, 1:7] >= 0) & (table.iloc[:, 1:7] <= 100)).all().all()
     assert (w / "results/ablation_bar.png").stat().st_size > 10_000
-    for variant in ("baseline", "bn_head", "untrained"):
+    for variant in ("baseline", "bn_head", "frozen", "untrained"):
         vdir = w / "results/tiny/variants" / variant
         metrics = json.loads((vdir / "metrics.json").read_text())
         assert metrics["n_images"] == 40 and metrics["n_texts"] == 200
@@ -120,7 +70,7 @@ def test_outputs_of_every_stage(finished_run):
     train = pd.read_parquet(w / caption_table("train"))
     assert select["image_id"].nunique() == 6 and train["image_id"].nunique() == 90
     assert not set(select["file_name"]) & (set(train["file_name"]) | set(caps["file_name"]))
-    for variant in ("baseline", "bn_head"):
+    for variant in ("baseline", "bn_head", "frozen"):
         vdir = w / "results/tiny/variants" / variant
         assert json.loads((vdir / "train_report.json").read_text())["selected_on"] == {
             "split": "select", "images": 6, "monitor": "val_loss"}
@@ -132,41 +82,20 @@ def test_outputs_of_every_stage(finished_run):
     assert (w / "results/tiny/checkpoints/baseline/state.pt").is_file()
 
 
+def test_hpo_search_of_the_finished_run(toy_run):
+    from cliptune.config import load_config
+
+    check_hpo_outputs(toy_run.workdir / TOY_HPO_TARGET.rsplit("/", 1)[0], load_config(TOY_RUN))
+    assert {"hpo", "backbone_features"} <= toy_run.rules_run
+
+
 def test_finished_run_has_nothing_to_do(finished_run, repo):
     assert planned_jobs(snakemake(finished_run, repo, "-n")) == {}
 
 
-# Jobs that summarise all variants: they legitimately rerun when any variant changes
-# (current_study: the top-level copies of the study's aggregates).
-AGGREGATES = {"aggregate", "loss_overlay", "queries_across_variants", "summary", "current_study",
-              "all"}
-
-
-def planned(proc: subprocess.CompletedProcess) -> list[tuple[str, str]]:
-    """(rule, wildcards) of every job a dry run plans."""
-    jobs, rule = [], None
-    for line in (proc.stdout + proc.stderr).splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
-        if m:
-            if rule:
-                jobs.append((rule, ""))
-            rule = m.group(1)
-            continue
-        m = re.match(r"^wildcards: (.*)$", line.strip())
-        if m and rule:
-            jobs.append((rule, m.group(1)))
-            rule = None
-        elif line.strip().startswith("jobid:") and rule in AGGREGATES:
-            jobs.append((rule, ""))
-            rule = None
-    if rule:
-        jobs.append((rule, ""))
-    return jobs
-
-
 def test_one_variant_flag_reruns_only_that_variant(finished_run, repo):
-    cfg = json.loads(json.dumps(TINY))
-    cfg["variants"]["bn_head"]["train"] = {"lr": 5e-4}
+    cfg = json.loads(json.dumps(TOY_RUN))
+    cfg["variants"]["bn_head"]["train"] = {"lr": 5e-4}  # and no replicate seed
     write_config(finished_run, cfg)
     try:
         jobs = planned(snakemake(finished_run, repo, "-n"))
@@ -178,27 +107,27 @@ def test_one_variant_flag_reruns_only_that_variant(finished_run, repo):
         assert {r for r, _ in jobs} - {r for r, _ in per_variant} <= AGGREGATES
         assert len(jobs) == len(set(jobs))
     finally:
-        write_config(finished_run, TINY)
+        write_config(finished_run, TOY_RUN)
 
 
 def test_encoder_change_reruns_the_text_cache_and_its_readers(finished_run, repo):
-    cfg = json.loads(json.dumps(TINY))
+    cfg = json.loads(json.dumps(TOY_RUN))
     cfg["text_encoder"]["max_length"] = 24
     write_config(finished_run, cfg)
     try:
         jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
         assert jobs["text_embeddings"] == 3  # train, the select holdout, val
-        assert jobs["train"] == 3 and jobs["evaluate"] == 3
+        assert jobs["train"] == 5 and jobs["evaluate"] == 5  # bn_head twice (seeds)
         # Nothing upstream of the text cache reruns.
         assert not {"demo_dataset", "captions", "image_cache", "data_report",
                     "samples"} & set(jobs)
     finally:
-        write_config(finished_run, TINY)
+        write_config(finished_run, TOY_RUN)
 
 
 def test_bootstrap_change_rescores_nothing(finished_run, repo):
     """Intervals come from the saved ranks: new bootstrap settings rerun aggregates only."""
-    cfg = json.loads(json.dumps(TINY))
+    cfg = json.loads(json.dumps(TOY_RUN))
     cfg["bootstrap"] = {"resamples": 500, "confidence": 0.9}
     write_config(finished_run, cfg)
     try:
@@ -206,25 +135,25 @@ def test_bootstrap_change_rescores_nothing(finished_run, repo):
         assert jobs and set(jobs) <= AGGREGATES, jobs
         assert "aggregate" in jobs
     finally:
-        write_config(finished_run, TINY)
+        write_config(finished_run, TOY_RUN)
 
 
 def test_figure_setting_redraws_without_evaluating(finished_run, repo):
     """evaluate computed what the figures show: a figure-only report setting reruns the
     figures (and the summary that links them), never a model-loading job."""
-    cfg = json.loads(json.dumps(TINY))
+    cfg = json.loads(json.dumps(TOY_RUN))
     cfg["report"] = {"n_images": 3, "heatmap_size": 5}
     write_config(finished_run, cfg)
     try:
         jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
-        assert jobs.get("figures") == 3, jobs  # baseline, bn_head, untrained
+        assert jobs.get("figures") == 4, jobs  # baseline, bn_head, frozen, untrained
         assert set(jobs) <= {"figures", "summary", "all"}, jobs
     finally:
-        write_config(finished_run, TINY)
+        write_config(finished_run, TOY_RUN)
 
 
 def test_bad_config_fails_before_any_job(tmp_path, repo):
-    cfg = json.loads(json.dumps(TINY))
+    cfg = json.loads(json.dumps(TOY_RUN))
     cfg["train"]["epoch"] = 3
     write_config(tmp_path, cfg)
     proc = snakemake(tmp_path, repo, "-n", check=False)
