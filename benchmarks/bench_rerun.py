@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import re
 import shutil
 import statistics
@@ -29,9 +30,22 @@ from pathlib import Path
 from bench_common import REPO, WORK, command_line, header, load_average, write_result
 
 sys.path.insert(0, str(REPO / "tests"))
-from test_workflow import TINY, planned_jobs, snakemake, write_config  # noqa: E402
+from conftest import TINY, planned_jobs, write_config  # noqa: E402
 
 from cliptune.config import UNTRAINED  # noqa: E402
+
+
+def snakemake(workdir: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """A fresh `snakemake` process, as a user runs it (its no-op time is measured here;
+    the tests' fork server would skip the imports)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
+           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
 
 CONFIG = copy.deepcopy(TINY)
 CONFIG["variants"]["frozen"] = {"model": {"freeze_backbone": True}}

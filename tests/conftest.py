@@ -221,9 +221,6 @@ def planned(proc: subprocess.CompletedProcess) -> list[tuple[str, str]]:
         if m and rule:
             jobs.append((rule, m.group(1)))
             rule = None
-        elif line.strip().startswith("jobid:") and rule in AGGREGATES:
-            jobs.append((rule, ""))
-            rule = None
     if rule:
         jobs.append((rule, ""))
     return jobs

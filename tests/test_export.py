@@ -261,33 +261,25 @@ def test_missing_onnx_names_the_extra(monkeypatch):
 
 
 @pytest.mark.slow
-def test_snakemake_export_of_the_demo_baseline(repo, tmp_path):
-    """`snakemake export` on the demo config at toy scale: the baseline (EfficientNet-Lite0
-    + head, frozen MiniLM) loads with onnxruntime + transformers alone."""
-    import yaml
+def test_snakemake_export_of_the_toy_run_baseline(toy_run, repo, tmp_path):
+    """`snakemake export` of the suite's finished toy run (conftest.TOY_RUN): the baseline
+    (ResNet-18 + head, frozen offline MiniLM) loads with onnxruntime + transformers alone."""
+    from conftest import TOY_RUN, snakemake
 
+    from cliptune.cache_keys import captions_paths, image_paths, text_path
+    from cliptune.config import load_config
     from cliptune.data.pairs import PairData
 
-    cfg = yaml.safe_load((repo / "config" / "demo.yaml").read_text())
-    cfg = deep_merge(cfg, {
-        "dataset": {"demo": {"train_images": 24, "val_images": 12, "image_size": 40},
-                    "selection": {"images": 4}},
-        "image_size": 32, "train": {"epochs": 1, "batch_size": 8}, "include_untrained": False})
-    cfg["variants"] = {"baseline": {}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
-           str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2",
-           "export"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (out,) = tmp_path.glob("results/**/export/baseline")
-    (run,) = [p.parent for p in tmp_path.glob("results/**/variants/baseline/metrics.json")]
-    results = run.parents[1]
-    (text,) = results.glob("text/*/val.safetensors")
-    val = PairData.load(results / "captions" / "val.parquet", text,
-                        results / "images" / "val_32.npy", results / "images" / "val_32.index.parquet")
+    work = toy_run.workdir
+    snakemake(work, repo, "results/tiny/export/baseline")
+    out, run = work / "results/tiny/export/baseline", work / "results/tiny/variants/baseline"
+    full = load_config(TOY_RUN)
+    images = image_paths(full["dataset"], "val", full["image_size"])
+    val = PairData.load(work / captions_paths(full["dataset"], "val")["captions"],
+                        work / text_path(full["dataset"], "val", full["text_encoder"]),
+                        work / images["array"], work / images["index"])
     assert json.loads((out / "export.json").read_text())["text_tower"]["pooling"] == "mean"
     assert_matches_cliptune(consume(out, val, tmp_path), run)
     card = (out / "README.md").read_text()
-    assert "efficientnet_lite0" in card and "baseline" in card
+    assert "resnet18" in card and "baseline" in card
     run_card_usage(out)

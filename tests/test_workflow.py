@@ -140,14 +140,16 @@ def test_bootstrap_change_rescores_nothing(finished_run, repo):
 
 def test_figure_setting_redraws_without_evaluating(finished_run, repo):
     """evaluate computed what the figures show: a figure-only report setting reruns the
-    figures (and the summary that links them), never a model-loading job."""
+    figures (and the summary that links them, and its top-level copy), never a
+    model-loading job."""
     cfg = json.loads(json.dumps(TOY_RUN))
     cfg["report"] = {"n_images": 3, "heatmap_size": 5}
     write_config(finished_run, cfg)
     try:
         jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
         assert jobs.get("figures") == 4, jobs  # baseline, bn_head, frozen, untrained
-        assert set(jobs) <= {"figures", "summary", "all"}, jobs
+        # current_study: the top-level copy of the summary
+        assert set(jobs) <= {"figures", "summary", "current_study", "all"}, jobs
     finally:
         write_config(finished_run, TOY_RUN)
 
