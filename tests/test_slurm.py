@@ -250,7 +250,8 @@ def check_weights_offline(run: Path, out: str, cluster: Cluster, jobs: dict) -> 
     assert cluster.hub_requests_at_marker, "the weights step never reached the stand-in hub"
     line = OFFLINE.format(run / "resources/weights")
     logs = run / "logs/tiny"
-    text_logs = list(logs.glob("text/*/train.log"))
+    # Caches are shared between studies: their logs live under logs/cache/.
+    text_logs = list((run / "logs/cache").glob("text/*/train-*.log"))
     assert text_logs, "no text_embeddings log"
     for log in [*text_logs, logs / "train/baseline.log",
                 logs / "evaluate/baseline.log"]:
