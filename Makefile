@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PYTHONPATH := $(CURDIR)/workflow$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv demo test test-all test-kills test-slurm test-slurm-ci lint bench bench-gpu clean-demo config-docs
+.PHONY: venv demo test test-all test-shipped test-kills test-slurm test-slurm-ci lint bench bench-gpu clean-demo config-docs
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "make: '$(PY)' not found. Install Python >= 3.11 (e.g. apt install python3.11 python3.11-venv) and run: make PY=python3.11"; exit 1; }
@@ -42,6 +42,10 @@ test-all: venv
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(PYTEST) tests
+
+# Only the shipped configs' own toy `rule all` runs (what test-all adds to test).
+test-shipped: venv
+	$(PYTEST) -m shipped_rule_all tests/test_shipped_configs.py
 
 # Opt-in (~7 min): the toy DAG SIGKILLed at KILLS random moments finishes identical.
 KILLS ?= 3
