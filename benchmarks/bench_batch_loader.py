@@ -46,7 +46,7 @@ class PlanDataset(torch.utils.data.Dataset):
 
 def make_data(n: int, size: int, seed: int = 0):
     """A uint8 NHWC memmap like the image cache, with a PairData over it."""
-    from cliptune.data.pairs import PairData
+    from cliptune.data.loading.pairs import PairData
 
     path = WORK / f"loader_cache_{n}_{size}.npy"
     if not path.exists():
@@ -65,7 +65,7 @@ def make_data(n: int, size: int, seed: int = 0):
 
 def loaders(data, threads: int):
     """name -> (callable(plan) -> iterable of (images, text), worker setup outside timing)."""
-    from cliptune.data.batch_loader import BatchLoader, loader_settings
+    from cliptune.data.loading.batch_loader import BatchLoader, loader_settings
 
     s = loader_settings(threads, "cuda" if torch.cuda.is_available() else "cpu")
     ds = PlanDataset(data)
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0 = load_average()
-    from cliptune.data.pairs import plan_epoch
+    from cliptune.data.loading.pairs import plan_epoch
 
     data = make_data(args.images, args.size)
     settings, makers = loaders(data, args.threads)

@@ -60,7 +60,7 @@ MODES = {
 
 
 def resolved(config_file: str, variant: str) -> dict:
-    from cliptune.config import load_config, resolve_variant
+    from cliptune.config.load import load_config, resolve_variant
 
     cfg = load_config(yaml.safe_load((REPO / "config" / config_file).read_text()))
     return resolve_variant(cfg, variant)
@@ -127,7 +127,7 @@ def variants(mode: dict, device: torch.device, scratch: Path) -> dict[str, dict]
 def synthetic_pairs(folder: Path, n: int, size: int, dim: int, seed: int = 0):
     """A memory-mapped uint8 image cache (the image_cache stage's .npy layout) with one
     caption per image (random words) and random unit text embeddings, as PairData."""
-    from cliptune.data.pairs import PairData
+    from cliptune.data.loading.pairs import PairData
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,7 +192,7 @@ def cliptune_epoch(variant: dict, data, device: torch.device, scratch: Path,
 def bare_epoch(variant: dict, data, device: torch.device, warmup_epochs: int) -> dict:
     """The loop a tutorial would write around the same model: fetch, normalise,
     forward, InfoNCE, backward, clip, AdamW step; same autocast and memory format."""
-    from cliptune.data.pairs import plan_epoch
+    from cliptune.data.loading.pairs import plan_epoch
     from cliptune.models.factory import build_model
     from cliptune.models.image_tower import to_unit_float
     from cliptune.runtime import autocast_dtype, seed_everything
@@ -235,7 +235,7 @@ def bare_epoch(variant: dict, data, device: torch.device, warmup_epochs: int) ->
 def loader_rate(data, batch: int, n_batches: int, device: torch.device) -> float:
     """Images/s the training loop's BatchLoader delivers from the memory-mapped cache
     (its settings for this device: prefetch threads, pinned memory on CUDA)."""
-    from cliptune.data.batch_loader import BatchLoader, loader_settings
+    from cliptune.data.loading.batch_loader import BatchLoader, loader_settings
 
     rng = np.random.default_rng(1)
     plan = [rng.choice(data.n_images, batch, replace=False) for _ in range(n_batches)]

@@ -36,7 +36,7 @@ WORLD = 2
 
 def _variant(backbone: str, size: int) -> dict:
     """A variant from the config defaults: a trainable ResNet tower with random weights."""
-    from cliptune.config import DEFAULTS, deep_merge
+    from cliptune.config.load import DEFAULTS, deep_merge
 
     return deep_merge({"model": DEFAULTS["model"], "train": DEFAULTS["train"]}, {
         "name": "bench", "image_size": size,

@@ -84,8 +84,8 @@ def cliptune_epoch(data, size, batch_size, threads, seed, prefetch=True) -> tupl
     """What training does by default (train.augment off): BatchLoader fetches the next
     planned batch from the memmap in a background thread; the consumer turns uint8 NHWC
     into normalised float NCHW with PixelNormalize, the model's own first op."""
-    from cliptune.data.batch_loader import BatchLoader, loader_settings
-    from cliptune.data.pairs import plan_epoch
+    from cliptune.data.loading.batch_loader import BatchLoader, loader_settings
+    from cliptune.data.loading.pairs import plan_epoch
     from cliptune.models.image_tower import PixelNormalize
 
     norm = PixelNormalize()
@@ -102,9 +102,9 @@ def cliptune_epoch(data, size, batch_size, threads, seed, prefetch=True) -> tupl
 
 
 def build_cache(root, names, cache_size, threads):
-    from cliptune.data.image_cache import build_image_cache
-    from cliptune.data.pairs import PairData
-    from cliptune.io_utils import write_parquet
+    from cliptune.data.caches.images import build_image_cache
+    from cliptune.data.loading.pairs import PairData
+    from cliptune.files.atomic import write_parquet
 
     caps = root / "captions.parquet"
     write_parquet(caps, pd.DataFrame({"image_id": np.arange(len(names)), "file_name": names}))

@@ -32,7 +32,7 @@ from bench_common import REPO, WORK, command_line, header, load_average, write_r
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import TINY, planned_jobs, write_config  # noqa: E402
 
-from cliptune.config import UNTRAINED  # noqa: E402
+from cliptune.config.load import UNTRAINED  # noqa: E402
 
 
 def snakemake(workdir: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
                         f"{'yes' if not problem else 'NO: ' + problem} |")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'workflow'); "
-                        "import cliptune.data.captions"], cwd=REPO, check=True)
+                        "import cliptune.data.sources.captions"], cwd=REPO, check=True)
         captions_import = time.perf_counter() - t0
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import snakemake.cli"], check=True)
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
         f"- No-op `snakemake -n` on the finished run: median **{noop_s:.2f} s** of "
         f"{args.repeats} (" + ", ".join(f"{t:.2f}" for t in noop) + f" s), target < 5 s: "
         f"**{'met' if fast else 'NOT met'}**. Of that, a bare `import snakemake.cli` takes "
-        f"{snakemake_import:.2f} s and `import cliptune.data.captions` (imported by "
+        f"{snakemake_import:.2f} s and `import cliptune.data.sources.captions` (imported by "
         f"workflow/rules/common.smk; it does not import torch) "
         f"{captions_import:.2f} s in a fresh process; the rest is parsing the rules, building "
         "the DAG and checking file times and params.",

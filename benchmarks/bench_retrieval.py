@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cliptune.config import DEFAULTS
+from cliptune.config.load import DEFAULTS
 from cliptune.evaluation.bootstrap import Ranks, metric_intervals, paired_differences
 from cliptune.evaluation.retrieval_metrics import (
     DEFAULT_KS,

@@ -9,10 +9,10 @@ annotations/captions_val2014.json with COCO's info / licenses / images / annotat
 structure), then runs each stage through the real stage code, each in a fresh
 subprocess so its peak RSS is its own:
 
-* ``captions``: cliptune.data.captions.build_captions (JSON -> tidied Parquet);
-* ``image_cache``: cliptune.data.image_cache.build_image_cache at 224 px (``--threads``
+* ``captions``: cliptune.data.sources.captions.build_captions (JSON -> tidied Parquet);
+* ``image_cache``: cliptune.data.caches.images.build_image_cache at 224 px (``--threads``
   decode workers);
-* ``text_embeddings``: cliptune.data.text_cache.build_text_cache with the offline MiniLM
+* ``text_embeddings``: cliptune.data.caches.text.build_text_cache with the offline MiniLM
   on the CPU;
 * ``evaluate``: retrieval on stored embeddings: the text cache just written against
   image embeddings of the same width (random unit vectors standing in for the image
@@ -126,9 +126,9 @@ def run_stage(stage: str, root: Path, threads: int) -> dict:
     res = root / "results"
     res.mkdir(exist_ok=True)
     caps = res / "captions_val.parquet"
-    from cliptune.data.captions import build_captions
-    from cliptune.data.image_cache import build_image_cache
-    from cliptune.data.text_cache import build_text_cache
+    from cliptune.data.caches.images import build_image_cache
+    from cliptune.data.caches.text import build_text_cache
+    from cliptune.data.sources.captions import build_captions
 
     outputs: list[Path] = []
     extra = {}
@@ -147,8 +147,8 @@ def run_stage(stage: str, root: Path, threads: int) -> dict:
     elif stage == "evaluate":
         import pandas as pd
 
-        from cliptune.config import DEFAULTS
-        from cliptune.data.text_cache import load_text_cache
+        from cliptune.config.load import DEFAULTS
+        from cliptune.data.caches.text import load_text_cache
         from cliptune.evaluation.bootstrap import Ranks, metric_intervals
         from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
 

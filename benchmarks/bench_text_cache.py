@@ -6,7 +6,7 @@
 Encoder: the offline all-MiniLM-L6-v2 (``TextEncoder("offline-minilm")``, mean pooling),
 the demo's text tower. Two caption sets:
 
-* demo: captions of the synthetic demo scenes (cliptune.data.demo_data), whose lengths
+* demo: captions of the synthetic demo scenes (cliptune.demo.dataset), whose lengths
   vary little;
 * COCO-like: demo phrases joined to COCO's caption length distribution (mostly
   8-14 words, a 5% tail of 15-45 word captions), because sorting only helps when
@@ -32,8 +32,8 @@ from bench_common import command_line, header, load_average, write_result
 
 
 def demo_captions(n: int, seed: int = 0) -> list[str]:
-    from cliptune.data.demo_captions import describe_scene
-    from cliptune.data.demo_scenes import sample_scene
+    from cliptune.demo.captions import describe_scene
+    from cliptune.demo.scenes import sample_scene
 
     rng = np.random.default_rng(seed)
     out: list[str] = []

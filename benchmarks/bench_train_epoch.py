@@ -34,10 +34,10 @@ from bench_common import REPO, WORK, command_line, header, load_average, write_r
 
 
 def prepare(train_images: int, val_images: int):
-    from cliptune.data.captions import build_captions
-    from cliptune.data.demo_data import generate_demo_dataset
-    from cliptune.data.image_cache import build_image_cache
-    from cliptune.data.text_cache import build_text_cache
+    from cliptune.data.caches.images import build_image_cache
+    from cliptune.data.caches.text import build_text_cache
+    from cliptune.data.sources.captions import build_captions
+    from cliptune.demo.dataset import generate_demo_dataset
 
     root = WORK / f"demo_{train_images}"
     res = root / "results"
@@ -59,7 +59,7 @@ def prepare(train_images: int, val_images: int):
 
 
 def demo_variant(name: str = "baseline") -> dict:
-    from cliptune.config import load_config, resolve_variant
+    from cliptune.config.load import load_config, resolve_variant
 
     cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     cfg = load_config(cfg)
@@ -71,7 +71,7 @@ def demo_variant(name: str = "baseline") -> dict:
 
 def bare_epoch(variant: dict, data, max_steps: int | None = None) -> float:
     """The loop a tutorial would write: nothing but fetch, forward, loss, backward, step."""
-    from cliptune.data.pairs import plan_epoch
+    from cliptune.data.loading.pairs import plan_epoch
     from cliptune.models.factory import build_model
     from cliptune.models.image_tower import ClipHead, to_unit_float
     from cliptune.runtime import seed_everything
@@ -176,7 +176,7 @@ class _OpenClipData:
         self.dataloader = None
 
     def set_epoch(self, epoch: int) -> None:
-        from cliptune.data.pairs import plan_epoch
+        from cliptune.data.loading.pairs import plan_epoch
 
         plan = plan_epoch(self.data, self.tcfg["batch_size"], self.tcfg["sampler"],
                           self.tcfg["seed"], epoch)
@@ -345,8 +345,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     load_start = load_average()
     torch.set_num_threads(args.threads)
-    from cliptune.data.feature_cache import build_feature_cache, feature_spec, with_features
-    from cliptune.data.pairs import PairData
+    from cliptune.data.caches.features import build_feature_cache, feature_spec, with_features
+    from cliptune.data.loading.pairs import PairData
 
     WORK.mkdir(exist_ok=True)
     files = prepare(args.train_images, args.val_images)

@@ -227,9 +227,9 @@ def planned(proc: subprocess.CompletedProcess) -> list[tuple[str, str]]:
 
 
 def caption_table(split: str, cfg: dict = TINY) -> str:
-    """The shared caption cache of one split of ``cfg`` (cliptune.cache_keys)."""
-    from cliptune.cache_keys import captions_paths
-    from cliptune.config import load_config
+    """The shared caption cache of one split of ``cfg`` (cliptune.data.caches.keys)."""
+    from cliptune.config.load import load_config
+    from cliptune.data.caches.keys import captions_paths
 
     return captions_paths(load_config(cfg)["dataset"], split)["captions"]
 
@@ -256,7 +256,7 @@ def toy_run(tmp_path_factory) -> ToyRun:
 def check_hpo_outputs(out: Path, full: dict) -> None:
     """The search ran its trials over the configured space on the baseline, and the best
     overlay sets every searched key (tied keys each) to the best trial's value."""
-    from cliptune.hpo_space import expand
+    from cliptune.config.hpo_space import expand
 
     trials = (out / "trials.csv").read_text().strip().splitlines()
     assert len(trials) - 1 == full["hpo"]["trials"], trials

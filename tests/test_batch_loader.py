@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cliptune.data.batch_loader import BatchLoader, loader_settings
+from cliptune.data.loading.batch_loader import BatchLoader, loader_settings
 
 
 def _plan(n_batches=9, batch=4):
@@ -100,7 +100,7 @@ def test_settings_follow_threads_and_device():
 def test_pairdata_fetch_through_the_loader_matches_direct_fetch():
     import pandas as pd
 
-    from cliptune.data.pairs import PairData
+    from cliptune.data.loading.pairs import PairData
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 255, (12, 8, 8, 3), dtype=np.uint8)

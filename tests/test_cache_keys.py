@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cliptune.cache_keys import (
+from cliptune.config.datasets import split_names
+from cliptune.config.load import load_config
+from cliptune.data.caches.keys import (
     captions_key,
     captions_paths,
     image_key,
@@ -20,8 +22,6 @@ from cliptune.cache_keys import (
     text_key,
     text_path,
 )
-from cliptune.config import load_config
-from cliptune.dataset_config import split_names
 
 REPO = Path(__file__).resolve().parents[1]
 COCO = {"dataset": {"name": "coco2014", "source": "coco", "root": "resources/coco2014",
@@ -122,7 +122,7 @@ def test_keys_are_readable_file_names():
 
 
 def test_keys_are_computed_without_torch_or_pandas():
-    code = ("import sys, cliptune.cache_keys; "
+    code = ("import sys, cliptune.data.caches.keys; "
             "print(sorted(m for m in ('torch', 'pandas', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cliptune.config import DEFAULTS
-from cliptune.data.caption_variations import caption_variation, vary_captions
+from cliptune.config.load import DEFAULTS
+from cliptune.training.caption_variations import caption_variation, vary_captions
 
 TEXT = "a man riding a red bicycle down a busy city street"
 ON = {**DEFAULTS["train"]["caption_augment"], "variations": 3}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import TINY
 
-from cliptune.config import deep_merge
+from cliptune.config.load import deep_merge
 
 CONFIG = deep_merge(TINY, {"train": {"epochs": 1}, "include_untrained": False})
 CONFIG["variants"] = {
@@ -181,7 +181,7 @@ def test_every_job_has_a_benchmark_memory_and_runtime(slurm_dry_run):
 
 
 def test_retries_ask_for_more():
-    from cliptune.job_resources import grow
+    from cliptune.jobs.resources import grow
 
     mem = grow(64000)
     assert [mem(None, attempt) for attempt in (1, 2, 3)] == [64000, 96000, 128000]

@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from cliptune.config import (
+from cliptune.config.load import (
     ConfigError,
     canonical_json,
     encoder_key,

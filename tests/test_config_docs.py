@@ -7,15 +7,15 @@ import importlib.util
 
 import pytest
 
-from cliptune.config import DEFAULTS, deep_merge
-from cliptune.config_schema import (
+from cliptune.config.datasets import SOURCE_SPLITS
+from cliptune.config.load import DEFAULTS, deep_merge
+from cliptune.config.schema import (
     is_section,
     load_schema,
     schema_defaults,
     subschema,
     validate,
 )
-from cliptune.dataset_config import SOURCE_SPLITS
 
 REGENERATE = "PYTHONPATH=workflow python tools/config_docs.py  (or: make config-docs)"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cliptune.cli_config import typed_cli_overrides
+from cliptune.config.overrides import typed_cli_overrides
 
 
 def test_nested_override_strings_get_yaml_types():

@@ -20,18 +20,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cliptune.cache_keys import captions_paths
-from cliptune.config import ConfigError, load_config
-from cliptune.data import captions as cap
-from cliptune.data import dataset_formats as fmt
-from cliptune.data.coco_download import (
+from cliptune.config.load import ConfigError, load_config
+from cliptune.data.caches.images import TooManyBadImagesError, _decode, build_image_cache, load_rgb
+from cliptune.data.caches.keys import captions_paths
+from cliptune.data.fetch.coco import (
     fetch_archive,
     marker_path,
     needed_archives,
     placement_hint,
 )
-from cliptune.data.download import COCO2014_FILES, DownloadError
-from cliptune.data.image_cache import TooManyBadImagesError, _decode, build_image_cache, load_rgb
+from cliptune.data.fetch.http import COCO2014_FILES, DownloadError
+from cliptune.data.sources import captions as cap
+from cliptune.data.sources import formats as fmt
 
 VARIANTS = {"baseline": {}}
 # Format tests read whole source splits (tests/test_selection_split.py covers the holdout).
@@ -477,7 +477,7 @@ def test_download_rules_fetch_verify_extract(zip_server, tmp_path, repo):
     """coco_archive -> coco_extract -> captions via Snakemake, from a local 'mirror'."""
     from conftest import snakemake, write_config
 
-    from cliptune.data.demo_data import generate_demo_dataset
+    from cliptune.demo.dataset import generate_demo_dataset
 
     srv, served = zip_server
     demo = tmp_path / "demo"

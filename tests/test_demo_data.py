@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cliptune.data import demo_captions, demo_scenes
-from cliptune.data import demo_data as dd
+from cliptune.demo import captions as demo_captions
+from cliptune.demo import dataset as dd
+from cliptune.demo import scenes as demo_scenes
 
 SMALL = {"train_images": 20, "val_images": 10, "image_size": 64}
 

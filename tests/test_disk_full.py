@@ -1,6 +1,6 @@
 """A full disk while writing the image cache, a checkpoint or evaluation output: a clear
 error naming the path and the space needed, no partial file left that a rerun would
-trust, and a rerun after space is freed completes (cliptune.io_utils.atomic_path).
+trust, and a rerun after space is freed completes (cliptune.files.atomic.atomic_path).
 
 The results folder sits on a small tmpfs mounted for the test; that needs root (the
 sessions and CI run as root), else the tests skip and say why."""
@@ -21,9 +21,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune import integrity
-from cliptune.data.image_cache import build_image_cache, open_cache
-from cliptune.io_utils import DiskFullError, atomic_path, write_json
+from cliptune.data.caches.images import build_image_cache, open_cache
+from cliptune.files import integrity
+from cliptune.files.atomic import DiskFullError, atomic_path, write_json
 
 
 class SmallDisk(type(Path())):
@@ -132,7 +132,7 @@ def test_a_reader_never_sees_a_half_written_cache(tmp_path):
     writer = subprocess.Popen(
         [sys.executable, "-c", (
             "import sys, numpy as np; sys.path.insert(0, sys.argv[2]);"
-            "from cliptune.io_utils import atomic_path\n"
+            "from cliptune.files.atomic import atomic_path\n"
             "for i in range(60):\n"
             "    with atomic_path(sys.argv[1]) as tmp, open(tmp, 'wb') as f:\n"
             "        np.save(f, np.full(200_000, i % 2, dtype=np.int64))\n"),

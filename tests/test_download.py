@@ -1,4 +1,4 @@
-"""Tests for cliptune.data.download and cliptune.data.safe_extract.
+"""Tests for cliptune.data.fetch.http and cliptune.data.fetch.extract.
 
 A threaded http.server on 127.0.0.1 (random port) stands in for the COCO host; it
 honours Range requests and can be told to misbehave (drop the connection mid-body,
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from cliptune.data import download as dl
-from cliptune.data.download import COCO2014_FILES, DownloadError, download, verify_file
-from cliptune.data.safe_extract import UnsafeArchiveError, safe_extract
+from cliptune.data.fetch import http as dl
+from cliptune.data.fetch.extract import UnsafeArchiveError, safe_extract
+from cliptune.data.fetch.http import COCO2014_FILES, DownloadError, download, verify_file
 
 DATA = os.urandom(256 * 1024 + 123)  # odd size so chunk boundaries never line up exactly
 SHA256 = hashlib.sha256(DATA).hexdigest()
@@ -218,7 +218,7 @@ def test_http_404_is_not_retried(server, tmp_path, monkeypatch):
 
 
 def test_missing_checksum_warns(server, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="cliptune.data.download"):
+    with caplog.at_level(logging.WARNING, logger="cliptune.data.fetch.http"):
         download(server.url, tmp_path / "f.zip", **FAST)
     assert "unverified" in caplog.text
 

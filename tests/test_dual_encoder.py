@@ -11,7 +11,7 @@ import torch
 import yaml
 from tiny_pairs import tiny_variant
 
-from cliptune.config import DEFAULTS, deep_merge, load_config, resolve_variant
+from cliptune.config.load import DEFAULTS, deep_merge, load_config, resolve_variant
 from cliptune.models.clip_bpe import VOCAB_SIZE, clip_bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 import yaml
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune.config import ConfigError, deep_merge, load_config, resolve_variant
+from cliptune.config.load import ConfigError, deep_merge, load_config, resolve_variant
 from cliptune.training.checkpoint import (
     ResumeError,
     drop_epochs_after,

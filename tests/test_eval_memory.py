@@ -16,7 +16,7 @@ MEASURE = r"""
 import json, sys
 from pathlib import Path
 import torch
-from cliptune.config import DEFAULTS
+from cliptune.config.load import DEFAULTS
 from cliptune.evaluation.bootstrap import Ranks, metric_intervals
 from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
 

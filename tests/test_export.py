@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_pairs import tiny_variant
 
-from cliptune.config import DEFAULTS, deep_merge
+from cliptune.config.load import DEFAULTS, deep_merge
 
 CONSUMER = Path(__file__).with_name("export_consumer.py")
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
@@ -82,7 +82,7 @@ def variant_of(kind: str, clip_dir: Path) -> dict:
 
 def trained_run(kind: str, clip_dir: Path, tmp: Path):
     """Train ``kind`` one epoch, evaluate it, aggregate it beside a baseline: the run's files."""
-    from cliptune.data.pairs import PairData
+    from cliptune.data.loading.pairs import PairData
     from cliptune.evaluation.evaluate import evaluate_variant
     from cliptune.export.model_card import RunFiles
     from cliptune.models.text_encoder import frozen_encoder_fn
@@ -266,9 +266,9 @@ def test_snakemake_export_of_the_toy_run_baseline(toy_run, repo, tmp_path):
     (ResNet-18 + head, frozen offline MiniLM) loads with onnxruntime + transformers alone."""
     from conftest import TOY_RUN, snakemake
 
-    from cliptune.cache_keys import captions_paths, image_paths, text_path
-    from cliptune.config import load_config
-    from cliptune.data.pairs import PairData
+    from cliptune.config.load import load_config
+    from cliptune.data.caches.keys import captions_paths, image_paths, text_path
+    from cliptune.data.loading.pairs import PairData
 
     work = toy_run.workdir
     snakemake(work, repo, "results/tiny/export/baseline")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cliptune.config import load_config, resolve_variant
-from cliptune.data.feature_cache import (
+from cliptune.config.load import load_config, resolve_variant
+from cliptune.data.caches.features import (
     FeatureCacheMismatchError,
     build_feature_cache,
     check_features_match,
@@ -20,8 +20,8 @@ from cliptune.data.feature_cache import (
     feature_spec,
     with_features,
 )
-from cliptune.data.pairs import PairData, plan_epoch
-from cliptune.io_utils import write_parquet
+from cliptune.data.loading.pairs import PairData, plan_epoch
+from cliptune.files.atomic import write_parquet
 from cliptune.models.factory import build_model
 from cliptune.runtime import seed_everything
 from cliptune.training.losses import clip_loss
@@ -185,14 +185,14 @@ def test_train_variant_runs_on_features(image_cache, tmp_path):
 
 
 def test_backbone_list_matches_the_models():
-    from cliptune.data.feature_keys import TRUNK_BACKBONES
+    from cliptune.data.caches.feature_keys import TRUNK_BACKBONES
     from cliptune.models.image_tower import TRUNK_CHANNELS
 
     assert set(TRUNK_BACKBONES) == set(TRUNK_CHANNELS)
 
 
 def test_feature_paths_only_for_cacheable_variants():
-    from cliptune.data.feature_keys import feature_paths
+    from cliptune.data.caches.feature_keys import feature_paths
 
     # Named by trunk and by the image cache the features are computed from.
     paths = feature_paths("c/features", _variant(), "val-32px-abc", "val")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cliptune.config import ConfigError
+from cliptune.config.load import ConfigError
 from cliptune.evaluation.prompts import check_templates, class_name, render
 from cliptune.evaluation.zero_shot import (
     average_precision,
@@ -216,7 +216,7 @@ def test_zero_shot_probs_and_accuracy():
 def _scenes_file(path, ids, seed=0, max_shapes=3):
     """The demo generator's scenes file for val images ``ids`` (as generate_demo_dataset
     writes it), without drawing the images."""
-    from cliptune.data.demo_data import VAL_ID_OFFSET, scene_for_image
+    from cliptune.demo.dataset import VAL_ID_OFFSET, scene_for_image
 
     path.write_text(json.dumps({"scenes": [
         {"image_id": int(i), **scene_for_image("val", int(i) - 1 - VAL_ID_OFFSET, seed=seed,
@@ -226,9 +226,9 @@ def _scenes_file(path, ids, seed=0, max_shapes=3):
 
 
 def test_demo_labels_match_the_generated_captions(tmp_path):
-    from cliptune.data.demo_captions import describe_scene
-    from cliptune.data.demo_data import image_id_for, image_rng
-    from cliptune.data.demo_scenes import sample_scene
+    from cliptune.demo.captions import describe_scene
+    from cliptune.demo.dataset import image_id_for, image_rng
+    from cliptune.demo.scenes import sample_scene
 
     rng = image_rng(0, "val", 3)
     scene = sample_scene(rng, 3)
@@ -250,7 +250,7 @@ def _fake_evaluation(tmp_path, n=6, per=2, dim=8, seed=0):
     """A variant's evaluate outputs (embeddings, captions, image cache, metrics) on disk."""
     from safetensors.torch import save_file
 
-    from cliptune.data.demo_data import image_id_for
+    from cliptune.demo.dataset import image_id_for
 
     torch.manual_seed(seed)
     ids = np.array([image_id_for("val", i) for i in range(n)], dtype=np.int64)
@@ -277,7 +277,7 @@ def _fake_encode(texts):  # deterministic fake text tower
 
 
 def _figures_report():
-    from cliptune.config import DEFAULTS
+    from cliptune.config.load import DEFAULTS
 
     report = json.loads(json.dumps(DEFAULTS["report"]))
     report.update(queries=["a red circle", "a cat"], top_k=3, n_images=2, heatmap_size=4)

@@ -8,11 +8,11 @@ import textwrap
 
 import pytest
 
-from cliptune.gpus import GpuRequestError, assign_gpus, gpu_request, local_gpu_limit
+from cliptune.jobs.gpus import GpuRequestError, assign_gpus, gpu_request, local_gpu_limit
 
 HOLD = textwrap.dedent("""
     import os, sys, time
-    from cliptune.gpus import assign_gpus
+    from cliptune.jobs.gpus import assign_gpus
     env = {"CLIPTUNE_GPU_LOCK_DIR": sys.argv[1]}
     print(assign_gpus(int(sys.argv[2]), env, pool=["0", "1"]), flush=True)
     time.sleep(60)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune.config import DEFAULTS, ConfigError, load_config, resolve_variant
+from cliptune.config.load import DEFAULTS, ConfigError, load_config, resolve_variant
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_a_model_key_of_another_model_kind_is_an_error(pairs, tmp_path):
 def test_suggest_samples_each_kind_by_its_dotted_name():
     import optuna
 
-    from cliptune.hpo_space import check_space, nest, suggest
+    from cliptune.config.hpo_space import check_space, nest, suggest
 
     space = {"train.lr": {"low": 1e-5, "high": 1e-3, "log": True},
              "model.dual_encoder.vision.depth": {"low": 2, "high": 6, "step": 2},
@@ -146,7 +146,7 @@ def test_a_space_the_search_cannot_sample_fails_at_config_time(key, spec, messag
 
 
 def test_a_given_space_replaces_the_default_one():
-    from cliptune.hpo_space import check_space
+    from cliptune.config.hpo_space import check_space
 
     check_space(DEFAULTS["hpo"]["space"])  # the schema's default is itself a valid space
     assert load_config(BASE)["hpo"]["space"] == DEFAULTS["hpo"]["space"]

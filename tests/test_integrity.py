@@ -1,4 +1,4 @@
-"""Damaged artifacts are caught before use (cliptune.integrity): a truncated or
+"""Damaged artifacts are caught before use (cliptune.files.integrity): a truncated or
 byte-flipped image cache, text cache, trunk-feature cache, model.safetensors or resume
 state.pt stops with an error naming the file and the fix."""
 
@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune import integrity
-from cliptune.data.feature_cache import build_feature_cache, feature_spec, with_features
-from cliptune.data.image_cache import build_image_cache, open_cache
-from cliptune.data.pairs import PairData
-from cliptune.data.text_cache import build_text_cache, load_text_cache
-from cliptune.integrity import DamagedFileError, sidecar
+from cliptune.data.caches.features import build_feature_cache, feature_spec, with_features
+from cliptune.data.caches.images import build_image_cache, open_cache
+from cliptune.data.caches.text import build_text_cache, load_text_cache
+from cliptune.data.loading.pairs import PairData
+from cliptune.files import integrity
+from cliptune.files.integrity import DamagedFileError, sidecar
 from cliptune.models.factory import load_variant_model
 from cliptune.models.text_encoder import OFFLINE_ALIAS
 

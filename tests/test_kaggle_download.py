@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cliptune.config import ConfigError, load_config
-from cliptune.data.kaggle_download import (
+from cliptune.config.datasets import KAGGLE_IMAGES
+from cliptune.config.load import ConfigError, load_config
+from cliptune.data.fetch.kaggle import (
     KAGGLE_FLICKR30K,
     KaggleDownloadError,
     fetch_flickr30k,
 )
-from cliptune.dataset_config import KAGGLE_IMAGES
 
 N_IMAGES = 8
 
@@ -65,8 +65,8 @@ def kaggle_dataset(root: Path | None = None) -> dict:
 
 
 def test_download_points_the_source_at_results_csv_and_the_images(fake_kagglehub, tmp_path):
-    from cliptune.data.captions import check_sources, split_spec
-    from cliptune.data.dataset_formats import read_source
+    from cliptune.data.sources.captions import check_sources, split_spec
+    from cliptune.data.sources.formats import read_source
 
     ds = load_config({"dataset": kaggle_dataset(tmp_path / "data" / "flickr30k_images"),
                       "variants": {"baseline": {}}})["dataset"]
@@ -159,7 +159,7 @@ def test_the_workflow_downloads_then_builds_captions_and_the_image_cache(tmp_pat
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(fake.parent), os.environ.get("PYTHONPATH", "")]))
-    from cliptune.cache_keys import captions_paths, image_paths
+    from cliptune.data.caches.keys import captions_paths, image_paths
 
     dataset = load_config(cfg)["dataset"]
     target = image_paths(dataset, "train", 32)["array"]

@@ -88,7 +88,7 @@ def test_matches_independent_reference_implementation():
 
 
 def test_learnable_temperature_is_clamped_like_clip():
-    from cliptune.config import DEFAULTS, deep_merge
+    from cliptune.config.load import DEFAULTS, deep_merge
     from cliptune.models.image_tower import ClipHead
 
     model_cfg = deep_merge(DEFAULTS["model"], {"backbone": "resnet18", "weights": None,

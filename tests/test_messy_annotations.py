@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cliptune.config import load_config
-from cliptune.data import captions as cap
-from cliptune.data import dataset_formats as fmt
-from cliptune.data.text_cache import load_text_cache
+from cliptune.config.load import load_config
+from cliptune.data.caches.text import load_text_cache
+from cliptune.data.sources import captions as cap
+from cliptune.data.sources import formats as fmt
 from cliptune.reporting.data_report import render_markdown, split_report
 
 VARIANTS = {"baseline": {}}

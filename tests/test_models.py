@@ -13,7 +13,7 @@ import torchvision
 from safetensors.torch import load_file
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune.config import DEFAULTS, deep_merge
+from cliptune.config.load import DEFAULTS, deep_merge
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_text_dim_mismatch_is_a_clear_error(tiny_clip_dir):
 
 
 def test_augmentation_is_batched_and_bounded():
-    from cliptune.data.augment import augment_images
+    from cliptune.training.augment import augment_images
 
     x = torch.rand(6, 3, 16, 16)
     strong = {"scale": [0.3, 1.0], "ratio": [0.75, 4 / 3], "flip": 0.5, "color_jitter": 0.4,
@@ -243,7 +243,7 @@ def test_augmentation_is_batched_and_bounded():
 def test_full_scale_and_square_ratio_is_an_exact_no_op_crop():
     """scale [1, 1] alone still jitters the aspect ratio (as torchvision does); adding
     ratio [1, 1] keeps every pixel, and flip / colour jitter still apply on top."""
-    from cliptune.data.augment import augment_images
+    from cliptune.training.augment import augment_images
 
     x = torch.rand(8, 3, 12, 12)
     off = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "flip": 0.0, "color_jitter": 0.0,
@@ -266,7 +266,7 @@ def test_full_scale_and_square_ratio_is_an_exact_no_op_crop():
 
 
 def test_augment_ranges_must_be_ordered():
-    from cliptune.config import ConfigError, load_config
+    from cliptune.config.load import ConfigError, load_config
 
     with pytest.raises(ConfigError, match=r"train.augment.ratio = \[1.3, 0.8\]"):
         load_config({"dataset": {"name": "t", "source": "demo"}, "variants": {"a": {}},
@@ -476,7 +476,7 @@ def test_train_temperature_sets_a_pretrained_clip_scale_and_null_keeps_its_own(t
     keeps the checkpoint's learned one, and null on a model without one is a config error."""
     from transformers import CLIPModel
 
-    from cliptune.config import ConfigError, load_config
+    from cliptune.config.load import ConfigError, load_config
     from cliptune.models.factory import build_model
 
     v = clip_variant(tiny_clip_dir)

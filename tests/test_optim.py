@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_pairs import tiny_variant
 
-from cliptune.config import ConfigError, load_config
+from cliptune.config.load import ConfigError, load_config
 from cliptune.models.factory import build_model
 from cliptune.training.optim import build_optimizer, describe_param_groups
 from cliptune.training.schedule import warmup_cosine, warmup_steps

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny_pairs import load_train_val
 
-from cliptune.data.pairs import plan_epoch, validation_batches
+from cliptune.data.loading.pairs import plan_epoch, validation_batches
 
 
 @pytest.fixture(scope="module")

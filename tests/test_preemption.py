@@ -20,7 +20,7 @@ from cliptune.training.checkpoint import CheckpointTimer, SignalGuard
 REPO = Path(__file__).resolve().parents[1]
 # Slow each batch read so a kill reliably lands mid-epoch; numerics are unaffected.
 SLOW_RUN = (
-    "import sys, time; import cliptune.data.pairs as p; f = p.PairData.fetch\n"
+    "import sys, time; import cliptune.data.loading.pairs as p; f = p.PairData.fetch\n"
     "p.PairData.fetch = lambda self, rows: (time.sleep(float(sys.argv[2])), f(self, rows))[1]\n"
     "from cliptune.training.torchrun_entry import main; sys.exit(main(['--spec', sys.argv[1]]))\n"
 )

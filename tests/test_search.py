@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tiny_pairs import tiny_variant
 
-from cliptune.data.image_cache import load_rgb
-from cliptune.data.image_folder import (
+from cliptune.data.caches.images import load_rgb
+from cliptune.data.sources.image_folder import (
     ImageFolderError,
     folder_fingerprint,
     resolve_folder,
@@ -249,7 +249,7 @@ def test_image_to_text_uses_evaluate_embeddings_without_repeated_captions(tmp_pa
 
 
 def test_search_config_defaults_come_from_the_schema():
-    from cliptune.config import DEFAULTS, ConfigError, load_config
+    from cliptune.config.load import DEFAULTS, ConfigError, load_config
 
     assert DEFAULTS["search"] == {"images": None, "variant": None, "queries": None, "top_k": 5,
                                   "figure_images": 8}

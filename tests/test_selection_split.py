@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from cliptune.config import ConfigError, load_config, resolve_variant
-from cliptune.data import captions as cap
-from cliptune.data.demo_data import generate_demo_dataset
-from cliptune.dataset_config import SELECT_SPLIT
+from cliptune.config.datasets import SELECT_SPLIT
+from cliptune.config.load import ConfigError, load_config, resolve_variant
+from cliptune.data.sources import captions as cap
+from cliptune.demo.dataset import generate_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "config").glob("*.yaml"))

@@ -38,14 +38,20 @@ from toy_overlay import (
     write_toy_sources,
 )
 
-from cliptune.config import encoder_key, load_config, resolve_run, resolve_variant, variant_names
-from cliptune.data.captions import build_split_captions, check_sources, split_spec
-from cliptune.data.dataset_formats import read_karpathy
-from cliptune.data.demo_data import generate_demo_dataset
-from cliptune.data.feature_cache import build_feature_cache, load_split
-from cliptune.data.feature_keys import feature_paths, feature_spec
-from cliptune.data.image_cache import build_image_cache
-from cliptune.data.text_cache import build_text_cache
+from cliptune.config.load import (
+    encoder_key,
+    load_config,
+    resolve_run,
+    resolve_variant,
+    variant_names,
+)
+from cliptune.data.caches.feature_keys import feature_paths, feature_spec
+from cliptune.data.caches.features import build_feature_cache, load_split
+from cliptune.data.caches.images import build_image_cache
+from cliptune.data.caches.text import build_text_cache
+from cliptune.data.sources.captions import build_split_captions, check_sources, split_spec
+from cliptune.data.sources.formats import read_karpathy
+from cliptune.demo.dataset import generate_demo_dataset
 from cliptune.models.weights import needed_weights
 from cliptune.training.trainer import train_variant
 

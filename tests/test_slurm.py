@@ -27,7 +27,7 @@ import yaml
 from conftest import REPO_ID, TINY, FakeHub
 from safetensors.torch import load_file
 
-from cliptune.config import deep_merge
+from cliptune.config.load import deep_merge
 
 pytestmark = [
     pytest.mark.slurm,

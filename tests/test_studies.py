@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import planned_jobs, snakemake, write_config
 
-from cliptune.config import DEFAULTS, ConfigError, load_config
+from cliptune.config.load import DEFAULTS, ConfigError, load_config
 from cliptune.study_outputs import CURRENT_FILES, copy_current, relink_markdown
 
 REPO = Path(__file__).resolve().parents[1]

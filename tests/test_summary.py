@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cliptune.config import UNTRAINED, load_config, resolve_variant
+from cliptune.config.load import UNTRAINED, load_config, resolve_variant
 from cliptune.reporting.summary import build_summary, convergence
 from cliptune.training.train_log import HISTORY_COLUMNS
 

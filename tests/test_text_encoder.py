@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cliptune.data.text_cache import build_text_cache, load_text_cache
+from cliptune.data.caches.text import build_text_cache, load_text_cache
 from cliptune.models.text_encoder import (
     OFFLINE_ALIAS,
     EncoderUnavailableError,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cliptune.config import ConfigError, load_config, resolve_variant
-from cliptune.data.captions import split_spec
+from cliptune.config.load import ConfigError, load_config, resolve_variant
+from cliptune.data.sources.captions import split_spec
 
 
 @pytest.fixture

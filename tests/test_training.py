@@ -13,8 +13,8 @@ import pytest
 import torch
 from tiny_pairs import load_train_val, tiny_variant
 
-from cliptune import integrity
-from cliptune.config import deep_merge
+from cliptune.config.load import deep_merge
+from cliptune.files import integrity
 from cliptune.training.train_log import STEP_COLUMNS
 
 

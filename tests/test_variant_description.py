@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cliptune.config import load_config, resolve_run, run_names
+from cliptune.config.load import load_config, resolve_run, run_names
 from cliptune.reporting import variant_description as vd
 from cliptune.reporting.summary import build_summary
 from cliptune.training.train_log import HISTORY_COLUMNS

@@ -83,7 +83,7 @@ def test_outputs_of_every_stage(finished_run):
 
 
 def test_hpo_search_of_the_finished_run(toy_run):
-    from cliptune.config import load_config
+    from cliptune.config.load import load_config
 
     check_hpo_outputs(toy_run.workdir / TOY_HPO_TARGET.rsplit("/", 1)[0], load_config(TOY_RUN))
     assert {"hpo", "backbone_features"} <= toy_run.rules_run

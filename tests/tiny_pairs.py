@@ -33,7 +33,7 @@ def tiny_variant(**train) -> dict:
     """The full resolved variant as train_variant sees it, with train overrides.
 
     Starts from the config DEFAULTS so keys other features add stay valid."""
-    from cliptune.config import DEFAULTS, deep_merge
+    from cliptune.config.load import DEFAULTS, deep_merge
 
     base = deep_merge({"train": DEFAULTS["train"], "model": DEFAULTS["model"]}, VARIANT_BASE)
     return deep_merge(base, {"train": train})
@@ -94,7 +94,7 @@ def _existing(folder: Path, prefix: str) -> dict[str, str]:
 
 def load_train_val(folder: Path, n_train: int = 16, n_val: int = 8):
     """(train, val) PairData of tiny on-disk splits, as the train stage loads them."""
-    from cliptune.data.pairs import PairData
+    from cliptune.data.loading.pairs import PairData
 
     out = {}
     for prefix, n, seed in (("train", n_train, 1), ("val", n_val, 2)):

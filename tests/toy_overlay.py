@@ -71,7 +71,7 @@ VARIANT_SECTIONS = ("image_size", "text_encoder", "model", "train", "eval")
 
 def write_toy_sources(root: Path) -> dict[str, Path]:
     """Generate each source's layout once under ``root``; returns source -> dataset root."""
-    from cliptune.data.demo_data import generate_demo_dataset
+    from cliptune.demo.dataset import generate_demo_dataset
 
     coco = root / "coco2014"
     generate_demo_dataset(coco, train_images=TRAIN_IMAGES, val_images=VAL_IMAGES,
@@ -138,8 +138,8 @@ def _write_karpathy(coco: Path, path: Path, flat: bool = False) -> Path:
 
 def toy_overlay(cfg: Mapping, sources: Mapping[str, Path], clip_dir: Path) -> dict:
     """A copy of ``cfg`` that runs here at toy scale (module docstring)."""
-    from cliptune.config import load_config, resolve_variant
-    from cliptune.dataset_config import carves_selection
+    from cliptune.config.datasets import carves_selection
+    from cliptune.config.load import load_config, resolve_variant
 
     out = copy.deepcopy(dict(cfg))
     _toy_dataset(out["dataset"], sources)
@@ -238,7 +238,7 @@ def _hub_to_local(section: Mapping | None, key: str, clip_dir: Path) -> None:
 def _toy_hpo(hpo: dict, shared: Mapping, full: Mapping) -> None:
     """Few short trials; a searched key the overlay shrinks in the shared sections (batch
     size, dual-encoder sizes) gets that toy value as its only choice, the rest stay."""
-    from cliptune.hpo_space import expand
+    from cliptune.config.hpo_space import expand
 
     hpo["trials"] = min(hpo.get("trials", HPO_TRIALS), HPO_TRIALS)
     if hpo.get("epochs") is not None:
@@ -292,7 +292,7 @@ def touchable(path: str) -> bool:
         return inner.split(".")[0] in VARIANT_SECTIONS and inner in TOUCHABLE
     m = SPACE_FIELD.match(path)
     if m:
-        from cliptune.hpo_space import expand
+        from cliptune.config.hpo_space import expand
 
         return all(p in TOUCHABLE for p in expand(m.group(1)))
     return path in TOUCHABLE

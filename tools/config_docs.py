@@ -23,8 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from cliptune.config_schema import is_section, leaf_default, load_schema, subschema
-from cliptune.dataset_config import (
+from cliptune.config.datasets import (
     COCO_DOWNLOAD_ROOT,
     COCO_TRAIN_IMAGES,
     DEMO_ROOT,
@@ -34,6 +33,7 @@ from cliptune.dataset_config import (
     SELECT_SPLIT,
     SOURCE_SPLITS,
 )
+from cliptune.config.schema import is_section, leaf_default, load_schema, subschema
 
 README = Path(__file__).resolve().parents[1] / "config" / "README.md"
 TABLE = re.compile(r"(<!-- config-table: ([^>]*?) -->\n)(.*?)(<!-- /config-table -->)", re.S)
@@ -52,7 +52,7 @@ def _splits_default() -> str:
     return "; ".join(f"{'/'.join(sources)}: `{text}`" for text, sources in groups.items())
 
 
-# Defaults resolved per dataset source in cliptune.dataset_config.resolve_dataset (schema: null).
+# Defaults resolved per dataset source in cliptune.config.datasets.resolve_dataset (schema: null).
 DYNAMIC = {
     "dataset.root": lambda: (
         f"demo: `{DEMO_ROOT}`; download: `{COCO_DOWNLOAD_ROOT}`; download: kaggle: "

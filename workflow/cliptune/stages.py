@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from cliptune.gpus import assign_gpus
+from cliptune.jobs.gpus import assign_gpus
 from cliptune.runtime import set_threads, setup_logging
 
 log = logging.getLogger("cliptune.stage")
@@ -28,27 +28,27 @@ def weights(smk) -> None:
 
 
 def demo_dataset(smk) -> None:
-    from cliptune.data.demo_data import generate_demo_dataset
+    from cliptune.demo.dataset import generate_demo_dataset
 
     demo = json.loads(smk.params.demo)
     generate_demo_dataset(Path(smk.params.root), **demo)
 
 
 def coco_archive(smk) -> None:
-    from cliptune.data.coco_download import fetch_archive
+    from cliptune.data.fetch.coco import fetch_archive
 
     fetch_archive(smk.wildcards.archive, json.loads(smk.params.spec), Path(smk.output[0]),
                   hint=smk.params.hint)
 
 
 def kaggle_flickr30k(smk) -> None:
-    from cliptune.data.kaggle_download import fetch_flickr30k
+    from cliptune.data.fetch.kaggle import fetch_flickr30k
 
     fetch_flickr30k(Path(smk.output.annotations), Path(smk.params.images))
 
 
 def coco_extract(smk) -> None:
-    from cliptune.data.coco_download import extract_archive
+    from cliptune.data.fetch.coco import extract_archive
 
     marker = extract_archive(Path(smk.input[0]), Path(smk.output[0]).parent)
     if marker != Path(smk.output[0]):
@@ -56,7 +56,7 @@ def coco_extract(smk) -> None:
 
 
 def captions(smk) -> None:
-    from cliptune.data.captions import build_split_captions
+    from cliptune.data.sources.captions import build_split_captions
 
     build_split_captions(json.loads(smk.params.spec), Path(smk.output.parquet),
                          Path(smk.output.source))
@@ -80,7 +80,7 @@ def samples(smk) -> None:
 
 
 def image_cache(smk) -> None:
-    from cliptune.data.image_cache import build_image_cache
+    from cliptune.data.caches.images import build_image_cache
 
     build_image_cache(Path(smk.input.captions), Path(smk.params.root), int(smk.params.size),
                       Path(smk.output.array), Path(smk.output.index), workers=smk.threads,
@@ -88,7 +88,7 @@ def image_cache(smk) -> None:
 
 
 def text_embeddings(smk) -> None:
-    from cliptune.data.text_cache import build_text_cache
+    from cliptune.data.caches.text import build_text_cache
 
     spec = json.loads(smk.params.encoder)
     build_text_cache(Path(smk.input.captions), Path(smk.output[0]), spec["model"],
@@ -97,7 +97,7 @@ def text_embeddings(smk) -> None:
 
 def _pairs(smk, prefix: str):
     """One split from the rule's named inputs (trunk features when the rule has them)."""
-    from cliptune.data.feature_cache import load_split
+    from cliptune.data.caches.features import load_split
 
     return load_split(_named_inputs(smk), prefix)
 
@@ -107,7 +107,7 @@ def _named_inputs(smk) -> dict[str, str]:
 
 
 def backbone_features(smk) -> None:
-    from cliptune.data.feature_cache import build_feature_cache
+    from cliptune.data.caches.features import build_feature_cache
 
     build_feature_cache(Path(smk.input.array), Path(smk.input.index), json.loads(smk.params.spec),
                         Path(smk.output.array), Path(smk.output.meta), device=smk.params.device)
@@ -214,7 +214,7 @@ def queries_across_variants(smk) -> None:
 def search_embed(smk) -> None:
     from safetensors import safe_open
 
-    from cliptune.data.image_folder import resolve_folder
+    from cliptune.data.sources.image_folder import resolve_folder
     from cliptune.evaluation.search import embed_folder
 
     # The model's embedding width is the text cache's (as evaluate reads it from there).
@@ -228,7 +228,7 @@ def search_embed(smk) -> None:
 def search_text_to_image(smk) -> None:
     from cliptune.evaluation.evaluate import variant_text_encoder
     from cliptune.evaluation.search import load_folder_embeddings, text_to_image_hits
-    from cliptune.io_utils import atomic_path
+    from cliptune.files.atomic import atomic_path
     from cliptune.reporting.search_figures import plot_search_text_to_image
 
     variant = json.loads(smk.params.variant)
@@ -244,7 +244,7 @@ def search_text_to_image(smk) -> None:
 
 def search_image_to_text(smk) -> None:
     from cliptune.evaluation.search import eval_captions, image_to_text_hits, load_folder_embeddings
-    from cliptune.io_utils import atomic_path
+    from cliptune.files.atomic import atomic_path
     from cliptune.reporting.search_figures import plot_search_image_to_text
 
     variant = json.loads(smk.params.variant)

@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from cliptune.io_utils import atomic_path
+from cliptune.files.atomic import atomic_path
 
 # File names under results/{study}/ that are also kept at results/ for the current study.
 CURRENT_FILES = (

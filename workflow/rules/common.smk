@@ -5,14 +5,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from cliptune.cli_config import typed_cli_overrides
-from cliptune.data.captions import annotation_file, check_sources
-from cliptune.gpus import GpuRequestError, gpu_request, local_gpu_limit
-from cliptune.hpo_space import check_applies
-from cliptune.job_resources import grow
+from cliptune.config.overrides import typed_cli_overrides
+from cliptune.data.sources.captions import annotation_file, check_sources
+from cliptune.jobs.gpus import GpuRequestError, gpu_request, local_gpu_limit
+from cliptune.config.hpo_space import check_applies
+from cliptune.jobs.resources import grow
 from cliptune.models.weights import WEIGHTS_DIR, encoder_markers, needed_weights, weight_key
 from cliptune.models.weights import marker_path as weights_marker
-from cliptune.cache_keys import (
+from cliptune.data.caches.keys import (
     CACHE,
     CACHE_LOGS,
     captions_key,
@@ -22,7 +22,7 @@ from cliptune.cache_keys import (
     text_key,
     text_path,
 )
-from cliptune.config import (
+from cliptune.config.load import (
     ConfigError,
     canonical_json,
     load_config,
@@ -30,7 +30,7 @@ from cliptune.config import (
     run_names,
     variant_names,
 )
-from cliptune.dataset_config import split_names
+from cliptune.config.datasets import split_names
 from cliptune.study_outputs import CURRENT_FILES
 
 try:
@@ -71,7 +71,7 @@ ENCODERS = {text_key(v["text_encoder"]): v["text_encoder"] for v in RESOLVED.val
 # Splits with caches: the study's, plus the training split of each variant whose
 # train.subset differs from the study's (train-all, train-{N}-random{seed}, ...).
 CACHE_SPLITS = list(dict.fromkeys([*SPLITS, *(v["train_split"] for v in RESOLVED.values())]))
-# The shared caches are addressed by content (cliptune.cache_keys), not by study, so
+# The shared caches are addressed by content (cliptune.data.caches.keys), not by study, so
 # studies over the same data share them: key -> split, and image key -> (split, size).
 CAPTION_KEYS = {captions_key(CFG["dataset"], split): split for split in CACHE_SPLITS}
 IMAGE_KEYS = {

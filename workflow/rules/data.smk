@@ -1,8 +1,8 @@
 import re
 
-from cliptune.cache_keys import image_params, split_spec
-from cliptune.data.captions import captions_inputs
-from cliptune.data.coco_download import (
+from cliptune.data.caches.keys import image_params, split_spec
+from cliptune.data.sources.captions import captions_inputs
+from cliptune.data.fetch.coco import (
     archive_path,
     archive_specs,
     marker_path,

@@ -4,7 +4,7 @@
 # flag, so variants that share a frozen trunk share one cache.
 import re
 
-from cliptune.data.feature_keys import feature_key, feature_paths, feature_spec
+from cliptune.data.caches.feature_keys import feature_key, feature_paths, feature_spec
 
 FEATURES = {}
 FEATURE_WEIGHTS = {}  # feature key -> weight markers (the trunk's torchvision file)

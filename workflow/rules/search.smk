@@ -4,7 +4,7 @@
 # its `folder` param (a fingerprint of every file's name, size and mtime) reruns it
 # exactly when the folder changes; the job then embeds only new or changed files
 # (cliptune.evaluation.search keeps the last run's embeddings beside the outputs).
-from cliptune.data.image_folder import folder_state, searched_folder
+from cliptune.data.sources.image_folder import folder_state, searched_folder
 from cliptune.models.towers import text_tower_gpus
 
 SEARCH = CFG["search"]

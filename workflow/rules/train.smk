@@ -23,7 +23,7 @@ rule train:
         runtime=grow(720),
         # One GPU per torchrun worker: gpu = devices x nodes (SLURM: --gpus, a job total);
         # multi-node runs ask per node instead (gres gpu:devices -> --gres) with gpu 0.
-        # A CPU variant (train.device: cpu) asks for none. See cliptune.gpus.gpu_request.
+        # A CPU variant (train.device: cpu) asks for none. See cliptune.jobs.gpus.gpu_request.
         gpu=lambda w: TRAIN_GPUS[w.variant]["gpu"],
         gres=lambda w: TRAIN_GPUS[w.variant]["gres"],
         nodes=lambda w: RESOLVED[w.variant]["train"]["nodes"],

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cliptune.evaluation.retrieval_metrics import RSUM_KS
-from cliptune.io_utils import atomic_path
+from cliptune.files.atomic import atomic_path
 
 DIRECTIONS = ("i2t", "t2i")
 # Resamples drawn per block: bounds the [block, N] count matrix whatever B is.

@@ -18,11 +18,11 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from cliptune.data.pairs import PairData
+from cliptune.data.loading.pairs import PairData
 from cliptune.evaluation.bootstrap import Ranks, save_ranks
 from cliptune.evaluation.prompt_results import Evaluated, PromptSpec, write_prompt_results
 from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
-from cliptune.io_utils import atomic_path, write_json
+from cliptune.files.atomic import atomic_path, write_json
 from cliptune.models.factory import load_variant_model
 from cliptune.models.text_encoder import frozen_encoder_fn
 from cliptune.models.towers import reads_text_cache

@@ -34,7 +34,7 @@ from cliptune.evaluation.zero_shot_labels import (
     demo_labels,
 )
 from cliptune.evaluation.zero_shot_tasks import Task, resolve_tasks
-from cliptune.io_utils import atomic_path, write_json
+from cliptune.files.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from cliptune.config import DEFAULTS
+from cliptune.config.load import DEFAULTS
 from cliptune.retrieval import blocked_topk, i2t_pass, t2i_pass
 
 __all__ = [

@@ -22,13 +22,13 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from cliptune.config import short_hash
-from cliptune.data.image_cache import try_load_rgb
-from cliptune.data.image_folder import FolderEntry, ImageFolderError, scan_folder
+from cliptune.config.load import short_hash
+from cliptune.data.caches.images import try_load_rgb
+from cliptune.data.sources.image_folder import FolderEntry, ImageFolderError, scan_folder
 from cliptune.evaluation.evaluate import encode_pixels
 from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
-from cliptune.file_hash import file_sha256
-from cliptune.io_utils import atomic_path, write_text
+from cliptune.files.atomic import atomic_path, write_text
+from cliptune.files.hashing import file_sha256
 from cliptune.models.factory import load_variant_model
 from cliptune.runtime import autocast_dtype, embed_all, pick_device, progress
 

@@ -91,6 +91,6 @@ def zero_shot_accuracy(probs: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict
 
 
 def write_zero_shot_json(path: Path, result: dict) -> None:
-    from cliptune.io_utils import write_json
+    from cliptune.files.atomic import write_json
 
     write_json(path, json.loads(json.dumps(result, default=float)))

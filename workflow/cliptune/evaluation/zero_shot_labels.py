@@ -59,7 +59,7 @@ def coco_labels(instances_json: Path, image_ids: np.ndarray, classes: Sequence[s
 
 def demo_vocabulary() -> set[str]:
     """Every class name the demo's ground truth can label."""
-    from cliptune.data.demo_scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES
+    from cliptune.demo.scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES
 
     words = set(SHAPES) | set(COLOURS) | {f"{b} background" for b in BACKGROUNDS}
     words |= {f"{c} {s}" for c in COLOURS for s in SHAPES}
@@ -116,6 +116,6 @@ def instances_json(dataset: Mapping, split: str) -> Path:
 
 def demo_scenes_json(dataset: Mapping, split: str) -> Path:
     """Where the demo generator wrote the scenes of ``split`` (beside its captions)."""
-    from cliptune.data.captions import scenes_file
+    from cliptune.data.sources.captions import scenes_file
 
     return scenes_file(dataset["root"], dataset["splits"][split])

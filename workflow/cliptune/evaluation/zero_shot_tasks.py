@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cliptune.config import ConfigError
+from cliptune.config.load import ConfigError
 from cliptune.evaluation.prompts import ClassName, check_templates, class_name
 from cliptune.evaluation.zero_shot_labels import LABEL_SOURCES, demo_vocabulary
 
@@ -51,7 +51,7 @@ def default_tasks(source: str) -> dict[str, dict]:
 
 def _default_classes(source: str) -> list[str]:
     if source == "demo":
-        from cliptune.data.demo_scenes import SHAPES
+        from cliptune.demo.scenes import SHAPES
 
         return list(SHAPES)
     return list(COCO_CATEGORIES)
@@ -102,7 +102,7 @@ def label_file(cfg: Mapping, split: str, tasks: Mapping[str, Task]) -> str:
     """The ground-truth file the tasks labelled ``coco`` or ``demo`` read ("" when none
     is): COCO's object annotations, or the demo generator's scenes. Evaluation reads it;
     label_input is what the evaluate rule waits for."""
-    from cliptune.data.captions import source_split
+    from cliptune.data.sources.captions import source_split
     from cliptune.evaluation.zero_shot_labels import demo_scenes_json, instances_json
 
     # labels: coco needs source coco and labels: demo source demo (_check_labels): one file.
@@ -122,7 +122,7 @@ def label_input(cfg: Mapping, split: str, tasks: Mapping[str, Task]) -> dict[str
     extracted annotations zip's completion marker (the json is in that zip). A missing
     COCO file is an error at parse time that says where it goes, never a silently
     label-free task."""
-    from cliptune.data.coco_download import ANNOTATIONS_ZIP, marker_path
+    from cliptune.data.fetch.coco import ANNOTATIONS_ZIP, marker_path
 
     path = label_file(cfg, split, tasks)
     if not path or cfg["dataset"]["source"] == "demo":

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cliptune.data.pairs import PairData
+from cliptune.data.loading.pairs import PairData
 from cliptune.export.model_card import RunFiles, render_card
-from cliptune.io_utils import write_json
+from cliptune.files.atomic import write_json
 from cliptune.models.factory import load_variant_model
 from cliptune.models.text_encoder import frozen_encoder_fn
 from cliptune.models.towers import lora_towers

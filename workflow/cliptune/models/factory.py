@@ -32,7 +32,7 @@ def load_variant_model(variant: dict, weights: Path, embed_dim: int,
                        device: torch.device) -> ClipHead:
     from safetensors.torch import load_file
 
-    from cliptune.integrity import verify
+    from cliptune.files.integrity import verify
 
     # Evaluating must never download backbone weights: they come from the checkpoint.
     # (A CLIP variant rebuilds its architecture from the local HF cache.)

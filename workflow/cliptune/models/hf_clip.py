@@ -90,7 +90,7 @@ def _scratch_tokenizer(name: str):
 
 def _tower_config(tower: Mapping) -> dict:
     """Width, depth, heads, MLP width and attention dropout of one tower (heads dividing
-    the width is checked with the config: cliptune.config.check_variant)."""
+    the width is checked with the config: cliptune.config.load.check_variant)."""
     return {"hidden_size": tower["width"], "num_hidden_layers": tower["depth"],
             "num_attention_heads": tower["heads"],
             "intermediate_size": round(tower["mlp_ratio"] * tower["width"]),

@@ -255,7 +255,7 @@ class ImageEncoder(nn.Module):
 
     def forward_features(self, feats: torch.Tensor) -> torch.Tensor:
         """Cached frozen-trunk output (N×C×h×w map, or N×C already average-pooled;
-        cliptune.data.feature_cache) -> embeddings: only the trainable part runs."""
+        cliptune.data.caches.features) -> embeddings: only the trainable part runs."""
         pooled = feats if feats.ndim == 2 else self.pool(feats)
         return F.normalize(self.head(pooled).float(), dim=-1)
 

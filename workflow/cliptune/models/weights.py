@@ -19,8 +19,8 @@ import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
-from cliptune.file_hash import file_sha256
-from cliptune.io_utils import write_json
+from cliptune.files.atomic import write_json
+from cliptune.files.hashing import file_sha256
 from cliptune.models.clip_bpe import CLIP_BPE
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from cliptune.evaluation.bootstrap import (
     resampled_metrics,
 )
 from cliptune.evaluation.retrieval_metrics import DEFAULT_KS, RSUM_KS
-from cliptune.io_utils import atomic_path
+from cliptune.files.atomic import atomic_path
 from cliptune.reporting.ablation_chart import plot_ablation
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cliptune.io_utils import save_figure
+from cliptune.files.atomic import save_figure
 
 DIRECTIONS = ("i2t", "t2i")
 DIRECTION_NAMES = {"i2t": "image → text", "t2i": "text → image"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cliptune.io_utils import write_json, write_text
+from cliptune.files.atomic import write_json, write_text
 from cliptune.reporting.vocabulary import vocabulary_markdown, vocabulary_report, word_counts
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def split_report(captions: pd.DataFrame, index: pd.DataFrame, source: dict) -> d
     problems = [{"file_name": r.file_name, "reason": _reason(r.problem), "detail": r.problem}
                 for r in bad.itertuples()]
     no_caption = source["images_without_captions"]
-    # Repairs of the captions stage (cliptune.data.caption_tidy); empty captions were
+    # Repairs of the captions stage (cliptune.data.sources.tidy); empty captions were
     # excluded there, so the Parquet itself holds none.
     cleaning = source["cleaning"]
     dropped_empty = int(cleaning["empty_captions_dropped"])

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from cliptune.io_utils import save_figure  # noqa: E402
+from cliptune.files.atomic import save_figure  # noqa: E402
 
 GOOD, BAD, NEUTRAL = "#1a7f37", "#cf222e", "#8c959f"
 

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cliptune.io_utils import save_figure  # noqa: E402
+from cliptune.files.atomic import save_figure  # noqa: E402
 
 
 def _step_epochs(steps: pd.DataFrame, history: pd.DataFrame) -> pd.Series:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cliptune.data.image_cache import cache_rows, open_cache
+from cliptune.data.caches.images import cache_rows, open_cache
 from cliptune.reporting import figures
 
 TOP = 3  # images per (query, variant) cell: enough to compare at a glance

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cliptune.data.image_cache import open_cache
-from cliptune.io_utils import save_figure
+from cliptune.data.caches.images import open_cache
+from cliptune.files.atomic import save_figure
 
 log = logging.getLogger(__name__)
 

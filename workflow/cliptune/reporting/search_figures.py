@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cliptune.data.image_cache import try_load_rgb
+from cliptune.data.caches.images import try_load_rgb
 from cliptune.reporting import figures
 
 DISPLAY_SIZE = 160  # pixels per shown photo: sharper than the model's input, still small

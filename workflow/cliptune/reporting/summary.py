@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cliptune.config import UNTRAINED
-from cliptune.io_utils import write_text
+from cliptune.config.load import UNTRAINED
+from cliptune.files.atomic import write_text
 from cliptune.reporting.comparison import Comparison, comparison_section
 from cliptune.reporting.lab_sections import (
     LLM_REFLECTION,

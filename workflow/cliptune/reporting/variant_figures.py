@@ -16,7 +16,7 @@ import pandas as pd
 from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
-from cliptune.data.image_cache import cache_rows, open_cache
+from cliptune.data.caches.images import cache_rows, open_cache
 from cliptune.evaluation.report_outputs import FIGURES, ZERO_SHOT_FIGURE
 from cliptune.evaluation.retrieval_metrics import topk_texts
 from cliptune.evaluation.zero_shot_labels import LABELS_OVER

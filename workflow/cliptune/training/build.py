@@ -8,8 +8,8 @@ import logging
 
 import torch
 
-from cliptune.data.feature_cache import check_features_match
-from cliptune.data.pairs import PairData
+from cliptune.data.caches.features import check_features_match
+from cliptune.data.loading.pairs import PairData
 from cliptune.models.factory import build_model
 from cliptune.models.image_tower import ClipHead
 from cliptune.runtime import autocast_dtype

@@ -54,9 +54,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from cliptune.config import short_hash
-from cliptune.integrity import sidecar, verify
-from cliptune.io_utils import atomic_path
+from cliptune.config.load import short_hash
+from cliptune.files.atomic import atomic_path
+from cliptune.files.integrity import sidecar, verify
 
 log = logging.getLogger(__name__)
 

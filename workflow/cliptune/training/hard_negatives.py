@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cliptune.data.pairs import PairData
+from cliptune.data.loading.pairs import PairData
 from cliptune.runtime import embed_all
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Optuna search for one variant over ``hpo.space`` (any of its model/train keys by
-dotted path, cliptune.hpo_space). The study lives in a journal file next to the
+dotted path, cliptune.config.hpo_space). The study lives in a journal file next to the
 outputs (not an output itself), so an interrupted search resumes where it stopped; a
 changed search config or variant starts a new study in the same file (the name
 carries a hash). A resumed search continues the sampler's sequence (open_study), counts
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from cliptune.config import ConfigError, canonical_json, check_variant, deep_merge, short_hash
-from cliptune.data.pairs import PairData
-from cliptune.hpo_space import check_applies, check_space, nest, suggest
-from cliptune.io_utils import atomic_path, save_figure, write_json, write_text
+from cliptune.config.hpo_space import check_applies, check_space, nest, suggest
+from cliptune.config.load import ConfigError, canonical_json, check_variant, deep_merge, short_hash
+from cliptune.data.loading.pairs import PairData
+from cliptune.files.atomic import atomic_path, save_figure, write_json, write_text
 from cliptune.runtime import progress
 
 log = logging.getLogger(__name__)

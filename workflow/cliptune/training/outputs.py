@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from cliptune.config import short_hash
-from cliptune.data.pairs import PairData
-from cliptune.io_utils import atomic_path, write_json
+from cliptune.config.load import short_hash
+from cliptune.data.loading.pairs import PairData
+from cliptune.files.atomic import atomic_path, write_json
 from cliptune.runtime import device_name, hardware_info
 from cliptune.training.checkpoint import TrainState
 from cliptune.training.optim import describe_param_groups

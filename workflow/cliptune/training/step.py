@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cliptune.data.augment import augment_images
-from cliptune.data.caption_variations import vary_captions
-from cliptune.data.pairs import PairData
+from cliptune.data.loading.pairs import PairData
 from cliptune.models.image_tower import to_unit_float
+from cliptune.training.augment import augment_images
+from cliptune.training.caption_variations import vary_captions
 from cliptune.training.losses import LOSS_PARTS, batch_loss
 
 
@@ -43,7 +43,7 @@ def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Te
     """One fetched (micro-)batch -> (model input, text side, is_features).
 
     Pixels become float NCHW in [0, 1] on the device, augmented when training;
-    cached frozen-trunk features (cliptune.data.feature_cache) pass through. The text
+    cached frozen-trunk features (cliptune.data.caches.features) pass through. The text
     side is the cached embeddings, or caption strings for a text tower that runs.
     """
     features = images.is_floating_point()

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     spec = json.loads(args.spec.read_text())
     _setup_logging(spec["log"], int(os.environ.get("RANK", "0")))
 
-    from cliptune.data.feature_cache import load_split
+    from cliptune.data.caches.features import load_split
     from cliptune.runtime import set_threads
     from cliptune.training.distributed import init_from_env, shutdown
     from cliptune.training.trainer import train_variant

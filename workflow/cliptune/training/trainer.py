@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cliptune.data.batch_loader import BatchLoader, loader_settings
-from cliptune.data.pairs import PairData, plan_epoch
+from cliptune.data.loading.batch_loader import BatchLoader, loader_settings
+from cliptune.data.loading.pairs import PairData, plan_epoch
 from cliptune.runtime import (
     autocast_dtype,
     device_name,

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from cliptune.data.pairs import PairData, validation_batches
+from cliptune.data.loading.pairs import PairData, validation_batches
 from cliptune.retrieval import mean_r1
 from cliptune.training.losses import LOSS_PARTS, batch_loss
 from cliptune.training.step import StepContext, embed, in_batch_accuracy, prepare, stacked_parts

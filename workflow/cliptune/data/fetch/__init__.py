@@ -1,0 +1,1 @@
+"""Fetching datasets: verified resumable downloads, COCO and Kaggle archives, safe extraction."""

@@ -1,0 +1,1 @@
+"""Training input: image-caption pairs of a split and the prefetching batch loader."""

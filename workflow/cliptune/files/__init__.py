@@ -1,0 +1,1 @@
+"""Files on disk: streaming digests, integrity seals and atomic writes."""
