@@ -31,7 +31,14 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from bench_common import WORK, command_line, header, load_average, write_result
+from bench_common import (
+    WORK,
+    command_line,
+    header,
+    load_average,
+    random_image_cache,
+    write_result,
+)
 
 
 class PlanDataset(torch.utils.data.Dataset):
@@ -48,16 +55,7 @@ def make_data(n: int, size: int, seed: int = 0):
     """A uint8 NHWC memmap like the image cache, with a PairData over it."""
     from cliptune.data.loading.pairs import PairData
 
-    path = WORK / f"loader_cache_{n}_{size}.npy"
-    if not path.exists():
-        WORK.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(seed)
-        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        for i in range(0, n, 256):
-            arr[i:i + 256] = rng.integers(0, 256, arr[i:i + 256].shape, dtype=np.uint8)
-        arr.flush()
-        del arr
-    pixels = np.load(path, mmap_mode="r")
+    pixels = random_image_cache(WORK / f"loader_cache_{n}_{size}.npy", n, size, seed)
     captions = pd.DataFrame({"caption_id": np.arange(n), "image_id": np.arange(n)})
     return PairData(pixels, captions, torch.zeros(n, 8), np.arange(n), np.arange(n),
                     np.arange(n))

@@ -40,7 +40,18 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from bench_common import REPO, RESULTS, WORK, command_line, header, load_average, write_result
+from bench_common import (
+    REPO,
+    RESULTS,
+    WORK,
+    TinyClip,
+    command_line,
+    header,
+    load_average,
+    random_image_cache,
+    save_random_clip,
+    write_result,
+)
 
 WORDS = np.array(["a", "man", "woman", "dog", "cat", "two", "three", "red", "blue", "green",
                   "small", "large", "on", "in", "with", "the", "of", "near", "street", "table",
@@ -59,36 +70,15 @@ MODES = {
 }
 
 
+# cpu-tiny's CLIP; gpu mode uses transformers' default CLIPConfig (ViT-B/32).
+TINY_CLIP = TinyClip(width=32, intermediate=64, heads=2, image_size=32, projection_dim=16)
+
+
 def resolved(config_file: str, variant: str) -> dict:
     from cliptune.config.load import load_config, resolve_variant
 
     cfg = load_config(yaml.safe_load((REPO / "config" / config_file).read_text()))
     return resolve_variant(cfg, variant)
-
-
-def clip_checkpoint(folder: Path, tiny: bool) -> Path:
-    """A CLIPModel with random weights (ViT-B/32 shape: transformers' default CLIPConfig)
-    and CLIP's BPE tokenizer, saved where ``model.clip.model`` can point."""
-    from transformers import CLIPConfig, CLIPModel
-
-    from cliptune.models.clip_bpe import clip_bpe_tokenizer
-
-    if (folder / "config.json").exists():
-        return folder
-    tok = clip_bpe_tokenizer()
-    if tiny:
-        cfg = CLIPConfig(
-            text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                         "num_attention_heads": 2, "vocab_size": len(tok)},
-            vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                           "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-            projection_dim=16)
-    else:
-        cfg = CLIPConfig()  # ViT-B/32 vision, 12-layer 512-wide text, 512-d projection
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def variants(mode: dict, device: torch.device, scratch: Path) -> dict[str, dict]:
@@ -102,8 +92,9 @@ def variants(mode: dict, device: torch.device, scratch: Path) -> dict[str, dict]
     clip["name"] = "clip_b32_finetune"
     tiny = mode["clip"]["tiny"]
     clip["model"]["kind"] = "clip"
-    clip["model"]["clip"].update(model=str(clip_checkpoint(scratch / f"clip_b32_{tiny}", tiny)),
-                                 lock_image=False, lock_text=False, lora={})
+    checkpoint = save_random_clip(scratch / f"clip_b32_{tiny}", TINY_CLIP if tiny else None)
+    clip["model"]["clip"].update(model=str(checkpoint), lock_image=False, lock_text=False,
+                                 lora={})
     clip["train"].update(temperature=None)
     out["CLIP ViT-B/32 (full fine-tune)"] = clip
 
@@ -129,16 +120,8 @@ def synthetic_pairs(folder: Path, n: int, size: int, dim: int, seed: int = 0):
     caption per image (random words) and random unit text embeddings, as PairData."""
     from cliptune.data.loading.pairs import PairData
 
+    pixels = random_image_cache(folder / f"pixels_{n}_{size}.npy", n, size, seed)
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    arr = folder / f"pixels_{n}_{size}.npy"
-    if not arr.exists():
-        mm = np.lib.format.open_memmap(arr, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        for i in range(0, n, 512):
-            mm[i:i + 512] = rng.integers(0, 256, mm[i:i + 512].shape, dtype=np.uint8)
-        mm.flush()
-        del mm
-    pixels = np.load(arr, mmap_mode="r")
     ids = np.arange(n, dtype=np.int64)
     captions = pd.DataFrame({
         "image_id": ids, "caption_id": ids,

@@ -30,7 +30,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from bench_common import REPO, WORK, command_line, header, load_average, write_result
+from bench_common import (
+    REPO,
+    WORK,
+    TinyClip,
+    command_line,
+    header,
+    load_average,
+    save_random_clip,
+    write_result,
+)
 
 
 def prepare(train_images: int, val_images: int):
@@ -230,21 +239,8 @@ def open_clip_epoch(variant: dict, data) -> float:
 def tiny_clip_variant(folder: Path) -> dict:
     """The demo variant as a tiny CLIP (model.kind: clip, random weights saved locally,
     CLIP's BPE; both towers train, captions tokenized every step)."""
-    from transformers import CLIPConfig, CLIPModel
-
-    from cliptune.models.clip_bpe import clip_bpe_tokenizer
-
-    if not (folder / "config.json").exists():
-        tok = clip_bpe_tokenizer()
-        cfg = CLIPConfig(
-            text_config={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-                         "num_attention_heads": 4, "vocab_size": len(tok)},
-            vision_config={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-                           "num_attention_heads": 4, "image_size": 64, "patch_size": 8},
-            projection_dim=64)
-        torch.manual_seed(0)
-        CLIPModel(cfg).save_pretrained(folder)
-        tok.save_pretrained(folder)
+    save_random_clip(folder, TinyClip(width=64, intermediate=256, heads=4, image_size=64,
+                                      projection_dim=64))
     variant = demo_variant()
     variant["name"] = "tiny_clip"
     variant["model"]["kind"] = "clip"

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY
+
+from cliptune.config.load import deep_merge
 
 KILLS = int(os.environ.get("CLIPTUNE_KILLS", "0"))
 SEED = int(os.environ.get("CLIPTUNE_KILL_SEED", "0"))
@@ -35,17 +38,17 @@ pytestmark = [
 ]
 
 
+# conftest's TINY on fewer images (the DAG runs once per kill) with a checkpoint every step,
+# so a kill during training resumes mid-epoch; its own two variants replace TINY's.
 TOY = {
-    "study": "kills",
-    "dataset": {"name": "kills", "source": "demo",
-                "demo": {"train_images": 32, "val_images": 16, "image_size": 40, "seed": 1}},
-    "image_size": 32,
-    "text_encoder": {"model": "offline-minilm", "max_length": 32},
-    "model": {"backbone": "resnet18", "weights": None, "attention_heads": 4,
-              "head": {"hidden_dim": 32}},
-    "train": {"epochs": 2, "batch_size": 16, "checkpoint_every_steps": 1},
+    **deep_merge(TINY, {
+        "study": "kills",
+        "dataset": {"name": "kills", "demo": {"train_images": 32, "val_images": 16}},
+        "model": {"head": {"hidden_dim": 32}},
+        "train": {"checkpoint_every_steps": 1},
+        "include_untrained": False,
+    }),
     "variants": {"baseline": {}, "small_lr": {"train": {"lr": 1.0e-4}}},
-    "include_untrained": False,
 }
 
 _START = re.compile(r"^(?:local)?rule (\w+):")

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+MAX_EXAMPLES = 5  # offenders named in an error or kept as examples in the report
+
 
 class DatasetFormatError(ValueError):
     """A caption file that cannot be read as its declared format; the message says why."""
@@ -99,17 +101,27 @@ def needs_holdout(table: SourceTable) -> bool:
     return table.labels() <= {""}
 
 
+def several_values(pairs: pd.DataFrame, key: str, value: str, joiner: str) -> tuple[int, str]:
+    """How many ``key``s have more than one distinct ``value`` (a file under two splits, an
+    image id naming two files), and the first few of them as ``key<joiner>v1, v2; ...``
+    (values sorted) for the error message of a one-to-one check."""
+    distinct = pairs[[key, value]].drop_duplicates()
+    counts = distinct[key].value_counts()
+    shared = distinct[distinct[key].isin(counts.index[counts > 1])]
+    clash = shared.groupby(key)[value].agg(list)
+    return len(clash), "; ".join(f"{k}{joiner}{', '.join(sorted(map(str, values)))}"
+                                 for k, values in clash.head(MAX_EXAMPLES).items())
+
+
 def check_one_split_per_image(table: SourceTable, where: str) -> None:
     """An image listed under two source splits would be trained on and evaluated on."""
     pairs = table.captions[["file_name", "split"]].astype(str)
     extra = [(n, lab) for lab, names in table.no_caption.items() for n in names]
     if extra:
         pairs = pd.concat([pairs, pd.DataFrame(extra, columns=["file_name", "split"])])
-    labels = pairs.drop_duplicates().groupby("file_name")["split"].agg(sorted)
-    clash = labels[labels.str.len() > 1]
-    if len(clash):
-        shown = "; ".join(f"{name} in {', '.join(labs)}" for name, labs in clash.head(5).items())
+    count, shown = several_values(pairs, "file_name", "split", " in ")
+    if count:
         raise DatasetFormatError(
-            f"{where}: {len(clash)} image(s) are listed under more than one split ({shown}); "
-            "an image must belong to one split, or it is trained on and evaluated on"
+            f"{where}: {count} image(s) are listed under more than one split ({shown}); an "
+            "image must belong to one split, or it is trained on and evaluated on"
         )

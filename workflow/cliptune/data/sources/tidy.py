@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-log = logging.getLogger(__name__)
+from cliptune.data.sources.table import MAX_EXAMPLES, several_values
 
-MAX_EXAMPLES = 5  # offenders named in an error or kept as examples in the report
+log = logging.getLogger(__name__)
 
 
 def no_repairs() -> dict:
@@ -48,12 +48,10 @@ class Tidied:
 
 def check_image_ids(df: pd.DataFrame, where: str) -> None:
     """One image id naming two files cannot be repaired: which file would be the image?"""
-    files = df.groupby("image_id")["file_name"].unique()
-    clash = files[files.str.len() > 1]
-    if len(clash):
-        shown = "; ".join(f"{i}: {', '.join(map(str, f))}" for i, f in clash.head(5).items())
+    count, shown = several_values(df, "image_id", "file_name", ": ")
+    if count:
         raise CaptionTableError(
-            f"{where}: {len(clash)} image id(s) name more than one file ({shown}); an image id "
+            f"{where}: {count} image id(s) name more than one file ({shown}); an image id "
             "must identify one image, fix the annotation file"
         )
 
