@@ -109,14 +109,21 @@ def _peak_rss() -> int:
     return max(own, child)
 
 
-def _bare_product_seconds(a, b) -> float:
-    """Every score of both directions in blocks of 1,024 queries: what any exact
-    retrieval must compute, with nothing else."""
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (decode workers): what a
+    stage costs on idle cores, which other jobs on a shared machine do not inflate."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _bare_product_cpu(a, b) -> float:
+    """CPU seconds of every score of both directions in blocks of 1,024 queries: what any
+    exact retrieval must compute, with nothing else."""
+    c0 = _cpu()
     for q, c in ((a, b), (b, a)):
         for s in range(0, len(q), 1024):
             (q[s:s + 1024] @ c.T).max()
-    return time.perf_counter() - t0
+    return _cpu() - c0
 
 
 def run_stage(stage: str, root: Path, threads: int) -> dict:
@@ -132,7 +139,7 @@ def run_stage(stage: str, root: Path, threads: int) -> dict:
 
     outputs: list[Path] = []
     extra = {}
-    t0 = time.perf_counter()  # imports are paid before: the stage's own work from here
+    t0, c0 = time.perf_counter(), _cpu()  # imports are paid before: the stage's own work
     if stage == "captions":
         build_captions(root, "val2014", "val", caps)
         outputs = [caps]
@@ -158,19 +165,19 @@ def run_stage(stage: str, root: Path, threads: int) -> dict:
         g = torch.Generator().manual_seed(0)
         image = torch.nn.functional.normalize(torch.randn(len(ids), text.shape[1], generator=g),
                                               dim=1)
-        t0 = time.perf_counter()  # scoring + bootstrap, as the evaluate/aggregate rules do
+        t0, c0 = time.perf_counter(), _cpu()  # scoring + bootstrap, as evaluate/aggregate do
         _, r_i2t, r_t2i = retrieval_metrics_and_ranks(image, text, torch.from_numpy(text_image),
                                                       ks=tuple(DEFAULTS["eval"]["ks"]))
         ranks = Ranks.of(r_i2t, r_t2i, torch.from_numpy(text_image), ids,
                          captions["caption_id"].to_numpy(np.int64))
         metric_intervals(ranks, DEFAULTS["eval"]["ks"], DEFAULTS["bootstrap"])
-        seconds = time.perf_counter() - t0
-        extra["bare_product_s"] = _bare_product_seconds(image, text)
-        return {"seconds": seconds, "peak_rss": _peak_rss(), "disk": 0, **extra}
+        seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+        extra["bare_product_cpu"] = _bare_product_cpu(image, text)
+        return {"seconds": seconds, "cpu": cpu, "peak_rss": _peak_rss(), "disk": 0, **extra}
     else:
         raise ValueError(stage)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "peak_rss": _peak_rss(),
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    return {"seconds": seconds, "cpu": cpu, "peak_rss": _peak_rss(),
             "disk": sum(p.stat().st_size for p in outputs)}
 
 
@@ -197,28 +204,28 @@ def full_retrieval(threads: int, blocks: int) -> dict:
     n_i2t, n_t2i = -(-VAL_IMAGES // bs), -(-VAL_CAPTIONS // bs)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the evaluation's own
     base = _peak_rss()
-    t0 = time.perf_counter()
+    c0 = _cpu()
     if blocks == 0:
         retrieval_metrics_and_ranks(img, txt, idx, block_size=bs)
-        seconds = time.perf_counter() - t0
+        cpu = _cpu() - c0
     else:
         k = min(blocks, n_i2t)
         i2t_pass(img[:k * bs], txt, idx, bs, kmax=10, show=False)
-        t_i2t = (time.perf_counter() - t0) * n_i2t / k
-        t0 = time.perf_counter()
+        c_i2t = (_cpu() - c0) * n_i2t / k
+        c0 = _cpu()
         t2i_pass(img, txt[:k * bs], idx[:k * bs], bs, show=False)
-        seconds = t_i2t + (time.perf_counter() - t0) * n_t2i / k
+        cpu = c_i2t + (_cpu() - c0) * n_t2i / k
     peak = _peak_rss()
     if blocks == 0:
-        bare = _bare_product_seconds(img, txt)
+        bare = _bare_product_cpu(img, txt)
     else:
         bare = 0.0
         for q, c, n in ((img, txt, n_i2t), (txt, img, n_t2i)):
-            t0 = time.perf_counter()
+            c0 = _cpu()
             for s in range(0, k * bs, bs):
                 (q[s:s + bs] @ c.T).max()
-            bare += (time.perf_counter() - t0) * n / k
-    return {"seconds": seconds, "peak_rss": peak, "inputs_rss": base, "bare_product_s": bare,
+            bare += (_cpu() - c0) * n / k
+    return {"cpu": cpu, "peak_rss": peak, "inputs_rss": base, "bare_product_cpu": bare,
             "blocks_timed": blocks, "blocks_total": [n_i2t, n_t2i]}
 
 
@@ -252,9 +259,9 @@ def plot(sizes: list[int], table: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for stage in STAGES:
-        ax.loglog(sizes, [table[n][stage]["seconds"] for n in sizes], "o-", label=stage)
+        ax.loglog(sizes, [table[n][stage]["cpu"] for n in sizes], "o-", label=stage)
     ax.set_xlabel("images (5 captions each)")
-    ax.set_ylabel("wall time (s)")
+    ax.set_ylabel("CPU seconds (= wall on one idle core)")
     ax.set_title("cliptune stage cost vs data size (2 shared cores)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
@@ -329,34 +336,37 @@ def main(argv=None) -> int:
     lines = header("Stage cost vs data size (generated COCO-layout data)", command_line(),
                    load_start)
     lines += [
-        f"**Measured under load** on a 2-core VM shared with other jobs: the load average "
-        f"after each size is listed below; times are wall times of one run each, so they "
-        f"carry the contention (expect them to be 2-5x a quiet machine's). Every stage ran in "
-        f"its own subprocess with {args.threads} torch thread(s) / image-cache worker(s). "
+        "Every stage ran in its own subprocess with "
+        f"{args.threads} torch thread(s) / image-cache worker(s). Costs are **CPU seconds** of "
+        "the stage process and its decode workers: on a 2-core VM shared with other jobs (the "
+        "load average after each size is listed below) wall time carries the contention, "
+        "CPU time does not, and with one thread it is the stage's wall time on one idle core. "
+        "Wall seconds stand beside it. "
         f"Sizes: {', '.join(f'{n:,}' for n in sizes)} images "
         f"({'' if sizes[-1] >= 20_000 else 'the 20,000-image size was not reached this session: '}"
         f"largest {sizes[-1]:,}), five captions each; {DISTINCT_JPEGS} distinct generated "
         "640x480 JPEGs (q90) copied to every file name, so decoding costs what COCO's do.",
         "",
-        "| images | captions | stage | wall (s) | per image (ms) | peak RSS (GiB) | disk (MiB) "
-        "| notes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| images | captions | stage | CPU (s) | wall (s) | CPU per image (ms) | peak RSS (GiB) "
+        "| disk (MiB) | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
         for stage in STAGES:
             r = table[n][stage]
             note = ""
             if stage == "evaluate":
-                ratio = r["seconds"] / r["bare_product_s"]
-                note = (f"bare score product {r['bare_product_s']:.2f} s: {ratio:.1f}x "
-                        f"({'within' if ratio <= 2 else '**beyond**'} 2x)")
-            lines.append(f"| {n:,} | {5 * n:,} | {stage} | {r['seconds']:.2f} | "
-                         f"{1000 * r['seconds'] / n:.2f} | {_gib(r['peak_rss'])} | "
+                bare = r["bare_product_cpu"]
+                note = (f"bare score product {bare:.2f} CPU s: {r['cpu'] / bare:.1f}x "
+                        f"({'within' if r['cpu'] <= 2 * bare else '**beyond**'} 2x)"
+                        if bare > 0 else "bare score product too fast to time")
+            lines.append(f"| {n:,} | {5 * n:,} | {stage} | {r['cpu']:.2f} | {r['seconds']:.2f} | "
+                         f"{1000 * r['cpu'] / n:.2f} | {_gib(r['peak_rss'])} | "
                          f"{r['disk'] / 2**20:.1f} | {note} |")
     lines += ["", "Load average after each size: " + "; ".join(
         f"{n:,}: {loads[n]}" for n in sizes) + ".", "", "![stage cost](scale.png)", "",
         "## Growth and full COCO 2014", "",
-        "Fit per stage over the sizes above: wall time = f + c * n (f: fixed start-up such as "
+        "Fit per stage over the sizes above: CPU time = f + c * n (f: fixed start-up such as "
         "loading the text encoder; c: seconds per image) by least squares, and the growth "
         "exponent b of the size-dependent part (log-log slope of t - f; 1 = linear). "
         f"Extrapolation of the data stages to all of COCO 2014 ({COCO_IMAGES:,} images, "
@@ -367,19 +377,18 @@ def main(argv=None) -> int:
         "per job); 2 and 16 cores = that figure divided by 2 and 16 for image_cache, "
         "text_embeddings and evaluate (decode workers, torch threads: ideal scaling, an upper "
         "bound on the speed-up); captions stays serial (one JSON parse). At these small sizes the "
-        "fixed costs and the load noise are a large share of each time, so treat the "
-        "extrapolations as +-50%.",
+        "fixed costs are a large share of each time, so treat the extrapolations as +-30%.",
         "",
-        "| stage | fixed f (s) | c: ms per image | exponent b | full COCO 2014, 1 thread "
-        "(measured, under load) | 2 cores | 16 cores |",
+        "| stage | fixed f (s) | c: ms per image | exponent b | full COCO 2014, 1 core "
+        "| 2 cores | 16 cores |",
         "|---|---|---|---|---|---|---|"]
     full_times = {}
     for stage in STAGES:
-        f, c, b = fit(sizes, [table[n][stage]["seconds"] for n in sizes])
+        f, c, b = fit(sizes, [table[n][stage]["cpu"] for n in sizes])
         if stage == "evaluate":
             if full is None:
                 continue
-            est = full["seconds"] + table[sizes[-1]][stage]["seconds"]
+            est = full["cpu"] + table[sizes[-1]][stage]["cpu"]
             where = "val2014 (measured below)"
         else:
             est = f + c * COCO_IMAGES
@@ -401,11 +410,11 @@ def main(argv=None) -> int:
               ""]
     if full is not None:
         cb = VAL_IMAGES * VAL_CAPTIONS * 4
-        ratio = full["seconds"] / full["bare_product_s"]
+        ratio = full["cpu"] / full["bare_product_cpu"]
         lines += [
             "## Evaluation at the lab's real size (val2014: 40,504 x 202,654)", "",
             "Random 512-d unit vectors, query blocks of 1,024, "
-            f"{args.threads} thread(s), under load. "
+            f"{args.threads} thread(s), CPU time. "
             + ("The whole `retrieval_metrics_and_ranks` (every R@K, ranks, MRR, mAP/NDCG)."
                if not full["blocks_timed"] else
                f"Timed on {full['blocks_timed']} query block(s) of each direction "
@@ -413,15 +422,15 @@ def main(argv=None) -> int:
                "`t2i_pass` over the first captions against all images; the same for the bare "
                "product) and scaled by the block counts "
                f"({full['blocks_total'][0]} + {full['blocks_total'][1]}): every block costs the "
-               "same, and the whole run would not finish in this session on 2 loaded cores. "
+               "same. "
                "The peak memory is measured, and is one block's whatever the block count."),
             "",
             "| method | time | peak RSS (GiB) | notes |",
             "|---|---|---|---|",
-            f"| **cliptune blocked evaluation** | {_hms(full['seconds'])} | "
+            f"| **cliptune blocked evaluation** | {_hms(full['cpu'])} | "
             f"{_gib(full['peak_rss'])} | inputs alone {_gib(full['inputs_rss'])} GiB |",
             f"| bare score product (both directions, blocks of 1,024) | "
-            f"{_hms(full['bare_product_s'])} | - | evaluation / product = {ratio:.2f}x "
+            f"{_hms(full['bare_product_cpu'])} | - | evaluation / product = {ratio:.2f}x "
             f"({'within' if ratio <= 2 else '**beyond**'} 2x) |",
             f"| CLIP_benchmark full-matrix method | not run | >= {cb / 1e9:.0f} GB (float32 "
             f"scores) + {VAL_IMAGES * VAL_CAPTIONS / 1e9:.0f} GB (bool positives) | does not "
