@@ -1,5 +1,5 @@
 """A fresh training state for one variant: the model on its device (channels-last,
-DDP-free gradient sync set up, optionally compiled), AdamW over its parameter
+rank 0's weights on every rank, optionally compiled), AdamW over its parameter
 groups, the warmup-cosine schedule and the fp16 grad scaler."""
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 ``train.batch_size`` is the *global* (micro-)batch: every rank takes its
 contiguous slice of each planned batch, and the contrastive loss is computed on
 the features of all ranks gathered with gradients, so the negatives span the
-global batch; gradients are then averaged over ranks (as DDP does), which makes
-one step equal to a single-process step on the same global batch.
+global batch; gradients are then averaged over ranks (DistributedDataParallel), which
+makes one step equal to a single-process step on the same global batch.
 
 Two equivalent formulations are provided: ``gather_batch`` (any batch loss on
 the gathered global batch; what training uses, since train.loss may be a
@@ -13,24 +13,21 @@ triplet or hard-negative loss) and ``clip_loss_local`` (open_clip's
 B/W x B logits instead of B x B). tests/test_distributed.py checks both against
 one process.
 
-Why gradients are averaged by hand (``sync_gradients``: one flat all-reduce after the
-backward pass) rather than by ``DistributedDataParallel``: DDP only synchronises
-backward passes of its own ``forward``, while the trainer drives the models through
-several entry points (``embed_images``, ``forward_features`` on cached trunk features,
-``embed_texts``, the HF CLIP towers), and gradient accumulation runs one backward per
-micro-batch with the temperature's gradient in the first pass only, which under DDP
-needs ``no_sync()`` on all but the last pass plus ``find_unused_parameters=True``.
-The price was measured (benchmarks/results/grad_sync.md, 2 gloo processes on a shared
-CPU, ResNet-18 tower at 64 px): both give bit-identical gradients; the flat all-reduce
-takes 30% of a step and DDP, by overlapping it with the backward pass, made the step
-17% faster. That saving is DDP's only gain and shrinks as compute grows relative to
-communication (larger images, NCCL on GPUs); routing the entry points through one
-dispatching DDP module is the way to collect it if multi-GPU runs become
-communication-bound.
+Gradients are averaged by ``DistributedDataParallel`` (``data_parallel``): it
+all-reduces them in buckets while the backward pass is still running, so communication
+overlaps computation. DDP synchronises only the backward of its own forward, so the step
+drives every trainable path (pixels or cached trunk features, a running text tower, the
+temperature) through one module call (cliptune.training.step.TrainForward); gradient
+accumulation runs all but the last micro-batch under ``no_sync()``, so one all-reduce per
+optimiser step carries the accumulated gradients. benchmarks/results/grad_sync.md
+measures this path against the hand-written alternative (one flat all-reduce after the
+backward pass).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import os
@@ -184,22 +181,39 @@ def prepare_model(model: torch.nn.Module, ctx: DistContext) -> None:
         dist.broadcast(tensor, 0)
 
 
-def sync_gradients(model: torch.nn.Module, ctx: DistContext) -> None:
-    """Average gradients over ranks, as DistributedDataParallel does, in one flat
-    all-reduce. Done by hand (not DDP) so every forward path of the models
-    (cached features, gradient accumulation, a text tower) stays a plain call."""
+def data_parallel(module: torch.nn.Module, ctx: DistContext,
+                  find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel on several ranks (itself on one): the
+    backward of its forward averages the gradients over ranks, as one process would get
+    them from the global batch.
+
+    ``find_unused_parameters`` is for a module with trainable parameters that the loss
+    never reaches (DDP would otherwise wait for their gradients). Buffers are not
+    broadcast on each forward: BatchNorm statistics are synchronised by SyncBatchNorm on
+    GPUs and stay per rank on CPUs (``prepare_model``), and a broadcast would replace
+    them with rank 0's. The wrapper has no weights of its own: checkpoints hold
+    ``module``'s state_dict, keys unchanged."""
     if not ctx.distributed:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat)
-    flat /= ctx.world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+        return module
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # The per-forward buffer broadcast is called forward_sync_buffers where torch has it
+    # (broadcast_buffers is deprecated there) and broadcast_buffers before.
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                      else {"broadcast_buffers": False})
+    cuda = ctx.device.type == "cuda"
+    return ddp(module, device_ids=[ctx.device.index] if cuda else None,
+               output_device=ctx.device.index if cuda else None,
+               find_unused_parameters=find_unused_parameters, **no_buffer_sync)
+
+
+def no_sync(forward: torch.nn.Module):
+    """DDP's ``no_sync()``: the gradients of backward passes of forwards inside it stay on
+    this rank, accumulating until the next synchronised backward reduces them all; a
+    plain module (one process) needs nothing."""
+    if isinstance(forward, torch.nn.parallel.DistributedDataParallel):
+        return forward.no_sync()
+    return contextlib.nullcontext()
 
 
 def shard_micro(rows: np.ndarray, micro_batch: int, ctx: DistContext) -> np.ndarray:

@@ -99,6 +99,10 @@ def hard_negative_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
     return loss
 
 
+# The losses whose logits the temperature scales (``triplet`` compares raw cosines).
+TEMPERATURE_LOSSES = ("infonce", "hard_negative")
+
+
 def batch_loss(tcfg: Mapping, image_emb: torch.Tensor, text_emb: torch.Tensor,
                logit_scale: torch.Tensor, mined: tuple | None = None,
                parts: dict | None = None) -> torch.Tensor:

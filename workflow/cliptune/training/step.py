@@ -1,14 +1,16 @@
 """One optimisation step: batch preparation, augmentation, and gradient accumulation
 with cached features (open_clip's ``accum_freq``), so the negatives of every
 micro-batch span the whole accumulated batch; then the optimiser step, skipped
-when the loss or the gradient norm is NaN/Inf.
+when the loss or the gradient norm is NaN/Inf. Under torchrun the model's forward
+runs through DistributedDataParallel, which averages the gradients over ranks in the
+backward pass of the last micro-batch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,36 @@ from cliptune.data.loading.pairs import PairData
 from cliptune.models.image_tower import to_unit_float
 from cliptune.training.augment import augment_images
 from cliptune.training.caption_variations import vary_captions
-from cliptune.training.losses import LOSS_PARTS, batch_loss
+from cliptune.training.distributed import no_sync
+from cliptune.training.losses import LOSS_PARTS, TEMPERATURE_LOSSES, batch_loss
+
+
+class TrainForward(nn.Module):
+    """The model's training forward as one module call: images (pixels, or cached
+    frozen-trunk features) and the text side (cached embeddings pass through, captions
+    run the text tower) -> their embeddings and the logit scale.
+
+    Under torchrun DistributedDataParallel wraps this module
+    (cliptune.training.distributed.data_parallel). DDP reduces the gradients that the
+    backward of its own forward produces, so every path with trainable weights runs
+    inside this one call. ``with_scale`` False returns the scale detached: a pass whose
+    loss must not train the temperature leaves it out of the graph DDP waits on."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, text, features: bool, with_scale: bool):
+        img = self.model.image.forward_features(x) if features else self.model.embed_images(x)
+        txt = text if isinstance(text, torch.Tensor) else self.model.embed_texts(text)
+        scale = self.model.scale()
+        return img, txt, scale if with_scale else scale.detach()
+
+
+def unused_temperature(model: nn.Module, tcfg: Mapping) -> bool:
+    """True when the temperature trains but the loss never uses it (``triplet`` compares
+    raw cosines): its gradient stays None, so DDP must look for unused parameters."""
+    return model.logit_scale.requires_grad and tcfg["loss"] not in TEMPERATURE_LOSSES
 
 
 @dataclass
@@ -32,6 +63,13 @@ class StepContext:
     caption_rng: np.random.Generator | None = None
     # Distributed training: (img, txt) -> the global batch's (cliptune.training.distributed).
     gather: Callable | None = None
+    # The model's TrainForward, wrapped in DistributedDataParallel under torchrun;
+    # None: a plain TrainForward of ``model`` (one process).
+    forward: nn.Module | None = None
+
+    def __post_init__(self):
+        if self.forward is None:
+            self.forward = TrainForward(self.model)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -66,13 +104,15 @@ def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Te
 
 
 def embed(ctx: StepContext, x: torch.Tensor, text, features: bool = False,
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+          with_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image embeddings, text embeddings, logit scale) of one (micro-)batch, gathered
+    over ranks when training distributed; the scale carries its gradient only with
+    ``with_scale``."""
     with ctx.autocast():
-        img = ctx.model.image.forward_features(x) if features else ctx.model.embed_images(x)
-        txt = text if isinstance(text, torch.Tensor) else ctx.model.embed_texts(text)
+        img, txt, scale = ctx.forward(x, text, features, with_scale)
     if ctx.gather is not None and ctx.model.training:
-        return ctx.gather(img.float(), txt.float())
-    return img.float(), txt.float()
+        return (*ctx.gather(img.float(), txt.float()), scale)
+    return img.float(), txt.float(), scale
 
 
 @contextmanager
@@ -121,24 +161,31 @@ def accumulated_backward(ctx: StepContext, micro: list, scaler, mined=None,
     Summed over micro-batches this is exactly the full-batch gradient.
     """
     model, tcfg = ctx.model, ctx.tcfg
+    # The temperature enters every pass; its gradient counts once, in the last pass (the
+    # one whose backward DDP synchronises), and not at all for a loss without it.
+    temperature = tcfg["loss"] in TEMPERATURE_LOSSES
     if len(micro) == 1:
-        img, txt = embed(ctx, *micro[0])
+        img, txt, scale = embed(ctx, *micro[0], with_scale=temperature)
         parts: dict = {}
-        loss = batch_loss(tcfg, img, txt, model.scale(), mined, parts)
+        loss = batch_loss(tcfg, img, txt, scale, mined, parts)
         scaler.scale(loss).backward()
         return loss.detach(), in_batch_accuracy(img, txt), stacked_parts(parts)
     with torch.no_grad(), running_stats_unchanged(model):
-        cached = [embed(ctx, *m) for m in micro]
+        cached = [embed(ctx, *m)[:2] for m in micro]
     loss = kept = None
+    last = len(micro) - 1
     for j, m in enumerate(micro):
-        img_j, txt_j = embed(ctx, *m)
-        imgs = torch.cat([c[0] for c in cached[:j]] + [img_j] + [c[0] for c in cached[j + 1:]])
-        txts = torch.cat([c[1] for c in cached[:j]] + [txt_j] + [c[1] for c in cached[j + 1:]])
-        # The temperature enters every pass; let its gradient count once.
-        scale = model.scale() if j == 0 else model.scale().detach()
-        parts = {}
-        loss_j = batch_loss(tcfg, imgs, txts, scale, mined, parts)
-        scaler.scale(loss_j).backward()
+        # Gradients of all but the last pass stay on this rank and accumulate; the last
+        # pass's backward averages their sum over ranks (DDP's no_sync).
+        with no_sync(ctx.forward) if j < last else nullcontext():
+            img_j, txt_j, scale = embed(ctx, *m, with_scale=temperature and j == last)
+            imgs = torch.cat([c[0] for c in cached[:j]] + [img_j]
+                             + [c[0] for c in cached[j + 1:]])
+            txts = torch.cat([c[1] for c in cached[:j]] + [txt_j]
+                             + [c[1] for c in cached[j + 1:]])
+            parts = {}
+            loss_j = batch_loss(tcfg, imgs, txts, scale, mined, parts)
+            scaler.scale(loss_j).backward()
         if loss is None or not torch.isfinite(loss_j):
             loss, kept = loss_j.detach(), parts
     acc = in_batch_accuracy(torch.cat([c[0] for c in cached]), torch.cat([c[1] for c in cached]))

@@ -57,18 +57,20 @@ from cliptune.training.distributed import (
     DistContext,
     all_reduce_sum,
     barrier,
+    data_parallel,
     gather_batch,
     shard_micro,
-    sync_gradients,
 )
 from cliptune.training.hard_negatives import build_index
 from cliptune.training.losses import LOSS_PARTS
 from cliptune.training.outputs import write_train_outputs
 from cliptune.training.step import (
     StepContext,
+    TrainForward,
     accumulated_backward,
     apply_gradients,
     prepare,
+    unused_temperature,
 )
 from cliptune.training.train_log import TrainLogger
 from cliptune.training.validation import validate
@@ -101,9 +103,12 @@ class Trainer:
                 "words; set it to 0, or train the text tower (model.clip.lock_text: false or "
                 "LoRA on text)")
         self.config_hash = resume_hash(variant)
-        self.ctx = StepContext(self.ts.model, self.tcfg, dist_ctx.device,
+        model = self.ts.model  # unwrapped: checkpoints and evaluation use its state_dict
+        self.ctx = StepContext(model, self.tcfg, dist_ctx.device,
                                autocast_dtype(self.tcfg["precision"], dist_ctx.device),
-                               gather=gather_batch if dist_ctx.distributed else None)
+                               gather=gather_batch if dist_ctx.distributed else None,
+                               forward=data_parallel(TrainForward(model), dist_ctx,
+                                                     unused_temperature(model, self.tcfg)))
         self.partial: dict | None = None  # mid-epoch state to resume from
         self.start_epoch = 0
         self.train_seconds, self.train_images = 0.0, 0
@@ -241,7 +246,6 @@ class Trainer:
         loss, acc, parts = accumulated_backward(self.ctx, micro, ts.scaler, mined)
         parts = dict(zip(LOSS_PARTS, parts.tolist(), strict=True))
         lr_used = ts.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
-        sync_gradients(ts.model, self.dist)
         norm, cause = apply_gradients(ts.model, ts.optimizer, ts.scaler, loss,
                                       self.tcfg["grad_clip"])
         if cause is None:

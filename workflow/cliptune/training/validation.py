@@ -31,9 +31,9 @@ def validate(ctx: StepContext, data: PairData, batch_size: int,
     for rows in validation_batches(data, batch_size):
         if max_images and count >= max_images:
             break
-        img, txt = embed(ctx, *prepare(ctx, data, rows, *data.fetch(rows), train=False))
+        img, txt, scale = embed(ctx, *prepare(ctx, data, rows, *data.fetch(rows), train=False))
         parts: dict = {}
-        total += float(batch_loss(ctx.tcfg, img, txt, ctx.model.scale(), parts=parts)) * len(rows)
+        total += float(batch_loss(ctx.tcfg, img, txt, scale, parts=parts)) * len(rows)
         parts_total += stacked_parts(parts).double().cpu() * len(rows)
         correct += in_batch_accuracy(img, txt).cpu() * len(rows)
         count += len(rows)
