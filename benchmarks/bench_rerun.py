@@ -75,8 +75,8 @@ CASES = [
     ("the frozen variant's learning rate (its feature cache is reused)",
      change("variants.frozen.train.lr", 5e-4), ["frozen"], 1),
     ("a shared training flag (train.epochs)", change("train.epochs", 1), TRAINED, 3),
-    ("an evaluation flag (eval.block_size): ideal is no retraining",
-     change("eval.block_size", 5), ALL, 0),
+    ("an evaluation flag (eval.score_memory_mb): ideal is no retraining",
+     change("eval.score_memory_mb", 1), ALL, 0),
 ]
 
 

@@ -1,7 +1,7 @@
 """Blocked retrieval metrics vs LAION CLIP_benchmark's method, on the same embeddings.
 
     python benchmarks/bench_retrieval.py [--sizes 5000x25000,20000x100000] [--dim 512]
-                                         [--memory-budget-gb 4] [--block-size 1024]
+                                         [--memory-budget-gb 4] [--score-memory-mb 256]
                                          [--cb-batch-size 64]
 
 The reference re-implements the method of CLIP_benchmark's
@@ -39,6 +39,7 @@ from cliptune.evaluation.retrieval_metrics import (
     RSUM_KS,
     retrieval_metrics_and_ranks,
 )
+from cliptune.retrieval import score_memory_bytes
 
 HERE = Path(__file__).resolve().parent
 KS = DEFAULT_KS  # the config's eval.ks default
@@ -104,8 +105,8 @@ def worker(spec: dict) -> dict:
         hwm_reset = False
     t0 = time.perf_counter()
     if spec["method"] == "blocked":
-        metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=KS,
-                                                            block_size=spec["block"])
+        metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(
+            img, txt, tii, ks=KS, score_memory=score_memory_bytes(spec["block"]))
     else:
         metrics = clip_benchmark_metrics(img, txt, tii, spec["block"])
     seconds = time.perf_counter() - t0
@@ -181,7 +182,9 @@ def main(argv=None) -> int:
         help="NxM list; full COCO val2014 is 40504x202520 (~5 min blocked here)",
     )
     ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--block-size", type=int, default=1024)
+    ap.add_argument("--score-memory-mb", type=float,
+                    default=DEFAULTS["eval"]["score_memory_mb"],
+                    help="blocked method's eval.score_memory_mb (MiB of scores at once)")
     ap.add_argument("--cb-batch-size", type=int, default=64,
                     help="CLIP_benchmark's batch (its dataloader batch size; CLI default 64)")
     ap.add_argument(
@@ -218,13 +221,15 @@ def _run_size(args, n_img: int, n_txt: int, rows: list) -> dict:
     cb_gib = CB_BYTES_PER_PAIR * n_img * n_txt / 2**30
     results = {}
     for method, name in METHODS.items():
-        batch = args.cb_batch_size if method == "clip_benchmark" else args.block_size
+        batch = (args.cb_batch_size if method == "clip_benchmark"
+                 else f"{args.score_memory_mb:g} MiB")
         if method == "clip_benchmark" and cb_gib > args.memory_budget_gb:
             rows.append(f"| {label} | {name} | {batch} | - | ~{cb_gib:.1f} (est.) | - | - | - | - "
                         f"| - | - | exceeds {args.memory_budget_gb:g} GiB budget, not run |")
             continue
         print(f"running {method} {label} ...", file=sys.stderr, flush=True)
-        res = run_case({"method": method, "n": n_img, "dim": args.dim, "block": batch},
+        block = args.cb_batch_size if method == "clip_benchmark" else args.score_memory_mb
+        res = run_case({"method": method, "n": n_img, "dim": args.dim, "block": block},
                        args.timeout)
         results[method] = res
         if "error" in res:
@@ -273,7 +278,7 @@ def write_report(args, rows: list, notes: list, argv) -> None:
         f"{args.cb_batch_size} query rows `topk` + `one_hot` x positives, hit = recall > 0; run "
         f"only if ~{CB_BYTES_PER_PAIR} B/pair fits --memory-budget-gb "
         f"{args.memory_budget_gb:g}. Blocked = `cliptune.evaluation.retrieval_metrics` "
-        f"(query blocks of {args.block_size}, every metric). Bootstrap = what `evaluate` adds "
+        f"(query blocks within {args.score_memory_mb:g} MiB of scores, every metric). Bootstrap = what `evaluate` adds "
         f"after scoring: {DEFAULTS['bootstrap']['resamples']:,}-resample cluster-bootstrap "
         "intervals of every R@K and rsum from the per-query ranks (in brackets: peak RSS "
         "growth over the scoring peak); paired = one paired comparison with the baseline.",

@@ -189,44 +189,47 @@ def full_retrieval(threads: int, blocks: int) -> dict:
     first images against all captions, ``t2i_pass`` over the first captions against all
     images) and scales by the block counts; 0 runs the whole
     ``retrieval_metrics_and_ranks``. The peak memory is the measured one either way:
-    it is one block's, whatever the number of blocks."""
+    it is the score budget's, whatever the number of blocks."""
     import torch
 
     from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
-    from cliptune.retrieval import i2t_pass, t2i_pass
+    from cliptune.retrieval import DEFAULT_SCORE_MEMORY, block_rows, i2t_pass, t2i_pass
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(VAL_IMAGES, 512, generator=g), dim=1)
     txt = torch.nn.functional.normalize(torch.randn(VAL_CAPTIONS, 512, generator=g), dim=1)
     idx = torch.arange(VAL_CAPTIONS) % VAL_IMAGES
-    bs = 1024
-    n_i2t, n_t2i = -(-VAL_IMAGES // bs), -(-VAL_CAPTIONS // bs)
+    mem = DEFAULT_SCORE_MEMORY  # eval.score_memory_mb's default
+    # The query rows per block the evaluation uses in each direction.
+    bs_i2t, bs_t2i = block_rows(mem, VAL_CAPTIONS), block_rows(mem, VAL_IMAGES)
+    n_i2t, n_t2i = -(-VAL_IMAGES // bs_i2t), -(-VAL_CAPTIONS // bs_t2i)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the evaluation's own
     base = _peak_rss()
     c0 = _cpu()
     if blocks == 0:
-        retrieval_metrics_and_ranks(img, txt, idx, block_size=bs)
+        retrieval_metrics_and_ranks(img, txt, idx, score_memory=mem)
         cpu = _cpu() - c0
     else:
         k = min(blocks, n_i2t)
-        i2t_pass(img[:k * bs], txt, idx, bs, kmax=10, show=False)
+        i2t_pass(img[:k * bs_i2t], txt, idx, mem, kmax=10, show=False)
         c_i2t = (_cpu() - c0) * n_i2t / k
         c0 = _cpu()
-        t2i_pass(img, txt[:k * bs], idx[:k * bs], bs, show=False)
+        t2i_pass(img, txt[:k * bs_t2i], idx[:k * bs_t2i], mem, show=False)
         cpu = c_i2t + (_cpu() - c0) * n_t2i / k
     peak = _peak_rss()
     if blocks == 0:
         bare = _bare_product_cpu(img, txt)
     else:
         bare = 0.0
-        for q, c, n in ((img, txt, n_i2t), (txt, img, n_t2i)):
+        for q, c, n, bs in ((img, txt, n_i2t, bs_i2t), (txt, img, n_t2i, bs_t2i)):
             c0 = _cpu()
             for s in range(0, k * bs, bs):
                 (q[s:s + bs] @ c.T).max()
             bare += (_cpu() - c0) * n / k
     return {"cpu": cpu, "peak_rss": peak, "inputs_rss": base, "bare_product_cpu": bare,
-            "blocks_timed": blocks, "blocks_total": [n_i2t, n_t2i]}
+            "blocks_timed": blocks, "blocks_total": [n_i2t, n_t2i],
+            "block_rows": [bs_i2t, bs_t2i]}
 
 
 def child(args: list[str]) -> dict:
@@ -402,8 +405,10 @@ def main(argv=None) -> int:
               f"({_hms(full_times[dominant])} of {_hms(sum(full_times.values()))} with one thread).",
               "- Peak RSS per stage at each size is in the first table: the caches stream "
               "(image_cache writes a memory-mapped array, text_embeddings holds only the "
-              "M x 384 float32 result), and evaluation holds one block of scores at a time "
-              "(tests/test_eval_memory.py pins that its peak grows at most linearly).",
+              "M x 384 float32 result), and evaluation holds blocks of scores and of bootstrap "
+              "resamples sized to fixed budgets (`eval.score_memory_mb`, "
+              "`bootstrap.memory_mb`; tests/test_eval_memory.py pins that the peak at 4x the "
+              "data stays below 2x).",
               "- The evaluate ratio to the bare score product is meaningful only where scoring "
               "dominates: at these sizes the bootstrap (1,000 resamples) and Python overhead "
               "dominate; see the val2014-size run below.",
@@ -413,7 +418,9 @@ def main(argv=None) -> int:
         ratio = full["cpu"] / full["bare_product_cpu"]
         lines += [
             "## Evaluation at the lab's real size (val2014: 40,504 x 202,654)", "",
-            "Random 512-d unit vectors, query blocks of 1,024, "
+            "Random 512-d unit vectors, query blocks within `eval.score_memory_mb`'s default "
+            f"({full['block_rows'][0]:,} images x all captions, {full['block_rows'][1]:,} "
+            "captions x all images), "
             f"{args.threads} thread(s), CPU time. "
             + ("The whole `retrieval_metrics_and_ranks` (every R@K, ranks, MRR, mAP/NDCG)."
                if not full["blocks_timed"] else
@@ -423,13 +430,13 @@ def main(argv=None) -> int:
                "product) and scaled by the block counts "
                f"({full['blocks_total'][0]} + {full['blocks_total'][1]}): every block costs the "
                "same. "
-               "The peak memory is measured, and is one block's whatever the block count."),
+               "The peak memory is measured, and is the budget's whatever the block count."),
             "",
             "| method | time | peak RSS (GiB) | notes |",
             "|---|---|---|---|",
             f"| **cliptune blocked evaluation** | {_hms(full['cpu'])} | "
             f"{_gib(full['peak_rss'])} | inputs alone {_gib(full['inputs_rss'])} GiB |",
-            f"| bare score product (both directions, blocks of 1,024) | "
+            f"| bare score product (both directions, the same blocks) | "
             f"{_hms(full['bare_product_cpu'])} | - | evaluation / product = {ratio:.2f}x "
             f"({'within' if ratio <= 2 else '**beyond**'} 2x) |",
             f"| CLIP_benchmark full-matrix method | not run | >= {cb / 1e9:.0f} GB (float32 "

@@ -157,7 +157,7 @@ image_size: 32
 text_encoder: {model: offline-minilm, max_length: 32}
 model: {backbone: resnet18, weights: null, attention_heads: 4, head: {hidden_dim: 32}}
 train: {epochs: 1, batch_size: 16, lr: 0.001}
-eval: {block_size: 16}
+eval: {score_memory_mb: 0.02}
 variants: {baseline: {}}
 include_untrained: false
 CONF

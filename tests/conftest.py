@@ -99,7 +99,7 @@ TINY = {
     "model": {"backbone": "resnet18", "weights": None, "attention_heads": 4,
               "head": {"hidden_dim": 64}},
     "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3},
-    "eval": {"block_size": 7},
+    "eval": {"score_memory_mb": 0.01},
     "variants": {"baseline": {}, "bn_head": {"model": {"head": {"norm": "batchnorm"}}}},
 }
 # The one finished toy run the suite shares (``toy_run``): TINY plus what makes it run

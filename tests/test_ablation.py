@@ -14,7 +14,7 @@ from rank_samples import synthetic_ranks
 from cliptune.evaluation.bootstrap import Ranks, point_metrics, save_ranks
 from cliptune.reporting.ablation import COLUMNS, METRICS, write_ablation
 
-SETTINGS = {"resamples": 300, "confidence": 0.95, "seed": 0}
+SETTINGS = {"resamples": 300, "confidence": 0.95, "seed": 0, "memory_mb": 64}
 KS = (1, 5, 10, 50)
 
 

@@ -14,13 +14,13 @@ from cliptune.evaluation.bootstrap import (
     metric_intervals,
     paired_differences,
     point_metrics,
-    resample_counts,
+    resample_blocks,
     resampled_metrics,
     save_ranks,
 )
 from cliptune.evaluation.retrieval_metrics import retrieval_metrics_and_ranks
 
-SETTINGS = {"resamples": 1000, "confidence": 0.95, "seed": 0}
+SETTINGS = {"resamples": 1000, "confidence": 0.95, "seed": 0, "memory_mb": 64}
 KS = (1, 5, 10)
 
 
@@ -30,7 +30,7 @@ def test_point_metrics_match_retrieval_metrics(ks):
     img = torch.nn.functional.normalize(torch.randn(30, 16, generator=g), dim=1)
     tii = torch.arange(30).repeat_interleave(3)[torch.randperm(90, generator=g)]
     txt = torch.nn.functional.normalize(img[tii] + 0.4 * torch.randn(90, 16, generator=g), dim=1)
-    metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks, block_size=7)
+    metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks, score_memory=7 * 8 * 90)
     ranks = Ranks.of(r_i2t, r_t2i, tii, np.arange(30), np.arange(90))
     got = point_metrics(ranks, ks)
     for name in [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks] + ["rsum"]:
@@ -54,11 +54,20 @@ def test_ranks_round_trip(tmp_path):
         np.testing.assert_array_equal(getattr(back, field), getattr(ranks, field))
 
 
+def resample_counts(n_images, resamples, seed, memory_mb=64):
+    return np.concatenate(list(resample_blocks(n_images, resamples, seed, memory_mb)))
+
+
 def test_resamples_are_seeded_cluster_draws():
     a = resample_counts(50, 250, seed=3)
     np.testing.assert_array_equal(a, resample_counts(50, 250, seed=3))
     assert not np.array_equal(a, resample_counts(50, 250, seed=4))
     assert a.shape == (250, 50) and (a.sum(axis=1) == 50).all()
+    # The same resamples whatever the memory budget: one resample per block (a budget
+    # below one row), 7 per block (a ragged last block), all in one.
+    for memory_mb in (1e-9, 7 * 32 * 50 / 2**20, 1.0):
+        np.testing.assert_array_equal(resample_counts(50, 250, 3, memory_mb), a)
+    assert len(list(resample_blocks(50, 250, 3, 7 * 32 * 50 / 2**20))) == 36
     # An image enters with all its captions: a caption-level t2i recall of a resample equals
     # the recall over the explicit list of drawn images' captions.
     rng = np.random.default_rng(1)
@@ -81,6 +90,16 @@ def test_intervals_are_deterministic_and_contain_the_estimate():
     narrower = metric_intervals(ranks, KS, {**SETTINGS, "confidence": 0.5})["intervals"]
     assert narrower["rsum"][1] - narrower["rsum"][0] < a["intervals"]["rsum"][1] - a[
         "intervals"]["rsum"][0]
+
+
+def test_intervals_do_not_depend_on_the_memory_budget():
+    rng = np.random.default_rng(8)
+    base = synthetic_ranks(120, 5, rng.beta(2, 2, 120), rng)
+    other = synthetic_ranks(120, 5, rng.beta(2, 2, 120), rng)
+    small = {**SETTINGS, "memory_mb": 5 * 32 * 120 / 2**20}  # 5 resamples per block
+    assert metric_intervals(base, KS, small) == metric_intervals(base, KS, SETTINGS)
+    assert (paired_differences(other, base, KS, small)
+            == paired_differences(other, base, KS, SETTINGS))
 
 
 def test_paired_interval_excludes_zero_for_a_known_difference():
@@ -129,7 +148,7 @@ def test_coverage_is_near_nominal_with_clustered_captions():
     rng = np.random.default_rng(7)
     population = rng.beta(0.5, 0.5, 200_000)  # per-image hit probability
     truth = 100 * population.mean()  # expected caption-level recall (5 captions each)
-    settings = {"resamples": 400, "confidence": 0.9, "seed": 0}
+    settings = {"resamples": 400, "confidence": 0.9, "seed": 0, "memory_mb": 64}
     trials, covered, naive_covered = 200, 0, 0
     for t in range(trials):
         hit = rng.choice(population, 150)

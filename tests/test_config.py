@@ -166,7 +166,8 @@ def test_one_seed_is_the_default_and_keeps_single_run_names(demo):
     cfg = load_config(demo)
     assert run_names(cfg) == {v: [v] for v in variant_names(cfg)}
     assert "seeds" not in resolve_variant(cfg, "baseline")["train"]
-    assert cfg["bootstrap"] == {"resamples": 1000, "confidence": 0.95, "seed": 0}
+    assert cfg["bootstrap"] == {"resamples": 1000, "confidence": 0.95, "seed": 0,
+                                "memory_mb": 64}
 
 
 def test_seeds_make_one_run_per_seed_and_leave_the_primary_unchanged(demo):
@@ -202,7 +203,8 @@ def test_bad_seed_lists_are_rejected(demo, bad):
 
 
 @pytest.mark.parametrize("key, value", [("confidence", 1.0), ("confidence", 0.4),
-                                        ("resamples", 10), ("size", 3)])
+                                        ("resamples", 10), ("size", 3),
+                                        ("memory_mb", 0)])
 def test_bad_bootstrap_settings_are_rejected(demo, key, value):
     demo["bootstrap"] = {key: value}
     assert "bootstrap" in _error(demo)

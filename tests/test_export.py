@@ -102,7 +102,7 @@ def trained_run(kind: str, clip_dir: Path, tmp: Path):
     torch.manual_seed(0)
     train_variant(v, data["train"], data["val"], run, tmp / "state.pt", show_progress=False)
     evaluate_variant(v, run / "model.safetensors", data["val"], run, show_progress=False)
-    bootstrap = {"resamples": 50, "seed": 0, "confidence": 0.95}
+    bootstrap = {"resamples": 50, "seed": 0, "confidence": 0.95, "memory_mb": 64}
     write_ablation({"base": run / "metrics.json", kind: run / "metrics.json"},
                    {"base": run / "ranks.safetensors", kind: run / "ranks.safetensors"},
                    {"base": [run / "metrics.json"], kind: [run / "metrics.json"]}, "base",

@@ -143,14 +143,14 @@ def test_matches_brute_force(kind):
     ref, ref_i2t, ref_t2i, _ = brute_force(img, txt, tii, ks)
     if kind != "continuous":
         assert ref["i2t_R@1"] < 100 and ref["t2i_R@1"] < 100  # ties really bite
-    for block_size in (1, 3, 1000):
-        assert torch.equal(i2t_ranks(img, txt, tii, block_size=block_size), ref_i2t)
-        assert torch.equal(t2i_ranks(img, txt, tii, block_size=block_size), ref_t2i)
-        got = retrieval_metrics(img, txt, tii, ks=ks, block_size=block_size)
+    for score_memory in (1, 2_300, 5_000, 2**30):  # 1 to all rows per block
+        assert torch.equal(i2t_ranks(img, txt, tii, score_memory=score_memory), ref_i2t)
+        assert torch.equal(t2i_ranks(img, txt, tii, score_memory=score_memory), ref_t2i)
+        got = retrieval_metrics(img, txt, tii, ks=ks, score_memory=score_memory)
         assert got.keys() == ref.keys()
         for key, val in ref.items():
-            assert got[key] == pytest.approx(val, rel=1e-12, abs=1e-12), (key, block_size)
-    got2, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks, block_size=5)
+            assert got[key] == pytest.approx(val, rel=1e-12, abs=1e-12), (key, score_memory)
+    got2, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks, score_memory=4_000)
     assert got2 == got and torch.equal(r_i2t, ref_i2t) and torch.equal(r_t2i, ref_t2i)
 
 
@@ -160,7 +160,7 @@ CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize(("n_img", "dim"), [(50, 64), (10, 512)])
-def test_duplicated_continuous_embeddings_do_not_depend_on_block_size(n_img, dim, device):
+def test_duplicated_continuous_embeddings_do_not_depend_on_the_block_shape(n_img, dim, device):
     """Identical caption/image vectors tie exactly for every block shape, although float32
     matmul rounds identical columns differently when they fall in a tail tile."""
     img, txt, tii = make_data("duplicated_continuous", n_img=n_img, dim=dim)
@@ -172,32 +172,45 @@ def test_duplicated_continuous_embeddings_do_not_depend_on_block_size(n_img, dim
     sims = exact_scores(img, txt)
     top_txt = np.argsort(-sims, axis=1, kind="stable")[:, :10]
     top_img = np.argsort(-sims.T, axis=1, kind="stable")[:, :10]
-    for block_size in (1, 2, 3, 5, 7, 1000):
+    for score_memory in (1, 1_000, 2_000, 3_000, 5_000, 12_000, 2**30):
         got, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=ks,
-                                                        block_size=block_size, device=device)
-        assert torch.equal(r_i2t, ref_i2t) and torch.equal(r_t2i, ref_t2i), block_size
+                                                        score_memory=score_memory, device=device)
+        assert torch.equal(r_i2t, ref_i2t) and torch.equal(r_t2i, ref_t2i), score_memory
         for key, val in ref.items():
-            assert got[key] == pytest.approx(val, rel=1e-12, abs=1e-12), (key, block_size)
-        top = topk_texts(img, txt, 10, block_size=block_size, device=device)[1]
+            assert got[key] == pytest.approx(val, rel=1e-12, abs=1e-12), (key, score_memory)
+        top = topk_texts(img, txt, 10, score_memory=score_memory, device=device)[1]
         assert np.array_equal(top.numpy(), top_txt)
-        top = topk_images(txt, img, 10, block_size=block_size, device=device)[1]
+        top = topk_images(txt, img, 10, score_memory=score_memory, device=device)[1]
         assert np.array_equal(top.numpy(), top_img)
+
+
+def test_block_rows_fit_the_score_budget():
+    """The largest block whose two live float32 score blocks fit the budget, at least one
+    row: the rows shrink as the candidates grow, the bytes stay put."""
+    from cliptune.retrieval import block_rows
+
+    for budget in (1, 799, 800, 10_000, 2**28):
+        for n_cand in (1, 7, 100, 202_654):
+            rows = block_rows(budget, n_cand)
+            assert rows >= 1
+            assert rows == 1 or 2 * 4 * rows * n_cand <= budget, (budget, n_cand)
+            assert 2 * 4 * (rows + 1) * n_cand > budget, (budget, n_cand)
 
 
 def test_all_tied_follows_index_order():
     img, txt, tii = make_data("tied")
     first_caption = [int((tii == i).nonzero()[0]) for i in range(img.shape[0])]
-    assert i2t_ranks(img, txt, tii, block_size=5).tolist() == [c + 1 for c in first_caption]
-    assert t2i_ranks(img, txt, tii, block_size=5).tolist() == (tii + 1).tolist()
+    assert i2t_ranks(img, txt, tii, score_memory=4_000).tolist() == [c + 1 for c in first_caption]
+    assert t2i_ranks(img, txt, tii, score_memory=4_000).tolist() == (tii + 1).tolist()
 
 
 @pytest.mark.parametrize("kind", ["continuous", "duplicated", "tied"])
 def test_topk_matches_stable_argsort(kind):
     img, txt, tii = make_data(kind)
     sims = (img.double() @ txt.double().T).numpy()
-    for block_size in (1, 4, 1000):
+    for score_memory in (1, 3_000, 2**30):
         for k in (1, 7, 10_000):
-            s, i = topk_texts(img, txt, k, block_size=block_size)
+            s, i = topk_texts(img, txt, k, score_memory=score_memory)
             ref = np.argsort(-sims, axis=1, kind="stable")[:, :k]
             assert i.shape == ref.shape and np.array_equal(i.numpy(), ref)
             ref_s = np.take_along_axis(sims, ref, 1)
@@ -205,7 +218,7 @@ def test_topk_matches_stable_argsort(kind):
                 np.testing.assert_allclose(s.numpy(), ref_s, rtol=0, atol=1e-6)
             else:  # small-integer embeddings: every dot product is exact
                 assert np.array_equal(s.numpy(), ref_s.astype(np.float32))
-            s, i = topk_images(txt, img, k, block_size=block_size)
+            s, i = topk_images(txt, img, k, score_memory=score_memory)
             ref = np.argsort(-sims.T, axis=1, kind="stable")[:, :k]
             assert i.shape == ref.shape and np.array_equal(i.numpy(), ref)
 
@@ -221,8 +234,8 @@ def test_low_precision_inputs_are_upcast():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     img, txt, tii = make_data("duplicated", n_img=200)
-    cpu = retrieval_metrics(img, txt, tii, block_size=64)
-    assert retrieval_metrics(img.cuda(), txt.cuda(), tii.cuda(), block_size=64) == cpu
+    cpu = retrieval_metrics(img, txt, tii, score_memory=64 * 8 * 1000)
+    assert retrieval_metrics(img.cuda(), txt.cuda(), tii.cuda(), score_memory=64 * 8 * 1000) == cpu
     assert torch.equal(topk_texts(img, txt, 10, device="cuda")[1], topk_texts(img, txt, 10)[1])
 
 
@@ -236,7 +249,7 @@ def test_matches_torchmetrics():
     img, txt, tii = make_data("continuous", n_img=30, seed=1)
     n_img, n_txt = img.shape[0], txt.shape[0]
     ks = (*KS, n_txt)
-    got = retrieval_metrics(img, txt, tii, ks=ks, block_size=7)
+    got = retrieval_metrics(img, txt, tii, ks=ks, score_memory=7 * 8 * 120)
     sims = img.double() @ txt.double().T
     # torchmetrics' AP zeroes targets whose pred <= 0; a shift keeps the order.
     preds_i2t = (sims + 10).flatten()
@@ -304,7 +317,7 @@ def test_hand_computed_two_images_four_captions():
     tii = torch.tensor([0, 0, 1, 1])
     # image 0 ranks captions 0(1.0) 2(.8) 1(.6) 3(0): relevant at 1 and 3.
     # caption 1 scores image 0 at .6 and image 1 at .8: its image is 2nd; likewise caption 2.
-    got = retrieval_metrics(img, txt, tii, ks=(1, 2, 5, 10), block_size=1)
+    got = retrieval_metrics(img, txt, tii, ks=(1, 2, 5, 10), score_memory=1)
     assert i2t_ranks(img, txt, tii).tolist() == [1, 1]
     assert t2i_ranks(img, txt, tii).tolist() == [1, 2, 2, 1]
     assert got["i2t_R@1"] == 100 and got["t2i_R@1"] == 50 and got["t2i_R@5"] == 100
@@ -338,7 +351,7 @@ def test_perfect_embeddings_score_100():
     n_img = 16
     img = torch.eye(n_img, 32)
     tii = torch.arange(n_img).repeat_interleave(torch.arange(n_img) % 7 + 1)
-    got = retrieval_metrics(img, img[tii], tii, block_size=5)
+    got = retrieval_metrics(img, img[tii], tii, score_memory=5 * 8 * 64)
     for key, val in got.items():
         if "R@" in key or "mAP" in key or "NDCG" in key:
             assert val == 100, key
@@ -372,7 +385,7 @@ TII = torch.tensor([0, 1, 2, 2, 0])
         ((IMG, TXT, torch.tensor([0, 1, 2, 3, 0])), {}, r"in \[0, 3\)"),
         ((IMG, TXT, torch.tensor([0, 1, -1, 2, 0])), {}, r"in \[0, 3\)"),
         ((IMG, TXT, torch.tensor([0, 0, 0, 0, 0])), {}, "2 of 3 images have no caption"),
-        ((IMG, TXT, TII), {"block_size": 0}, "block_size"),
+        ((IMG, TXT, TII), {"score_memory": 0}, "score_memory"),
         ((IMG, TXT, TII), {"ks": ()}, "ks"),
         ((IMG, TXT, TII), {"ks": (1, 0)}, "ks"),
     ],
@@ -389,8 +402,8 @@ def test_invalid_topk_and_rank_inputs_raise():
         topk_images(TXT, IMG[:, :2], 3)
     with pytest.raises(ValueError, match="no caption"):
         i2t_ranks(IMG, TXT, torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError, match="block_size"):
-        t2i_ranks(IMG, TXT, TII, block_size=2.5)
+    with pytest.raises(ValueError, match="score_memory"):
+        t2i_ranks(IMG, TXT, TII, score_memory=2.5)
 
 
 @pytest.mark.parametrize("kind", ["continuous", "quantised", "tied"])
@@ -403,7 +416,7 @@ def test_training_mean_r1_equals_the_metrics_on_paired_rows(kind):
     txt = txt[:30]  # row i of each side is a pair
     own = torch.arange(30)
     m = retrieval_metrics(img, txt, own, ks=(1,))
-    got = mean_r1(img, txt, block_size=7)
+    got = mean_r1(img, txt, score_memory=7 * 8 * 30)
     assert got == pytest.approx((m["i2t_R@1"] + m["t2i_R@1"]) / 2)
     argmax = ((img @ txt.T).argmax(1) == own).sum() + ((txt @ img.T).argmax(1) == own).sum()
     assert got == pytest.approx(100.0 * int(argmax) / 60)

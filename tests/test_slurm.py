@@ -43,7 +43,7 @@ CONFIG = deep_merge(TINY, {
     "text_encoder": {"model": REPO_ID},
     "model": {"head": {"hidden_dim": 32}},
     "train": {"epochs": 2, "log_every_steps": 1},
-    "eval": {"block_size": 16},
+    "eval": {"score_memory_mb": 0.02},
     "include_untrained": False,
 })
 # Two single-GPU variants with the same settings (the fake node has two GPUs: they run

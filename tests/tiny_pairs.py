@@ -25,7 +25,7 @@ VARIANT_BASE = {
               "precision": "fp32", "max_nonfinite_steps": 20, "checkpoint_every_epochs": 1,
               "checkpoint_every_steps": 0, "checkpoint_every_minutes": 0, "devices": 1,
               "nodes": 1},
-    "eval": {"split": "val", "ks": [1, 5], "block_size": 16, "batch_size": 16},
+    "eval": {"split": "val", "ks": [1, 5], "score_memory_mb": 0.02, "batch_size": 16},
 }
 
 

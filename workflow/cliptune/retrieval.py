@@ -13,17 +13,37 @@ import math
 
 import torch
 
+from cliptune.config.load import DEFAULTS
 from cliptune.runtime import progress
 
 
-def mean_r1(image_emb: torch.Tensor, text_emb: torch.Tensor, block_size: int = 1024) -> float:
+def score_memory_bytes(mib: float) -> int:
+    """``eval.score_memory_mb`` (MiB, any positive number) in whole bytes, at least 1."""
+    return max(1, round(mib * 2**20))
+
+
+DEFAULT_SCORE_MEMORY = score_memory_bytes(DEFAULTS["eval"]["score_memory_mb"])
+# float32 score blocks alive at once while ranking: a block and one working copy (the
+# per-caption counting's copy, or the matmul's distinct-candidate scores being expanded).
+_LIVE_BLOCKS = 2
+
+
+def block_rows(score_memory: int, n_candidates: int) -> int:
+    """Query rows per block so that the live score blocks (``_LIVE_BLOCKS`` float32 blocks
+    of rows x candidates) fit in ``score_memory`` bytes; at least one row, so the floor is
+    one row of scores whatever the budget."""
+    return max(1, score_memory // (_LIVE_BLOCKS * 4 * n_candidates))
+
+
+def mean_r1(image_emb: torch.Tensor, text_emb: torch.Tensor,
+            score_memory: int = DEFAULT_SCORE_MEMORY) -> float:
     """Mean of image->text and text->image R@1 in percent for paired rows (row i of
     each side is the only positive of the other's row i), with the metrics' tie rule."""
     img, txt = image_emb.float(), text_emb.float()
     own = torch.arange(img.shape[0])
     # No progress bars: this runs every epoch inside training's log.
-    hits = (t2i_pass(img, txt, own, block_size, show=False) == 1).sum()  # text -> image
-    hits += (t2i_pass(txt, img, own, block_size, show=False) == 1).sum()  # image -> text
+    hits = (t2i_pass(img, txt, own, score_memory, show=False) == 1).sum()  # text -> image
+    hits += (t2i_pass(txt, img, own, score_memory, show=False) == 1).sum()  # image -> text
     return 100.0 * float(hits) / (2 * img.shape[0])
 
 
@@ -132,10 +152,9 @@ def _straddling_topk_set(sims: torch.Tensor, thr: torch.Tensor, k: int) -> torch
     return keep.nonzero()[:, 1].view(n_rows, k)
 
 
-def _blocks(n: int, block_size: int, desc: str, show: bool):
-    """Block starts, with a progress bar when ranking takes more than a few blocks (the
-    25k-caption COCO 5k test set ranks in 25 blocks of 1024 on each side)."""
-    starts = range(0, n, block_size)
+def _blocks(n: int, rows: int, desc: str, show: bool):
+    """Block starts, with a progress bar when ranking takes more than a few blocks."""
+    starts = range(0, n, rows)
     return progress(starts, desc=desc, unit="block", disable=not show or len(starts) < 8)
 
 
@@ -143,7 +162,7 @@ def i2t_pass(
     img: torch.Tensor,
     txt: torch.Tensor,
     idx_cpu: torch.Tensor,
-    block_size: int,
+    score_memory: int,
     kmax: int,
     show: bool = True,
     all_ranks: bool = False,
@@ -152,8 +171,9 @@ def i2t_pass(
     captions [N, min(kmax, M)] (bool, CPU); if ``all_ranks``, every caption's rank in its
     own image's ranking [M] (CPU; what full-ranking AP and NDCG need), else None.
 
-    ``all_ranks`` counts once per caption instead of once per image (about 5x the
-    counting on COCO), in chunks of at most one block's rows (the memory bound holds).
+    Images are scored in blocks of ``block_rows(score_memory, M)`` rows. ``all_ranks``
+    counts once per caption instead of once per image (about 5x the counting on COCO), on
+    copies of at most one block's rows (the second live block the budget allows for).
     """
     n_img, n_txt = img.shape[0], txt.shape[0]
     dev = img.device
@@ -167,8 +187,9 @@ def i2t_pass(
     ranks = torch.empty(n_img, dtype=torch.long)
     rel = torch.empty((n_img, kk), dtype=torch.bool) if kk > 0 else None
     pos_ranks = torch.empty(n_txt, dtype=torch.long) if all_ranks else None
-    for i0 in _blocks(n_img, block_size, "rank captions per image", show):
-        i1 = min(i0 + block_size, n_img)
+    rows = block_rows(score_memory, n_txt)
+    for i0 in _blocks(n_img, rows, "rank captions per image", show):
+        i1 = min(i0 + rows, n_img)
         sims = score(img[i0:i1])  # [B, M]
         pos = order[offsets[i0] : offsets[i1]]
         row = idx[pos] - i0
@@ -203,15 +224,18 @@ def i2t_pass(
 
 
 def t2i_pass(
-    img: torch.Tensor, txt: torch.Tensor, idx_cpu: torch.Tensor, block_size: int,
+    img: torch.Tensor, txt: torch.Tensor, idx_cpu: torch.Tensor, score_memory: int,
     show: bool = True,
 ) -> torch.Tensor:
+    """Rank [M] (CPU) of each caption's own image, captions scored in blocks of
+    ``block_rows(score_memory, N)`` rows."""
     n_txt = txt.shape[0]
     idx = idx_cpu.to(img.device)
     score = _Scorer(img)
     ranks = torch.empty(n_txt, dtype=torch.long)
-    for m0 in _blocks(n_txt, block_size, "rank images per caption", show):
-        m1 = min(m0 + block_size, n_txt)
+    rows = block_rows(score_memory, img.shape[0])
+    for m0 in _blocks(n_txt, rows, "rank images per caption", show):
+        m1 = min(m0 + rows, n_txt)
         sims = score(txt[m0:m1])  # [B, N]
         own = idx[m0:m1]
         pscore = sims.gather(1, own[:, None]).squeeze(1)
@@ -221,14 +245,15 @@ def t2i_pass(
 
 
 def blocked_topk(
-    queries: torch.Tensor, candidates: torch.Tensor, k: int, block_size: int
+    queries: torch.Tensor, candidates: torch.Tensor, k: int, score_memory: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     k = min(k, candidates.shape[0])
     score = _Scorer(candidates)
     scores = torch.empty((queries.shape[0], k), dtype=torch.float32)
     indices = torch.empty((queries.shape[0], k), dtype=torch.long)
-    for q0 in range(0, queries.shape[0], block_size):
-        q1 = min(q0 + block_size, queries.shape[0])
+    rows = block_rows(score_memory, candidates.shape[0])
+    for q0 in range(0, queries.shape[0], rows):
+        q1 = min(q0 + rows, queries.shape[0])
         s, i = exact_topk(score(queries[q0:q1]), k)
         scores[q0:q1], indices[q0:q1] = s.cpu(), i.cpu()
     return scores, indices

@@ -194,9 +194,11 @@ def export_variant(smk) -> None:
 
 def figures(smk) -> None:
     from cliptune.reporting.variant_figures import run_variant_figures
+    from cliptune.retrieval import score_memory_bytes
 
     run_variant_figures(
-        smk.wildcards.variant, json.loads(smk.params.report), smk.params.block_size,
+        smk.wildcards.variant, json.loads(smk.params.report),
+        score_memory_bytes(smk.params.score_memory_mb),
         Path(smk.input.embeddings), Path(smk.input.queries), Path(smk.input.zero_shot),
         Path(smk.input.prompts), Path(smk.input.val_captions), Path(smk.input.val_array),
         Path(smk.input.val_index), Path(smk.output.text_to_image).parent)
@@ -230,12 +232,13 @@ def search_text_to_image(smk) -> None:
     from cliptune.evaluation.search import load_folder_embeddings, text_to_image_hits
     from cliptune.files.atomic import atomic_path
     from cliptune.reporting.search_figures import plot_search_text_to_image
+    from cliptune.retrieval import score_memory_bytes
 
     variant = json.loads(smk.params.variant)
     emb, files = load_folder_embeddings(Path(smk.input.embeddings), Path(smk.input.manifest))
     encode = variant_text_encoder(variant, Path(smk.input.model), emb.shape[1])
     hits = text_to_image_hits(encode, list(smk.params.queries), emb, files, smk.params.top_k,
-                              variant["eval"]["block_size"])
+                              score_memory_bytes(variant["eval"]["score_memory_mb"]))
     with atomic_path(smk.output.csv) as tmp:
         hits.to_csv(tmp, index=False)
     plot_search_text_to_image(hits, Path(smk.params.folder), Path(smk.output.png),
@@ -246,12 +249,13 @@ def search_image_to_text(smk) -> None:
     from cliptune.evaluation.search import eval_captions, image_to_text_hits, load_folder_embeddings
     from cliptune.files.atomic import atomic_path
     from cliptune.reporting.search_figures import plot_search_image_to_text
+    from cliptune.retrieval import score_memory_bytes
 
     variant = json.loads(smk.params.variant)
     emb, files = load_folder_embeddings(Path(smk.input.embeddings), Path(smk.input.manifest))
     text_emb, captions = eval_captions(Path(smk.input.eval_embeddings), Path(smk.input.captions))
     hits = image_to_text_hits(emb, files, text_emb, captions, smk.params.top_k,
-                              variant["eval"]["block_size"])
+                              score_memory_bytes(variant["eval"]["score_memory_mb"]))
     with atomic_path(smk.output.csv) as tmp:
         hits.to_csv(tmp, index=False)
     split = variant["eval"]["split"]

@@ -106,7 +106,7 @@ rule figures:
     params:
         # A function: Snakemake would read "{article}" in the templates as a wildcard.
         report=lambda w: canonical_json(CFG["report"]),
-        block_size=lambda w: RESOLVED[w.variant]["eval"]["block_size"],
+        score_memory_mb=lambda w: RESOLVED[w.variant]["eval"]["score_memory_mb"],
     resources:
         mem_mb=4000,
         runtime=15,

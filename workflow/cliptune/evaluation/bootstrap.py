@@ -7,7 +7,9 @@ replacement and each drawn image brings its image→text query and all of its ca
 text→image queries. A resample is then just a vector of draw counts ``w`` [N], and every
 recall is a weighted mean of per-image counts (``w @ hits / w @ queries``), so B
 resamples cost one [B, N] x [N, S] product on the saved ranks: seconds, never a
-re-scoring of embeddings.
+re-scoring of embeddings. The product runs over blocks of resamples sized to
+``bootstrap.memory_mb``, so peak memory is that budget plus the per-image counts (O(N)),
+never B x N.
 
 The interval is the percentile interval of the B resampled statistics. A **paired**
 comparison evaluates two variants on the *same* resamples and takes the interval of the
@@ -21,7 +23,7 @@ randomness (seed, data order), which is what replicated ``train.seeds`` measure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +35,9 @@ from cliptune.evaluation.retrieval_metrics import RSUM_KS
 from cliptune.files.atomic import atomic_path
 
 DIRECTIONS = ("i2t", "t2i")
-# Resamples drawn per block: bounds the [block, N] count matrix whatever B is.
-_BLOCK = 100
+# Bytes per image and resample of a block being drawn: the int64 draws, their int64
+# bincount, the float32 counts and the float64 copy the product may take (rounded up).
+_BYTES_PER_DRAW = 32
 
 
 @dataclass(frozen=True)
@@ -91,39 +94,72 @@ def per_image_counts(ranks: Ranks, ks: Sequence[int]) -> tuple[list[str], np.nda
     return names, np.stack(cols, axis=1)
 
 
-def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
-    """[B, N] draw counts of B cluster resamples (each sums to N); a function of
-    (N, B, seed) only, so every variant evaluated on the same images gets the same ones.
-    float32 (4 bytes per image and resample) is exact: every count and every product sum
-    below is an integer under 2**24."""
+def resample_blocks(n_images: int, resamples: int, seed: int,
+                    memory_mb: float) -> Iterator[np.ndarray]:
+    """The [B, N] draw counts of B cluster resamples (each row sums to N), as consecutive
+    [b, N] blocks whose working arrays fit ``memory_mb`` MiB (at least one resample each).
+
+    The rows are a function of (N, B, seed) only, whatever the block size (the generator
+    yields the same stream however its draws are split), so every variant evaluated on
+    the same images gets the same resamples. float32 counts are exact: every count and
+    every product sum below is an integer under 2**24."""
     if n_images < 2:
         raise ValueError(f"a bootstrap needs at least 2 images, got {n_images}")
     rng = np.random.default_rng(seed)
-    out = np.empty((resamples, n_images), dtype=np.float32)
-    for b0 in range(0, resamples, _BLOCK):
-        b1 = min(b0 + _BLOCK, resamples)
-        draws = rng.integers(0, n_images, size=(b1 - b0, n_images))
-        flat = draws + (np.arange(b1 - b0) * n_images)[:, None]
-        out[b0:b1] = np.bincount(flat.ravel(), minlength=(b1 - b0) * n_images).reshape(
-            b1 - b0, n_images)
+    rows = max(1, int(memory_mb * 2**20) // (_BYTES_PER_DRAW * n_images))
+    for b0 in range(0, resamples, rows):
+        b = min(rows, resamples - b0)
+        draws = rng.integers(0, n_images, size=(b, n_images))
+        draws += (np.arange(b) * n_images)[:, None]  # resample r's images -> bins r*N + i
+        counts = np.bincount(draws.ravel(), minlength=b * n_images)
+        del draws
+        block = counts.reshape(b, n_images).astype(np.float32)
+        del counts  # not held while the caller uses the block
+        yield block
+
+
+def _metric_columns(ranks: Ranks, ks: Sequence[int]) -> tuple[list[str], np.ndarray]:
+    return per_image_counts(ranks, sorted(set(ks) | set(RSUM_KS)))
+
+
+def _weighted_metrics(names: list[str], cols: np.ndarray,
+                      counts: np.ndarray) -> dict[str, np.ndarray]:
+    # Every sum is an integer at most N * max(cols) (a resample's counts sum to N): float32
+    # is exact below 2**24 and halves the memory, float64 beyond. Divided in float64.
+    dtype = np.float32 if counts.sum(axis=1).max() * cols.max() < 2**24 else np.float64
+    sums = (counts.astype(dtype, copy=False) @ cols.astype(dtype)).astype(np.float64)
+    out = {n: 100.0 * sums[:, 2 * i] / sums[:, 2 * i + 1] for i, n in enumerate(names)}
+    out["rsum"] = np.sum([out[f"{d}_R@{k}"] for d in DIRECTIONS for k in RSUM_KS], axis=0)
     return out
 
 
 def resampled_metrics(ranks: Ranks, ks: Sequence[int],
                       counts: np.ndarray) -> dict[str, np.ndarray]:
     """R@K for ``ks`` and R@1/5/10, and rsum (over R@1/5/10 both ways, RSUM_KS, as in
-    metrics.json) on each resample: name -> [B] (percent)."""
+    metrics.json) on each resample of ``counts`` [b, N]: name -> [b] (percent)."""
     if counts.shape[1] != ranks.n_images:
         raise ValueError(f"resample counts cover {counts.shape[1]} images, the ranks "
                          f"{ranks.n_images}")
-    names, cols = per_image_counts(ranks, sorted(set(ks) | set(RSUM_KS)))
-    # Every sum is an integer at most N * max(cols) (a resample's counts sum to N): float32
-    # is exact below 2**24 and halves the memory, float64 beyond. Divided in float64.
-    dtype = np.float32 if counts.sum(axis=1).max() * cols.max() < 2**24 else np.float64
-    sums = (counts.astype(dtype) @ cols.astype(dtype)).astype(np.float64)
-    out = {n: 100.0 * sums[:, 2 * i] / sums[:, 2 * i + 1] for i, n in enumerate(names)}
-    out["rsum"] = np.sum([out[f"{d}_R@{k}"] for d in DIRECTIONS for k in RSUM_KS], axis=0)
-    return out
+    return _weighted_metrics(*_metric_columns(ranks, ks), counts)
+
+
+def bootstrap_samples(rank_sets: Sequence[Ranks], ks: Sequence[int],
+                      settings: Mapping) -> list[dict[str, np.ndarray]]:
+    """``resampled_metrics`` of each of ``rank_sets`` (all over the same N images) on the
+    B resamples of ``settings``, drawn once, block by block within
+    ``settings["memory_mb"]``: per rank set, name -> [B]."""
+    n = rank_sets[0].n_images
+    if any(r.n_images != n for r in rank_sets):
+        raise ValueError(f"rank sets over different image counts: "
+                         f"{sorted({r.n_images for r in rank_sets})}")
+    columns = [_metric_columns(r, ks) for r in rank_sets]
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in rank_sets]
+    for counts in resample_blocks(n, settings["resamples"], settings["seed"],
+                                  settings["memory_mb"]):
+        for part, (names, cols) in zip(parts, columns, strict=True):
+            part.append(_weighted_metrics(names, cols, counts))
+    return [{name: np.concatenate([p[name] for p in part]) for name in part[0]}
+            for part in parts]
 
 
 def point_metrics(ranks: Ranks, ks: Sequence[int]) -> dict[str, float]:
@@ -142,8 +178,7 @@ def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, 
 
 def metric_intervals(ranks: Ranks, ks: Sequence[int], settings: Mapping) -> dict:
     """{metric: [lo, hi]} for every R@K and rsum, plus the settings that produced them."""
-    counts = resample_counts(ranks.n_images, settings["resamples"], settings["seed"])
-    stats = resampled_metrics(ranks, ks, counts)
+    (stats,) = bootstrap_samples([ranks], ks, settings)
     out = {name: list(percentile_interval(s, settings["confidence"])) for name, s in stats.items()}
     return {"intervals": out, **_describe(settings)}
 
@@ -169,9 +204,7 @@ def paired_differences(variant: Ranks, baseline: Ranks, ks: Sequence[int], setti
     """variant - baseline for every R@K and rsum on the same resamples:
     {"differences": {metric: {diff, lo, hi, excludes_zero}}} plus the settings."""
     check_same_queries(variant, baseline, *names)
-    counts = resample_counts(baseline.n_images, settings["resamples"], settings["seed"])
-    sv = resampled_metrics(variant, ks, counts)
-    sb = resampled_metrics(baseline, ks, counts)
+    sv, sb = bootstrap_samples([variant, baseline], ks, settings)
     pv, pb = point_metrics(variant, ks), point_metrics(baseline, ks)
     out = {}
     for name in sv:

@@ -26,6 +26,7 @@ from cliptune.files.atomic import atomic_path, write_json
 from cliptune.models.factory import load_variant_model
 from cliptune.models.text_encoder import frozen_encoder_fn
 from cliptune.models.towers import reads_text_cache
+from cliptune.retrieval import score_memory_bytes
 from cliptune.runtime import autocast_dtype, embed_all, pick_device, progress
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
     # caption m -> position of its image in image_emb (image_rows is sorted and unique).
     text_image = torch.from_numpy(np.searchsorted(data.image_rows, data.caption_image_row))
     metrics, r_i2t, r_t2i = retrieval_metrics_and_ranks(
-        image_emb, text_emb, text_image, ks=tuple(ecfg["ks"]), block_size=ecfg["block_size"],
-        device=device)
+        image_emb, text_emb, text_image, ks=tuple(ecfg["ks"]),
+        score_memory=score_memory_bytes(ecfg["score_memory_mb"]), device=device)
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics.update({"variant": variant["name"], "split": ecfg["split"],
                     "reported_on": {"split": ecfg["split"], "images": data.n_images},
@@ -136,7 +137,8 @@ def evaluate_variant(variant: dict, weights: Path, data: PairData, out_dir: Path
              metrics["t2i_R@1"], metrics["rsum"])
     if prompts is not None:
         evaluated = Evaluated(image_emb, data.image_ids, data.captions["caption"].tolist(),
-                              text_image.numpy(), metrics["temperature"], ecfg["block_size"])
+                              text_image.numpy(), metrics["temperature"],
+                              score_memory_bytes(ecfg["score_memory_mb"]))
         write_prompt_results(variant["name"], prompts,
                              text_encoder_of(variant, model, device, amp_dtype), evaluated,
                              out_dir)

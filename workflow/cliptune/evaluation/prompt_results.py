@@ -66,7 +66,7 @@ class Evaluated:
     captions: Sequence[str]     # [M] caption texts
     text_image: np.ndarray      # [M] caption -> its image's row
     temperature: float
-    block_size: int
+    score_memory: int           # bytes of scores held at once (eval.score_memory_mb)
 
 
 def task_labels(task: Task, label_file: Path | None, ev: Evaluated) -> np.ndarray | None:
@@ -115,7 +115,7 @@ def write_prompt_results(name: str, spec: PromptSpec,
     queries = list(spec.queries)
     query_emb = encode(queries).float()
     k = min(spec.top_k, len(ev.image_ids))
-    scores, idx = topk_images(query_emb, ev.image, k, block_size=ev.block_size)
+    scores, idx = topk_images(query_emb, ev.image, k, score_memory=ev.score_memory)
     write_json(out_dir / QUERIES_JSON, {"variant": name, "queries": queries,
                                         "image_id": ev.image_ids[idx.numpy()].tolist(),
                                         "score": scores.numpy().tolist()})

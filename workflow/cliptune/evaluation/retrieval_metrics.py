@@ -43,15 +43,17 @@ would make the metrics depend on the sorting kernel. The rule also needs identic
 to get bit-identical scores, which a float32 matmul does not promise (tail tiles use other
 kernels, and which columns land there depends on the block's shape). So every distinct
 candidate vector is scored once and its score copied to its duplicates: ties between
-duplicated captions or images, and hence every metric, are the same for any ``block_size``.
+duplicated captions or images, and hence every metric, are the same for any block shape.
 
 **Memory**: the N x M similarity matrix is never materialised. Queries are processed in
-blocks of ``block_size`` rows; a block's float32 similarities (block x candidates) are
-reduced to ranks by *counting* the candidates ahead of the positive (an in-place
+blocks of rows sized to a byte budget, ``score_memory`` (``eval.score_memory_mb``): as
+many rows as let two float32 blocks of scores (rows x candidates: the block and its
+working copy) fit, at least one (cliptune.retrieval.block_rows). A block is reduced to
+ranks by *counting* the candidates ahead of the positive (an in-place
 sign(score - positive) pass, no sort) and to the exact top-K by a ``topk`` whose tie
-choices are repaired with the rule above. Peak extra memory is about one block,
-``block_size * max(N, M) * 4`` bytes (twice that when candidates are duplicated, two to
-three times for rows where exact ties straddle the K-th place), independent of N x M. Inputs in other dtypes are upcast to
+choices are repaired with the rule above. Peak extra memory is the budget (up to twice it
+on rows with exact ties, which need masks for the tie-break) plus O(N + M) for the ranks
+and the top-K relevance, independent of N x M. Inputs in other dtypes are upcast to
 float32; on CUDA everything runs on the device and only ranks come back to the CPU.
 """
 
@@ -63,7 +65,7 @@ import numpy as np
 import torch
 
 from cliptune.config.load import DEFAULTS
-from cliptune.retrieval import blocked_topk, i2t_pass, t2i_pass
+from cliptune.retrieval import DEFAULT_SCORE_MEMORY, blocked_topk, i2t_pass, t2i_pass
 
 __all__ = [
     "DEFAULT_KS",
@@ -162,8 +164,8 @@ def _check_pos_int(name: str, v) -> int:
     return int(v)
 
 
-def _check_block_size(block_size) -> int:
-    return _check_pos_int("block_size", block_size)
+def _check_score_memory(score_memory) -> int:
+    return _check_pos_int("score_memory", score_memory)
 
 
 def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
@@ -189,33 +191,35 @@ def _resolve_device(device, default: torch.Tensor) -> torch.device:
 # ---------------------------------------------------------------------------------------
 
 
-def _topk(queries: torch.Tensor, candidates: torch.Tensor, k: int, block_size: int, device,
+def _topk(queries: torch.Tensor, candidates: torch.Tensor, k: int, score_memory: int, device,
           names: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
     _check_pair(queries, candidates, *names)
     k = _check_pos_int("k", k)
-    block_size = _check_block_size(block_size)
+    score_memory = _check_score_memory(score_memory)
     dev = _resolve_device(device, queries)
-    return blocked_topk(_prepare(queries, dev), _prepare(candidates, dev), k, block_size)
+    return blocked_topk(_prepare(queries, dev), _prepare(candidates, dev), k, score_memory)
 
 
-def topk_texts(image_emb: torch.Tensor, text_emb: torch.Tensor, k: int, block_size: int = 1024,
+def topk_texts(image_emb: torch.Tensor, text_emb: torch.Tensor, k: int,
+               score_memory: int = DEFAULT_SCORE_MEMORY,
                device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k captions per image, blockwise, same tie rule as the metrics.
 
     Returns (scores float32 [N, k'], indices long [N, k']) on the CPU, best first, with
     k' = min(k, M).
     """
-    return _topk(image_emb, text_emb, k, block_size, device, ("image_emb", "text_emb"))
+    return _topk(image_emb, text_emb, k, score_memory, device, ("image_emb", "text_emb"))
 
 
-def topk_images(text_emb: torch.Tensor, image_emb: torch.Tensor, k: int, block_size: int = 1024,
+def topk_images(text_emb: torch.Tensor, image_emb: torch.Tensor, k: int,
+                score_memory: int = DEFAULT_SCORE_MEMORY,
                 device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k images per caption, blockwise, same tie rule as the metrics.
 
     Returns (scores float32 [M, k'], indices long [M, k']) on the CPU, best first, with
     k' = min(k, N).
     """
-    return _topk(text_emb, image_emb, k, block_size, device, ("text_emb", "image_emb"))
+    return _topk(text_emb, image_emb, k, score_memory, device, ("text_emb", "image_emb"))
 
 
 def _rank_summary(prefix: str, ranks: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
@@ -290,7 +294,7 @@ def retrieval_metrics_and_ranks(
     text_emb: torch.Tensor,
     text_image_index: torch.Tensor,
     ks=DEFAULT_KS,
-    block_size: int = 1024,
+    score_memory: int = DEFAULT_SCORE_MEMORY,
     device=None,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Bidirectional retrieval metrics (see the module docstring for definitions) and the
@@ -306,8 +310,9 @@ def retrieval_metrics_and_ranks(
             Every image needs at least one caption.
         ks: cut-offs K for R@K, mAP@K and NDCG@K. mAP/NDCG keep N x min(max(ks), M)
             booleans, so very large K costs memory.
-        block_size: query rows scored at once; peak extra memory is about
-            ``block_size * max(N, M) * 4`` bytes (one float32 block of scores).
+        score_memory: bytes of float32 scores held at once (``eval.score_memory_mb``);
+            queries are scored in blocks of as many rows as fit it (at least one), so
+            peak extra memory is about this budget plus O(N + M), whatever N x M.
         device: where to compute (default: ``image_emb.device``).
 
     Returns keys ``i2t_R@K``, ``t2i_R@K``, ``rsum`` (R@1/5/10 both ways),
@@ -317,18 +322,19 @@ def retrieval_metrics_and_ranks(
 
     Raises:
         ValueError: on malformed shapes/dtypes, non-finite embeddings, out-of-range
-            ``text_image_index``, images without captions, or bad ``ks``/``block_size``.
+            ``text_image_index``, images without captions, or bad ``ks``/``score_memory``.
     """
     _check_pair(image_emb, text_emb, "image_emb", "text_emb")
     n_img, n_txt = image_emb.shape[0], text_emb.shape[0]
     idx = _check_index(text_image_index, n_img, n_txt)
     ks = _check_ks(ks)
-    block_size = _check_block_size(block_size)
+    score_memory = _check_score_memory(score_memory)
     dev = _resolve_device(device, image_emb)
     img, txt = _prepare(image_emb, dev), _prepare(text_emb, dev)
 
-    r_i2t, rel, pos_ranks = i2t_pass(img, txt, idx, block_size, kmax=max(ks), all_ranks=True)
-    r_t2i = t2i_pass(img, txt, idx, block_size)
+    r_i2t, rel, pos_ranks = i2t_pass(img, txt, idx, score_memory, kmax=max(ks),
+                                     all_ranks=True)
+    r_t2i = t2i_pass(img, txt, idx, score_memory)
     return summarize(r_i2t, r_t2i, rel, pos_ranks, idx, ks), r_i2t, r_t2i
 
 

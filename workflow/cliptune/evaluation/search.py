@@ -30,6 +30,7 @@ from cliptune.evaluation.retrieval_metrics import topk_images, topk_texts
 from cliptune.files.atomic import atomic_path, write_text
 from cliptune.files.hashing import file_sha256
 from cliptune.models.factory import load_variant_model
+from cliptune.retrieval import DEFAULT_SCORE_MEMORY
 from cliptune.runtime import autocast_dtype, embed_all, pick_device, progress
 
 log = logging.getLogger(__name__)
@@ -187,10 +188,10 @@ def load_folder_embeddings(embeddings: Path, manifest: Path) -> tuple[torch.Tens
 
 def text_to_image_hits(encode: Callable[[list[str]], torch.Tensor], queries: list[str],
                        image_emb: torch.Tensor, files: list[str], k: int,
-                       block_size: int = 1024) -> pd.DataFrame:
+                       score_memory: int = DEFAULT_SCORE_MEMORY) -> pd.DataFrame:
     """Per query its top-``k`` folder images: columns query, rank (1 = best), file, score
-    (cosine similarity)."""
-    scores, idx = topk_images(encode(list(queries)), image_emb, k, block_size=block_size)
+    (cosine similarity); ``score_memory`` bytes of scores at once."""
+    scores, idx = topk_images(encode(list(queries)), image_emb, k, score_memory=score_memory)
     rows = [{"query": q, "rank": j + 1, "file": files[int(i)], "score": float(s)}
             for q, srow, irow in zip(queries, scores, idx, strict=True)
             for j, (s, i) in enumerate(zip(srow, irow, strict=True))]
@@ -216,10 +217,12 @@ def eval_captions(eval_embeddings: Path, captions_parquet: Path,
 
 
 def image_to_text_hits(image_emb: torch.Tensor, files: list[str], text_emb: torch.Tensor,
-                       captions: pd.DataFrame, k: int, block_size: int = 1024) -> pd.DataFrame:
+                       captions: pd.DataFrame, k: int,
+                       score_memory: int = DEFAULT_SCORE_MEMORY) -> pd.DataFrame:
     """Per folder image its top-``k`` captions: columns file, rank, caption, score,
-    caption_id, image_id (the evaluation image that caption describes)."""
-    scores, idx = topk_texts(image_emb, text_emb, k, block_size=block_size)
+    caption_id, image_id (the evaluation image that caption describes); ``score_memory``
+    bytes of scores at once."""
+    scores, idx = topk_texts(image_emb, text_emb, k, score_memory=score_memory)
     picked = captions.iloc[idx.reshape(-1).numpy()].reset_index(drop=True)
     k_eff = idx.shape[1]
     return pd.DataFrame({

@@ -21,11 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from cliptune.evaluation.bootstrap import (
+    bootstrap_samples,
     load_ranks,
     paired_differences,
     percentile_interval,
-    resample_counts,
-    resampled_metrics,
 )
 from cliptune.evaluation.retrieval_metrics import DEFAULT_KS, RSUM_KS
 from cliptune.files.atomic import atomic_path
@@ -64,20 +63,21 @@ def interval_frame(ranks_files: Mapping[str, Path], settings: Mapping, ks=DEFAUL
     """Bootstrap interval of every R@K (table and chart cut-offs) and of rsum over RSUM_KS:
     one row per variant, columns ``{metric}_lo`` / ``{metric}_hi``."""
     all_ks = sorted(set(RSUM_KS) | set(ks))
-    rows, counts_by_size = [], {}
+    by_size: dict[int, dict] = {}
     for variant, path in ranks_files.items():
         ranks = load_ranks(path)
-        n = ranks.n_images  # resamples depend only on (N, B, seed): draw them once
-        if n not in counts_by_size:
-            counts_by_size[n] = resample_counts(n, settings["resamples"], settings["seed"])
-        counts = counts_by_size[n]
-        stats = resampled_metrics(ranks, all_ks, counts)
-        row = {"variant": variant}
-        for name, samples in stats.items():
-            row[f"{name}_lo"], row[f"{name}_hi"] = percentile_interval(
-                samples, settings["confidence"])
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("variant")
+        # Resamples depend only on (N, B, seed): draw them once per image count.
+        by_size.setdefault(ranks.n_images, {})[variant] = ranks
+    rows = {}
+    for group in by_size.values():
+        for variant, stats in zip(group, bootstrap_samples(list(group.values()), all_ks,
+                                                           settings), strict=True):
+            row = {"variant": variant}
+            for name, samples in stats.items():
+                row[f"{name}_lo"], row[f"{name}_hi"] = percentile_interval(
+                    samples, settings["confidence"])
+            rows[variant] = row
+    return pd.DataFrame([rows[v] for v in ranks_files]).set_index("variant")
 
 
 def seed_frame(run_files: Mapping[str, Sequence[Path]], ks=DEFAULT_KS) -> pd.DataFrame:

@@ -103,7 +103,7 @@ def _subtitle(result: Mapping) -> str:
 
 def build_variant_figures(name: str, report: Mapping, art: EvalArtifacts, queries: Mapping,
                           zero_shot: Mapping, prompts: Mapping[str, np.ndarray],
-                          block_size: int, out_dir: Path) -> None:
+                          score_memory: int, out_dir: Path) -> None:
     """Draw the figures into ``out_dir`` from evaluate's results: ``queries``
     (queries.json), ``zero_shot`` (zero_shot.json) and ``prompts`` (prompts.safetensors)."""
     paths = figure_paths(out_dir)
@@ -125,7 +125,7 @@ def build_variant_figures(name: str, report: Mapping, art: EvalArtifacts, querie
     sample = np.sort(rng.choice(art.n_images, size=min(report["n_images"], art.n_images),
                                 replace=False))
     i_scores, i_idx = topk_texts(art.image[sample], art.text, min(k, len(art.text)),
-                                 block_size=block_size)
+                                 score_memory=score_memory)
     correct = art.text_image[i_idx.numpy()] == sample[:, None]
     figures.plot_image_to_text(_Images(art, sample),
                                [[art.captions[m] for m in row] for row in i_idx.numpy()],
@@ -155,7 +155,7 @@ def build_variant_figures(name: str, report: Mapping, art: EvalArtifacts, querie
     log.info("%s: figures written to %s", name, out_dir)
 
 
-def run_variant_figures(name: str, report: Mapping, block_size: int, embeddings: Path,
+def run_variant_figures(name: str, report: Mapping, score_memory: int, embeddings: Path,
                         queries_json: Path, zero_shot_json: Path, prompts: Path,
                         captions_parquet: Path, image_array: Path, image_index: Path,
                         out_dir: Path) -> None:
@@ -168,4 +168,4 @@ def run_variant_figures(name: str, report: Mapping, block_size: int, embeddings:
         raise RuntimeError(f"{prompts} lacks the zero-shot tasks {missing} of "
                            f"{zero_shot_json}; rerun the variant's evaluate job")
     build_variant_figures(name, report, art, json.loads(Path(queries_json).read_text()),
-                          zero_shot, tensors, block_size, out_dir)
+                          zero_shot, tensors, score_memory, out_dir)
