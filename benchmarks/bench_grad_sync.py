@@ -19,7 +19,8 @@ micro-batch's negatives span the whole accumulated batch):
 * flat all-reduce: cliptune's step without DDP, then every gradient averaged in one
   flat all-reduce after the backward pass (the hand-written alternative to DDP).
 
-Reports the median step time of each (sides alternate step by step), the time of the
+Reports the median step time of each (sides alternate step by step, each going first in
+turn), the time of the
 flat all-reduce alone, and the largest gradient difference between the sides after
 one step.
 """
@@ -157,8 +158,11 @@ def _worker(rank: int, port: int, args, out: str) -> None:
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     times = {CLIPTUNE: [], BARE: [], FLAT: [], "flat all-reduce alone": []}
     grads = {}
+    names = list(models)
     for step in range(args.steps + 1):  # step 0 warms up, untimed
-        for name, model in models.items():
+        # Each side goes first in turn: no side always runs right after the barrier.
+        for name in names[step % 3:] + names[:step % 3]:
+            model = models[name]
             model.zero_grad(set_to_none=True)
             dist.barrier()
             t0 = time.perf_counter()
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
         f"tower ({res['params']:,} trainable parameters) at {args.size} px, global micro-batch "
         f"{args.batch_size} x {args.accum} micro-batch(es) per step, gathered-negatives "
         f"InfoNCE; median of {args.steps} steps after one warm-up, the three sides "
-        "alternating step by step.",
+        "alternating step by step, each going first in turn.",
         "",
         "| gradient sync | step (ms) | vs cliptune |", "|---|---|---|",
         *[f"| {k} | {1000 * v:.1f} | "
