@@ -1,21 +1,32 @@
-"""One training epoch of the demo: cliptune's loop vs a bare PyTorch loop (same model, data, batches).
+"""One training epoch of the demo: cliptune's loop vs open_clip's ``train_one_epoch`` vs a
+bare PyTorch loop (same model, optimiser, data, batches).
 
     python benchmarks/bench_train_epoch.py [--train-images 1500] [--repeats 3] [--threads 1]
 
 Builds the demo's caches once under benchmarks/_work (synthetic COCO-layout data,
 captions Parquet, 64 px image cache, offline-MiniLM text cache), then times one epoch
-of the demo's ``baseline`` variant (resnet18 @ 64 px, batch 64, AdamW) two ways:
+of the demo's ``baseline`` variant (trunk + head, cached text) and of a tiny CLIP whose
+towers train, three ways. Every side builds the same model from the same seed, uses
+cliptune's AdamW parameter groups, a warmup + cosine schedule (open_clip its own
+``cosine_lr``), gradient clipping at ``train.grad_clip``, fp32, the same batch plan and no augmentation (the demo config has
+``train.augment.enabled: false`` and ``caption_augment.variations: 0``). Timed:
 
-* cliptune: ``cliptune.training.trainer.train_variant`` with epochs=1; the epoch time is its own
-  ``history.csv`` ``seconds`` (plan + every step, with BatchLoader prefetch, grad clip,
-  NaN guards, scheduler, temperature clamp, progress bar; validation and the output
-  files are reported separately);
-* bare: seed, build the same model, AdamW with the same warmup + cosine schedule and
-  gradient clipping, and for each planned batch fetch, normalise, forward, InfoNCE,
-  backward, clip, step: nothing else.
+* cliptune: ``cliptune.training.trainer.train_variant`` with epochs=1; the epoch time is its
+  ``history.csv`` ``seconds``: the batch plan, the BatchLoader, every step (prepare,
+  forward, loss, backward, NaN/Inf guards, grad clip, optimiser and scheduler step,
+  temperature clamp, the per-step row with its host reads, a log line every
+  ``train.log_every_steps``, the progress bar, the checkpoint-timer check) and the
+  end-of-epoch CPU copy and finite check of the weights. Validation, the checkpoint
+  and the output files are outside it (reported as the whole call's time);
+* open_clip: ``train_one_epoch`` from its first line to its return (its DataLoader
+  worker start, scheduler, loss, clipping, logit-scale clamp, meters and its log every
+  ``train.log_every_steps``, as cliptune logs);
+* bare: the batch plan and, per batch, fetch, normalise, forward, InfoNCE, backward,
+  clip, step: nothing else.
 
-Runs alternate (bare, cliptune, bare, ...) and the fastest of each counts. A second table shows
-what the feature cache buys a frozen-backbone variant (pixels vs cached trunk features).
+Runs interleave (bare, open_clip, cliptune, bare, ...) and the fastest of each counts. A
+last table shows what the feature cache buys a frozen-backbone variant (pixels vs cached
+trunk features).
 """
 
 from __future__ import annotations
@@ -85,7 +96,8 @@ def bare_epoch(variant: dict, data, max_steps: int | None = None) -> float:
     from cliptune.models.image_tower import ClipHead, to_unit_float
     from cliptune.runtime import seed_everything
     from cliptune.training.losses import clip_loss
-    from cliptune.training.schedule import warmup_cosine
+    from cliptune.training.optim import build_optimizer
+    from cliptune.training.schedule import warmup_cosine, warmup_steps
 
     tcfg = variant["train"]
     seed_everything(tcfg["seed"])
@@ -95,12 +107,11 @@ def bare_epoch(variant: dict, data, max_steps: int | None = None) -> float:
         model.image.trunk.to(memory_format=torch.channels_last)
     captions = data.captions["caption"].to_numpy()
     model.train()
-    # Same optimisation math as cliptune (AdamW, warmup + cosine, gradient clipping), so
-    # both follow the same numerical trajectory and only the loop's machinery differs.
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg["lr"],
-                            weight_decay=tcfg["weight_decay"])
+    # Same optimisation math as cliptune (its AdamW groups, warmup + cosine, gradient
+    # clipping), so both follow the same numerical trajectory and only the loop differs.
+    opt = build_optimizer(model, tcfg)
     steps = data.n_images // tcfg["batch_size"]
-    sched = warmup_cosine(opt, steps, int(tcfg["warmup_fraction"] * steps))
+    sched = warmup_cosine(opt, steps, warmup_steps(tcfg, steps))
     t0 = time.perf_counter()
     plan = plan_epoch(data, tcfg["batch_size"], tcfg["sampler"], tcfg["seed"], 0)
     for rows in plan[:max_steps]:
@@ -208,7 +219,8 @@ def open_clip_epoch(variant: dict, data) -> float:
 
     from cliptune.models.factory import build_model
     from cliptune.runtime import seed_everything
-    from cliptune.training.optim import build_optimizer, warmup_steps
+    from cliptune.training.optim import build_optimizer
+    from cliptune.training.schedule import warmup_steps
 
     tcfg = variant["train"]
     seed_everything(tcfg["seed"])
@@ -223,10 +235,12 @@ def open_clip_epoch(variant: dict, data) -> float:
     max_length = getattr(inner, "max_length", 77)
     args = types.SimpleNamespace(
         device="cpu", precision="fp32", accum_freq=1, distill=False, skip_scheduler=False,
-        horovod=False, grad_clip_norm=tcfg["grad_clip"], log_every_n_steps=10_000,
+        horovod=False, grad_clip_norm=tcfg["grad_clip"],
+        log_every_n_steps=tcfg["log_every_steps"],
         world_size=1, rank=0, local_rank=0, batch_size=tcfg["batch_size"], wandb=False)
     level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.WARNING)  # its per-step log lines to stdout
+    # Its log lines are dropped at this root level, as cliptune's are.
+    logging.getLogger().setLevel(logging.WARNING)
     try:
         t0 = time.perf_counter()
         train_one_epoch(model, {"train": _OpenClipData(data, tcfg, tok, max_length)},
@@ -276,7 +290,8 @@ def open_clip_table(variant: dict, steps: int, threads: int, repeats: int,
         f"{threads} torch thread(s), fp32 on CPU, fastest of {repeats} interleaved repeats "
         "(bare, open_clip, cliptune). open_clip = `open_clip_train.train.train_one_epoch` "
         f"(open_clip_torch {_open_clip_version()}) with its ClipLoss, cosine LR, grad "
-        "clipping and logit-scale clamp; the model sits behind a thin adapter "
+        "clipping and logit-scale clamp (log every `train.log_every_steps`, as cliptune's); "
+        "the model sits behind a thin adapter "
         "(`model(images, texts)` -> its output dict) and its data come from a one-worker "
         "torch DataLoader yielding the cache's uint8 batches (tokenized in the worker for "
         "the CLIP, as open_clip's pipeline does); cliptune = `train_variant` epoch "
@@ -384,16 +399,40 @@ def main(argv=None) -> int:
                   baseline, clip_times, (min(pix_t), min(feat_t), feat_build))
 
 
+def trunk_head_label(variant: dict) -> str:
+    m = variant["model"]
+    return (f"trunk + head (demo baseline: {m['backbone']} ({m['weights']} weights) @ "
+            f"{variant['image_size']} px, {m['pooling']} pool, {m['head']['depth']}-layer head, "
+            "cached text)")
+
+
+TIMED = (
+    "What is timed: cliptune = `train_variant`'s epoch as its history.csv `seconds` "
+    "records it: the batch plan, the BatchLoader, every step with its NaN/Inf guards, "
+    "per-step row (loss, parts, accuracy, grad norm: host reads), log line every "
+    "`train.log_every_steps`, progress bar and checkpoint-timer check, and the end-of-epoch "
+    "CPU copy and finite check of the weights; validation, checkpoint and output files are "
+    "outside it. open_clip = `train_one_epoch` from call to return (DataLoader worker "
+    "start, scheduler, ClipLoss, clipping, logit-scale clamp, meters, its log every "
+    "`train.log_every_steps`). bare = plan + fetch, normalise, forward, InfoNCE, backward, "
+    "clip, step. All three: the same model from the same seed, cliptune's AdamW parameter "
+    "groups, a warmup + cosine schedule (open_clip: its `cosine_lr`), grad clip at `train.grad_clip`, fp32, the same "
+    "batch plan, no augmentation (the demo config has `train.augment.enabled: false` and "
+    "`caption_augment.variations: 0`).")
+
+
 def finish(args, load_start, variant, steps, b, o, overhead, bare, ours, totals, baseline,
            clip_times, frozen) -> int:
     n = steps * variant["train"]["batch_size"]
-    lines = header("One demo training epoch: cliptune loop vs bare PyTorch loop", command_line(),
-                   load_start)
+    lines = header("One demo training epoch: cliptune vs open_clip's loop vs a bare PyTorch "
+                   "loop", command_line(), load_start)
     lines += [
-        f"Demo baseline variant (config/demo.yaml: resnet18 from scratch @ 64 px, avg pool, "
-        f"2-layer head, batch {variant['train']['batch_size']}, AdamW, fp32 on CPU), "
-        f"{args.train_images} training images = {steps} steps, {args.threads} threads, fastest "
-        f"of {args.repeats} alternating repeats after a 3-step warm-up.",
+        f"Demo baseline variant ({trunk_head_label(variant)}, batch "
+        f"{variant['train']['batch_size']}, AdamW, fp32 on CPU), {args.train_images} training "
+        f"images = {steps} steps, {args.threads} threads, fastest of {args.repeats} "
+        "interleaved repeats after a 3-step warm-up.",
+        "",
+        TIMED,
         "",
         "Why one thread by default: on a shared 2-core VM with a load above 2, two OpenMP "
         "threads per step spend most of the time waiting for a descheduled partner (a probe "
@@ -410,9 +449,9 @@ def finish(args, load_start, variant, steps, b, o, overhead, bare, ours, totals,
         "",
         f"- Target overhead <= 10%: **{'met' if overhead <= 0.10 else 'NOT met'}** "
         f"({overhead * 100:+.1f}%). cliptune's extra per-step work (NaN/Inf guards, "
-        "divergence snapshots, temperature clamp, per-step logs, progress bar) is what the "
-        "overhead measures; the BatchLoader fetching the next batch while the current one "
-        "trains offsets part of it.",
+        "temperature clamp, per-step rows and logs, progress bar) is what the overhead "
+        "measures; the BatchLoader fetching the next batch while the current one trains "
+        "offsets part of it.",
         f"- Whole train_variant call with epochs=1 (model build, epoch, validation on "
         f"{args.val_images} images, checkpoint, history, report, loss-curve PNG): median "
         f"{statistics.median(totals):.2f} s.",
@@ -422,7 +461,7 @@ def finish(args, load_start, variant, steps, b, o, overhead, bare, ours, totals,
         "",
     ]
     lines += open_clip_table(variant, steps, args.threads, args.repeats, [
-        ("trunk + head (demo baseline: resnet18 @ 64 px, cached text)", baseline),
+        (trunk_head_label(variant), baseline),
         ("tiny CLIP (ViT 2x64 @ 64 px + text 2x64, both towers train)", clip_times)])
     if frozen is None:
         write_result("train_epoch.md", lines)

@@ -385,6 +385,23 @@ def test_in_batch_accuracy_both_ways():
     assert in_batch_accuracy(img, txt).tolist() == pytest.approx([1.0, 2 / 3])
 
 
+def test_epoch_seconds_and_throughput_leave_validation_out(pairs, tmp_path, monkeypatch):
+    import time
+
+    import cliptune.training.trainer as tr
+
+    # The clock jumps 1000 s inside validation: the epoch's seconds (history.csv) must
+    # not contain the jump.
+    real_clock, jumped = time.perf_counter, []
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + 1000.0 * len(jumped))
+    real = tr.validate
+    monkeypatch.setattr(tr, "validate", lambda *a, **k: jumped.append(1) or real(*a, **k))
+    v = variant(model={"freeze_backbone": True}, train={"batch_size": 8})
+    hist = pd.DataFrame(train(v, pairs, tmp_path, write_outputs=False)["history"])
+    assert jumped and 0 < hist["seconds"].iloc[0] < 1000
+    assert hist["images_per_s"].iloc[0] == pytest.approx(32 / hist["seconds"].iloc[0])
+
+
 def test_history_steps_and_report_carry_accuracy_and_hardware(pairs, tmp_path):
     v = variant(model={"freeze_backbone": True},
                 train={"epochs": 2, "batch_size": 8, "warmup_steps": 3, "lr": 1e-3,

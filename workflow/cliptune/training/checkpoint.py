@@ -128,6 +128,7 @@ class EpochRun:
     t0: float = field(default_factory=time.perf_counter)
     diverged: str | None = None
     weights: dict | None = None  # CPU weights at the epoch's end
+    steps_seconds: float | None = None  # plan + steps + weight check, set when they end
 
     def seconds(self) -> float:
         return self.prior_seconds + time.perf_counter() - self.t0

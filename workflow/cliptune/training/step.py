@@ -96,7 +96,7 @@ def prepare(ctx: StepContext, data: PairData, rows: np.ndarray, images: torch.Te
             x = x.contiguous(memory_format=torch.channels_last)
     if ctx.model.text_from_cache:
         return x, text_emb.to(ctx.device, non_blocking=True), features
-    captions = data.captions["caption"].to_numpy()[rows].tolist()
+    captions = data.caption_texts[rows].tolist()
     if train:
         captions = vary_captions(captions, rows, ctx.tcfg["caption_augment"],
                                  ctx.tcfg["seed"], ctx.caption_rng)

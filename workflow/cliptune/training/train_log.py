@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 STEP_COLUMNS = ["step", "epoch", "loss", *LOSS_PARTS, "lr", "temperature", "acc_i2t",
                 "acc_t2i", "grad_norm", "images_per_s", "skipped"]
 # Per epoch; ``train_loss_in_batch`` has the form of ``val_loss`` (no mined negatives):
-# the overfitting gap compares those two.
+# the overfitting gap compares those two. ``seconds`` and ``images_per_s`` are the
+# training steps' time and throughput, validation excluded.
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_acc_i2t", "train_acc_t2i",
                    "val_acc_i2t", "val_acc_t2i", "lr", "temperature", "images_per_s",
                    "skipped_steps", "seconds", "val_recall", "grad_norm", "grad_norm_min",

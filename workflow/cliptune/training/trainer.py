@@ -225,7 +225,10 @@ class Trainer:
             if run.skipped > self.tcfg["max_nonfinite_steps"]:
                 run.diverged = f"{run.skipped} steps with NaN/Inf {run.causes.most_common(1)[0][0]}"
                 break
-            bar.set_postfix(loss=f"{run.losses[-1]:.3f}" if run.losses else "nan")
+            # Shown at the bar's next timed redraw: refreshing here would write a line per
+            # step into a job's log file.
+            bar.set_postfix(loss=f"{run.losses[-1]:.3f}" if run.losses else "nan",
+                            refresh=False)
             self._maybe_checkpoint(run, step)
         if hasattr(bar, "close"):
             bar.close()
@@ -233,6 +236,9 @@ class Trainer:
             run.weights = state_dict_cpu(self.ts.model)
             if not all_finite(run.weights):
                 run.diverged = "NaN/Inf weights"
+        # history.csv's seconds and images_per_s are the training throughput: validation,
+        # which end_epoch receives already done, is not part of them.
+        run.steps_seconds = run.seconds()
         return run
 
     def _train_step(self, run: EpochRun, rows, images, text) -> None:
@@ -245,25 +251,27 @@ class Trainer:
         ts.optimizer.zero_grad(set_to_none=True)
         loss, acc, parts = accumulated_backward(self.ctx, micro, ts.scaler, mined)
         parts = dict(zip(LOSS_PARTS, parts.tolist(), strict=True))
+        acc = acc.tolist()
         lr_used = ts.optimizer.param_groups[0]["lr"]  # before the scheduler moves it
         norm, cause = apply_gradients(ts.model, ts.optimizer, ts.scaler, loss,
                                       self.tcfg["grad_clip"])
+        loss_value = loss.item()
         if cause is None:
-            run.losses.append(loss.item())
+            run.losses.append(loss_value)
             run.norms.append(norm)
-            run.accs.append(acc.tolist())
+            run.accs.append(acc)
             run.parts.append(list(parts.values()))
         else:
             run.skipped += 1
             run.causes[cause] += 1
             log.warning("epoch %d step %d: non-finite %s (%s), step skipped", run.epoch + 1,
-                        ts.step, cause, loss.item())
+                        ts.step, cause, loss_value)
         ts.scheduler.step()
         ts.step += 1
-        row = {"step": ts.step, "epoch": run.epoch + 1, "loss": loss.item(), **parts,
+        row = {"step": ts.step, "epoch": run.epoch + 1, "loss": loss_value, **parts,
                "lr": lr_used,
                "temperature": float(1.0 / ts.model.scale().detach()),
-               "acc_i2t": 100.0 * float(acc[0]), "acc_t2i": 100.0 * float(acc[1]),
+               "acc_i2t": 100.0 * acc[0], "acc_t2i": 100.0 * acc[1],
                "grad_norm": math.nan if norm is None else norm,
                "images_per_s": len(rows) / max(1e-9, time.perf_counter() - t_step),
                "skipped": int(cause is not None)}
@@ -328,7 +336,7 @@ class Trainer:
         val = val if validated else dict.fromkeys(
             ("val_loss", "val_acc_i2t", "val_acc_t2i", "val_recall", "val_loss_infonce",
              "val_loss_hinge"), math.nan)
-        seconds = run.seconds()
+        seconds = run.steps_seconds
         self.train_seconds += time.perf_counter() - run.t0
         self.train_images += (len(run.batches) - run.first) * self.step_batch
         row = self._history_row(run, seconds, val)

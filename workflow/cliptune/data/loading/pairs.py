@@ -47,6 +47,12 @@ class PairData:
         return len(self.image_rows)
 
     @cached_property
+    def caption_texts(self) -> np.ndarray:
+        """The caption strings as one object array, built once: a training step that
+        tokenizes indexes it instead of converting the (Arrow-backed) column each time."""
+        return self.captions["caption"].to_numpy(dtype=object)
+
+    @cached_property
     def caption_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(order, starts, counts): ``order[starts[i]:starts[i] + counts[i]]`` are the
         caption rows of image_rows[i]. Computed once; samplers index it vectorised."""
