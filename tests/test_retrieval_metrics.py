@@ -197,6 +197,33 @@ def test_block_rows_fit_the_score_budget():
             assert 2 * 4 * (rows + 1) * n_cand > budget, (budget, n_cand)
 
 
+def test_distinct_rows_group_equal_values_and_survive_hash_collisions(monkeypatch):
+    """Candidates are grouped by row hash, checked exactly: -0.0 and 0.0 are one value,
+    and a hash shared by different rows (forced here) still yields exact groups and the
+    same ranks."""
+    import cliptune.retrieval as kernels
+
+    x = torch.randn(3000, 16)
+    x[10] = x[3]
+    x[2999] = x[3]
+    x[100, 0] = -0.0
+    x[101] = x[100]
+    x[101, 0] = 0.0
+    for _ in range(2):
+        distinct, inverse = kernels._distinct_rows(x)
+        assert distinct.shape[0] == 2997 and torch.equal(distinct[inverse], x)
+        assert inverse[3] == inverse[10] == inverse[2999] and inverse[100] == inverse[101]
+        monkeypatch.setattr(kernels, "_row_hashes",
+                            lambda emb: torch.zeros(emb.shape[0], dtype=torch.long))
+    assert kernels._distinct_rows(torch.randn(50, 4))[0].shape[0] == 50
+    img, txt, tii = make_data("duplicated")
+    ref, ref_i2t, ref_t2i, _ = brute_force(img, txt, tii, KS)
+    got, r_i2t, r_t2i = retrieval_metrics_and_ranks(img, txt, tii, ks=KS, score_memory=2_300)
+    assert torch.equal(r_i2t, ref_i2t) and torch.equal(r_t2i, ref_t2i)
+    for key, val in ref.items():
+        assert got[key] == pytest.approx(val, rel=1e-12, abs=1e-12), key
+
+
 def test_all_tied_follows_index_order():
     img, txt, tii = make_data("tied")
     first_caption = [int((tii == i).nonzero()[0]) for i in range(img.shape[0])]
