@@ -31,12 +31,15 @@ demo: venv
 
 # --durations: the slowest tests stay visible in CI. test-all adds each shipped
 # config's own toy `rule all` (marker shipped_rule_all).
+# make test: two pytest-xdist workers (one per core); the shared toy run's tests stay
+# on one worker (--dist loadgroup) so it is built once.
 PYTEST := $(BIN)/python -m pytest -q --durations=25
+TEST_WORKERS ?= 2
 
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
-	$(PYTEST) -m "not shipped_rule_all" tests
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup -m "not shipped_rule_all" tests
 
 test-all: venv
 	$(BIN)/ruff check .

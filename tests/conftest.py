@@ -30,9 +30,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker keeps to one
+# torch thread, so the workers do not fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "shipped_rule_all: each shipped config's own toy `rule all` (make test-all)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of the shared finished toy run go to one xdist worker (``--dist loadgroup``),
+    which builds it once; the other worker runs the rest meanwhile."""
+    for item in items:
+        if "toy_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("toy_run"))
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,14 @@ sharing one set of caches (results/cache/)."""
 
 from __future__ import annotations
 
-import copy
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import planned_jobs, snakemake, write_config
+from conftest import TOY_RUN, planned_jobs, snakemake, write_config
 
-from cliptune.config.load import DEFAULTS, ConfigError, load_config
+from cliptune.config.load import DEFAULTS, ConfigError, deep_merge, load_config
 from cliptune.study_outputs import CURRENT_FILES, copy_current, relink_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,58 +55,46 @@ def cache_files(workdir: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def toy_study(study: str, variants: dict) -> dict:
-    """The demo config at toy scale under its own study name and variants."""
-    cfg = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    cfg = copy.deepcopy(cfg)
-    cfg["study"] = study
-    cfg["dataset"]["demo"].update(train_images=40, val_images=16, image_size=40)
-    cfg["dataset"]["selection"]["images"] = 4
-    cfg["image_size"] = 32
-    cfg["model"].update(backbone="resnet18", weights=None, head={"hidden_dim": 32, "depth": 2,
-                                                                 "norm": "none"})
-    cfg["train"].update(epochs=1, batch_size=8)
-    cfg["include_untrained"] = False
-    cfg["report"]["zero_shot"]["tasks"] = {"shapes": cfg["report"]["zero_shot"]["tasks"]["shapes"]}
-    cfg["variants"] = variants
-    cfg.pop("hpo")
-    return cfg
-
-
 @pytest.mark.slow
-def test_two_studies_in_one_working_directory(tmp_path, repo):
-    first = toy_study("first", {"baseline": {}})
-    second = toy_study("second", {"baseline": {}, "bn": {"model": {"head": {"norm": "batchnorm"}}}})
-    write_config(tmp_path, first)
-    snakemake(tmp_path, repo)
-    summary_first = (tmp_path / "results/first/summary.md").read_text()
-    cache = cache_files(tmp_path)
-    assert {p.split("/")[0] for p in cache} == {"captions", "images", "text"}
+def test_two_studies_in_one_working_directory(toy_run, tmp_path, repo):
+    # The first study is the suite's finished toy run (study "tiny"), copied with its
+    # mtimes and Snakemake metadata so it is as complete here as there.
+    work = tmp_path / "work"
+    shutil.copytree(toy_run.workdir, work, symlinks=True)
+    first = TOY_RUN
+    assert planned_jobs(snakemake(work, repo, "-n")) == {}
+    summary_first = (work / "results/tiny/summary.md").read_text()
+    cache = cache_files(work)
+    assert {p.split("/")[0] for p in cache} == {"captions", "images", "text", "features"}
 
-    # The second study reads the same data: its caches are the first study's.
-    write_config(tmp_path, second)
-    jobs = planned_jobs(snakemake(tmp_path, repo, "-n"))
-    assert not {"demo_dataset", "captions", "image_cache", "text_embeddings"} & set(jobs), jobs
-    snakemake(tmp_path, repo)
-    assert cache_files(tmp_path) == cache  # not one cache file added or rewritten
-    print(f"results/cache after both studies: {sum(n for n, _ in cache.values()):,} bytes")
-    for study, variants in (("first", ["baseline"]), ("second", ["baseline", "bn"])):
-        out = tmp_path / "results" / study
+    # A second study of the same data: its caches are the first study's.
+    second = {**deep_merge(TOY_RUN, {"study": "second", "include_untrained": False,
+                                     "train": {"epochs": 1}}),
+              "variants": {"baseline": {}, "bn": {"model": {"head": {"norm": "batchnorm"}}}}}
+    write_config(work, second)
+    jobs = planned_jobs(snakemake(work, repo, "-n"))
+    assert not {"demo_dataset", "captions", "image_cache", "text_embeddings",
+                "backbone_features"} & set(jobs), jobs
+    snakemake(work, repo)
+    assert cache_files(work) == cache  # not one cache file added or rewritten
+    for study, variants in (("tiny", ["baseline", "bn_head", "frozen", "untrained"]),
+                            ("second", ["baseline", "bn"])):
+        out = work / "results" / study
         assert sorted(p.name for p in (out / "variants").iterdir()) == variants
         for name in CURRENT_FILES:
             assert (out / name).stat().st_size > 0, (study, name)
-        assert (tmp_path / "logs" / study / "summary.log").is_file()
+        assert (work / "logs" / study / "summary.log").is_file()
     # The first study's summary is untouched; the top-level copies are the second's.
-    assert (tmp_path / "results/first/summary.md").read_text() == summary_first
-    assert (tmp_path / "results/ablation.csv").read_bytes() == (
-        tmp_path / "results/second/ablation.csv").read_bytes()
-    assert "| bn" in (tmp_path / "results/summary.md").read_text()
+    assert (work / "results/tiny/summary.md").read_text() == summary_first
+    assert (work / "results/ablation.csv").read_bytes() == (
+        work / "results/second/ablation.csv").read_bytes()
+    assert "\n| bn |" in (work / "results/summary.md").read_text()
 
     # Back to the first study: only the top-level copies are redone.
-    write_config(tmp_path, first)
-    jobs = planned_jobs(snakemake(tmp_path, repo, "-n"))
+    write_config(work, first)
+    jobs = planned_jobs(snakemake(work, repo, "-n"))
     assert jobs == {"current_study": len(CURRENT_FILES), "all": 1}, jobs
-    snakemake(tmp_path, repo)
-    assert (tmp_path / "results/ablation.csv").read_bytes() == (
-        tmp_path / "results/first/ablation.csv").read_bytes()
-    assert planned_jobs(snakemake(tmp_path, repo, "-n")) == {}
+    snakemake(work, repo)
+    assert (work / "results/ablation.csv").read_bytes() == (
+        work / "results/tiny/ablation.csv").read_bytes()
+    assert planned_jobs(snakemake(work, repo, "-n")) == {}
