@@ -41,12 +41,14 @@ def pytest_configure(config):
         "markers", "shipped_rule_all: each shipped config's own toy `rule all` (make test-all)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Tests of the shared finished toy run go to one xdist worker (``--dist loadgroup``),
-    which builds it once; the other worker runs the rest meanwhile."""
-    for item in items:
-        if "toy_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("toy_run"))
+    """Tests of the shared finished toy run go first and to one xdist worker (``--dist
+    loadgroup``), which builds it once while the other worker runs the rest."""
+    uses = [item for item in items if "toy_run" in getattr(item, "fixturenames", ())]
+    for item in uses:
+        item.add_marker(pytest.mark.xdist_group("toy_run"))
+    items[:] = uses + [item for item in items if item not in uses]
 
 
 @pytest.fixture(scope="session")
