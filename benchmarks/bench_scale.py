@@ -245,12 +245,12 @@ def child(args: list[str]) -> dict:
 # ---------------------------------------------------------------- fit + report
 def fit(ns: list[int], ts: list[float]) -> tuple[float, float, float]:
     """(fixed seconds f, seconds per image c, exponent b): t = f + c * n by least squares
-    (a stage pays a fixed start-up, e.g. loading the text encoder), and b from the
-    log-log slope of the size-dependent part t - f (1 = linear growth)."""
+    (a stage pays a fixed start-up, e.g. loading the text encoder), and b the log-log
+    slope of t between the two largest sizes, where fixed costs weigh least (1 = linear
+    growth, 2 = images x captions)."""
     c, f = np.polyfit(ns, ts, 1)
     f = max(float(f), 0.0)
-    var = [max(t - f, 1e-9) for t in ts]
-    b = np.polyfit(np.log(ns), np.log(var), 1)[0]
+    b = np.log(ts[-1] / ts[-2]) / np.log(ns[-1] / ns[-2])
     return f, float(c), float(b)
 
 
@@ -333,6 +333,8 @@ def main(argv=None) -> int:
     else:
         full = (child(["full-retrieval", args.threads, args.full_retrieval_blocks])
                 if args.full_retrieval else None)
+        if full is not None:  # kept for --full-retrieval-json
+            (WORK / "scale" / "full_retrieval.json").write_text(json.dumps(full))
 
     RESULTS.mkdir(exist_ok=True)
     plot(sizes, table, RESULTS / "scale.png")
@@ -371,7 +373,8 @@ def main(argv=None) -> int:
         "## Growth and full COCO 2014", "",
         "Fit per stage over the sizes above: CPU time = f + c * n (f: fixed start-up such as "
         "loading the text encoder; c: seconds per image) by least squares, and the growth "
-        "exponent b of the size-dependent part (log-log slope of t - f; 1 = linear). "
+        "exponent b: the log-log slope of t between the two largest sizes, where fixed costs "
+        "weigh least (1 = linear, 2 = images x captions). "
         f"Extrapolation of the data stages to all of COCO 2014 ({COCO_IMAGES:,} images, "
         f"{COCO_CAPTIONS:,} captions) = f + c * {COCO_IMAGES:,}. Evaluation grows with images "
         f"x captions, so its full-size figure is the val2014 ({VAL_IMAGES:,} x "
