@@ -347,7 +347,10 @@ def main(argv=None) -> int:
         "load average after each size is listed below) wall time carries the contention, "
         "CPU time does not, and with one thread it is the stage's wall time on one idle core. "
         "Wall seconds stand beside it. "
-        f"Sizes: {', '.join(f'{n:,}' for n in sizes)} images "
+        + ("With --reuse a size's stage results are those of its earlier run "
+           "(`_work/scale/coco_<n>/stages.json`), measured under the load listed for it. "
+           if args.reuse else "")
+        + f"Sizes: {', '.join(f'{n:,}' for n in sizes)} images "
         f"({'' if sizes[-1] >= 20_000 else 'the 20,000-image size was not reached this session: '}"
         f"largest {sizes[-1]:,}), five captions each; {DISTINCT_JPEGS} distinct generated "
         "640x480 JPEGs (q90) copied to every file name, so decoding costs what COCO's do.",
