@@ -44,11 +44,11 @@ test: venv
 test-all: venv
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
-	$(PYTEST) tests
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadgroup tests
 
 # Only the shipped configs' own toy `rule all` runs (what test-all adds to test).
 test-shipped: venv
-	$(PYTEST) -m shipped_rule_all tests/test_shipped_configs.py
+	$(PYTEST) -n $(TEST_WORKERS) -m shipped_rule_all tests/test_shipped_configs.py
 
 # Opt-in (~7 min): the toy DAG SIGKILLed at KILLS random moments finishes identical.
 KILLS ?= 3
