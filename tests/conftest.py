@@ -209,6 +209,17 @@ def write_config(workdir: Path, cfg: dict) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
+def dry_run_of_toy_run_with(workdir: Path, repo: Path, cfg: dict,
+                            *targets: str) -> subprocess.CompletedProcess:
+    """`snakemake -n` of the finished toy run in ``workdir`` with ``cfg`` as its config;
+    TOY_RUN is put back afterwards, so the run stays as the other tests expect it."""
+    write_config(workdir, cfg)
+    try:
+        return snakemake(workdir, repo, "-n", *targets)
+    finally:
+        write_config(workdir, TOY_RUN)
+
+
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
     """Parse the 'Job stats' table of a dry run into {rule: count}."""
     text = proc.stdout + proc.stderr

@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import AGGREGATES, TOY_RUN, planned, snakemake, write_config
+from conftest import AGGREGATES, TOY_RUN, dry_run_of_toy_run_with, planned
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -32,11 +32,7 @@ def test_seeds_run_as_separate_cached_jobs(toy_run, repo):
     # A third seed schedules that seed's training and evaluation plus the aggregates only.
     cfg = json.loads(json.dumps(TOY_RUN))
     cfg["variants"]["bn_head"]["train"]["seeds"] = [0, 1, 2]
-    write_config(toy_run.workdir, cfg)
-    try:
-        jobs = planned(snakemake(toy_run.workdir, repo, "-n", TARGET))
-    finally:
-        write_config(toy_run.workdir, TOY_RUN)
+    jobs = planned(dry_run_of_toy_run_with(toy_run.workdir, repo, cfg, TARGET))
     per_run = {(r, w) for r, w in jobs if r not in AGGREGATES}
     assert per_run == {("train", "variant=bn_head/seed2"),
                        ("evaluate", "variant=bn_head/seed2")}, jobs

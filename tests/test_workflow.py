@@ -12,6 +12,7 @@ from conftest import (
     TOY_RUN,
     caption_table,
     check_hpo_outputs,
+    dry_run_of_toy_run_with,
     planned,
     planned_jobs,
     snakemake,
@@ -96,46 +97,34 @@ def test_finished_run_has_nothing_to_do(finished_run, repo):
 def test_one_variant_flag_reruns_only_that_variant(finished_run, repo):
     cfg = json.loads(json.dumps(TOY_RUN))
     cfg["variants"]["bn_head"]["train"] = {"lr": 5e-4}  # and no replicate seed
-    write_config(finished_run, cfg)
-    try:
-        jobs = planned(snakemake(finished_run, repo, "-n"))
-        per_variant = {(r, w) for r, w in jobs if r not in AGGREGATES}
-        # Only bn_head's own jobs, and at least its training and evaluation.
-        assert per_variant, jobs
-        assert all(w == "variant=bn_head" for _, w in per_variant), jobs
-        assert {"train", "evaluate"} <= {r for r, _ in per_variant}
-        assert {r for r, _ in jobs} - {r for r, _ in per_variant} <= AGGREGATES
-        assert len(jobs) == len(set(jobs))
-    finally:
-        write_config(finished_run, TOY_RUN)
+    jobs = planned(dry_run_of_toy_run_with(finished_run, repo, cfg))
+    per_variant = {(r, w) for r, w in jobs if r not in AGGREGATES}
+    # Only bn_head's own jobs, and at least its training and evaluation.
+    assert per_variant, jobs
+    assert all(w == "variant=bn_head" for _, w in per_variant), jobs
+    assert {"train", "evaluate"} <= {r for r, _ in per_variant}
+    assert {r for r, _ in jobs} - {r for r, _ in per_variant} <= AGGREGATES
+    assert len(jobs) == len(set(jobs))
 
 
 def test_encoder_change_reruns_the_text_cache_and_its_readers(finished_run, repo):
     cfg = json.loads(json.dumps(TOY_RUN))
     cfg["text_encoder"]["max_length"] = 24
-    write_config(finished_run, cfg)
-    try:
-        jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
-        assert jobs["text_embeddings"] == 3  # train, the select holdout, val
-        assert jobs["train"] == 5 and jobs["evaluate"] == 5  # bn_head twice (seeds)
-        # Nothing upstream of the text cache reruns.
-        assert not {"demo_dataset", "captions", "image_cache", "data_report",
-                    "samples"} & set(jobs)
-    finally:
-        write_config(finished_run, TOY_RUN)
+    jobs = planned_jobs(dry_run_of_toy_run_with(finished_run, repo, cfg))
+    assert jobs["text_embeddings"] == 3  # train, the select holdout, val
+    assert jobs["train"] == 5 and jobs["evaluate"] == 5  # bn_head twice (seeds)
+    # Nothing upstream of the text cache reruns.
+    assert not {"demo_dataset", "captions", "image_cache", "data_report",
+                "samples"} & set(jobs)
 
 
 def test_bootstrap_change_rescores_nothing(finished_run, repo):
     """Intervals come from the saved ranks: new bootstrap settings rerun aggregates only."""
     cfg = json.loads(json.dumps(TOY_RUN))
     cfg["bootstrap"] = {"resamples": 500, "confidence": 0.9}
-    write_config(finished_run, cfg)
-    try:
-        jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
-        assert jobs and set(jobs) <= AGGREGATES, jobs
-        assert "aggregate" in jobs
-    finally:
-        write_config(finished_run, TOY_RUN)
+    jobs = planned_jobs(dry_run_of_toy_run_with(finished_run, repo, cfg))
+    assert jobs and set(jobs) <= AGGREGATES, jobs
+    assert "aggregate" in jobs
 
 
 def test_figure_setting_redraws_without_evaluating(finished_run, repo):
@@ -144,14 +133,10 @@ def test_figure_setting_redraws_without_evaluating(finished_run, repo):
     model-loading job."""
     cfg = json.loads(json.dumps(TOY_RUN))
     cfg["report"] = {"n_images": 3, "heatmap_size": 5}
-    write_config(finished_run, cfg)
-    try:
-        jobs = planned_jobs(snakemake(finished_run, repo, "-n"))
-        assert jobs.get("figures") == 4, jobs  # baseline, bn_head, frozen, untrained
-        # current_study: the top-level copy of the summary
-        assert set(jobs) <= {"figures", "summary", "current_study", "all"}, jobs
-    finally:
-        write_config(finished_run, TOY_RUN)
+    jobs = planned_jobs(dry_run_of_toy_run_with(finished_run, repo, cfg))
+    assert jobs.get("figures") == 4, jobs  # baseline, bn_head, frozen, untrained
+    # current_study: the top-level copy of the summary
+    assert set(jobs) <= {"figures", "summary", "current_study", "all"}, jobs
 
 
 def test_bad_config_fails_before_any_job(tmp_path, repo):
