@@ -28,7 +28,6 @@ import torch
 
 from cliptune.data.loading.batch_loader import BatchLoader, loader_settings
 from cliptune.data.loading.pairs import PairData, plan_epoch
-from cliptune.retrieval import score_memory_bytes
 from cliptune.runtime import (
     autocast_dtype,
     device_name,
@@ -326,8 +325,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation loss, in-batch accuracy both ways and mean R@1 of the current model."""
-        return validate(self.ctx, self.val_data, self.step_batch, self.tcfg["val_max_images"],
-                        score_memory_bytes(self.variant["eval"]["score_memory_mb"]))
+        return validate(self.ctx, self.val_data, self.step_batch, self.tcfg["val_max_images"])
 
     def end_epoch(self, run: EpochRun, val: dict[str, float] | None) -> None:
         """Record the epoch, update the best epoch and early stopping, checkpoint.

@@ -17,14 +17,13 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def validate(ctx: StepContext, data: PairData, batch_size: int, max_images: int | None,
-             score_memory: int) -> dict[str, float]:
+def validate(ctx: StepContext, data: PairData, batch_size: int,
+             max_images: int | None = None) -> dict[str, float]:
     """Validation loss (the training loss without mined negatives) and its InfoNCE and
     hinge parts (``val_loss_infonce``, ``val_loss_hinge``: NaN where the loss has none),
     in-batch top-1 accuracy both ways (the notebook's "Val Acc", batches of the training size, in %)
     and recall: the mean of image->text and text->image R@1 over the first caption of
-    each image against the whole split, ranked in blocks within ``score_memory`` bytes
-    (``eval.score_memory_mb``)."""
+    each image against the whole split."""
     ctx.model.eval()
     total, count, images, texts = 0.0, 0, [], []
     correct = torch.zeros(2)
@@ -50,7 +49,7 @@ def validate(ctx: StepContext, data: PairData, batch_size: int, max_images: int 
         # Ranks of NaN scores mean nothing; the loss is NaN too, so the epoch is not "best".
         log.warning("validation embeddings are not finite: recall reported as NaN")
         return {**out, "val_recall": math.nan}
-    return {**out, "val_recall": mean_r1(img, txt, score_memory)}
+    return {**out, "val_recall": mean_r1(img, txt)}
 
 
 def validation_images(data: PairData, tcfg: dict) -> int:
