@@ -1,13 +1,20 @@
-"""A user of an exported cliptune folder, run in a fresh interpreter that imports only
+"""A user of exported cliptune folders, run in a fresh interpreter that imports only
 numpy, transformers, peft and onnxruntime (never cliptune): embeds the given images and
-captions the way docs/export.md tells a user to, and recomputes Recall@1 both ways.
+captions the way docs/export.md tells a user to, recomputes Recall@1 both ways, and runs
+each folder's model-card usage snippet as written, inside the folder.
 
-usage: python export_consumer.py FOLDER IMAGES.npy CAPTIONS.json OUT.npz [LORA_BASE]
-CAPTIONS.json: {"captions": [...], "image_of_caption": [...]} (index into IMAGES).
+usage: python export_consumer.py JOBS.json
+JOBS.json: a list of {"folder", "images" (.npy), "captions" (.json: {"captions": [...],
+"image_of_caption": [...]}, an index into the images), "out" (.npz), "lora_base" (or
+null), "card" (run the card's snippet)}. One interpreter serves all the folders (each
+start imports torch and transformers); a folder that fails writes its traceback to
+OUT.error and the rest still run.
 """
 
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,7 @@ def clip_embeddings(model, processor, images, captions):
     return out.image_embeds.numpy(), out.text_embeds.numpy()
 
 
-def main(folder, images_npy, captions_json, out_npz, lora_base=None):
+def embed(folder, images_npy, captions_json, out_npz, lora_base=None):
     folder = Path(folder)
     images = np.load(images_npy)
     spec = json.loads(Path(captions_json).read_text())
@@ -72,10 +79,33 @@ def main(folder, images_npy, captions_json, out_npz, lora_base=None):
                 peft_model, processor, images, captions)
     result["image"], result["text"] = image, text
     result["r1"] = np.array(recall_at_1(image, text, image_of))
+    np.savez(out_npz, **result)
+
+
+def run_card_usage(folder: Path) -> None:
+    """The card's usage snippet as a user pastes it: in the folder (it reads photo.jpg
+    there), in a namespace of its own, so it must import what it uses."""
+    card = (folder / "README.md").read_text()
+    snippet = card.split("## Usage")[1].split("```python\n")[1].split("```")[0]
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        exec(compile(snippet, str(folder / "README.md"), "exec"), {"__name__": "__main__"})
+    finally:
+        os.chdir(here)
+
+
+def main(jobs_json):
+    for job in json.loads(Path(jobs_json).read_text()):
+        try:
+            embed(job["folder"], job["images"], job["captions"], job["out"], job["lora_base"])
+            if job["card"]:
+                run_card_usage(Path(job["folder"]))
+        except Exception:
+            Path(job["out"] + ".error").write_text(traceback.format_exc())
     leaked = sorted(m for m in sys.modules if m.split(".")[0] == "cliptune")
     if leaked:
         raise SystemExit(f"the consumer imported cliptune: {leaked}")
-    np.savez(out_npz, **result)
 
 
 if __name__ == "__main__":

@@ -85,22 +85,28 @@ def _step(model, x, text, formulation: str, ctx: DistContext | None):
     return loss.detach()
 
 
-def _worker(rank: int, port: int, formulation: str, out: str) -> None:
+FORMULATIONS = ("local", "global")
+
+
+def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     ctx = DistContext(rank, rank, WORLD, torch.device("cpu"))
-    model = _model()
-    forward = data_parallel(model, ctx)
-    assert isinstance(forward, torch.nn.parallel.DistributedDataParallel)
-    x, text = _batch()
-    rows = shard(np.arange(BATCH), ctx)
-    loss = _step(forward, x[rows], text[rows], formulation, ctx)
-    # The loss of the global batch: mean of the local losses, or the global one itself.
-    total = loss.clone()
-    dist.all_reduce(total)
+    results = {}
+    for formulation in FORMULATIONS:  # one process group for both: each start imports torch
+        model = _model()
+        forward = data_parallel(model, ctx)
+        assert isinstance(forward, torch.nn.parallel.DistributedDataParallel)
+        x, text = _batch()
+        rows = shard(np.arange(BATCH), ctx)
+        loss = _step(forward, x[rows], text[rows], formulation, ctx)
+        # The loss of the global batch: mean of the local losses, or the global one itself.
+        total = loss.clone()
+        dist.all_reduce(total)
+        results[formulation] = {"loss": total / WORLD if formulation == "local" else loss,
+                                "grads": {n: p.grad for n, p in model.named_parameters()}}
     if rank == 0:
-        torch.save({"loss": total / WORLD if formulation == "local" else loss,
-                    "grads": {n: p.grad for n, p in model.named_parameters()}}, out)
+        torch.save(results, out)
     dist.destroy_process_group()
 
 
@@ -110,18 +116,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("formulation", ["local", "global"])
-def test_two_process_step_equals_single_process(tmp_path, formulation):
+def test_two_process_step_equals_single_process(tmp_path):
     model = _model()
     x, text = _batch()
     loss = _step(model, x, text, "single", None)
     expected = {n: p.grad for n, p in model.named_parameters()}
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), formulation, str(out)), nprocs=WORLD, join=True)
-    got = torch.load(out, weights_only=True)
-    torch.testing.assert_close(got["loss"], loss, rtol=1e-6, atol=1e-6)
-    for name, grad in expected.items():
-        torch.testing.assert_close(got["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    results = torch.load(out, weights_only=True)
+    assert set(results) == set(FORMULATIONS)
+    for formulation, got in results.items():
+        torch.testing.assert_close(got["loss"], loss, rtol=1e-6, atol=1e-6, msg=formulation)
+        for name, grad in expected.items():
+            torch.testing.assert_close(got["grads"][name], grad, rtol=1e-5, atol=1e-6,
+                                       msg=f"{formulation}: {name}")
 
 
 # Variants of the real training step (TrainForward, accumulated_backward) with 2

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,37 +117,48 @@ def trained_run(kind: str, clip_dir: Path, tmp: Path):
     return v, data["val"], files, run
 
 
-def consume(folder: Path, data, tmp: Path, lora_base: Path | None = None) -> dict:
-    """Run export_consumer.py on the evaluation split in a clean interpreter."""
-    images = np.ascontiguousarray(data.pixels[data.image_rows])
-    np.save(tmp / "images.npy", images)
-    image_of = np.searchsorted(data.image_rows, data.caption_image_row)
-    (tmp / "captions.json").write_text(json.dumps({
-        "captions": data.captions["caption"].tolist(), "image_of_caption": image_of.tolist()}))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # cliptune unreachable
-    cmd = [sys.executable, str(CONSUMER), str(folder), str(tmp / "images.npy"),
-           str(tmp / "captions.json"), str(tmp / "out.npz")]
-    proc = subprocess.run(cmd + ([str(lora_base)] if lora_base else []), capture_output=True,
-                          text=True, env=env, cwd=tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(np.load(tmp / "out.npz"))
-
-
-def run_card_usage(folder: Path) -> None:
-    """The card's usage snippet, run as written inside the exported folder (cliptune
-    unreachable) on a photo.jpg placed there."""
+def consumer_job(folder: Path, data, tmp: Path, name: str, lora_base: Path | None = None,
+                 card: bool = False) -> dict:
+    """One folder for export_consumer.py, with the evaluation split written beside it;
+    ``card``: also run the folder's model-card snippet on a photo.jpg placed there."""
     from PIL import Image
 
-    card = (folder / "README.md").read_text()
-    snippet = card.split("## Usage")[1].split("```python\n")[1].split("```")[0]
-    Image.new("RGB", (50, 40), (200, 30, 30)).save(folder / "photo.jpg")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    images = np.ascontiguousarray(data.pixels[data.image_rows])
+    np.save(tmp / f"{name}.images.npy", images)
+    image_of = np.searchsorted(data.image_rows, data.caption_image_row)
+    (tmp / f"{name}.captions.json").write_text(json.dumps({
+        "captions": data.captions["caption"].tolist(), "image_of_caption": image_of.tolist()}))
+    if card:
+        Image.new("RGB", (50, 40), (200, 30, 30)).save(folder / "photo.jpg")
+    return {"folder": str(folder), "images": str(tmp / f"{name}.images.npy"),
+            "captions": str(tmp / f"{name}.captions.json"), "out": str(tmp / f"{name}.npz"),
+            "lora_base": str(lora_base) if lora_base else None, "card": card}
+
+
+def run_consumer(jobs: list[dict], tmp: Path) -> dict[str, dict]:
+    """export_consumer.py over ``jobs`` in one clean interpreter (cliptune unreachable):
+    each job's embeddings and Recall@1 by its out path, or {"error": its traceback}."""
+    (tmp / "jobs.json").write_text(json.dumps(jobs))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # cliptune unreachable
     try:
-        proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
-                              env=env, cwd=folder)
+        proc = subprocess.run([sys.executable, str(CONSUMER), str(tmp / "jobs.json")],
+                              capture_output=True, text=True, env=env, cwd=tmp)
     finally:
-        (folder / "photo.jpg").unlink()
-    assert proc.returncode == 0, f"{snippet}\n{proc.stderr[-2000:]}"
+        for job in jobs:
+            Path(job["folder"], "photo.jpg").unlink(missing_ok=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {}
+    for job in jobs:
+        error = Path(job["out"] + ".error")
+        results[job["out"]] = ({"error": error.read_text()} if error.exists()
+                               else dict(np.load(job["out"])))
+    return results
+
+
+def consumed(result: dict, folder: Path) -> dict:
+    """A consumer result that must have succeeded; its traceback otherwise."""
+    assert "error" not in result, f"export_consumer.py on {folder}:\n{result.get('error')}"
+    return result
 
 
 def assert_matches_cliptune(got: dict, run: Path) -> None:
@@ -158,36 +170,67 @@ def assert_matches_cliptune(got: dict, run: Path) -> None:
     assert got["r1"][1] == pytest.approx(metrics["t2i_R@1"], abs=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["trunk_head", "finetuned", "lora", "zero_shot",
-                                  "dual_encoder"])
-def test_export_loads_without_cliptune_and_embeds_as_cliptune(kind, tiny_clip_dir, tmp_path):
+KINDS = ["trunk_head", "finetuned", "lora", "zero_shot", "dual_encoder"]
+
+
+@dataclass
+class Exported:
+    variant: dict
+    run: Path
+    out: Path
+    files: object  # cliptune.export.model_card.RunFiles
+    manifest: dict
+    got: dict  # what the consumer embedded and recalled
+    plain: dict | None  # lora: the pretrained base alone, read the same way
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_clip_dir, tmp_path_factory) -> dict[str, Exported]:
+    """Every kind trained, evaluated and exported, then all read by one consumer run
+    (each interpreter start imports torch and transformers)."""
     from cliptune.export.variant_export import export_variant
 
-    v, val, files, run = trained_run(kind, tiny_clip_dir, tmp_path)
-    out = tmp_path / "export" / kind
-    manifest = export_variant(v, run / "model.safetensors", val, files, "base", out)
-    lora_base = tiny_clip_dir if kind == "lora" else None
-    got = consume(out, val, tmp_path, lora_base)
-    assert_matches_cliptune(got, run)
-    card = (out / "README.md").read_text()
+    built, jobs = {}, {}
+    for kind in KINDS:
+        tmp = tmp_path_factory.mktemp(f"export_{kind}")
+        v, val, files, run = trained_run(kind, tiny_clip_dir, tmp)
+        out = tmp / "export" / kind
+        manifest = export_variant(v, run / "model.safetensors", val, files, "base", out)
+        built[kind] = (v, run, out, files, manifest)
+        jobs[kind] = consumer_job(out, val, tmp, kind, tiny_clip_dir if kind == "lora" else None,
+                                  card=True)
+        if kind == "lora":
+            jobs["plain"] = consumer_job(tiny_clip_dir_export(tiny_clip_dir, tmp), val, tmp,
+                                         "plain")
+    results = run_consumer(list(jobs.values()), tmp_path_factory.mktemp("consumer"))
+    return {kind: Exported(*built[kind], got=results[jobs[kind]["out"]],
+                           plain=results[jobs["plain"]["out"]] if kind == "lora" else None)
+            for kind in KINDS}
+
+
+@pytest.mark.xdist_group("export_kinds")
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_loads_without_cliptune_and_embeds_as_cliptune(kind, exported):
+    e = exported[kind]
+    got = consumed(e.got, e.out)
+    assert_matches_cliptune(got, e.run)
+    card = (e.out / "README.md").read_text()
     assert card.startswith("---\n") and "model-index" in card
-    metrics = json.loads(files.metrics.read_text())
+    metrics = json.loads(e.files.metrics.read_text())
     assert f"{metrics['i2t_R@1']:.1f} [" in card
-    if kind in ("trunk_head", "dual_encoder"):
-        run_card_usage(out)
     if kind == "trunk_head":
-        assert manifest["format"] == "onnx" and (out / "image_tower.onnx").is_file()
-        assert manifest["text_tower"]["pooling"] == "clip"
+        assert e.manifest["format"] == "onnx" and (e.out / "image_tower.onnx").is_file()
+        assert e.manifest["text_tower"]["pooling"] == "clip"
     else:
-        assert (out / "config.json").is_file() and (out / "preprocessor_config.json").is_file()
+        assert (e.out / "config.json").is_file() and (e.out / "preprocessor_config.json").is_file()
     if kind == "lora":
         # peft's adapter on the pretrained base gives the merged model's embeddings.
         np.testing.assert_allclose(got["peft_image"], got["image"], atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["peft_text"], got["text"], atol=1e-4, rtol=0)
-        base = json.loads((out / "lora_adapter" / "adapter_config.json").read_text())
-        assert base["base_model_name_or_path"] == str(tiny_clip_dir)
+        base = json.loads((e.out / "lora_adapter" / "adapter_config.json").read_text())
+        assert base["base_model_name_or_path"] == e.variant["model"]["clip"]["model"]
         # The adapters matter: the base model alone embeds otherwise.
-        plain = consume(tiny_clip_dir_export(tiny_clip_dir, tmp_path), val, tmp_path)
+        plain = consumed(e.plain, e.out)
         assert np.abs(plain["text"] - got["text"]).max() > 1e-3
 
 
@@ -279,7 +322,7 @@ def test_snakemake_export_of_the_toy_run_baseline(toy_run, repo, tmp_path):
                         work / text_path(full["dataset"], "val", full["text_encoder"]),
                         work / images["array"], work / images["index"])
     assert json.loads((out / "export.json").read_text())["text_tower"]["pooling"] == "mean"
-    assert_matches_cliptune(consume(out, val, tmp_path), run)
+    job = consumer_job(out, val, tmp_path, "baseline", card=True)
+    assert_matches_cliptune(consumed(run_consumer([job], tmp_path)[job["out"]], out), run)
     card = (out / "README.md").read_text()
     assert "resnet18" in card and "baseline" in card
-    run_card_usage(out)

@@ -166,9 +166,9 @@ def test_search_your_own_images(finished_run, repo, tmp_path):
         Image.new("RGB", (48, 36), colour).save(photos / f"p{i}.jpg")
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
 
-    def search(*args, queries="[a red circle, a blue square]", check=True):
+    def search(*args, queries="[a red circle, a blue square]", target="search", check=True):
         override = f"search={{images: {photos}, queries: {queries}, top_k: 2}}"
-        return snakemake(finished_run, repo, *args, "search", "--config", override, check=check)
+        return snakemake(finished_run, repo, *args, target, "--config", override, check=check)
 
     search()
     out = finished_run / "results/tiny/search/baseline"
@@ -189,7 +189,8 @@ def test_search_your_own_images(finished_run, repo, tmp_path):
     # A new photo changes the folder: it is embedded again.
     Image.new("RGB", (40, 40), (230, 20, 20)).save(photos / "p3.png")
     assert planned_jobs(search("-n")).get("search_embed") == 1
-    search()  # ... and only it: the unchanged photos keep their embeddings
+    # ... and only it: the unchanged photos keep their embeddings.
+    search(target="results/tiny/search/baseline/image_embeddings.safetensors")
     assert "4 images of" in (log := (finished_run / "logs/tiny/search/baseline/embed.log")
                              .read_text()) and "1 embedded" in log and "3 unchanged" in log, log
     # Without a folder the target stops before any job and says what to set.

@@ -96,11 +96,16 @@ def hardware_info(device) -> dict:
 
 
 def set_threads(threads: int | None) -> None:
-    """Honour the rule's ``threads`` (Snakemake also exports OMP_NUM_THREADS)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(max(1, int(threads)))
+    """Honour the rule's ``threads``. torch takes its thread count from OMP_NUM_THREADS
+    when it is first imported, so a job that never needs torch (tables, plots, copies)
+    does not pay for importing it here; a torch already imported is set directly."""
+    if not threads:
+        return
+    count = max(1, int(threads))
+    os.environ["OMP_NUM_THREADS"] = str(count)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(count)
 
 
 def seed_everything(seed: int) -> None:
