@@ -4,16 +4,14 @@ workstation limits inherited, refused over-large local requests."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import TINY
+from conftest import TINY, snakemake_batch
 
 from cliptune.config.load import deep_merge
 
@@ -28,11 +26,10 @@ CONFIG["variants"] = {
 
 def dry_run(workdir: Path, repo: Path, *args: str, config=CONFIG) -> subprocess.CompletedProcess:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(workdir / "config.yaml"), "-n", *args]
+    args = ["-s", str(repo / "Snakefile"), "--directory", str(workdir), "--configfile",
+            str(workdir / "config.yaml"), "-n", *args]
     # Run from the repository, as a user would: profiles/default is then auto-loaded.
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=repo,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return snakemake_batch([{"args": args, "cwd": repo}])[0]
 
 
 def _value(text: str):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import snakemake_batch
 
 from cliptune.config.overrides import typed_cli_overrides
 
@@ -49,9 +48,9 @@ def workdir(tmp_path, repo) -> Path:
 
 
 def dry_run(workdir: Path, repo: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
-           str(workdir), "--cores", "1", "-n", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), cwd=workdir)
+    args = ["-s", str(repo / "Snakefile"), "--directory", str(workdir), "--cores", "1", "-n",
+            *args]
+    return snakemake_batch([{"args": args, "cwd": workdir}])[0]
 
 
 def trained_variants(proc: subprocess.CompletedProcess, study: str) -> set[str]:

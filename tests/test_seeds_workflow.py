@@ -1,5 +1,5 @@
 """Replicated training seeds end to end: one job per seed, cached per seed, one table row
-(bn_head of the suite's finished toy run, conftest.TOY_RUN, has seeds 0 and 1)."""
+(the baseline of the suite's finished toy run, conftest.TOY_RUN, has seeds 0 and 1)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ TARGET = "results/ablation.csv"
 
 
 def test_seeds_run_as_separate_cached_jobs(toy_run, repo):
-    vdir = toy_run.workdir / "results/tiny/variants/bn_head"
+    vdir = toy_run.workdir / "results/tiny/variants/baseline"
     # The first seed keeps the single-seed paths; the second gets its own folder.
     primary, replicate = vdir / "model.safetensors", vdir / "seed1/model.safetensors"
     assert primary.is_file() and replicate.is_file()
@@ -25,15 +25,14 @@ def test_seeds_run_as_separate_cached_jobs(toy_run, repo):
     assert json.loads((vdir / "seed1/train_report.json").read_text())["config"]["train"][
         "seed"] == 1
     table = pd.read_csv(toy_run.workdir / TARGET).set_index("variant")
-    assert table["n_seeds"].to_dict() == {"baseline": 1, "bn_head": 2, "frozen": 1,
-                                          "untrained": 1}
-    assert table.loc["bn_head", "rsum_seed_std"] >= 0
+    assert table["n_seeds"].to_dict() == {"baseline": 2, "frozen": 1, "untrained": 1}
+    assert table.loc["baseline", "rsum_seed_std"] >= 0
 
     # A third seed schedules that seed's training and evaluation plus the aggregates only.
     cfg = json.loads(json.dumps(TOY_RUN))
-    cfg["variants"]["bn_head"]["train"]["seeds"] = [0, 1, 2]
+    cfg["variants"]["baseline"]["train"]["seeds"] = [0, 1, 2]
     jobs = planned(dry_run_of_toy_run_with(toy_run.workdir, repo, cfg, TARGET))
     per_run = {(r, w) for r, w in jobs if r not in AGGREGATES}
-    assert per_run == {("train", "variant=bn_head/seed2"),
-                       ("evaluate", "variant=bn_head/seed2")}, jobs
+    assert per_run == {("train", "variant=baseline/seed2"),
+                       ("evaluate", "variant=baseline/seed2")}, jobs
     assert {r for r, _ in jobs} - {"train", "evaluate"} == {"aggregate", "current_study"}

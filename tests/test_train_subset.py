@@ -88,19 +88,17 @@ def test_the_full_coco_model_trains_on_its_own_caches_in_the_dag(tmp_path, tiny_
     """Dry run of Study C at toy scale: lora_full's train job reads the caption, text and
     image caches of its own split (train-all), lora_text's those of the study's train."""
     import re
-    import subprocess
-    import sys
 
+    from conftest import snakemake_batch
     from toy_overlay import toy_overlay, write_toy_sources
 
     repo = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((repo / "config" / "coco20k_lora.yaml").read_text())
     toy = toy_overlay(cfg, write_toy_sources(tmp_path / "sources"), tiny_clip_dir)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(toy))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "all", "-s", str(repo / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
-         "--cores", "1"], capture_output=True, text=True, cwd=tmp_path)
+    proc = snakemake_batch([{"args": ["-n", "all", "-s", str(repo / "Snakefile"), "--directory",
+                                      str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+                                      "--cores", "1"], "cwd": tmp_path}])[0]
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     jobs = re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout)
     train = {re.search(r"variant=(\w+)", j).group(1): j for j in jobs

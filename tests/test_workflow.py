@@ -37,17 +37,17 @@ def test_outputs_of_every_stage(finished_run):
                                        "t2i_R@5", "t2i_R@10", "rsum"]
     assert ((table["rsum_lo"] <= table["rsum"]) & (table["rsum"] <= table["rsum_hi"])).all()
     paired = pd.read_csv(w / "results/paired_vs_baseline.csv")
-    assert set(paired["variant"]) == {"bn_head", "frozen", "untrained"}
+    assert set(paired["variant"]) == {"frozen", "untrained"}
     # The summary shows the intervals and words its verdicts by the paired interval.
     summary = (w / "results/summary.md").read_text()
     assert "## Compared with the baseline" in summary and "95% bootstrap interval" in summary
     verdicts = ("better than the baseline", "worse than the baseline",
                 "not distinguishable from the baseline at this size")
     assert any(v in summary.split("## Compared with the baseline")[1] for v in verdicts)
-    assert list(table["variant"]) == ["baseline", "bn_head", "frozen", "untrained"]
+    assert list(table["variant"]) == ["baseline", "frozen", "untrained"]
     assert ((table.iloc[:, 1:7] >= 0) & (table.iloc[:, 1:7] <= 100)).all().all()
     assert (w / "results/ablation_bar.png").stat().st_size > 10_000
-    for variant in ("baseline", "bn_head", "frozen", "untrained"):
+    for variant in ("baseline", "frozen", "untrained"):
         vdir = w / "results/tiny/variants" / variant
         metrics = json.loads((vdir / "metrics.json").read_text())
         assert metrics["n_images"] == 40 and metrics["n_texts"] == 200
@@ -71,7 +71,7 @@ def test_outputs_of_every_stage(finished_run):
     train = pd.read_parquet(w / caption_table("train"))
     assert select["image_id"].nunique() == 6 and train["image_id"].nunique() == 90
     assert not set(select["file_name"]) & (set(train["file_name"]) | set(caps["file_name"]))
-    for variant in ("baseline", "bn_head", "frozen"):
+    for variant in ("baseline", "frozen"):
         vdir = w / "results/tiny/variants" / variant
         assert json.loads((vdir / "train_report.json").read_text())["selected_on"] == {
             "split": "select", "images": 6, "monitor": "val_loss"}
@@ -96,12 +96,14 @@ def test_finished_run_has_nothing_to_do(finished_run, repo):
 
 def test_one_variant_flag_reruns_only_that_variant(finished_run, repo):
     cfg = json.loads(json.dumps(TOY_RUN))
-    cfg["variants"]["bn_head"]["train"] = {"lr": 5e-4}  # and no replicate seed
+    cfg["variants"]["frozen"]["train"] = {"lr": 5e-4}
     jobs = planned(dry_run_of_toy_run_with(finished_run, repo, cfg))
     per_variant = {(r, w) for r, w in jobs if r not in AGGREGATES}
-    # Only bn_head's own jobs, and at least its training and evaluation.
+    # Only frozen's own jobs, and at least its training and evaluation; its cached trunk
+    # features do not depend on the learning rate.
     assert per_variant, jobs
-    assert all(w == "variant=bn_head" for _, w in per_variant), jobs
+    assert all(w == "variant=frozen" for _, w in per_variant), jobs
+    assert "backbone_features" not in {r for r, _ in per_variant}
     assert {"train", "evaluate"} <= {r for r, _ in per_variant}
     assert {r for r, _ in jobs} - {r for r, _ in per_variant} <= AGGREGATES
     assert len(jobs) == len(set(jobs))
@@ -112,7 +114,7 @@ def test_encoder_change_reruns_the_text_cache_and_its_readers(finished_run, repo
     cfg["text_encoder"]["max_length"] = 24
     jobs = planned_jobs(dry_run_of_toy_run_with(finished_run, repo, cfg))
     assert jobs["text_embeddings"] == 3  # train, the select holdout, val
-    assert jobs["train"] == 5 and jobs["evaluate"] == 5  # bn_head twice (seeds)
+    assert jobs["train"] == 4 and jobs["evaluate"] == 4  # the baseline twice (seeds)
     # Nothing upstream of the text cache reruns.
     assert not {"demo_dataset", "captions", "image_cache", "data_report",
                 "samples"} & set(jobs)
@@ -134,7 +136,7 @@ def test_figure_setting_redraws_without_evaluating(finished_run, repo):
     cfg = json.loads(json.dumps(TOY_RUN))
     cfg["report"] = {"n_images": 3, "heatmap_size": 5}
     jobs = planned_jobs(dry_run_of_toy_run_with(finished_run, repo, cfg))
-    assert jobs.get("figures") == 4, jobs  # baseline, bn_head, frozen, untrained
+    assert jobs.get("figures") == 3, jobs  # baseline, frozen, untrained
     # current_study: the top-level copy of the summary
     assert set(jobs) <= {"figures", "summary", "current_study", "all"}, jobs
 
