@@ -90,6 +90,8 @@ def test_two_studies_in_one_working_directory(toy_run, tmp_path, repo):
         work / "results/second/ablation.csv").read_bytes()
     top = (work / "results/summary.md").read_text()
     assert "](second/" in top and "](tiny/" not in top  # its links point into results/second/
+    assert top.startswith("# cliptune results: second (dataset tiny)\n")
+    assert summary_first.startswith("# cliptune results: tiny\n")
 
     # Back to the first study: only the top-level copies are redone.
     write_config(work, first)

@@ -17,6 +17,8 @@ from cliptune.training.train_log import HISTORY_COLUMNS
 
 REPORT = {"anchors_comparable": False}
 # The shared sections of the synthetic runs; each variant's own settings go over them.
+# The summary's identity of the run: study, dataset name, source.
+DEMO = {"study": "demo", "name": "demo", "source": "demo"}
 BASE = {"dataset": {"name": "demo", "source": "demo"}, "image_size": 64,
         "text_encoder": {"model": "offline-minilm", "max_length": 64},
         "model": {"backbone": "resnet18", "pooling": "avg"},
@@ -88,10 +90,20 @@ def runs(tmp_path):
     }
 
 
+def test_the_heading_names_the_study_and_its_dataset(runs):
+    tmp, variants = runs
+    out = tmp / "results" / "summary.md"
+    assert build_summary(variants, "baseline", DEMO, REPORT, out).startswith(
+        "# cliptune results: demo\n")
+    second = {**DEMO, "study": "lr_sweep"}
+    assert build_summary(variants, "baseline", second, REPORT, out).startswith(
+        "# cliptune results: lr_sweep (dataset demo)\n")
+
+
 def test_summary_has_table_observations_and_relative_figures(runs):
     tmp, variants = runs
     out = tmp / "results" / "summary.md"
-    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT, out,
+    text = build_summary(variants, "baseline", DEMO, REPORT, out,
                          tmp / "results" / "ablation_bar.png",
                          tmp / "results" / "loss_overlay.png")
     # the results table, with computed rsum
@@ -125,7 +137,7 @@ def test_summary_zero_shot_section_per_task(runs):
     """One table per labelled task, "no labels" (never a number) for the other; each task's
     figure of the best variant and the queries-across-variants figure are linked."""
     tmp, variants = runs
-    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+    text = build_summary(variants, "baseline", DEMO, REPORT,
                          tmp / "results" / "summary.md",
                          queries_png=tmp / "results" / "queries_across_variants.png")
     section = text.split("## Zero-shot classification", 1)[1].split("\n## ", 1)[0]
@@ -167,7 +179,7 @@ def write_comparison(tmp: Path, excludes_zero: bool):
 def test_observations_call_a_difference_only_when_the_interval_does(runs, excludes_zero):
     tmp, variants = runs
     comp = write_comparison(tmp, excludes_zero)
-    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+    text = build_summary(variants, "baseline", DEMO, REPORT,
                          tmp / "results" / "summary.md", comparison=comp)
     assert "## Compared with the baseline" in text
     assert "| bn_head | 160.0 [150.0, 170.0] | 158.0 ± 4.0 (3 seeds) |" in text
@@ -188,7 +200,7 @@ def test_observations_call_a_difference_only_when_the_interval_does(runs, exclud
 def test_anchors_beside_results_only_when_comparable(runs):
     tmp, variants = runs
     out = tmp / "results" / "summary.md"
-    text = build_summary(variants, "baseline", {"name": "coco", "source": "coco"},
+    text = build_summary(variants, "baseline", {"study": "coco", "name": "coco", "source": "coco"},
                          {"anchors_comparable": True}, out)
     assert "| *CLIP ViT-B/32 (OpenAI), zero-shot, published* | 50.1 |" in text
     assert "not 5,000" in text  # the synthetic split has 300 images: warned
@@ -197,7 +209,7 @@ def test_anchors_beside_results_only_when_comparable(runs):
 def test_selection_on_the_reported_split_is_said_in_bold(tmp_path):
     root = tmp_path / "results" / "d" / "variants"
     variants = {"baseline": make_variant(root, "baseline", 20.0, [3.0, 2.5], select="val")}
-    text = build_summary(variants, "baseline", {"name": "d", "source": "coco"}, REPORT,
+    text = build_summary(variants, "baseline", {"study": "d", "name": "d", "source": "coco"}, REPORT,
                          tmp_path / "results" / "summary.md")
     first = text.split("\n\n")[1]
     assert "**Selection and reporting used the same images (split `val`)" in first
@@ -207,7 +219,7 @@ def test_selection_paragraph_without_trained_runs_or_records(tmp_path):
     root = tmp_path / "results" / "d" / "variants"
     out = tmp_path / "results" / "summary.md"
     only = {"untrained": make_variant(root, "untrained", 1.0, [])}
-    text = build_summary(only, "untrained", {"name": "d", "source": "coco"}, REPORT, out)
+    text = build_summary(only, "untrained", {"study": "d", "name": "d", "source": "coco"}, REPORT, out)
     assert "No variant was trained, so no model was selected; Recall@K is on split `val` " \
            "(300 images)." in text.split("\n\n")[1]
 
@@ -278,7 +290,7 @@ def test_pretrained_vs_fine_tuned_table_has_mrr_both_ways(tmp_path):
     _as_clip(variants["pretrained"], 0, (0.552, 0.401), "openai/clip-vit-base-patch32")
     _as_clip(variants["lora_text"], 20, (0.623, 0.47), "openai/clip-vit-base-patch32")
     _as_clip(variants["other_ckpt"], 5, (0.7, 0.6), "some/other-clip")
-    text = build_summary(variants, "pretrained", {"name": "c", "source": "coco"}, REPORT,
+    text = build_summary(variants, "pretrained", {"study": "c", "name": "c", "source": "coco"}, REPORT,
                          tmp_path / "results" / "summary.md")
     section = text.split("## Pretrained vs fine-tuned", 1)[1].split("\n## ", 1)[0]
     rows = [r for r in section.splitlines() if r.startswith("| ")]
@@ -301,7 +313,7 @@ def test_pretrained_vs_fine_tuned_table_has_mrr_both_ways(tmp_path):
 
 def test_no_pretrained_table_without_a_zero_shot_clip(runs):
     tmp, variants = runs
-    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+    text = build_summary(variants, "baseline", DEMO, REPORT,
                          tmp / "results" / "summary.md")
     assert "Pretrained vs fine-tuned" not in text
 
@@ -332,7 +344,7 @@ def test_summary_lab_sections_stability_llm_hardware_and_t2i_ranking(runs):
     rep["config"]["train"] |= {"optimizer": "sgd", "momentum": 0.9, "warmup_fraction": 0.05,
                                "warmup_steps": None}
     bn.write_text(json.dumps(rep))
-    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+    text = build_summary(variants, "baseline", DEMO, REPORT,
                          tmp / "results" / "summary.md")
     # t2i mAP / NDCG next to the i2t ones
     assert ("| i2t mAP@10 | t2i mAP@10 | i2t NDCG@10 | t2i NDCG@10 | i2t mAP | t2i mAP | "
@@ -365,7 +377,7 @@ def test_best_variant_and_margin_use_metrics_rsum_over_r1_5_10(runs):
         m["i2t_R@50"] = m["t2i_R@50"] = r50
         m |= {f"{d}_{k}@50": 10.0 for d in ("i2t", "t2i") for k in ("mAP", "NDCG")}
         path.write_text(json.dumps(m))
-    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+    text = build_summary(variants, "baseline", DEMO, REPORT,
                          tmp / "results" / "summary.md")
     rsum = {n: json.loads(Path(v["metrics"]).read_text())["rsum"] for n, v in variants.items()}
     assert "| i2t R@50 |" in text
@@ -382,7 +394,7 @@ def test_overfitting_gap_compares_the_in_batch_training_loss_with_validation(run
     hist = pd.read_csv(path)
     hist["train_loss"] = hist["train_loss_in_batch"] + 1.8  # the mined negatives' share
     hist.to_csv(path, index=False)
-    text = build_summary(variants, "baseline", {"name": "demo", "source": "demo"}, REPORT,
+    text = build_summary(variants, "baseline", DEMO, REPORT,
                          tmp / "results" / "summary.md")
     gap = hist["val_loss"].iloc[-1] - hist["train_loss_in_batch"].iloc[-1]
     assert f"`baseline` {gap:+.3f}" in text and gap > 0

@@ -143,7 +143,8 @@ def test_summary_describes_every_variant_of_every_shipped_config(tmp_path, repo,
     raw = load_config(yaml.safe_load((repo / "config" / config_name).read_text()))
     root = tmp_path / "results" / "s" / "variants"
     paths = {n: _fake_run(root, n, v, 10.0 + i) for i, (n, v) in enumerate(runs.items())}
-    text = build_summary(paths, raw["baseline"], {"name": "s", "source": raw["dataset"]["source"]},
+    text = build_summary(paths, raw["baseline"],
+                         {"study": "s", "name": "s", "source": raw["dataset"]["source"]},
                          {"anchors_comparable": False}, tmp_path / "results" / "summary.md")
     models = _table(text, "Variants and hyperparameters", "variant")
     assert set(models) == set(runs)

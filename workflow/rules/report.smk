@@ -169,7 +169,8 @@ rule summary:
         baseline=CFG["baseline"],
         # A function: Snakemake would read "{article}" in the templates as a wildcard.
         report=lambda w: canonical_json(CFG["report"]),
-        dataset=canonical_json({"name": DS, "source": CFG["dataset"]["source"]}),
+        # The heading names the study: studies of one dataset share its name.
+        dataset=canonical_json({"study": STUDY, "name": DS, "source": CFG["dataset"]["source"]}),
         tasks=list(ZERO_SHOT_TASKS),
         # Every variant in one sentence, from its resolved config: the HTML report's
         # introduction and the summary's caption list them.

@@ -181,6 +181,7 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
 
     ``variants[name]`` holds paths: metrics, train_report, history, zero_shot (optional)
     and figures (name -> png, optional; zero-shot ones as ``zero_shot/<task>``);
+    ``dataset``: the study's name (``study``) and the dataset's ``name`` and ``source``;
     ``queries_png``: the queries-across-variants figure. ``comparison``: the aggregate's intervals and
     paired differences; without it the summary says that none were computed.
     """
@@ -203,7 +204,9 @@ def build_summary(variants: Mapping[str, Mapping], baseline: str, dataset: Mappi
 
 def _header(run: _Run) -> list[str]:
     m, dataset = run.metrics, run.dataset
-    return [f"# cliptune results: {dataset['name']}", "",
+    study, name = dataset["study"], dataset["name"]
+    title = study if study == name else f"{study} (dataset {name})"
+    return [f"# cliptune results: {title}", "",
             f"Dataset `{dataset['name']}` (source: {dataset['source']}), evaluated on "
             f"split `{m['split']}`: {int(m['n_images']):,} images against "
             f"{int(m['n_texts']):,} captions, every caption of every image (image→text: "
