@@ -137,7 +137,7 @@ def consumer_job(folder: Path, data, tmp: Path, name: str, lora_base: Path | Non
 
 def run_consumer(jobs: list[dict], tmp: Path) -> dict[str, dict]:
     """export_consumer.py over ``jobs`` in one clean interpreter (cliptune unreachable):
-    each job's embeddings and Recall@1 by its out path, or {"error": its traceback}."""
+    each job's embeddings and Recall@1 by its out path, or its traceback and folder."""
     (tmp / "jobs.json").write_text(json.dumps(jobs))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # cliptune unreachable
     try:
@@ -150,14 +150,14 @@ def run_consumer(jobs: list[dict], tmp: Path) -> dict[str, dict]:
     results = {}
     for job in jobs:
         error = Path(job["out"] + ".error")
-        results[job["out"]] = ({"error": error.read_text()} if error.exists()
-                               else dict(np.load(job["out"])))
+        results[job["out"]] = ({"error": error.read_text(), "folder": job["folder"]}
+                               if error.exists() else dict(np.load(job["out"])))
     return results
 
 
-def consumed(result: dict, folder: Path) -> dict:
-    """A consumer result that must have succeeded; its traceback otherwise."""
-    assert "error" not in result, f"export_consumer.py on {folder}:\n{result.get('error')}"
+def consumed(result: dict) -> dict:
+    """A consumer result that must have succeeded; its folder and traceback otherwise."""
+    assert "error" not in result, f"export_consumer.py on {result['folder']}:\n{result['error']}"
     return result
 
 
@@ -212,7 +212,7 @@ def exported(tiny_clip_dir, tmp_path_factory) -> dict[str, Exported]:
 @pytest.mark.parametrize("kind", KINDS)
 def test_export_loads_without_cliptune_and_embeds_as_cliptune(kind, exported):
     e = exported[kind]
-    got = consumed(e.got, e.out)
+    got = consumed(e.got)
     assert_matches_cliptune(got, e.run)
     card = (e.out / "README.md").read_text()
     assert card.startswith("---\n") and "model-index" in card
@@ -230,7 +230,7 @@ def test_export_loads_without_cliptune_and_embeds_as_cliptune(kind, exported):
         base = json.loads((e.out / "lora_adapter" / "adapter_config.json").read_text())
         assert base["base_model_name_or_path"] == e.variant["model"]["clip"]["model"]
         # The adapters matter: the base model alone embeds otherwise.
-        plain = consumed(e.plain, e.out)
+        plain = consumed(e.plain)
         assert np.abs(plain["text"] - got["text"]).max() > 1e-3
 
 
@@ -323,6 +323,6 @@ def test_snakemake_export_of_the_toy_run_baseline(toy_run, repo, tmp_path):
                         work / images["array"], work / images["index"])
     assert json.loads((out / "export.json").read_text())["text_tower"]["pooling"] == "mean"
     job = consumer_job(out, val, tmp_path, "baseline", card=True)
-    assert_matches_cliptune(consumed(run_consumer([job], tmp_path)[job["out"]], out), run)
+    assert_matches_cliptune(consumed(run_consumer([job], tmp_path)[job["out"]]), run)
     card = (out / "README.md").read_text()
     assert "resnet18" in card and "baseline" in card
